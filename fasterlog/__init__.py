@@ -1,0 +1,35 @@
+"""fasterlog: an append-only log with group commit, io_uring I/O and exact crash recovery.
+
+    from fasterlog import FasterLog
+    with FasterLog.open("events") as log:
+        address = log.append(b"event")
+        log.commit()
+"""
+
+from . import errors
+from ._format import check_constants as _check_constants
+from .errors import (
+    CorruptionError,
+    EntryTooLarge,
+    FasterLogError,
+    InvalidAddressError,
+    LogClosedError,
+    LogFencedError,
+    TruncatedError,
+)
+from .log import FasterLog
+
+_check_constants()
+
+__version__ = "0.1.0"
+__all__ = [
+    "FasterLog",
+    "errors",
+    "FasterLogError",
+    "CorruptionError",
+    "EntryTooLarge",
+    "InvalidAddressError",
+    "LogClosedError",
+    "LogFencedError",
+    "TruncatedError",
+]

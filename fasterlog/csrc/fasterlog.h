@@ -1,0 +1,122 @@
+/* fasterlog C API: everything the Python layer may call, and nothing else.
+ *
+ * cffi reads this file as written (it is its cdef), so it holds declarations only: no include
+ * guards or includes (fl_internal.h includes it once, after <stdint.h>).
+ *
+ * Rules shared by every function:
+ * - Functions that can fail return 0 (or a non-negative value) on success and a negative code
+ *   on failure: -errno for operating-system errors, or one of enum fl_status below.
+ * - Every fl_log function may be called from any thread; a log is internally locked.
+ * - After fl_close the handle stays valid (calls return FL_E_CLOSED) until fl_free. */
+
+typedef struct fl_log fl_log;
+
+enum fl_status {
+    FL_OK = 0,
+    FL_E_CLOSED = -100001,         /* the log was closed */
+    FL_E_FENCED = -100002,         /* an earlier write or sync failed; the log refuses writes */
+    FL_E_TOO_LARGE = -100003,      /* entry larger than entry_size_max */
+    FL_E_FULL = -100004,           /* try_append: the memory ring holds only unflushed pages */
+    FL_E_ADDRESS = -100005,        /* address out of range, unaligned or not an entry start */
+    FL_E_TRUNCATED = -100006,      /* address below the begin address */
+    FL_E_CORRUPT = -100007,        /* a checksum or structure check failed */
+    FL_E_SETTINGS = -100008,       /* invalid settings, or settings that differ from the log's */
+    FL_E_LOCKED = -100009,         /* another process holds the writer lock */
+    FL_E_READONLY = -100010,       /* write call on a read-only log */
+    FL_E_TIMEOUT = -100011,        /* wait ended before the address was committed */
+    FL_E_BUFFER = -100012,         /* caller's buffer too small; the needed size is reported */
+    FL_E_SHORT_WRITE = -100013,    /* the device wrote fewer bytes than asked */
+    FL_E_FORMAT = -100014,         /* not a fasterlog directory, or an unknown format version */
+    FL_E_NOMEM = -100015           /* memory allocation failed */
+};
+
+enum fl_io_backend {
+    FL_IO_AUTO = 0,
+    FL_IO_URING = 1,
+    FL_IO_PLAIN = 2
+};
+
+/* Which device operations a fault applies to (fl_fault_set). */
+enum fl_fault_op {
+    FL_FAULT_WRITE = 1,
+    FL_FAULT_FSYNC = 2,
+    FL_FAULT_ANY = 3
+};
+
+typedef struct fl_settings {
+    uint64_t page_size_bytes;
+    uint64_t memory_size_bytes;
+    uint64_t segment_size_bytes;
+    uint64_t auto_commit_bytes;       /* 0: off */
+    uint32_t auto_commit_interval_ms; /* 0: off */
+    int32_t io_backend;               /* enum fl_io_backend */
+    int32_t readonly;
+    int32_t direct_io;                /* 1: O_DIRECT writes where the file system allows them */
+} fl_settings;
+
+/* One consistent snapshot of the log's positions and state. */
+typedef struct fl_state {
+    uint64_t begin_address;
+    uint64_t tail_address;
+    uint64_t flushed_until_address;
+    uint64_t committed_until_address;
+    uint64_t head_address;            /* lowest address still held in memory */
+    uint64_t commit_number;
+    uint64_t last_commit_address;     /* address of the newest commit record, 0 if none */
+    uint64_t salt;
+    uint32_t epoch;
+    int32_t io_backend;               /* the backend in use: FL_IO_URING or FL_IO_PLAIN */
+    int32_t fenced_error;             /* 0, or the code that fenced the log */
+    int32_t closed;
+    int32_t readonly;
+    int32_t direct_io;                /* whether writes use O_DIRECT */
+    int32_t io_uring_refused;         /* io_uring was wanted but the kernel refused it (-errno) */
+} fl_state;
+
+/* Details of a failure that the return code alone does not carry. */
+typedef struct fl_error_info {
+    uint64_t address;                 /* FL_E_CORRUPT, FL_E_ADDRESS, FL_E_TRUNCATED: where */
+    uint64_t begin_address;           /* FL_E_TRUNCATED: the begin address now */
+    uint64_t size_needed;             /* FL_E_BUFFER: the buffer size that would do */
+    int64_t holder_pid;               /* FL_E_LOCKED: the writer's pid, 0 if unknown */
+    char message[256];                /* one line for the exception text, may be empty */
+} fl_error_info;
+
+int fl_open(const char *directory, const fl_settings *settings, fl_log **log_out,
+            fl_error_info *error_out);
+int fl_close(fl_log *log);
+void fl_free(fl_log *log);
+void fl_simulate_crash(fl_log *log);
+
+int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int32_t blocking);
+/* The hot path: one data entry, waiting for memory when needed. Fewer and simpler arguments
+ * than fl_append because cffi's per-argument conversion dominates a 100-byte append. */
+int64_t fl_append_entry(fl_log *log, const char *data, size_t size);
+int64_t fl_append_batch(fl_log *log, const void *data, const uint32_t *sizes, size_t count,
+                        uint64_t *addresses_out, int32_t blocking);
+
+int64_t fl_commit(fl_log *log);
+int fl_set_cookie(fl_log *log, const void *cookie, size_t size);
+int64_t fl_get_cookie(fl_log *log, void *buffer, size_t capacity);
+int fl_wait_for_commit(fl_log *log, uint64_t address, int64_t timeout_us);
+int fl_commit_eventfd(fl_log *log);
+
+int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity,
+                int32_t *kind_out, fl_error_info *error_out);
+int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address,
+                int32_t include_markers, void *buffer, size_t capacity,
+                uint64_t *addresses_out, uint32_t *offsets_out, uint32_t *sizes_out,
+                int32_t *kinds_out, size_t count_max, uint64_t *next_address_out,
+                fl_error_info *error_out);
+int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address,
+              uint64_t *good_until_out, fl_error_info *error_out);
+
+int fl_truncate_until(fl_log *log, uint64_t address);
+void fl_get_state(fl_log *log, fl_state *state_out);
+void fl_get_settings(fl_log *log, fl_settings *settings_out);
+
+int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error,
+                 int32_t persistent, int32_t short_write);
+
+uint32_t fl_crc32c(uint32_t crc, const void *data, size_t size);
+int fl_crc32c_hardware(void);

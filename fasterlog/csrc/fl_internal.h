@@ -1,0 +1,240 @@
+/* Internal declarations shared by the C core's files. The public surface is fasterlog.h; this
+ * header adds the structures the core, device and recovery code share.
+ *
+ * Locking rules (the reason for each is in fl_log.c):
+ * 1. `mutex` guards positions, the page ring and commit state. Held only for short copies.
+ * 2. `io_mutex` is held by the one thread that drives the device (submits and reaps). It is
+ *    taken before `mutex`, never while holding it (trylock excepted).
+ * 3. `segments_lock` (rwlock) guards the segment file table: readers share it for pread,
+ *    opening or deleting a segment takes it exclusively. */
+#ifndef FL_INTERNAL_H
+#define FL_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <liburing.h>
+
+#include "fasterlog.h"
+#include "fl_format.h"
+
+_Static_assert(FL_FRAME_HEADER_SIZE_BYTES == 12, "FORMAT.md: the frame header is 12 bytes");
+_Static_assert(FL_FRAME_LENGTH_MASK == (1u << FL_FRAME_LENGTH_BITS) - 1, "length mask");
+_Static_assert(FL_FIRST_ADDRESS % FL_FRAME_ALIGNMENT_BYTES == 0, "first address aligned");
+_Static_assert(FL_PAGE_SIZE_MAX_BYTES == (1u << FL_FRAME_LENGTH_BITS), "a frame fits a page");
+_Static_assert(FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 8 + 8 + 8 + 4 + 4, "commit record layout");
+
+/* Writes and syncs the device may have in flight at once. A sealed page is one write, a commit
+ * adds at most two writes and one sync per segment it touches. */
+#define FL_INFLIGHT_MAX 128
+#define FL_RING_ENTRIES_COUNT 256
+/* Preallocation writes zeros this far ahead of the open page, in chunks of this size. */
+#define FL_ZERO_AHEAD_MAX_BYTES (64u << 20)
+#define FL_ZERO_CHUNK_BYTES (1u << 20)
+
+#define FL_ALIGN_UP(x, a) (((x) + (uint64_t)(a) - 1) & ~((uint64_t)(a) - 1))
+#define FL_ALIGN_DOWN(x, a) ((x) & ~((uint64_t)(a) - 1))
+
+/* ---- CRC32C ---- */
+uint32_t fl_frame_crc(uint64_t salt, uint64_t address, const uint8_t *frame, uint64_t frame_size);
+
+/* ---- device: io_uring, plain pread/pwrite, and a fault-injecting layer over either ---- */
+typedef struct fl_completion {
+    uint64_t tag;
+    int32_t result;
+} fl_completion;
+
+typedef struct fl_fault {
+    int32_t ops;          /* enum fl_fault_op mask; 0 = no fault armed */
+    uint64_t after_count; /* matching operations to let through before failing */
+    int32_t error;        /* positive errno */
+    int32_t persistent;   /* keep failing after the first */
+    int32_t short_write;  /* writes complete with half the bytes instead of failing */
+} fl_fault;
+
+typedef struct fl_device {
+    int32_t backend; /* FL_IO_URING or FL_IO_PLAIN */
+    struct io_uring ring;
+    uint32_t queued_count;   /* io_uring: SQEs prepared but not yet submitted */
+    uint32_t inflight_count; /* submitted, completion not yet reaped */
+    fl_completion ready[FL_INFLIGHT_MAX]; /* plain backend and injected faults */
+    uint32_t ready_count;
+    fl_fault fault;
+} fl_device;
+
+int fl_device_init(fl_device *device, int32_t backend_wanted, int32_t *refused_out);
+void fl_device_destroy(fl_device *device);
+/* Queue one operation. `link` chains the next queued operation after this one (io_uring
+ * IOSQE_IO_LINK; the plain backend runs in order anyway). */
+int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
+                    uint64_t offset, uint64_t tag, int link);
+int fl_device_fsync(fl_device *device, int fd, uint64_t tag, int link);
+int fl_device_submit(fl_device *device);
+/* Reap up to `capacity` completions, waiting for at least `wait_count`. Returns the count. */
+int fl_device_reap(fl_device *device, fl_completion *out, uint32_t capacity, uint32_t wait_count);
+
+/* ---- segment files ---- */
+typedef struct fl_segment {
+    int write_fd; /* O_DIRECT where allowed; -1 until opened */
+    int read_fd;  /* buffered, for reads */
+    int dirty;    /* written since its last sync */
+} fl_segment;
+
+/* One write or sync in flight, in submission order. Writes cover the logical range
+ * [start, end); the sector-aligned bytes sent to the device may extend a little around it. */
+typedef struct fl_inflight {
+    uint64_t start;
+    uint64_t end;
+    uint64_t size_bytes; /* bytes sent, to detect short writes */
+    int32_t result;
+    int32_t done;
+    int32_t is_sync;
+} fl_inflight;
+
+struct fl_log {
+    pthread_mutex_t mutex;
+    pthread_cond_t commit_cond; /* committed_until moved, commit leadership freed, fence */
+    pthread_cond_t flush_cond;  /* flushed_until moved (memory slots free), fence */
+    pthread_mutex_t io_mutex;
+    pthread_rwlock_t segments_lock;
+    atomic_int io_pending; /* sealed pages wait to be submitted */
+
+    fl_device device;
+    char *directory;
+    int directory_fd;
+    int lock_fd;
+    fl_settings settings;
+    uint64_t page_size_bytes;
+    uint64_t page_mask;
+    uint64_t pages_count;
+    uint64_t segment_size_bytes;
+    uint64_t entry_size_max;
+    uint8_t *memory; /* pages_count slots of page_size_bytes, sector aligned */
+
+    /* Positions, under `mutex` (invariants at the top of fl_log.c). */
+    uint64_t begin_address;
+    uint64_t tail_address;
+    uint64_t sealed_until;    /* bytes below are final in memory */
+    uint64_t flushed_until;   /* contiguous prefix whose writes completed */
+    uint64_t committed_until; /* prefix made durable by a commit */
+    uint64_t head_address;    /* lowest address whose page is in memory */
+    uint64_t open_page;       /* page number the tail is in, once its slot is claimed */
+    int32_t open_page_claimed;
+    uint8_t *open_slot;        /* memory of the open page (cached: appends avoid divisions) */
+    uint64_t open_page_start;
+    uint64_t open_page_end;    /* 0 while appends must take the slow path */
+
+    /* Under `io_mutex`. */
+    uint64_t submitted_until;
+    fl_inflight inflight[FL_INFLIGHT_MAX]; /* ring in submission order */
+    uint32_t inflight_first;
+    uint32_t inflight_count;
+
+    /* Commit state, under `mutex`. */
+    int32_t commit_active;
+    int32_t batches_active;    /* append_batch calls placing entries: commits wait */
+    int32_t commit_record_due; /* cookie or begin changed since the last commit */
+    uint64_t commit_number;
+    uint64_t last_commit_address;
+    uint64_t durable_begin_address;
+    uint8_t *cookie;
+    uint32_t cookie_size;
+    int32_t has_cookie;
+    uint64_t auto_commit_bytes_since;
+
+    /* Identity and recovery hints (fasterlog.meta). */
+    uint64_t salt;
+    uint32_t epoch;
+    uint64_t meta_recovery_start;
+    uint64_t meta_committed_until;
+
+    /* Segment table, under `segments_lock`. Index i holds segment segments_base + i. */
+    fl_segment *segments;
+    uint64_t segments_base;
+    uint64_t segments_count;
+    uint64_t segments_capacity;
+
+    int32_t fenced_error;
+    int32_t closed;
+    int32_t readonly;
+    int32_t direct_io;
+    int32_t io_uring_refused;
+    int event_fd;
+
+    /* Zero-filling ahead of the tail (fl_log.c, "preallocation"), under `mutex`. */
+    pthread_t zero_thread;
+    int32_t zero_running;
+    pthread_cond_t zero_cond;
+    uint64_t zeroed_until;  /* beyond the open page, bytes below here were written as zeros */
+    uint64_t zeroing_start; /* the chunk being zeroed now; start == end when none */
+    uint64_t zeroing_end;
+    uint64_t zero_ahead_bytes;
+
+    pthread_t auto_commit_thread;
+    int32_t auto_commit_running;
+    pthread_cond_t auto_commit_cond;
+};
+
+/* ---- meta file (fl_meta.c) ---- */
+typedef struct fl_meta {
+    uint64_t salt;
+    uint64_t page_size_bytes;
+    uint64_t segment_size_bytes;
+    uint32_t epoch;
+    uint32_t flags;
+    uint64_t begin_address;
+    uint64_t recovery_start_address;
+    uint64_t committed_until_address;
+    uint64_t commit_number;
+} fl_meta;
+
+#define FL_META_FLAG_CLEAN 1u
+
+void fl_meta_encode(const fl_meta *meta, uint8_t *block);
+int fl_meta_decode(const uint8_t *block, fl_meta *meta);
+int fl_meta_read(int directory_fd, fl_meta *meta);
+int fl_meta_write(int directory_fd, const fl_meta *meta);
+
+/* ---- shared helpers (fl_log.c) ---- */
+int fl_segments_cover_locked(fl_log *log, uint64_t segment);
+void fl_open_page_set(fl_log *log, uint64_t page);
+int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
+int64_t fl_pread_full(int fd, void *buffer, uint64_t size, uint64_t offset);
+int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
+void fl_set_message(fl_error_info *error, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Frame validation shared by recovery, reads and verify. */
+typedef struct fl_frame_view {
+    uint32_t kind;        /* FL_KIND_*, or 0 for the zero gap at a page end */
+    uint32_t payload_size;
+    uint32_t epoch;
+    uint64_t frame_size;
+} fl_frame_view;
+/* Checks the frame at `address` whose bytes start at `bytes` and run to the page end
+ * (`available` bytes). Returns 0 and fills `view`, or FL_E_CORRUPT. */
+int fl_frame_check(const fl_log *log, uint64_t address, const uint8_t *bytes,
+                   uint64_t available, fl_frame_view *view);
+
+static inline uint32_t fl_load32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t fl_load64(const uint8_t *p) {
+    return (uint64_t)fl_load32(p) | (uint64_t)fl_load32(p + 4) << 32;
+}
+static inline void fl_store32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline void fl_store64(uint8_t *p, uint64_t v) {
+    fl_store32(p, (uint32_t)v);
+    fl_store32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint64_t fl_frame_size(uint64_t payload_size) {
+    return FL_ALIGN_UP(FL_FRAME_HEADER_SIZE_BYTES + payload_size, FL_FRAME_ALIGNMENT_BYTES);
+}
+
+#endif

@@ -1,0 +1,78 @@
+/* fasterlog.meta: the log's identity (salt, page and segment sizes), its epoch, and hints that
+ * make recovery short and strict (where to start scanning, what is known to be committed).
+ * It is never the source of truth for data: the commit records in the log are. It is replaced
+ * atomically: written to fasterlog.meta.tmp, synced, renamed over, then the directory synced. */
+#include "fl_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char meta_magic[8] = {'F', 'L', 'O', 'G', 'M', 'E', 'T', 'A'};
+
+void fl_meta_encode(const fl_meta *meta, uint8_t *block) {
+    memset(block, 0, FL_META_SIZE_BYTES);
+    memcpy(block, meta_magic, 8);
+    fl_store32(block + 8, FL_FORMAT_VERSION);
+    fl_store64(block + 16, meta->salt);
+    fl_store64(block + 24, meta->page_size_bytes);
+    fl_store64(block + 32, meta->segment_size_bytes);
+    fl_store32(block + 40, meta->epoch);
+    fl_store32(block + 44, meta->flags);
+    fl_store64(block + 48, meta->begin_address);
+    fl_store64(block + 56, meta->recovery_start_address);
+    fl_store64(block + 64, meta->committed_until_address);
+    fl_store64(block + 72, meta->commit_number);
+    uint32_t crc = fl_crc32c(0, block + FL_META_CHECKSUMMED_FROM,
+                             FL_META_SIZE_BYTES - FL_META_CHECKSUMMED_FROM);
+    fl_store32(block + 12, crc);
+}
+
+int fl_meta_decode(const uint8_t *block, fl_meta *meta) {
+    if (memcmp(block, meta_magic, 8) != 0) return FL_E_FORMAT;
+    if (fl_load32(block + 8) != FL_FORMAT_VERSION) return FL_E_FORMAT;
+    uint32_t crc = fl_crc32c(0, block + FL_META_CHECKSUMMED_FROM,
+                             FL_META_SIZE_BYTES - FL_META_CHECKSUMMED_FROM);
+    if (crc != fl_load32(block + 12)) return FL_E_CORRUPT;
+    meta->salt = fl_load64(block + 16);
+    meta->page_size_bytes = fl_load64(block + 24);
+    meta->segment_size_bytes = fl_load64(block + 32);
+    meta->epoch = fl_load32(block + 40);
+    meta->flags = fl_load32(block + 44);
+    meta->begin_address = fl_load64(block + 48);
+    meta->recovery_start_address = fl_load64(block + 56);
+    meta->committed_until_address = fl_load64(block + 64);
+    meta->commit_number = fl_load64(block + 72);
+    return 0;
+}
+
+int fl_meta_read(int directory_fd, fl_meta *meta) {
+    int fd = openat(directory_fd, "fasterlog.meta", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    uint8_t block[FL_META_SIZE_BYTES];
+    int64_t got = fl_pread_full(fd, block, sizeof block, 0);
+    close(fd);
+    if (got < 0) return (int)got;
+    if (got != (int64_t)sizeof block) return FL_E_CORRUPT;
+    return fl_meta_decode(block, meta);
+}
+
+int fl_meta_write(int directory_fd, const fl_meta *meta) {
+    uint8_t block[FL_META_SIZE_BYTES];
+    fl_meta_encode(meta, block);
+    int fd = openat(directory_fd, "fasterlog.meta.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                    0644);
+    if (fd < 0) return -errno;
+    int rc = 0;
+    ssize_t written = pwrite(fd, block, sizeof block, 0);
+    if (written < 0) rc = -errno;
+    else if (written != (ssize_t)sizeof block) rc = FL_E_SHORT_WRITE;
+    if (rc == 0 && fdatasync(fd) < 0) rc = -errno;
+    close(fd);
+    if (rc == 0 && renameat(directory_fd, "fasterlog.meta.tmp", directory_fd, "fasterlog.meta") < 0)
+        rc = -errno;
+    if (rc == 0 && fsync(directory_fd) < 0) rc = -errno;
+    return rc;
+}

@@ -1,0 +1,256 @@
+/* Recovery: finds the newest valid commit and restores the log's positions from it.
+ *
+ * 1. Scan frames forward from the meta file's recovery start (a commit record, or the first
+ *    address) while they are valid: checksum, structure, epoch rules (FORMAT.md) and commit
+ *    numbers that rise by one. The newest valid commit record seen is the recovered commit.
+ * 2. The first invalid position X ends the scan. If X lies below the committed-until address
+ *    the meta file recorded, committed data is damaged: FL_E_CORRUPT naming X.
+ * 3. Otherwise X may be a torn tail (a crash) or damage in the newest commits. Look past X for
+ *    a valid commit record numbered two or more above the recovered one: commits are placed
+ *    only after the previous sync finished (fl_log.c invariant 5), so its existence proves the
+ *    commit after the recovered one was synced, and X lies inside it: FL_E_CORRUPT.
+ * 4. Else X is the torn tail: cut there. Later writes overwrite what lies beyond. */
+#include "fl_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct recovered_commit {
+    int found;
+    uint64_t number;
+    uint64_t begin_address;
+    uint64_t address;
+    uint64_t end;
+    uint32_t cookie_size; /* 0xFFFFFFFF: no cookie */
+    uint64_t cookie_offset; /* in the page buffer when found, copied out at once */
+} recovered_commit;
+
+typedef struct recovery {
+    fl_log *log;
+    const fl_meta *meta;
+    uint64_t last_segment; /* highest segment file present */
+    int has_segments;
+    uint8_t *page;         /* one page of the log */
+    uint64_t page_loaded;  /* page number in `page`, UINT64_MAX when none */
+} recovery;
+
+static int find_last_segment(recovery *r) {
+    int fd = dup(r->log->directory_fd);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (dir == NULL) return -errno;
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        unsigned long long index;
+        char tail[8];
+        if (sscanf(entry->d_name, "segment-%8llu.%2s", &index, tail) == 2 &&
+            strcmp(tail, "fl") == 0) {
+            if (!r->has_segments || index > r->last_segment) r->last_segment = index;
+            r->has_segments = 1;
+        }
+    }
+    closedir(dir);
+    return 0;
+}
+
+/* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
+static int read_log(recovery *r, uint64_t address, uint8_t *buffer, uint64_t size) {
+    fl_log *log = r->log;
+    uint64_t segment = address / log->segment_size_bytes;
+    memset(buffer, 0, size);
+    if (!r->has_segments || segment > r->last_segment) return 0;
+    char name[64];
+    snprintf(name, sizeof name, "segment-%08llu.fl", (unsigned long long)segment);
+    int fd = openat(log->directory_fd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : -errno;
+    int64_t got = fl_pread_full(fd, buffer, size, address % log->segment_size_bytes);
+    close(fd);
+    return got < 0 ? (int)got : 0;
+}
+
+static int load_page(recovery *r, uint64_t page) {
+    if (r->page_loaded == page) return 0;
+    r->page_loaded = UINT64_MAX;
+    int rc = read_log(r, page * r->log->page_size_bytes, r->page, r->log->page_size_bytes);
+    if (rc == 0) r->page_loaded = page;
+    return rc;
+}
+
+/* Checks one frame of the loaded page against the frame rules and the epoch rules. */
+static int frame_valid(recovery *r, uint64_t address, uint32_t previous_epoch,
+                       fl_frame_view *view) {
+    fl_log *log = r->log;
+    uint64_t offset = address % log->page_size_bytes;
+    if (fl_frame_check(log, address, r->page + offset, log->page_size_bytes - offset, view) < 0)
+        return 0;
+    if (view->kind == 0) return 1; /* the zero gap at a page end carries no epoch */
+    if (view->epoch > r->meta->epoch || view->epoch < previous_epoch) return 0;
+    if (address >= r->meta->committed_until_address && view->epoch != r->meta->epoch) return 0;
+    return 1;
+}
+
+/* Looks past `damage` for a valid commit record numbered at least `number_min`. */
+static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min, int *found) {
+    fl_log *log = r->log;
+    *found = 0;
+    if (!r->has_segments) return 0;
+    uint64_t end = (r->last_segment + 1) * log->segment_size_bytes;
+    uint64_t position = damage + FL_FRAME_ALIGNMENT_BYTES;
+    while (position < end && !*found) {
+        uint64_t page = position / log->page_size_bytes;
+        uint64_t page_start = page * log->page_size_bytes;
+        if (r->page_loaded != page) {
+            /* Pages fill from their start, so a page whose first sector is zero was never
+             * written: skip it without reading the rest. */
+            int rc = read_log(r, page_start, r->page, FL_SECTOR_SIZE_BYTES);
+            if (rc < 0) return rc;
+            r->page_loaded = UINT64_MAX;
+            int empty = 1;
+            for (uint64_t i = 0; i < FL_SECTOR_SIZE_BYTES && empty; i++) empty = r->page[i] == 0;
+            if (empty) {
+                position = page_start + log->page_size_bytes;
+                continue;
+            }
+            rc = load_page(r, page);
+            if (rc < 0) return rc;
+        }
+        fl_frame_view view;
+        uint64_t offset = position - page_start;
+        uint32_t length_and_kind = offset + FL_FRAME_HEADER_SIZE_BYTES <= log->page_size_bytes
+                                       ? fl_load32(r->page + offset + 4) : 0;
+        uint32_t kind = length_and_kind >> FL_FRAME_LENGTH_BITS;
+        /* Cheap filters first: a real frame has a known kind and this session's epoch. */
+        if (kind >= FL_KIND_DATA && kind <= FL_KIND_PADDING &&
+            fl_load32(r->page + offset + 8) == r->meta->epoch &&
+            frame_valid(r, position, r->meta->epoch, &view) && view.kind != 0) {
+            if (view.kind == FL_KIND_COMMIT &&
+                fl_load64(r->page + offset + FL_FRAME_HEADER_SIZE_BYTES) >= number_min)
+                *found = 1;
+            position += view.frame_size;
+        } else {
+            position += FL_FRAME_ALIGNMENT_BYTES;
+        }
+    }
+    return 0;
+}
+
+static int commit_record_read(recovery *r, uint64_t address, const fl_frame_view *view,
+                              recovered_commit *commit) {
+    const uint8_t *payload = r->page + address % r->log->page_size_bytes + FL_FRAME_HEADER_SIZE_BYTES;
+    uint32_t cookie_size = fl_load32(payload + 24);
+    uint64_t cookie_room = view->payload_size - FL_COMMIT_RECORD_FIXED_SIZE_BYTES;
+    if (cookie_size != 0xFFFFFFFFu && (cookie_size != cookie_room ||
+                                       cookie_size > FL_COOKIE_SIZE_MAX_BYTES))
+        return 0;
+    if (cookie_size == 0xFFFFFFFFu && cookie_room != 0) return 0;
+    if (fl_load32(payload + 28) != 0) return 0;
+    commit->found = 1;
+    commit->number = fl_load64(payload);
+    commit->begin_address = fl_load64(payload + 8);
+    commit->address = address;
+    commit->end = address + view->frame_size;
+    commit->cookie_size = cookie_size;
+    if (cookie_size != 0xFFFFFFFFu) {
+        memcpy(r->log->cookie, payload + FL_COMMIT_RECORD_FIXED_SIZE_BYTES, cookie_size);
+    }
+    return 1;
+}
+
+/* Step 1: the forward scan. Returns the first invalid position in *end_out. */
+static int scan_forward(recovery *r, recovered_commit *last, uint64_t *end_out) {
+    fl_log *log = r->log;
+    uint64_t position = r->meta->recovery_start_address;
+    uint64_t stop = r->has_segments ? (r->last_segment + 1) * log->segment_size_bytes : 0;
+    uint32_t previous_epoch = 0;
+    while (position < stop) {
+        int rc = load_page(r, position / log->page_size_bytes);
+        if (rc < 0) return rc;
+        fl_frame_view view;
+        if (!frame_valid(r, position, previous_epoch, &view)) break;
+        if (view.kind == FL_KIND_COMMIT) {
+            uint64_t number = fl_load64(r->page + position % log->page_size_bytes +
+                                        FL_FRAME_HEADER_SIZE_BYTES);
+            uint64_t expected = last->found ? last->number + 1 : r->meta->commit_number;
+            if (!last->found && position != r->meta->recovery_start_address) expected++;
+            if (number != expected) break;
+            if (!commit_record_read(r, position, &view, last)) break;
+        }
+        if (view.kind != 0) previous_epoch = view.epoch;
+        position += view.frame_size;
+    }
+    *end_out = position;
+    return 0;
+}
+
+/* Puts the page holding the tail into memory so later partial-sector writes carry the
+ * committed bytes before the tail. */
+static int load_tail_page(recovery *r, uint64_t tail) {
+    fl_log *log = r->log;
+    uint64_t page = tail / log->page_size_bytes;
+    uint64_t page_start = page * log->page_size_bytes;
+    int rc = load_page(r, page);
+    if (rc < 0) return rc;
+    uint8_t *slot = log->memory + (page % log->pages_count) * log->page_size_bytes;
+    memset(slot, 0, log->page_size_bytes);
+    memcpy(slot, r->page, tail - page_start);
+    fl_open_page_set(log, page);
+    log->head_address = page_start;
+    return 0;
+}
+
+int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
+    recovery r = {.log = log, .meta = meta, .page_loaded = UINT64_MAX};
+    int rc = find_last_segment(&r);
+    if (rc < 0) return rc;
+    if (posix_memalign((void **)&r.page, FL_SECTOR_SIZE_BYTES, log->page_size_bytes) != 0)
+        return FL_E_NOMEM;
+    recovered_commit last = {0};
+    uint64_t end = FL_FIRST_ADDRESS;
+    rc = scan_forward(&r, &last, &end);
+    if (rc == 0 && end < meta->committed_until_address) {
+        error->address = end;
+        fl_set_message(error, "committed data is damaged at address %llu (recorded committed "
+                       "until %llu)", (unsigned long long)end,
+                       (unsigned long long)meta->committed_until_address);
+        rc = FL_E_CORRUPT;
+    }
+    if (rc == 0) {
+        int found;
+        uint64_t number = last.found ? last.number : meta->commit_number;
+        rc = later_commit_exists(&r, end, number + 2, &found);
+        if (rc == 0 && found) {
+            error->address = end;
+            fl_set_message(error, "committed data is damaged at address %llu (a later commit "
+                           "record is intact)", (unsigned long long)end);
+            rc = FL_E_CORRUPT;
+        }
+    }
+    if (rc == 0) {
+        uint64_t committed = last.found ? last.end : FL_FIRST_ADDRESS;
+        log->committed_until = committed;
+        log->tail_address = committed;
+        log->flushed_until = committed;
+        log->submitted_until = committed;
+        log->sealed_until = committed;
+        log->begin_address = last.found ? last.begin_address : FL_FIRST_ADDRESS;
+        log->durable_begin_address = log->begin_address;
+        log->commit_number = last.found ? last.number : 0;
+        log->last_commit_address = last.found ? last.address : 0;
+        log->has_cookie = last.found && last.cookie_size != 0xFFFFFFFFu;
+        log->cookie_size = log->has_cookie ? last.cookie_size : 0;
+        log->head_address = UINT64_MAX;
+        if (!log->readonly) rc = load_tail_page(&r, committed);
+    }
+    free(r.page);
+    if (rc < 0) return rc;
+    pthread_rwlock_wrlock(&log->segments_lock);
+    log->segments_count = 0;
+    /* The table starts at the begin segment, so reads anywhere from begin find their file. */
+    rc = fl_segments_cover_locked(log, log->begin_address / log->segment_size_bytes);
+    pthread_rwlock_unlock(&log->segments_lock);
+    return rc;
+}

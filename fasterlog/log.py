@@ -1,0 +1,424 @@
+"""FasterLog: the Python face of the C core.
+
+Rules:
+1. Every C call that can fail goes through `_check`, which hands negative codes to
+   errors.raise_for (the one funnel from C codes to exceptions).
+2. Hot paths (append, append_many, scan) avoid per-call allocation: bytes go to C without a
+   copy, batches go as one joined buffer plus an array of sizes.
+3. cffi releases the GIL around every C call, so commits and waits in one thread never stop
+   other threads' appends.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import errors
+from ._fasterlog_c import ffi, lib
+
+__all__ = ["FasterLog"]
+
+_logger = logging.getLogger("fasterlog")
+_uring_refusal_reported = False
+
+_BACKENDS = {"auto": lib.FL_IO_AUTO, "io_uring": lib.FL_IO_URING, "plain": lib.FL_IO_PLAIN}
+_BACKEND_NAMES = {lib.FL_IO_URING: "io_uring", lib.FL_IO_PLAIN: "plain"}
+_SCAN_MARKERS = 1
+_SCAN_COMMITS = 2
+_SCAN_ENTRIES_MAX = 4096
+_SCAN_BUFFER_MIN_BYTES = 1 << 20
+_READ_BUFFER_BYTES = 64 << 10
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.3g} MiB" if size >= 1 << 20 else f"{size} bytes"
+
+
+def _as_cdata(entry: Any, operation: str) -> Any:
+    """Bytes go to C as they are; other buffers through from_buffer (no copy either)."""
+    if isinstance(entry, (str, int, float)) or entry is None:
+        raise TypeError(f"{operation} failed: an entry must be bytes-like, not "
+                        f"{type(entry).__name__}")
+    try:
+        return ffi.from_buffer(entry)
+    except TypeError:
+        raise TypeError(f"{operation} failed: an entry must be a contiguous bytes-like "
+                        f"object, not {type(entry).__name__}") from None
+
+
+class FasterLog:
+    """An append-only log in a directory. Create or recover one with FasterLog.open()."""
+
+    __slots__ = ("_log", "_path", "_info", "_state", "_entry_size_max", "_closed", "__weakref__")
+
+    def __init__(self, handle: Any, path: str) -> None:
+        self._log = handle
+        self._path = path
+        self._info = ffi.new("fl_error_info *")
+        self._state = ffi.new("fl_state *")
+        self._closed = False
+        settings = ffi.new("fl_settings *")
+        lib.fl_get_settings(handle, settings)
+        self._entry_size_max = int(settings.page_size_bytes) - lib.FL_FRAME_HEADER_SIZE_BYTES
+
+    # ------------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        page_size_bytes: int | None = None,
+        memory_size_bytes: int | None = None,
+        segment_size_bytes: int | None = None,
+        io_backend: str = "auto",
+        auto_commit_interval_ms: int = 0,
+        auto_commit_bytes: int = 0,
+        readonly: bool = False,
+        direct_io: bool = True,
+    ) -> FasterLog:
+        """Creates the log in `path`, or recovers the one there to its newest valid commit.
+
+        Sizes left as None take the log's stored values (or the defaults for a new log:
+        4 MiB pages, 16 MiB of memory, 1 GiB segments). FASTERLOG_IO_BACKEND=plain in the
+        environment forces the plain pread/pwrite backend.
+        """
+        forced = os.environ.get("FASTERLOG_IO_BACKEND", "").strip()
+        if forced:
+            io_backend = forced
+        if io_backend not in _BACKENDS:
+            raise errors.SettingsError(f"open failed: io_backend must be one of "
+                                       f"{sorted(_BACKENDS)}, not {io_backend!r}")
+        settings = ffi.new("fl_settings *")
+        for name, value in (("page_size_bytes", page_size_bytes),
+                            ("memory_size_bytes", memory_size_bytes),
+                            ("segment_size_bytes", segment_size_bytes),
+                            ("auto_commit_bytes", auto_commit_bytes),
+                            ("auto_commit_interval_ms", auto_commit_interval_ms)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 0 or value >= 1 << 62):
+                raise errors.SettingsError(f"open failed: {name} must be a non-negative "
+                                           f"integer, not {value!r}")
+            setattr(settings, name, value or 0)
+        if auto_commit_interval_ms >= 1 << 31:
+            raise errors.SettingsError("open failed: auto_commit_interval_ms is too large")
+        settings.io_backend = _BACKENDS[io_backend]
+        settings.readonly = bool(readonly)
+        settings.direct_io = bool(direct_io)
+        handle_out = ffi.new("fl_log **")
+        info = ffi.new("fl_error_info *")
+        text_path = os.fsdecode(os.fspath(path))
+        rc = lib.fl_open(os.fsencode(text_path), settings, handle_out, info)
+        if rc < 0:
+            errors.raise_for(rc, f"open {text_path!r}", lib, info)
+        log = cls(ffi.gc(handle_out[0], lib.fl_free), text_path)
+        log._report_backend()
+        return log
+
+    def _report_backend(self) -> None:
+        global _uring_refusal_reported
+        state = self._snapshot()
+        if state.io_uring_refused and not _uring_refusal_reported:
+            _uring_refusal_reported = True
+            _logger.warning("io_uring is not available (%s); using the plain pread/pwrite "
+                            "backend", os.strerror(-state.io_uring_refused))
+
+    def close(self) -> None:
+        """Commits what was appended, records a clean shutdown and releases the directory."""
+        if self._closed:
+            return
+        self._closed = True
+        rc = lib.fl_close(self._log)
+        if rc < 0:
+            errors.raise_for(rc, "close", lib)
+
+    def __enter__(self) -> FasterLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<FasterLog {self._path!r} closed>"
+        return (f"<FasterLog {self._path!r} begin={self.begin_address} "
+                f"committed_until={self.committed_until_address} tail={self.tail_address}>")
+
+    def _fail(self, code: int, operation: str, address: int = 0) -> Any:
+        if code == lib.FL_E_FENCED:
+            reason = errors.fence_reason(self._snapshot().fenced_error, lib)
+            raise errors.LogFencedError(f"{operation} failed: the log is fenced after {reason}; "
+                                        "durable data stays readable, reopen to recover")
+        errors.raise_for(code, operation, lib, self._info, address)
+
+    # ------------------------------------------------------------------ appends
+
+    def append(self, entry: bytes | bytearray | memoryview) -> int:
+        """Appends one entry to memory and returns its address. Not durable until a commit."""
+        if type(entry) is bytes:
+            address: int = lib.fl_append_entry(self._log, entry, len(entry))
+        else:
+            data = _as_cdata(entry, "append")
+            address = lib.fl_append(self._log, data, len(data), 1, 1)
+        if address < 0:
+            self._append_failed(address, entry)
+        return address
+
+    def try_append(self, entry: bytes | bytearray | memoryview) -> int | None:
+        """Like append, but returns None instead of waiting when memory is full of pages that
+        are not yet written (backpressure)."""
+        data = entry if type(entry) is bytes else _as_cdata(entry, "try_append")
+        address: int = lib.fl_append(self._log, data, len(data), 1, 0)
+        if address == lib.FL_E_FULL:
+            return None
+        if address < 0:
+            self._append_failed(address, entry)
+        return address
+
+    def append_marker(self, payload: bytes | bytearray | memoryview) -> int:
+        """Appends a control record: scans skip it unless include_markers=True."""
+        data = payload if type(payload) is bytes else _as_cdata(payload, "append_marker")
+        address: int = lib.fl_append(self._log, data, len(data), 2, 1)
+        if address < 0:
+            self._append_failed(address, payload)
+        return address
+
+    def _append_failed(self, code: int, entry: Any) -> None:
+        if code == lib.FL_E_TOO_LARGE:
+            size = len(memoryview(entry).cast("B"))
+            raise errors.EntryTooLarge(
+                f"append failed: entry of {_mib(size)} exceeds entry_size_max "
+                f"({_mib(self._entry_size_max)})")
+        self._fail(code, "append")
+
+    def append_many(self, entries: Iterable[bytes | bytearray | memoryview]) -> list[int]:
+        """Appends a batch atomically: after a crash either all of it or none survives."""
+        if isinstance(entries, (bytes, bytearray, memoryview, str)):
+            raise TypeError("append_many failed: pass an iterable of entries, not one entry")
+        items = entries if isinstance(entries, (list, tuple)) else list(entries)
+        try:
+            joined = b"".join(items)
+        except TypeError:
+            bad = next(e for e in items if isinstance(e, (str, int, float)) or e is None
+                       or not hasattr(e, "__buffer__") and not isinstance(e, (bytes, bytearray,
+                                                                             memoryview)))
+            raise TypeError(f"append_many failed: entries must be bytes-like, not "
+                            f"{type(bad).__name__}") from None
+        count = len(items)
+        if count == 0:
+            return []
+        sizes = array.array("I", map(len, items))
+        addresses = array.array("Q", bytes(8 * count))
+        rc = lib.fl_append_batch(self._log, joined, ffi.from_buffer("uint32_t[]", sizes), count,
+                                 ffi.from_buffer("uint64_t[]", addresses), 1)
+        if rc < 0:
+            if rc == lib.FL_E_TOO_LARGE:
+                size = max(sizes)
+                raise errors.EntryTooLarge(
+                    f"append_many failed: entry of {_mib(size)} exceeds entry_size_max "
+                    f"({_mib(self._entry_size_max)})")
+            self._fail(rc, "append_many")
+        return addresses.tolist()
+
+    # ------------------------------------------------------------------ commits
+
+    def commit(self, cookie: bytes | None = None) -> int:
+        """Makes everything appended so far durable (group commit: concurrent callers share one
+        sync) and returns the committed-until address. A cookie, if given, is stored with
+        this commit and returned by `cookie` after recovery."""
+        if cookie is not None:
+            data = cookie if type(cookie) is bytes else _as_cdata(cookie, "commit")
+            rc = lib.fl_set_cookie(self._log, data, len(data))
+            if rc == lib.FL_E_TOO_LARGE:
+                raise errors.EntryTooLarge(f"commit failed: cookie of {_mib(len(data))} exceeds "
+                                           f"{_mib(lib.FL_COOKIE_SIZE_MAX_BYTES)}")
+            if rc < 0:
+                self._fail(rc, "commit")
+        committed: int = lib.fl_commit(self._log)
+        if committed < 0:
+            self._fail(committed, "commit")
+        return committed
+
+    def wait_for_commit(self, address: int, timeout: float | None = None) -> bool:
+        """Waits until the entry at `address` is committed; never issues a commit itself.
+        Returns False when `timeout` (seconds) passes first."""
+        if not isinstance(address, int) or address < 0:
+            raise errors.InvalidAddressError(f"wait_for_commit failed: bad address {address!r}",
+                                             0)
+        timeout_us = -1 if timeout is None else max(0, int(timeout * 1e6))
+        rc = lib.fl_wait_for_commit(self._log, address, timeout_us)
+        if rc == lib.FL_E_TIMEOUT:
+            return False
+        if rc < 0:
+            self._fail(rc, "wait_for_commit")
+        return True
+
+    @property
+    def cookie(self) -> bytes | None:
+        """The cookie of the newest commit (also after recovery), or None."""
+        buffer = _new_uncleared("char[]", lib.FL_COOKIE_SIZE_MAX_BYTES)
+        size = lib.fl_get_cookie(self._log, buffer, lib.FL_COOKIE_SIZE_MAX_BYTES)
+        return None if size < 0 else ffi.buffer(buffer, size)[:]
+
+    @property
+    def commit_eventfd(self) -> int:
+        """An eventfd that becomes readable whenever a commit completes (for event loops)."""
+        return int(lib.fl_commit_eventfd(self._log))
+
+    # ------------------------------------------------------------------ reads
+
+    def _check_address(self, address: object, operation: str) -> int:
+        if not isinstance(address, int) or isinstance(address, bool):
+            raise TypeError(f"{operation} failed: an address must be an int, not "
+                            f"{type(address).__name__}")
+        if address < 0 or address >= 1 << 63:
+            raise errors.InvalidAddressError(f"{operation} failed: address {address} is out of "
+                                             "range", address)
+        return address
+
+    def read(self, address: int) -> bytes:
+        """Returns the entry (or marker) at `address`."""
+        address = self._check_address(address, "read")
+        kind = ffi.new("int32_t *")
+        buffer = _new_uncleared("char[]", _READ_BUFFER_BYTES)
+        size = lib.fl_read(self._log, address, buffer, _READ_BUFFER_BYTES, kind, self._info)
+        if size == lib.FL_E_BUFFER:
+            needed = int(self._info.size_needed)
+            buffer = _new_uncleared("char[]", needed)
+            size = lib.fl_read(self._log, address, buffer, needed, kind, self._info)
+        if size < 0:
+            self._fail(size, f"read at {address}", address)
+        if kind[0] == lib.FL_KIND_COMMIT:
+            raise errors.InvalidAddressError(f"read at {address} failed: that is a commit "
+                                             "record, not an entry", address)
+        return ffi.buffer(buffer, size)[:]
+
+    def scan(self, begin: int | None = None, end: int | None = None, *,
+             include_markers: bool = False) -> Iterator[tuple[int, bytes]]:
+        """Yields (address, entry) for the committed entries with begin <= address < end.
+        `end` defaults to committed-until when the scan starts."""
+        for batch in self.scan_batches(begin, end, include_markers=include_markers):
+            yield from batch
+
+    def scan_batches(self, begin: int | None = None, end: int | None = None, *,
+                     include_markers: bool = False,
+                     _include: int = 0) -> Iterator[list[tuple[int, bytes]]]:
+        """Yields lists of (address, entry), up to 4096 at a time: the fastest way to read."""
+        state = self._snapshot()
+        position = state.begin_address if begin is None else self._check_address(begin, "scan")
+        limit = state.committed_until_address if end is None else self._check_address(end, "scan")
+        include = _include | (_SCAN_MARKERS if include_markers else 0)
+        capacity = max(_SCAN_BUFFER_MIN_BYTES, self._entry_size_max + 64)
+        buffer = _new_uncleared("char[]", capacity)
+        addresses = _new_uncleared("uint64_t[]", _SCAN_ENTRIES_MAX)
+        offsets = _new_uncleared("uint32_t[]", _SCAN_ENTRIES_MAX)
+        sizes = _new_uncleared("uint32_t[]", _SCAN_ENTRIES_MAX)
+        next_address = ffi.new("uint64_t *")
+        info = ffi.new("fl_error_info *")
+        while position < limit:
+            count = lib.fl_scan(self._log, position, limit, include, buffer, capacity, addresses,
+                                offsets, sizes, ffi.NULL, _SCAN_ENTRIES_MAX, next_address, info)
+            if count < 0:
+                errors.raise_for(count, f"scan at {position}", lib, info, position)
+            advanced = next_address[0]
+            if count == 0:
+                if advanced == position:
+                    return
+                position = advanced
+                continue
+            starts = ffi.unpack(offsets, count)
+            lengths = ffi.unpack(sizes, count)
+            data = ffi.buffer(buffer, starts[-1] + lengths[-1])[:]
+            yield list(zip(ffi.unpack(addresses, count),
+                           [data[s:s + n] for s, n in zip(starts, lengths)]))
+            position = advanced
+
+    def verify(self, begin: int | None = None, end: int | None = None) -> int:
+        """Checks every frame in [begin, end) (default: the whole committed log) and returns
+        the address up to which all is good; raises CorruptionError at the first bad frame."""
+        state = self._snapshot()
+        position = state.begin_address if begin is None else self._check_address(begin, "verify")
+        limit = state.committed_until_address if end is None else self._check_address(end,
+                                                                                      "verify")
+        good = ffi.new("uint64_t *")
+        info = ffi.new("fl_error_info *")
+        rc = lib.fl_verify(self._log, position, limit, good, info)
+        if rc < 0:
+            errors.raise_for(rc, "verify", lib, info, position)
+        return int(good[0])
+
+    # ------------------------------------------------------------------ truncation
+
+    def truncate_until(self, address: int) -> None:
+        """Moves the begin address to `address` (an entry start, a page start or the
+        committed-until address). Whole segment files below it are deleted once the next
+        commit has made the new begin durable."""
+        address = self._check_address(address, "truncate_until")
+        rc = lib.fl_truncate_until(self._log, address)
+        if rc < 0:
+            self._fail(rc, f"truncate_until {address}", address)
+
+    # ------------------------------------------------------------------ state
+
+    def _snapshot(self) -> Any:
+        lib.fl_get_state(self._log, self._state)
+        return self._state
+
+    @property
+    def begin_address(self) -> int:
+        return int(self._snapshot().begin_address)
+
+    @property
+    def tail_address(self) -> int:
+        return int(self._snapshot().tail_address)
+
+    @property
+    def flushed_until_address(self) -> int:
+        return int(self._snapshot().flushed_until_address)
+
+    @property
+    def committed_until_address(self) -> int:
+        return int(self._snapshot().committed_until_address)
+
+    @property
+    def commit_number(self) -> int:
+        return int(self._snapshot().commit_number)
+
+    @property
+    def io_backend(self) -> str:
+        """The I/O backend in use: "io_uring" or "plain"."""
+        return _BACKEND_NAMES[self._snapshot().io_backend]
+
+    @property
+    def entry_size_max(self) -> int:
+        return self._entry_size_max
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._snapshot().closed)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        settings = ffi.new("fl_settings *")
+        lib.fl_get_settings(self._log, settings)
+        state = self._snapshot()
+        return {
+            "page_size_bytes": int(settings.page_size_bytes),
+            "memory_size_bytes": int(settings.memory_size_bytes),
+            "segment_size_bytes": int(settings.segment_size_bytes),
+            "auto_commit_interval_ms": int(settings.auto_commit_interval_ms),
+            "auto_commit_bytes": int(settings.auto_commit_bytes),
+            "io_backend": _BACKEND_NAMES[state.io_backend],
+            "readonly": bool(state.readonly),
+            "direct_io": bool(state.direct_io),
+            "epoch": int(state.epoch),
+        }

@@ -1,0 +1,41 @@
+"""Shared fixtures: a fresh log directory and an open log with small settings.
+
+The I/O backend comes from FASTERLOG_IO_BACKEND (the test script runs the whole suite once per
+backend), so every test here runs against io_uring and against the plain backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fasterlog import FasterLog
+
+SMALL_SETTINGS = {
+    "page_size_bytes": 64 << 10,
+    "memory_size_bytes": 256 << 10,
+    "segment_size_bytes": 1 << 20,
+}
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "log"
+
+
+@pytest.fixture
+def small_log(log_dir: Path) -> Iterator[FasterLog]:
+    log = FasterLog.open(log_dir, **SMALL_SETTINGS)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def io_backend_expected() -> str:
+    forced = os.environ.get("FASTERLOG_IO_BACKEND", "")
+    return forced or "auto"
