@@ -11,7 +11,7 @@ import errno as _errno
 from ._fasterlog_c import lib
 from .log import FasterLog
 
-__all__ = ["simulate_crash", "inject_fault", "clear_faults", "crc32c"]
+__all__ = ["simulate_crash", "inject_fault", "clear_faults", "crc32c", "crc32c_portable"]
 
 _OPS = {"write": lib.FL_FAULT_WRITE, "fsync": lib.FL_FAULT_FSYNC, "any": lib.FL_FAULT_ANY}
 
@@ -39,3 +39,8 @@ def clear_faults(log: FasterLog) -> None:
 def crc32c(data: bytes, crc: int = 0) -> int:
     """The C core's CRC32C, for tests that build or check frames by hand."""
     return int(lib.fl_crc32c(crc, data, len(data)))
+
+
+def crc32c_portable(data: bytes, crc: int = 0) -> int:
+    """The table-driven CRC32C, to check it agrees with the hardware one."""
+    return int(lib.fl_crc32c_portable(crc, data, len(data)))

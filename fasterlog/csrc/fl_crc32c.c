@@ -81,12 +81,9 @@ int fl_crc32c_hardware(void) {
     return crc_use_hardware;
 }
 
-/* Forces the table path; tests use it to check both paths agree. Not in the public header. */
-void fl_crc32c_force_software(int on);
-void fl_crc32c_force_software(int on) {
+uint32_t fl_crc32c_portable(uint32_t crc, const void *data, size_t size) {
     pthread_once(&crc_once, crc_setup);
-    if (on) crc_use_hardware = 0;
-    else crc_setup();
+    return ~crc_software(~crc, (const uint8_t *)data, size);
 }
 
 /* The frame checksum: CRC32C over le64(salt) || le64(address) || frame bytes [4, frame_size).
