@@ -283,3 +283,14 @@ def test_large_log_crossing_segments_scans_in_order(log_dir: Path) -> None:
     with FasterLog.open(log_dir) as log:
         assert list(log.scan()) == expected
         assert log.verify() == log.committed_until_address
+
+
+def test_zero_copy_scan_yields_views_of_the_same_entries(small_log: FasterLog) -> None:
+    entries = [bytes([i % 251]) * (i % 300) for i in range(2000)]
+    addresses = small_log.append_many(entries)
+    small_log.commit()
+    got = [(a, bytes(view)) for a, view in small_log.scan(zero_copy=True)]
+    assert got == list(zip(addresses, entries))
+    columns = [(a, e) for addrs, ents in small_log.scan_columns() for a, e in zip(addrs, ents)]
+    assert columns == got
+    assert [pair for batch in small_log.scan_batches() for pair in batch] == got

@@ -108,6 +108,11 @@ int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address,
                 uint64_t *addresses_out, uint32_t *offsets_out, uint32_t *sizes_out,
                 int32_t *kinds_out, size_t count_max, uint64_t *next_address_out,
                 fl_error_info *error_out);
+/* Writes a Python struct format ("12x100s4x12x7s...") that unpacks the payloads fl_scan put in
+ * its buffer in one call: creating every bytes object in C is what makes Python scans fast.
+ * Returns the format's length, or FL_E_BUFFER when `capacity` is too small. */
+int64_t fl_scan_format(const uint32_t *offsets, const uint32_t *sizes, size_t count,
+                       char *format_out, size_t capacity);
 int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address,
               uint64_t *good_until_out, fl_error_info *error_out);
 

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int fl_device_init(fl_device *device, int32_t backend_wanted, int32_t *refused_out) {
@@ -73,18 +74,26 @@ static struct io_uring_sqe *ring_sqe(fl_device *device) {
 }
 
 int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
-                    uint64_t offset, uint64_t tag, int link) {
+                    uint64_t offset, uint64_t tag, int link, int dsync) {
     int shorten;
     int32_t injected = fault_check(device, FL_FAULT_WRITE, size, &shorten);
     if (injected < 0) return ready_push(device, tag, injected);
+    /* A dsync write is also a sync: it takes the sync's fault too. */
+    if (dsync) {
+        int ignored;
+        injected = fault_check(device, FL_FAULT_FSYNC, 0, &ignored);
+        if (injected < 0) return ready_push(device, tag, injected);
+    }
     if (shorten) size = FL_ALIGN_DOWN(size / 2, FL_SECTOR_SIZE_BYTES);
     if (device->backend == FL_IO_PLAIN) {
-        ssize_t written = pwrite(fd, buffer, (size_t)size, (off_t)offset);
+        struct iovec vector = {(void *)buffer, (size_t)size};
+        ssize_t written = pwritev2(fd, &vector, 1, (off_t)offset, dsync ? RWF_DSYNC : 0);
         return ready_push(device, tag, written < 0 ? -errno : (int32_t)written);
     }
     struct io_uring_sqe *sqe = ring_sqe(device);
     if (sqe == NULL) return -EBUSY;
     io_uring_prep_write(sqe, fd, buffer, (unsigned)size, offset);
+    if (dsync) sqe->rw_flags = RWF_DSYNC;
     io_uring_sqe_set_data64(sqe, tag);
     if (link) sqe->flags |= IOSQE_IO_LINK;
     device->queued_count++;

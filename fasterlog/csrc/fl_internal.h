@@ -69,9 +69,10 @@ typedef struct fl_device {
 int fl_device_init(fl_device *device, int32_t backend_wanted, int32_t *refused_out);
 void fl_device_destroy(fl_device *device);
 /* Queue one operation. `link` chains the next queued operation after this one (io_uring
- * IOSQE_IO_LINK; the plain backend runs in order anyway). */
+ * IOSQE_IO_LINK; the plain backend runs in order anyway). A write with `dsync` completes only
+ * once its data is durable (RWF_DSYNC): one operation instead of a write and a sync. */
 int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
-                    uint64_t offset, uint64_t tag, int link);
+                    uint64_t offset, uint64_t tag, int link, int dsync);
 int fl_device_fsync(fl_device *device, int fd, uint64_t tag, int link);
 int fl_device_submit(fl_device *device);
 /* Reap up to `capacity` completions, waiting for at least `wait_count`. Returns the count. */
