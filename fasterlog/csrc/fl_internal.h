@@ -200,6 +200,10 @@ int fl_meta_decode(const uint8_t *block, fl_meta *meta);
 int fl_meta_read(int directory_fd, fl_meta *meta);
 int fl_meta_write(int directory_fd, const fl_meta *meta);
 
+/* ---- blocking hooks: the binding may define these (see the end of fl_log.c) ---- */
+void *fl_blocking_begin(void);
+void fl_blocking_end(void *token);
+
 /* ---- shared helpers (fl_log.c) ---- */
 int fl_segments_cover_locked(fl_log *log, uint64_t segment);
 void fl_open_page_set(fl_log *log, uint64_t page);

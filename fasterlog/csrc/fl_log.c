@@ -482,6 +482,19 @@ static void after_append_locked(fl_log *log) {
         pthread_cond_signal(&log->auto_commit_cond);
 }
 
+static int64_t append_slow(fl_log *log, const void *data, size_t size, int32_t kind,
+                           int32_t blocking, uint64_t frame_size) {
+    pthread_mutex_lock(&log->mutex);
+    int64_t address = reserve_locked(log, frame_size, blocking);
+    if (address >= 0) {
+        write_frame(log, (uint64_t)address, (uint32_t)kind, data, size, frame_size);
+        after_append_locked(log);
+    }
+    pthread_mutex_unlock(&log->mutex);
+    if (atomic_load(&log->io_pending)) drive_io(log);
+    return address;
+}
+
 int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int32_t blocking) {
     if (kind != FL_KIND_DATA && kind != FL_KIND_MARKER) return FL_E_ADDRESS;
     if (size > log->entry_size_max) return FL_E_TOO_LARGE;
@@ -489,7 +502,8 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
     pthread_mutex_lock(&log->mutex);
     uint64_t tail = log->tail_address;
     if (tail + frame_size <= log->open_page_end && !log->fenced_error && !log->closed) {
-        /* Fast path: room in the open page (open_page_end is 0 on read-only logs). */
+        /* Fast path: room in the open page (open_page_end is 0 on read-only logs). It never
+         * waits, so the caller keeps the GIL. */
         log->tail_address = tail + frame_size;
         uint8_t *frame = log->open_slot + (tail - log->open_page_start);
         fl_store32(frame + 4, (uint32_t)kind << FL_FRAME_LENGTH_BITS | (uint32_t)size);
@@ -502,13 +516,11 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
         pthread_mutex_unlock(&log->mutex);
         return (int64_t)tail;
     }
-    int64_t address = reserve_locked(log, frame_size, blocking);
-    if (address >= 0) {
-        write_frame(log, (uint64_t)address, (uint32_t)kind, data, size, frame_size);
-        after_append_locked(log);
-    }
     pthread_mutex_unlock(&log->mutex);
-    if (atomic_load(&log->io_pending)) drive_io(log);
+    /* A new page, possibly a wait for memory: let other threads run meanwhile. */
+    void *token = fl_blocking_begin();
+    int64_t address = append_slow(log, data, size, kind, blocking, frame_size);
+    fl_blocking_end(token);
     return address;
 }
 
@@ -519,8 +531,8 @@ int64_t fl_append_entry(fl_log *log, const char *data, size_t size) {
 /* All or nothing: while a batch is being placed (batches_active > 0), no commit record is
  * placed, even when the batch lets go of the mutex to wait for memory, so no commit can cover
  * part of it. Batches always block for memory. */
-int64_t fl_append_batch(fl_log *log, const void *data, const uint32_t *sizes, size_t count,
-                        uint64_t *addresses_out, int32_t blocking) {
+static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *sizes,
+                                 size_t count, uint64_t *addresses_out, int32_t blocking) {
     for (size_t i = 0; i < count; i++)
         if (sizes[i] > log->entry_size_max) return FL_E_TOO_LARGE;
     pthread_mutex_lock(&log->mutex);
@@ -652,7 +664,7 @@ static int after_commit(fl_log *log, uint64_t record_address, uint64_t committed
     return 0;
 }
 
-int64_t fl_commit(fl_log *log) {
+static int64_t commit_impl(fl_log *log) {
     pthread_mutex_lock(&log->mutex);
     int rc = writable_locked(log);
     if (rc < 0) {
@@ -748,7 +760,7 @@ int64_t fl_get_cookie(fl_log *log, void *buffer, size_t capacity) {
     return rc;
 }
 
-int fl_wait_for_commit(fl_log *log, uint64_t address, int64_t timeout_us) {
+static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_us) {
     struct timespec deadline;
     if (timeout_us >= 0) {
         clock_gettime(CLOCK_REALTIME, &deadline);
@@ -882,8 +894,8 @@ static int classify_bad_frame(fl_log *log, uint64_t address, fl_error_info *erro
     return rc;
 }
 
-int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity, int32_t *kind_out,
-                fl_error_info *error) {
+static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t capacity,
+                         int32_t *kind_out, fl_error_info *error) {
     uint64_t limit;
     int rc = check_range_start(log, address, &limit, error);
     if (rc < 0) return rc;
@@ -943,7 +955,7 @@ static int scan_wanted(uint32_t kind, int32_t include) {
  * them whose address is below `until_address` (clamped to committed_until). Every frame is
  * checked (checksum included) before it is reported. Returns the count of entries reported;
  * *next_address_out is where the next call should start. */
-int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address, int32_t include,
+static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_address, int32_t include,
                 void *buffer, size_t capacity, uint64_t *addresses_out, uint32_t *offsets_out,
                 uint32_t *sizes_out, int32_t *kinds_out, size_t count_max,
                 uint64_t *next_address_out, fl_error_info *error) {
@@ -1038,7 +1050,7 @@ int64_t fl_scan_format(const uint32_t *offsets, const uint32_t *sizes, size_t co
     return (int64_t)used;
 }
 
-int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address, uint64_t *good_until_out,
+static int verify_impl(fl_log *log, uint64_t from_address, uint64_t until_address, uint64_t *good_until_out,
               fl_error_info *error) {
     enum { entries_max = 4096 };
     uint64_t capacity = log->page_size_bytes;
@@ -1050,7 +1062,7 @@ int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address, uint64
     uint64_t position = from_address;
     while (rc == 0 && position < until_address) {
         uint64_t next;
-        int64_t count = fl_scan(log, position, until_address, FL_SCAN_MARKERS | FL_SCAN_COMMITS |
+        int64_t count = scan_impl(log, position, until_address, FL_SCAN_MARKERS | FL_SCAN_COMMITS |
                                 FL_SCAN_PADDING, buffer, capacity, addresses, offsets, sizes,
                                 NULL, entries_max, &next, error);
         if (count < 0) rc = (int)count;
@@ -1067,7 +1079,7 @@ int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address, uint64
 
 /* ------------------------------------------------------------------ truncation, state */
 
-int fl_truncate_until(fl_log *log, uint64_t address) {
+static int truncate_until_impl(fl_log *log, uint64_t address) {
     pthread_mutex_lock(&log->mutex);
     int rc = writable_locked(log);
     uint64_t committed = log->committed_until;
@@ -1082,7 +1094,7 @@ int fl_truncate_until(fl_log *log, uint64_t address) {
         int32_t kind;
         fl_error_info info;
         memset(&info, 0, sizeof info);
-        int64_t got = fl_read(log, address, probe, 0, &kind, &info);
+        int64_t got = read_impl(log, address, probe, 0, &kind, &info);
         if (got < 0 && got != FL_E_BUFFER) return (int)got;
     }
     pthread_mutex_lock(&log->mutex);
@@ -1122,7 +1134,7 @@ void fl_get_state(fl_log *log, fl_state *state) {
 
 void fl_get_settings(fl_log *log, fl_settings *settings_out) { *settings_out = log->settings; }
 
-int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error, int32_t persistent,
+static int fault_set_impl(fl_log *log, int32_t ops, uint64_t after_count, int32_t error, int32_t persistent,
                  int32_t short_write) {
     pthread_mutex_lock(&log->io_mutex);
     log->device.fault.ops = ops;
@@ -1168,7 +1180,7 @@ static void *auto_commit_main(void *argument) {
                   (timed_out && (pending > 0 || log->commit_record_due));
         if (due) {
             pthread_mutex_unlock(&log->mutex);
-            fl_commit(log); /* a failure fences the log; callers see it on their next call */
+            commit_impl(log); /* a failure fences the log; callers see it on their next call */
             pthread_mutex_lock(&log->mutex);
         }
     }
@@ -1333,7 +1345,7 @@ static int log_shutdown(fl_log *log, int clean) {
     auto_commit_stop(log);
     zero_stop(log);
     if (clean && !log->readonly) {
-        int64_t committed = fl_commit(log);
+        int64_t committed = commit_impl(log);
         if (committed < 0 && committed != FL_E_FENCED) rc = (int)committed;
     }
     pthread_mutex_lock(&log->mutex);
@@ -1388,12 +1400,29 @@ static int log_shutdown(fl_log *log, int clean) {
     return rc;
 }
 
-int fl_close(fl_log *log) { return log_shutdown(log, 1); }
+int fl_close(fl_log *log) {
+    void *token = fl_blocking_begin();
+    int rc = log_shutdown(log, 1);
+    fl_blocking_end(token);
+    return rc;
+}
 
-void fl_simulate_crash(fl_log *log) { log_shutdown(log, 0); }
+void fl_simulate_crash(fl_log *log) {
+    void *token = fl_blocking_begin();
+    log_shutdown(log, 0);
+    fl_blocking_end(token);
+}
+
+static void free_impl(fl_log *log);
 
 void fl_free(fl_log *log) {
     if (log == NULL) return;
+    void *token = fl_blocking_begin();
+    free_impl(log);
+    fl_blocking_end(token);
+}
+
+static void free_impl(fl_log *log) {
     log_shutdown(log, 1);
     pthread_mutex_destroy(&log->mutex);
     pthread_mutex_destroy(&log->io_mutex);
@@ -1494,8 +1523,8 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     return 0;
 }
 
-int fl_open(const char *directory, const fl_settings *settings, fl_log **log_out,
-            fl_error_info *error) {
+static int open_impl(const char *directory, const fl_settings *settings, fl_log **log_out,
+                     fl_error_info *error) {
     fl_error_info ignored;
     if (error == NULL) error = &ignored;
     memset(error, 0, sizeof *error);
@@ -1505,10 +1534,92 @@ int fl_open(const char *directory, const fl_settings *settings, fl_log **log_out
     if (log == NULL) return FL_E_NOMEM;
     int rc = open_steps(log, error);
     if (rc < 0) {
-        log_shutdown(log, 0);
-        fl_free(log);
+        log_shutdown(log, 0); /* no commit, no meta write: the open failed */
+        free_impl(log);
         return rc;
     }
     *log_out = log;
     return 0;
+}
+
+/* ------------------------------------------------------------------ public entry points
+ *
+ * Calls that may wait let the caller's runtime run other threads: the Python binding defines
+ * fl_blocking_begin/end to release and retake the GIL. They are called only here, at entry
+ * and exit, never while the core holds a lock, and never from the core's own threads. */
+
+__attribute__((weak)) void *fl_blocking_begin(void) { return NULL; }
+__attribute__((weak)) void fl_blocking_end(void *token) { (void)token; }
+
+int fl_open(const char *directory, const fl_settings *settings, fl_log **log_out,
+            fl_error_info *error) {
+    void *token = fl_blocking_begin();
+    int rc = open_impl(directory, settings, log_out, error);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int64_t fl_append_batch(fl_log *log, const void *data, const uint32_t *sizes, size_t count,
+                        uint64_t *addresses_out, int32_t blocking) {
+    void *token = fl_blocking_begin();
+    int64_t rc = append_batch_impl(log, data, sizes, count, addresses_out, blocking);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int64_t fl_commit(fl_log *log) {
+    void *token = fl_blocking_begin();
+    int64_t rc = commit_impl(log);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int fl_wait_for_commit(fl_log *log, uint64_t address, int64_t timeout_us) {
+    void *token = fl_blocking_begin();
+    int rc = wait_for_commit_impl(log, address, timeout_us);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity, int32_t *kind_out,
+                fl_error_info *error) {
+    void *token = fl_blocking_begin();
+    int64_t rc = read_impl(log, address, buffer, capacity, kind_out, error);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address, int32_t include,
+                void *buffer, size_t capacity, uint64_t *addresses_out, uint32_t *offsets_out,
+                uint32_t *sizes_out, int32_t *kinds_out, size_t count_max,
+                uint64_t *next_address_out, fl_error_info *error) {
+    void *token = fl_blocking_begin();
+    int64_t rc = scan_impl(log, from_address, until_address, include, buffer, capacity,
+                           addresses_out, offsets_out, sizes_out, kinds_out, count_max,
+                           next_address_out, error);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address, uint64_t *good_until_out,
+              fl_error_info *error) {
+    void *token = fl_blocking_begin();
+    int rc = verify_impl(log, from_address, until_address, good_until_out, error);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int fl_truncate_until(fl_log *log, uint64_t address) {
+    void *token = fl_blocking_begin();
+    int rc = truncate_until_impl(log, address);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error, int32_t persistent,
+                 int32_t short_write) {
+    void *token = fl_blocking_begin();
+    int rc = fault_set_impl(log, ops, after_count, error, persistent, short_write);
+    fl_blocking_end(token);
+    return rc;
 }

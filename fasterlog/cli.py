@@ -1,0 +1,680 @@
+"""The `fasterlog` command line: look into a log directory, check it, and run the demo.
+
+    fasterlog info DIR [--json]          positions, commit number, settings, segment files
+    fasterlog dump DIR [--from A] [--to A] [--format hex|raw|json] [--markers]
+    fasterlog verify DIR [--no-progress] every checksum in the committed range
+    fasterlog demo [--dir DIR]           append, commit, kill -9 a writer, recover, check
+
+Rules:
+1. info, dump and verify open the log with readonly=True: they never write, take no writer
+   lock, and so work while a writer runs. They see the log as of its newest commit on disk
+   when they open it.
+2. Every expected failure (a FasterLogError, an OSError, a missing directory, a bad argument)
+   ends the run with one line on stderr, "fasterlog: error: ...", and a non-zero exit status:
+   2 for usage errors, 1 for everything else (corruption included). A traceback means a bug.
+3. Output meant for programs (dump --format json|raw, info --json) goes to stdout alone;
+   progress and errors go to stderr.
+
+The demo lives here rather than in examples/demo.py so that `fasterlog demo` works from an
+installed wheel, where examples/ is not shipped; examples/demo.py is a thin runnable script that
+calls it. Its writer child is this same module, started with `python -c` (see _run_writer_child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from . import __version__, errors
+from ._fasterlog_c import ffi, lib
+from ._format import KIND_COMMIT, KIND_DATA, KIND_MARKER, KIND_PADDING
+from .log import FasterLog
+
+__all__ = ["ProgressBar", "demo_writer", "main", "run_demo"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+KIND_NAMES = {KIND_DATA: "data", KIND_MARKER: "marker", KIND_COMMIT: "commit",
+              KIND_PADDING: "padding"}
+# scan_batches' _include bits: markers (1) and commit records (2). Padding (4) is not dumped.
+_INCLUDE_MARKERS_AND_COMMITS = 1 | 2
+
+# verify checks the log this many bytes per call, so that progress can be drawn between calls.
+verify_chunk_size_bytes = 16 << 20
+hexdump_line_size_bytes = 16
+cookie_shown_size_bytes_max = 32
+scan_entries_count_max = 4096
+scan_buffer_size_bytes_min = 1 << 20
+
+
+class CliError(Exception):
+    """An expected failure of our own making; main prints it as one line and exits 1."""
+
+
+class UsageError(CliError):
+    """Arguments that make no sense together; main prints one line and exits 2."""
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _size_text(size_bytes: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size_bytes >= 1 << shift:
+            return f"{size_bytes / (1 << shift):.4g} {unit}"
+    return f"{size_bytes} bytes"
+
+
+def _address(text: str) -> int:
+    """An address argument: decimal or 0x-prefixed hexadecimal, not negative."""
+    value = int(text, 0)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_address.__name__ = "address"  # argparse names the type in "invalid address value: 'x'"
+
+
+def _open_readonly(directory: str) -> FasterLog:
+    if not os.path.exists(directory):
+        raise CliError(f"{directory}: no such directory")
+    if not os.path.isdir(directory):
+        raise CliError(f"{directory}: not a directory")
+    return FasterLog.open(directory, readonly=True)
+
+
+class ProgressBar:
+    """One line on a terminal, redrawn in place: "verify  42% [#####.....] 1.2 GiB of 3 GiB".
+
+    It draws nothing unless enabled (the caller passes stream.isatty()) and nothing until
+    `delay_s` has passed, so short runs stay quiet; close() wipes the line it drew.
+    """
+
+    width_chars = 30
+    redraw_interval_s = 0.1
+
+    def __init__(self, stream: TextIO, total: int, label: str, *, enabled: bool,
+                 delay_s: float = 0.5) -> None:
+        self._stream = stream
+        self._total = max(total, 1)
+        self._label = label
+        self._enabled = enabled
+        self._started_s = time.monotonic()
+        self._delay_s = delay_s
+        self._drawn_s: float | None = None
+        self._line_size = 0
+
+    def update(self, done: int) -> None:
+        now_s = time.monotonic()
+        if not self._enabled or now_s - self._started_s < self._delay_s:
+            return
+        if self._drawn_s is not None and now_s - self._drawn_s < self.redraw_interval_s \
+                and done < self._total:
+            return
+        fraction = min(done / self._total, 1.0)
+        filled = int(fraction * self.width_chars)
+        line = (f"{self._label} {fraction:4.0%} [{'#' * filled}{'.' * (self.width_chars - filled)}]"
+                f" {_size_text(done)} of {_size_text(self._total)}")
+        self._stream.write("\r" + line.ljust(self._line_size))
+        self._stream.flush()
+        self._drawn_s = now_s
+        self._line_size = len(line)
+
+    def close(self) -> None:
+        if self._drawn_s is not None:
+            self._stream.write("\r" + " " * self._line_size + "\r")
+            self._stream.flush()
+            self._drawn_s = None
+
+
+# ---------------------------------------------------------------------- info
+
+
+def _segment_files(log: FasterLog) -> list[dict[str, Any]]:
+    segment_size_bytes = log.settings["segment_size_bytes"]
+    segments = []
+    for name in sorted(os.listdir(log.path)):
+        if not (name.startswith("segment-") and name.endswith(".fl")):
+            continue
+        number_text = name[len("segment-"):-len(".fl")]
+        first_address = int(number_text) * segment_size_bytes if number_text.isdigit() else None
+        try:
+            size_bytes = os.stat(os.path.join(log.path, name)).st_size
+        except FileNotFoundError:
+            continue  # deleted by a writer's truncation between listdir and stat
+        segments.append({"name": name, "size_bytes": size_bytes, "first_address": first_address})
+    return segments
+
+
+def log_info(log: FasterLog) -> dict[str, Any]:
+    """Everything `fasterlog info` shows, as plain data (the --json output)."""
+    settings = log.settings
+    cookie = log.cookie
+    return {
+        "directory": log.path,
+        "begin_address": log.begin_address,
+        "tail_address": log.tail_address,
+        "flushed_until_address": log.flushed_until_address,
+        "committed_until_address": log.committed_until_address,
+        "commit_number": log.commit_number,
+        "epoch": settings["epoch"],
+        "io_backend": log.io_backend,
+        "readonly": settings["readonly"],
+        "page_size_bytes": settings["page_size_bytes"],
+        "segment_size_bytes": settings["segment_size_bytes"],
+        "memory_size_bytes": settings["memory_size_bytes"],
+        "entry_size_max": log.entry_size_max,
+        "cookie_size_bytes": None if cookie is None else len(cookie),
+        "cookie_hex": None if cookie is None else cookie[:cookie_shown_size_bytes_max].hex(),
+        "segments": _segment_files(log),
+    }
+
+
+def format_info(info: dict[str, Any]) -> list[str]:
+    cookie = "none"
+    if info["cookie_hex"] is not None:
+        cut = "..." if info["cookie_size_bytes"] > cookie_shown_size_bytes_max else ""
+        cookie = f"{info['cookie_hex']}{cut} ({info['cookie_size_bytes']} bytes)"
+    memory = _size_text(info["memory_size_bytes"])
+    if info["readonly"]:
+        # The memory size is not stored with the log: a read-only open reports its own.
+        memory += " (this read-only reader's; not stored with the log)"
+    segments_size_bytes = sum(segment["size_bytes"] for segment in info["segments"])
+    rows = [
+        ("directory", info["directory"]),
+        ("begin address", info["begin_address"]),
+        ("committed-until address", info["committed_until_address"]),
+        ("flushed-until address", info["flushed_until_address"]),
+        ("tail address", info["tail_address"]),
+        ("commit number", info["commit_number"]),
+        ("epoch", info["epoch"]),
+        ("cookie", cookie),
+        ("io backend", info["io_backend"]),
+        ("page size", _size_text(info["page_size_bytes"])),
+        ("segment size", _size_text(info["segment_size_bytes"])),
+        ("memory size", memory),
+        ("entry size max", f"{info['entry_size_max']} bytes"),
+        ("segment files", f"{len(info['segments'])}, {_size_text(segments_size_bytes)}"),
+    ]
+    lines = [f"{name:<24} {value}" for name, value in rows]
+    for segment in info["segments"]:
+        first = segment["first_address"]
+        where = "" if first is None else (
+            f"  addresses {first} .. {first + info['segment_size_bytes']}")
+        lines.append(f"  {segment['name']:<22} {segment['size_bytes']:>12} bytes{where}")
+    return lines
+
+
+def command_info(arguments: argparse.Namespace) -> int:
+    with _open_readonly(arguments.directory) as log:
+        info = log_info(log)
+    if arguments.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print("\n".join(format_info(info)))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- dump
+
+
+def scan_frames(log: FasterLog, begin: int, end: int,
+                include: int) -> Iterator[list[tuple[int, int, bytes]]]:
+    """Like log.scan_batches(begin, end, _include=include), with each frame's kind:
+    yields lists of (address, kind, payload).
+
+    A stopgap that reaches under the typed layer: FasterLog.scan_batches drops the kinds that
+    fl_scan reports, and dump needs them to label markers and commit records. Replace this with
+    the core's API once it yields kinds.
+    """
+    capacity = max(scan_buffer_size_bytes_min, log.entry_size_max + 64)
+    buffer = ffi.new("char[]", capacity)
+    addresses = ffi.new("uint64_t[]", scan_entries_count_max)
+    offsets = ffi.new("uint32_t[]", scan_entries_count_max)
+    sizes = ffi.new("uint32_t[]", scan_entries_count_max)
+    kinds = ffi.new("int32_t[]", scan_entries_count_max)
+    next_address = ffi.new("uint64_t *")
+    info = ffi.new("fl_error_info *")
+    position = begin
+    while position < end:
+        count = lib.fl_scan(log._log, position, end, include, buffer, capacity, addresses,
+                            offsets, sizes, kinds, scan_entries_count_max, next_address, info)
+        if count < 0:
+            errors.raise_for(count, f"scan at {position}", lib, info, position)
+        advanced = int(next_address[0])
+        if count > 0:
+            starts = ffi.unpack(offsets, count)
+            lengths = ffi.unpack(sizes, count)
+            data = ffi.buffer(buffer, starts[-1] + lengths[-1])[:]
+            yield list(zip(ffi.unpack(addresses, count), ffi.unpack(kinds, count),
+                           [data[s:s + n] for s, n in zip(starts, lengths)]))
+        if advanced == position:
+            return
+        position = advanced
+
+
+def _hexdump_lines(address: int, kind: int, payload: bytes) -> Iterator[str]:
+    yield f"{address} {KIND_NAMES.get(kind, str(kind))} {len(payload)} bytes"
+    for offset in range(0, len(payload), hexdump_line_size_bytes):
+        chunk = payload[offset:offset + hexdump_line_size_bytes]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        yield f"  {offset:08x}  {chunk.hex(' '):<{hexdump_line_size_bytes * 3}} |{text}|"
+
+
+def _check_entry_start(log: FasterLog, address: int) -> None:
+    """Raises InvalidAddressError unless a frame starts at `address`.
+
+    fl_scan reports any frame that fails its checks as corrupt, so a --from inside an entry
+    would read as damage. fl_read tells the two apart (as truncate_until's probe does): with
+    no room for the payload it answers FL_E_BUFFER for a good frame of any kind.
+    """
+    kind = ffi.new("int32_t *")
+    info = ffi.new("fl_error_info *")
+    size = lib.fl_read(log._log, address, ffi.new("char[1]"), 0, kind, info)
+    if size < 0 and size != lib.FL_E_BUFFER:
+        errors.raise_for(size, f"dump --from {address}", lib, info, address)
+
+
+def _dump_range(log: FasterLog, arguments: argparse.Namespace) -> tuple[int, int]:
+    begin = log.begin_address if arguments.begin is None else arguments.begin
+    committed = log.committed_until_address
+    end = committed if arguments.end is None else min(arguments.end, committed)
+    if begin < log.begin_address:
+        raise CliError(f"dump: --from {begin} is below the begin address {log.begin_address} "
+                       "(that part of the log was truncated)")
+    if begin > committed:
+        raise CliError(f"dump: --from {begin} is beyond the committed-until address {committed}")
+    if begin < end and begin != log.begin_address:
+        _check_entry_start(log, begin)
+    return begin, end
+
+
+def command_dump(arguments: argparse.Namespace) -> int:
+    if arguments.begin is not None and arguments.end is not None \
+            and arguments.begin > arguments.end:
+        raise UsageError(f"dump: --from {arguments.begin} is above --to {arguments.end}")
+    with _open_readonly(arguments.directory) as log:
+        begin, end = _dump_range(log, arguments)
+        include = _INCLUDE_MARKERS_AND_COMMITS if arguments.markers else 0
+        binary = sys.stdout.buffer
+        for batch in scan_frames(log, begin, end, include):
+            if arguments.format == "raw":
+                binary.write(b"".join(payload for _, _, payload in batch))
+                continue
+            if arguments.format == "json":
+                lines = [json.dumps({"address": address, "kind": KIND_NAMES.get(kind, kind),
+                                     "size": len(payload),
+                                     "data_base64": base64.b64encode(payload).decode()})
+                         for address, kind, payload in batch]
+            else:
+                lines = [line for frame in batch for line in _hexdump_lines(*frame)]
+            sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- verify
+
+
+def verify_log(log: FasterLog, progress: ProgressBar | None = None) -> int:
+    """Checks every frame from begin to committed-until in chunks, drawing progress between
+    them. Returns the committed-until address; raises CorruptionError at the first bad frame."""
+    begin = position = log.begin_address
+    limit = log.committed_until_address
+    while position < limit:
+        good = log.verify(position, min(position + verify_chunk_size_bytes, limit))
+        if good <= position:
+            raise CliError(f"verify failed: stopped at address {position} before the "
+                           f"committed-until address {limit}; all is good below {position}")
+        position = good
+        if progress is not None:
+            progress.update(position - begin)
+    return limit
+
+
+def command_verify(arguments: argparse.Namespace) -> int:
+    with _open_readonly(arguments.directory) as log:
+        begin, limit = log.begin_address, log.committed_until_address
+        progress = ProgressBar(sys.stderr, limit - begin, "verify",
+                               enabled=not arguments.no_progress and sys.stderr.isatty())
+        try:
+            good = verify_log(log, progress)
+        except errors.CorruptionError as error:
+            raise CliError(f"{error}; the log is good from {begin} up to address "
+                           f"{error.address}") from None
+        finally:
+            progress.close()
+    print(f"verified {_size_text(good - begin)} from {begin} to {good}: every checksum is "
+          f"good; last good address {good} (committed-until)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- demo
+
+# Small sizes: segment files are preallocated whole (the default segment is 1 GiB), and a few
+# runs then fill more than one segment. Every open in the demo passes them, so a directory that
+# holds a log with other sizes is refused with a SettingsError rather than silently reused.
+demo_page_size_bytes = 64 << 10
+demo_memory_size_bytes = 512 << 10
+demo_segment_size_bytes = 1 << 20
+demo_own_events_count = 5
+demo_group_size_max = 40  # entries the writer child appends between two commits
+# The parent kills the writer after about demo_acks_before_kill_count commits; this bound only
+# stops a writer whose parent is gone.
+demo_writer_commits_max = 100_000
+# The writer pauses this long before each append, as if events trickled in, so that the kill
+# lands inside a group of appends about as often as inside a commit.
+demo_append_pause_s = 0.0002
+demo_acks_before_kill_count = 30
+demo_kill_delay_max_s = 0.01
+demo_child_timeout_s = 60.0
+demo_entries_shown_count = 3
+_EVENT_NAMES = ("signup", "login", "add_to_cart", "checkout", "refund", "logout")
+
+
+def demo_event(sequence_number: int, source: str) -> bytes:
+    """The entry with this sequence number: a pure function of its arguments, so the demo can
+    check every recovered entry byte for byte without keeping a copy."""
+    return json.dumps({"seq": sequence_number, "source": source,
+                       "event": _EVENT_NAMES[sequence_number * 7 % len(_EVENT_NAMES)],
+                       "amount_cents": sequence_number * 7919 % 10000},
+                      separators=(",", ":")).encode()
+
+
+def _open_demo_log(directory: str | os.PathLike[str]) -> FasterLog:
+    return FasterLog.open(directory, page_size_bytes=demo_page_size_bytes,
+                          memory_size_bytes=demo_memory_size_bytes,
+                          segment_size_bytes=demo_segment_size_bytes)
+
+
+def _count_cookie(entries_count: int) -> bytes:
+    return json.dumps({"entries": entries_count}).encode()
+
+
+def _entries_count(log: FasterLog) -> int:
+    """How many data entries the log holds: the demo stores the count in each commit's cookie,
+    so recovery hands it back; a log written by something else is counted by a scan."""
+    try:
+        count = json.loads(log.cookie or b"")["entries"]
+        if isinstance(count, int):
+            return count
+    except (ValueError, KeyError, TypeError):
+        pass
+    return sum(len(batch) for batch in log.scan_batches())
+
+
+def demo_writer(directory: str) -> NoReturn:
+    """The demo's child: appends groups of events and commits each group, forever, until the
+    parent kills it. It reports on stdout, one os.write per line (shorter than PIPE_BUF, so a
+    kill never tears a line): "ready COUNT ADDRESS" after recovery, "appending FROM UNTIL"
+    before each group, "ack COUNT ADDRESS" after each commit() returned."""
+    def say(line: str) -> None:
+        os.write(1, (line + "\n").encode())
+
+    log = _open_demo_log(directory)
+    count = _entries_count(log)
+    say(f"ready {count} {log.committed_until_address}")
+    rhythm = random.Random()
+    for _ in range(demo_writer_commits_max):
+        until = count + rhythm.randint(1, demo_group_size_max)
+        say(f"appending {count} {until}")
+        while count < until:
+            time.sleep(demo_append_pause_s)
+            log.append(demo_event(count, "writer"))
+            count += 1
+        committed = log.commit(cookie=_count_cookie(count))
+        say(f"ack {count} {committed}")
+    raise SystemExit(f"demo writer: made {demo_writer_commits_max} commits and was not killed")
+
+
+class _ChildReport:
+    """What the writer child said on its pipe, read line by line with a deadline."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = b""
+        self.eof = False
+        self.ready_count = self.ready_address = -1
+        self.acks_count = 0
+        self.acked_count = self.acked_address = -1
+        self.attempted_until = -1
+
+    def read_until(self, acks_wanted: int | None, deadline_s: float) -> None:
+        """Reads until `acks_wanted` acks were seen (None: until end of file)."""
+        while not self.eof and (acks_wanted is None or self.acks_count < acks_wanted):
+            remaining_s = deadline_s - time.monotonic()
+            if remaining_s <= 0:
+                raise CliError("demo failed: the writer child did not report in time")
+            readable, _, _ = select.select([self._fd], [], [], remaining_s)
+            if not readable:
+                continue
+            chunk = os.read(self._fd, 65536)
+            self.eof = not chunk
+            self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            for line in lines:
+                self._take(line.decode().split())
+
+    def _take(self, words: list[str]) -> None:
+        if len(words) != 3 or not (words[1].isdigit() and words[2].isdigit()):
+            return  # not one of the writer's reports
+        tag, first, second = words[0], int(words[1]), int(words[2])
+        if tag == "ready":
+            self.ready_count, self.ready_address = first, second
+        elif tag == "appending":
+            self.attempted_until = second
+        elif tag == "ack":
+            self.acks_count += 1
+            self.acked_count, self.acked_address = first, second
+
+
+def _writer_complaint(child: subprocess.Popen[bytes]) -> str:
+    assert child.stderr is not None
+    lines = child.stderr.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+def _run_writer_child(directory: Path, say: Callable[[str], None]) -> _ChildReport:
+    code = "import sys; from fasterlog.cli import demo_writer; demo_writer(sys.argv[1])"
+    child = subprocess.Popen([sys.executable, "-c", code, str(directory)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    report = _ChildReport(child.stdout.fileno())
+    try:
+        deadline_s = time.monotonic() + demo_child_timeout_s
+        report.read_until(demo_acks_before_kill_count, deadline_s)
+        if report.eof:
+            child.wait()
+            raise CliError(f"demo failed: the writer child exited with status {child.returncode}"
+                           f" before it was killed: {_writer_complaint(child)}")
+        say(f"   writer (pid {child.pid}) opened the log ({report.ready_count} entries) and "
+            f"has acknowledged {report.acks_count} commits so far")
+        time.sleep(random.uniform(0, demo_kill_delay_max_s))  # land the kill anywhere
+        child.send_signal(signal.SIGKILL)
+        if child.wait() != -signal.SIGKILL:
+            raise CliError(f"demo failed: the writer child exited with status {child.returncode}"
+                           f" before the kill landed: {_writer_complaint(child)}")
+        report.read_until(None, time.monotonic() + demo_child_timeout_s)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    say(f"   sent SIGKILL mid-stream: the writer died after {report.acks_count} acknowledged "
+        f"commits;\n   the last covered entries up to #{report.acked_count - 1} (committed "
+        f"until {report.acked_address}); it had begun appending up to "
+        f"#{report.attempted_until - 1}")
+    return report
+
+
+def _check_recovery(log: FasterLog, report: _ChildReport,
+                    say: Callable[[str], None]) -> list[tuple[int, bytes]]:
+    """Checks that the reopened log holds every acknowledged entry of the writer, byte for byte,
+    and nothing it never appended; returns the writer's recovered (address, entry) pairs."""
+    recovered = [pair for batch in log.scan_batches(report.ready_address) for pair in batch]
+    start = report.ready_count
+    acknowledged_count = report.acked_count - start
+    for index, (address, entry) in enumerate(recovered):
+        if entry != demo_event(start + index, "writer"):
+            raise CliError(f"demo failed: entry #{start + index} at address {address} is not "
+                           "what the writer appended")
+    if len(recovered) < acknowledged_count:
+        raise CliError(f"demo failed: only {len(recovered)} of the {acknowledged_count} "
+                       "acknowledged entries were recovered")
+    if start + len(recovered) > report.attempted_until:
+        raise CliError("demo failed: recovery returned entries the writer never appended")
+    if _entries_count(log) != start + len(recovered):
+        raise CliError("demo failed: the recovered cookie does not match the recovered entries")
+    say(f"   all {acknowledged_count} acknowledged entries of the writer were recovered, byte "
+        "for byte, in order")
+    unacknowledged_kept = len(recovered) - acknowledged_count
+    if unacknowledged_kept:
+        say(f"   {unacknowledged_kept} more entries were durable though never acknowledged "
+            "(the kill landed after their commit reached the disk, before the writer reported "
+            "it): kept")
+    dropped = report.attempted_until - start - len(recovered)
+    if dropped:
+        say(f"   {dropped} unacknowledged entries after the last durable commit were dropped\n"
+            f"   (at most {dropped}: the writer may not have appended all of its last group);\n"
+            "   allowed, as no commit() had returned for them")
+    else:
+        say("   nothing was dropped: the kill landed after the writer's last group was durable")
+    say(f"   the recovered commit's cookie says {log.cookie.decode() if log.cookie else None}")
+    return recovered
+
+
+def run_demo(directory: str | os.PathLike[str], out: TextIO | None = None) -> None:
+    """The tour: create or recover a log, append and commit, kill -9 a writer mid-stream,
+    recover, check every acknowledged entry, show entries and a summary. Run it twice."""
+    stream = out if out is not None else sys.stdout
+
+    def say(line: str = "") -> None:
+        print(line, file=stream, flush=True)
+
+    path = Path(directory)
+    existed = (path / "fasterlog.meta").exists()
+    path.mkdir(parents=True, exist_ok=True)
+    say(f"fasterlog demo in {path}")
+    say(f"1. open {path}: " + ("recover the log left there" if existed else "create a new log"))
+    with _open_demo_log(path) as log:
+        count = _entries_count(log)
+        say(f"   {count} entries, committed until address {log.committed_until_address}, "
+            f"commit number {log.commit_number}, io backend {log.io_backend}")
+        say(f"2. append {demo_own_events_count} events and commit them")
+        own = [(log.append(demo_event(count + i, "demo")), demo_event(count + i, "demo"))
+               for i in range(demo_own_events_count)]
+        committed = log.commit(cookie=_count_cookie(count + demo_own_events_count))
+        say(f"   appended at addresses {[address for address, _ in own]}; committed until "
+            f"{committed}")
+    say("3. start a writer child that appends groups of events and commits each group,\n"
+        "   reporting every acknowledged commit on a pipe; kill it with SIGKILL mid-stream")
+    report = _run_writer_child(path, say)
+    say("4. reopen the log: recovery finds the newest intact commit")
+    with _open_demo_log(path) as log:
+        say(f"   recovered: committed until address {log.committed_until_address}, commit "
+            f"number {log.commit_number}")
+        recovered = _check_recovery(log, report, say)
+        say("5. scan: this run's first events and the writer's last recovered ones")
+        for address, entry in own[:demo_entries_shown_count] + \
+                recovered[-demo_entries_shown_count:]:
+            say(f"   {address:>10}  {entry.decode()}")
+        say(f"6. verify: every checksum good up to address {verify_log(log)}")
+        say("7. summary (what `fasterlog info` shows)")
+        for line in format_info(log_info(log)):
+            say("   " + line)
+    say(f"done: run it again to recover {path} and append more")
+
+
+def command_demo(arguments: argparse.Namespace) -> int:
+    run_demo(arguments.dir)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- parsing and main
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports usage errors in one line, "fasterlog: error: ...", and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("fasterlog").strip()
+        where = f"{command}: " if command else ""
+        hint = f"fasterlog {command} --help" if command else "fasterlog --help"
+        self.exit(EXIT_USAGE, f"fasterlog: error: {where}{message} (see '{hint}')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="fasterlog", description="Inspect, check and demonstrate "
+                             "fasterlog append-only logs.")
+    parser.add_argument("--version", action="version", version=f"fasterlog {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_ArgumentParser)
+    info = commands.add_parser("info", help="positions, settings and segment files of a log")
+    info.add_argument("directory", metavar="DIR")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=command_info)
+    dump = commands.add_parser("dump", help="print the entries in the committed range")
+    dump.add_argument("directory", metavar="DIR")
+    dump.add_argument("--from", dest="begin", type=_address, metavar="A",
+                      help="first address (an entry start; default: the begin address)")
+    dump.add_argument("--to", dest="end", type=_address, metavar="A",
+                      help="stop before this address (default: committed-until)")
+    dump.add_argument("--format", choices=("hex", "raw", "json"), default="hex",
+                      help="hex: address, kind, size and a hex dump; raw: the payloads "
+                      "back to back (binary); json: one object per line")
+    dump.add_argument("--markers", action="store_true",
+                      help="also show markers and commit records")
+    dump.set_defaults(run=command_dump)
+    verify = commands.add_parser("verify", help="check every checksum in the committed range")
+    verify.add_argument("directory", metavar="DIR")
+    verify.add_argument("--no-progress", action="store_true",
+                        help="no progress bar, even on a terminal")
+    verify.set_defaults(run=command_verify)
+    demo = commands.add_parser("demo", help="append, commit, kill -9 a writer, recover, check")
+    demo.add_argument("--dir", default=os.path.join(".", "data", "demo-log"),
+                      help="log directory (default: ./data/demo-log)")
+    demo.set_defaults(run=command_demo)
+    return parser
+
+
+def _error_line(error: BaseException) -> str:
+    if isinstance(error, errors.LogIOError) and error.strerror:
+        text = error.strerror  # our messages already name the operation and the path
+    elif isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename}" if error.filename else "")
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        return int(arguments.run(arguments))
+    except BrokenPipeError:
+        # The reader went away (`fasterlog dump DIR | head`): not an error worth a line. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    except (errors.FasterLogError, OSError, CliError) as error:
+        print(f"fasterlog: error: {_error_line(error)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("fasterlog: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
