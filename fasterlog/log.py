@@ -90,12 +90,15 @@ class FasterLog:
         4 MiB pages, 16 MiB of memory, 1 GiB segments). FASTERLOG_IO_BACKEND=plain in the
         environment forces the plain pread/pwrite backend.
         """
-        forced = os.environ.get("FASTERLOG_IO_BACKEND", "").strip()
-        if forced:
-            io_backend = forced
         if io_backend not in _BACKENDS:
             raise errors.SettingsError(f"open failed: io_backend must be one of "
                                        f"{sorted(_BACKENDS)}, not {io_backend!r}")
+        forced = os.environ.get("FASTERLOG_IO_BACKEND", "").strip()
+        if forced:
+            if forced not in _BACKENDS:
+                raise errors.SettingsError(f"open failed: FASTERLOG_IO_BACKEND must be one of "
+                                           f"{sorted(_BACKENDS)}, not {forced!r}")
+            io_backend = forced
         settings = ffi.new("fl_settings *")
         for name, value in (("page_size_bytes", page_size_bytes),
                             ("memory_size_bytes", memory_size_bytes),

@@ -8,6 +8,7 @@ bash scripts/setup.sh
 status=0
 for backend in io_uring plain; do
     echo "=== tests with the ${backend} backend"
-    FASTERLOG_IO_BACKEND=$backend python3 -m pytest -q "$@" || status=1
+    # The slow variants (hundreds of kills) run with: bash scripts/test.sh -m slow
+    FASTERLOG_IO_BACKEND=$backend python3 -m pytest -q -m "not slow" "$@" || status=1
 done
 exit $status

@@ -416,7 +416,11 @@ static int claim_page_locked(fl_log *log, uint64_t page, int blocking) {
         if (rc < 0) return rc;
         if (log->closed) return FL_E_CLOSED;
         waited = 1;
-        if (page_of(log, log->tail_address) != page) return 1;
+        /* The mutex was let go: another appender may have claimed this page (and filled part
+         * of it) or moved on. Claiming again would wipe its frames, so start over. */
+        if (page_of(log, log->tail_address) != page ||
+            (log->open_page_claimed && log->open_page == page))
+            return 1;
     }
     if (page + 1 > log->pages_count) {
         uint64_t head = (page + 1 - log->pages_count) * log->page_size_bytes;
@@ -772,8 +776,8 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
         }
     }
     pthread_mutex_lock(&log->mutex);
-    int rc = 0;
-    while (log->committed_until <= address) {
+    int rc = log->closed ? FL_E_CLOSED : 0;
+    while (rc == 0 && log->committed_until <= address) {
         if (log->closed) { rc = FL_E_CLOSED; break; }
         if (log->fenced_error) { rc = FL_E_FENCED; break; }
         if (timeout_us < 0) {
@@ -1000,11 +1004,12 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
             }
             if (rc < 0) {
                 if (error) error->address = position + offset;
-                if (count > 0 || offset > 0) {
+                if (count > 0 || offset > 0 || used > 0) {
                     stop = 1;
                     break;
                 }
-                return rc;
+                /* The very first frame: a bad start address, or damage? Tell them apart. */
+                return position == from_address ? classify_bad_frame(log, position, error) : rc;
             }
             if (scan_wanted(view.kind, include)) {
                 addresses_out[count] = position + offset;
