@@ -942,6 +942,7 @@ static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t cap
 
 /* ------------------------------------------------------------------ scans */
 
+#define FL_SCAN_CHUNK_BYTES (256u << 10)
 #define FL_SCAN_MARKERS 1
 #define FL_SCAN_COMMITS 2
 #define FL_SCAN_PADDING 4
@@ -975,12 +976,17 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
     uint64_t position = from_address, used = 0;
     size_t count = 0;
     int stop = 0;
+    uint64_t want = FL_SCAN_CHUNK_BYTES;
     while (!stop && position < until_address && count < count_max) {
         uint64_t page_end = (page_of(log, position) + 1) * log->page_size_bytes;
         uint64_t chunk_end = page_end < committed ? page_end : committed;
         uint64_t size = chunk_end - position;
+        /* Copy in modest chunks: the call may stop at count_max long before the buffer is
+         * full, and every byte copied past that point would be copied again next call. */
+        if (size > want) size = want;
         if (size > capacity - used) size = capacity - used;
         if (size == 0) break;
+        want = FL_SCAN_CHUNK_BYTES;
         int from_memory;
         int64_t got = copy_range(log, position, out + used, size, &from_memory);
         if (got < 0) return got;
@@ -999,6 +1005,12 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
                     if (error) error->size_needed = view.frame_size;
                     return FL_E_BUFFER;
                 }
+                if (offset == 0 && view.frame_size <= capacity - used && view.frame_size > size) {
+                    want = view.frame_size; /* a frame larger than a chunk: copy it whole */
+                    break;
+                }
+                /* Cut by the chunk, not by the buffer: go on with the next chunk. */
+                if (offset > 0 && view.frame_size <= capacity - used - offset) break;
                 stop = 1;
                 break;
             }
@@ -1020,8 +1032,7 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
             }
             offset += view.frame_size;
         }
-        if (offset < size && !stop && count < count_max && position + offset < until_address)
-            stop = 1;
+        if (offset == 0 && want == FL_SCAN_CHUNK_BYTES) stop = 1; /* no progress possible */
         used += offset;
         position += offset;
     }
