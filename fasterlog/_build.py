@@ -13,7 +13,9 @@ import pathlib
 import cffi
 
 CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
-SOURCES = ["fl_log.c", "fl_recovery.c", "fl_device.c", "fl_meta.c", "fl_crc32c.c"]
+SOURCES = [
+    "fl_log.c", "fl_recovery.c", "fl_follow.c", "fl_device.c", "fl_meta.c", "fl_crc32c.c"
+]
 LIBURING_ARCHIVES = [
     "/usr/lib/x86_64-linux-gnu/liburing.a",
     "/usr/lib/aarch64-linux-gnu/liburing.a",

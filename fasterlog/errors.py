@@ -4,6 +4,7 @@
     ├── LogClosedError                  the log was closed
     ├── LogFencedError                  an earlier write or sync failed: writes are refused
     ├── ReadOnlyError                   a write call on a read-only log
+    ├── LogCompletedError               an append after complete()
     ├── LockedError                     another process is the writer (.pid)
     ├── CorruptionError                 a checksum or structure check failed (.address)
     ├── EntryTooLarge (ValueError)      an entry above entry_size_max
@@ -39,6 +40,10 @@ class LogFencedError(FasterLogError):
 
 class ReadOnlyError(FasterLogError):
     """A write call on a log opened with readonly=True."""
+
+
+class LogCompletedError(FasterLogError):
+    """The log was marked complete: it takes no more entries."""
 
 
 class LockedError(FasterLogError):
@@ -113,6 +118,8 @@ def raise_for(code: int, operation: str, lib: Any, info: Any = None, address: in
                                   "(reopen it to recover)"))
     if code == lib.FL_E_READONLY:
         raise ReadOnlyError(text("the log was opened read-only"))
+    if code == lib.FL_E_COMPLETED:
+        raise LogCompletedError(text("the log was completed and takes no more entries"))
     if code == lib.FL_E_LOCKED:
         raise LockedError(text("the log is open for writing by another process"),
                           int(info.holder_pid) if info is not None else 0)

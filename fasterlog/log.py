@@ -21,6 +21,7 @@ from typing import Any
 
 from . import errors
 from ._fasterlog_c import ffi, lib
+from .tail import AsyncTail, Tail, wait_for_commit_async
 
 __all__ = ["FasterLog"]
 
@@ -262,11 +263,48 @@ class FasterLog:
                                              0)
         timeout_us = -1 if timeout is None else max(0, int(timeout * 1e6))
         rc = lib.fl_wait_for_commit(self._log, address, timeout_us)
-        if rc == lib.FL_E_TIMEOUT:
+        if rc in (lib.FL_E_TIMEOUT, lib.FL_E_WOKEN):
             return False
         if rc < 0:
             self._fail(rc, "wait_for_commit")
         return True
+
+    def complete(self) -> int:
+        """Marks the log finished, with a commit: later appends raise LogCompletedError, and
+        every tail (here and in followers) ends after the last entry. Returns committed-until."""
+        committed: int = lib.fl_complete(self._log)
+        if committed < 0:
+            self._fail(committed, "complete")
+        return committed
+
+    @property
+    def completed(self) -> bool:
+        return bool(self._snapshot().completed)
+
+    def wake(self) -> None:
+        """Ends every wait in progress on this log (tails check whether they were stopped)."""
+        lib.fl_wake(self._log)
+
+    def tail(self, from_address: int | None = None, timeout: float | None = None, *,
+             include_markers: bool = False) -> Tail:
+        """Yields (address, entry) from `from_address` (default: begin) as commits land.
+        `timeout`: seconds without a new commit before it ends quietly; stop() ends it from
+        any thread; a completed log ends it after the last entry."""
+        if from_address is not None:
+            self._check_address(from_address, "tail")
+        return Tail(self, from_address, timeout, include_markers)
+
+    def tail_async(self, from_address: int | None = None, timeout: float | None = None, *,
+                   include_markers: bool = False) -> AsyncTail:
+        """The asyncio twin of tail(): `async for address, entry in log.tail_async()`."""
+        if from_address is not None:
+            self._check_address(from_address, "tail_async")
+        return AsyncTail(self, from_address, timeout, include_markers)
+
+    async def wait_for_commit_async(self, address: int, timeout: float | None = None) -> bool:
+        """The asyncio twin of wait_for_commit(), driven by the commit eventfd."""
+        self._check_address(address, "wait_for_commit_async")
+        return await wait_for_commit_async(self, address, timeout)
 
     @property
     def cookie(self) -> bytes | None:
@@ -278,7 +316,10 @@ class FasterLog:
     @property
     def commit_eventfd(self) -> int:
         """An eventfd that becomes readable whenever a commit completes (for event loops)."""
-        return int(lib.fl_commit_eventfd(self._log))
+        fd = int(lib.fl_commit_eventfd(self._log))
+        if fd < 0:
+            self._fail(fd, "commit_eventfd")
+        return fd
 
     # ------------------------------------------------------------------ reads
 

@@ -159,3 +159,29 @@ def test_python_constants_equal_the_c_ones(name: str) -> None:
     from fasterlog._fasterlog_c import lib
 
     assert getattr(fmt, name) == getattr(lib, "FL_" + name)
+
+
+def test_completed_flag_is_bit_0_of_the_commit_record_flags(log_dir: Path) -> None:
+    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+        a = log.append(b"end")
+        log.complete()
+    meta = read_meta(log_dir)
+    salt, record = meta["salt"], a + fmt.frame_size(3)
+    raw = (log_dir / "segment-00000000.fl").read_bytes()
+    expected = encode_frame(salt, record, fmt.KIND_COMMIT,
+                            struct.pack("<QQQII", 1, 64, 0, fmt.NO_COOKIE, 1), 1)
+    assert raw[record:record + len(expected)] == expected
+
+
+def test_shared_page_layout(log_dir: Path) -> None:
+    import os
+
+    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+        log.append(b"x")
+        committed = log.commit()
+        block = (log_dir / "fasterlog.shm").read_bytes()
+        magic, version, sequence, until, begin, number, pid, flags = struct.unpack_from(
+            "<8sIIQQQQI", block)
+        assert (magic, version) == (b"FLOGSHM\0", 1)
+        assert (until, begin, number, pid, flags) == (committed, 64, 1, os.getpid(), 0)
+        assert sequence >= 2  # published at open and after the commit

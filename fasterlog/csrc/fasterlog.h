@@ -27,7 +27,9 @@ enum fl_status {
     FL_E_BUFFER = -100012,         /* caller's buffer too small; the needed size is reported */
     FL_E_SHORT_WRITE = -100013,    /* the device wrote fewer bytes than asked */
     FL_E_FORMAT = -100014,         /* not a fasterlog directory, or an unknown format version */
-    FL_E_NOMEM = -100015           /* memory allocation failed */
+    FL_E_NOMEM = -100015,          /* memory allocation failed */
+    FL_E_WOKEN = -100016,          /* a wait ended early because fl_wake was called */
+    FL_E_COMPLETED = -100017       /* an append after fl_complete */
 };
 
 enum fl_io_backend {
@@ -71,6 +73,7 @@ typedef struct fl_state {
     int32_t readonly;
     int32_t direct_io;                /* whether writes use O_DIRECT */
     int32_t io_uring_refused;         /* io_uring was wanted but the kernel refused it (-errno) */
+    int32_t completed;                /* fl_complete was committed: the log takes no more */
 } fl_state;
 
 /* Details of a failure that the return code alone does not carry. */
@@ -99,7 +102,13 @@ int64_t fl_commit(fl_log *log);
 int fl_set_cookie(fl_log *log, const void *cookie, size_t size);
 int64_t fl_get_cookie(fl_log *log, void *buffer, size_t capacity);
 int fl_wait_for_commit(fl_log *log, uint64_t address, int64_t timeout_us);
+/* An eventfd that becomes readable after commits (on read-only logs: the writer's commits,
+ * seen through fasterlog.shm by a helper thread started on first call). */
 int fl_commit_eventfd(fl_log *log);
+/* Ends every wait in progress on this log (they return FL_E_WOKEN): how a tail is stopped. */
+void fl_wake(fl_log *log);
+/* Marks the log finished with a commit: later appends fail, tails end at the end. */
+int64_t fl_complete(fl_log *log);
 
 int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity,
                 int32_t *kind_out, fl_error_info *error_out);

@@ -24,9 +24,10 @@
 #define FL_KIND_PADDING 4
 
 /* Commit record payload: commit_number u64, begin_address u64, previous_commit_address u64,
- * cookie_size u32, reserved u32 (zero), then the cookie. */
+ * cookie_size u32, flags u32, then the cookie. Flag bit 0: the log was completed. */
 #define FL_COMMIT_RECORD_FIXED_SIZE_BYTES 32
 #define FL_COOKIE_SIZE_MAX_BYTES 65536
+#define FL_COMMIT_FLAG_COMPLETED 1
 
 /* The meta file: one 4096-byte block. */
 #define FL_META_SIZE_BYTES 4096

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <time.h>
 #include <liburing.h>
 
 #include "fasterlog.h"
@@ -175,10 +176,42 @@ struct fl_log {
     uint64_t zeroing_end;
     uint64_t zero_ahead_bytes;
 
+    /* Followers and wake-ups. */
+    struct fl_shared *shared;     /* the mapped fasterlog.shm, NULL until there is one */
+    pthread_t follow_thread;      /* read-only logs with an eventfd: futex to eventfd */
+    int32_t follow_running;
+    uint64_t wake_generation;     /* fl_wake bumps it: waiters return FL_E_WOKEN */
+    int32_t completed;            /* fl_complete was called: no more appends */
+    int32_t completion_durable;   /* ... and its commit landed: tails end at the end */
+
     pthread_t auto_commit_thread;
     int32_t auto_commit_running;
     pthread_cond_t auto_commit_cond;
 };
+
+/* ---- fasterlog.shm (fl_follow.c) ---- */
+#define FL_SHARED_SIZE_BYTES 4096
+#define FL_SHARED_COMPLETED 1u
+typedef struct fl_shared {
+    char magic[8];
+    uint32_t version;
+    _Atomic uint32_t commit_sequence; /* futex word: +1 per publish */
+    _Atomic uint64_t committed_until;
+    _Atomic uint64_t begin_address;
+    _Atomic uint64_t commit_number;
+    _Atomic uint64_t writer_pid;      /* 0 when no writer has it open */
+    _Atomic uint32_t flags;
+} fl_shared;
+
+int fl_shared_open(fl_log *log);
+void fl_shared_close(fl_log *log);
+void fl_shared_publish_locked(fl_log *log);
+void fl_shared_refresh_locked(fl_log *log);
+uint32_t fl_shared_sequence(fl_log *log);
+void fl_shared_wait(fl_log *log, uint32_t sequence, const struct timespec *deadline);
+void fl_shared_wake_local(fl_log *log);
+int fl_follow_start_locked(fl_log *log);
+void fl_follow_stop(fl_log *log);
 
 /* ---- meta file (fl_meta.c) ---- */
 typedef struct fl_meta {

@@ -444,13 +444,15 @@ static int writable_locked(const fl_log *log) {
     if (log->closed) return FL_E_CLOSED;
     if (log->readonly) return FL_E_READONLY;
     if (log->fenced_error) return FL_E_FENCED;
+    if (log->completed) return FL_E_COMPLETED;
     return 0;
 }
 
 /* Reserves `frame_size` bytes at the tail of one page. Called with `mutex` held. */
-static int64_t reserve_locked(fl_log *log, uint64_t frame_size, int blocking) {
+static int64_t reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int for_commit) {
     for (;;) {
         int rc = writable_locked(log);
+        if (rc == FL_E_COMPLETED && for_commit) rc = 0; /* a commit record still goes in */
         if (rc < 0) return rc;
         uint64_t tail = log->tail_address;
         uint64_t page = page_of(log, tail);
@@ -489,7 +491,7 @@ static void after_append_locked(fl_log *log) {
 static int64_t append_slow(fl_log *log, const void *data, size_t size, int32_t kind,
                            int32_t blocking, uint64_t frame_size) {
     pthread_mutex_lock(&log->mutex);
-    int64_t address = reserve_locked(log, frame_size, blocking);
+    int64_t address = reserve_locked(log, frame_size, blocking, 0);
     if (address >= 0) {
         write_frame(log, (uint64_t)address, (uint32_t)kind, data, size, frame_size);
         after_append_locked(log);
@@ -505,7 +507,8 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
     uint64_t frame_size = fl_frame_size(size);
     pthread_mutex_lock(&log->mutex);
     uint64_t tail = log->tail_address;
-    if (tail + frame_size <= log->open_page_end && !log->fenced_error && !log->closed) {
+    if (tail + frame_size <= log->open_page_end && !log->fenced_error && !log->closed &&
+        !log->completed) {
         /* Fast path: room in the open page (open_page_end is 0 on read-only logs). It never
          * waits, so the caller keeps the GIL. */
         log->tail_address = tail + frame_size;
@@ -546,7 +549,7 @@ static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *
     uint64_t first_tail = log->tail_address;
     for (size_t i = 0; i < count; i++) {
         uint64_t frame_size = fl_frame_size(sizes[i]);
-        int64_t address = reserve_locked(log, frame_size, blocking);
+        int64_t address = reserve_locked(log, frame_size, blocking, 0);
         if (address < 0) {
             rc = address;
             break;
@@ -619,7 +622,7 @@ static void commit_record_write_locked(fl_log *log, uint64_t address, uint64_t f
     fl_store64(fixed + 8, log->begin_address);
     fl_store64(fixed + 16, log->last_commit_address);
     fl_store32(fixed + 24, log->has_cookie ? log->cookie_size : 0xFFFFFFFFu);
-    fl_store32(fixed + 28, 0);
+    fl_store32(fixed + 28, log->completed ? FL_COMMIT_FLAG_COMPLETED : 0);
     uint32_t cookie_size = log->has_cookie ? log->cookie_size : 0;
     if (cookie_size) memcpy(fixed + FL_COMMIT_RECORD_FIXED_SIZE_BYTES, log->cookie, cookie_size);
     write_frame(log, address, FL_KIND_COMMIT, fixed, FL_COMMIT_RECORD_FIXED_SIZE_BYTES + cookie_size,
@@ -671,6 +674,7 @@ static int after_commit(fl_log *log, uint64_t record_address, uint64_t committed
 static int64_t commit_impl(fl_log *log) {
     pthread_mutex_lock(&log->mutex);
     int rc = writable_locked(log);
+    if (rc == FL_E_COMPLETED) rc = 0; /* committing what is there is still allowed */
     if (rc < 0) {
         pthread_mutex_unlock(&log->mutex);
         return rc;
@@ -693,9 +697,10 @@ static int64_t commit_impl(fl_log *log) {
     log->commit_active = 1;
     uint32_t cookie_size = log->has_cookie ? log->cookie_size : 0;
     uint64_t frame_size = fl_frame_size(FL_COMMIT_RECORD_FIXED_SIZE_BYTES + cookie_size);
-    int64_t record = reserve_locked(log, frame_size, 1);
+    int64_t record = reserve_locked(log, frame_size, 1, 1);
     uint64_t until = log->tail_address;
     uint64_t begin = log->begin_address;
+    int record_completes = log->completed;
     if (record >= 0) {
         commit_record_write_locked(log, (uint64_t)record, frame_size);
         log->commit_record_due = 0;
@@ -719,7 +724,9 @@ static int64_t commit_impl(fl_log *log) {
         number = log->commit_number;
         log->last_commit_address = (uint64_t)record;
         log->durable_begin_address = begin;
+        if (record_completes) log->completion_durable = 1;
         signal_commit_event(log);
+        fl_shared_publish_locked(log);
     } else if (record >= 0) {
         fence_locked(log, rc);
     }
@@ -776,22 +783,73 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
         }
     }
     pthread_mutex_lock(&log->mutex);
+    uint64_t generation = log->wake_generation;
     int rc = log->closed ? FL_E_CLOSED : 0;
-    while (rc == 0 && log->committed_until <= address) {
+    while (rc == 0) {
+        uint32_t sequence = 0;
+        if (log->readonly) {
+            /* Read the sequence before looking, so a publish in between is never missed. */
+            sequence = fl_shared_sequence(log);
+            fl_shared_refresh_locked(log);
+        }
+        if (log->committed_until > address) break;
         if (log->closed) { rc = FL_E_CLOSED; break; }
         if (log->fenced_error) { rc = FL_E_FENCED; break; }
-        if (timeout_us < 0) {
+        if (log->wake_generation != generation) { rc = FL_E_WOKEN; break; }
+        if (log->completion_durable) { rc = FL_E_COMPLETED; break; }
+        if (log->readonly && !log->follow_running) {
+            pthread_mutex_unlock(&log->mutex);
+            fl_shared_wait(log, sequence, timeout_us >= 0 ? &deadline : NULL);
+            pthread_mutex_lock(&log->mutex);
+        } else if (timeout_us < 0) {
             pthread_cond_wait(&log->commit_cond, &log->mutex);
         } else if (pthread_cond_timedwait(&log->commit_cond, &log->mutex, &deadline) == ETIMEDOUT) {
             rc = log->committed_until > address ? 0 : FL_E_TIMEOUT;
             break;
+        }
+        if (timeout_us >= 0 && rc == 0 && log->committed_until <= address) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            if (now.tv_sec > deadline.tv_sec ||
+                (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec)) {
+                if (log->readonly) fl_shared_refresh_locked(log);
+                if (log->committed_until <= address) rc = FL_E_TIMEOUT;
+            }
         }
     }
     pthread_mutex_unlock(&log->mutex);
     return rc;
 }
 
-int fl_commit_eventfd(fl_log *log) { return log->event_fd; }
+static int commit_eventfd_impl(fl_log *log) {
+    pthread_mutex_lock(&log->mutex);
+    int rc = log->closed ? FL_E_CLOSED : 0;
+    if (rc == 0 && log->readonly) rc = fl_follow_start_locked(log);
+    pthread_mutex_unlock(&log->mutex);
+    return rc < 0 ? rc : log->event_fd;
+}
+
+void fl_wake(fl_log *log) {
+    pthread_mutex_lock(&log->mutex);
+    log->wake_generation++;
+    pthread_cond_broadcast(&log->commit_cond);
+    pthread_mutex_unlock(&log->mutex);
+    fl_shared_wake_local(log);
+}
+
+static int64_t complete_impl(fl_log *log) {
+    pthread_mutex_lock(&log->mutex);
+    int rc = writable_locked(log);
+    if (rc == 0) {
+        log->completed = 1;
+        log->commit_record_due = 1;
+    }
+    pthread_mutex_unlock(&log->mutex);
+    if (rc == FL_E_COMPLETED) rc = 0; /* completing twice is harmless */
+    return rc < 0 ? rc : commit_impl(log);
+}
+
+
 
 /* ------------------------------------------------------------------ reads */
 
@@ -858,6 +916,7 @@ static int check_range_start(fl_log *log, uint64_t address, uint64_t *limit_out,
                              fl_error_info *error) {
     pthread_mutex_lock(&log->mutex);
     int rc = 0;
+    if (log->readonly && !log->closed) fl_shared_refresh_locked(log);
     if (log->closed) rc = FL_E_CLOSED;
     else if (address < log->begin_address) rc = FL_E_TRUNCATED;
     else if (address % FL_FRAME_ALIGNMENT_BYTES != 0 || address < FL_FIRST_ADDRESS) rc = FL_E_ADDRESS;
@@ -1130,6 +1189,7 @@ void fl_get_state(fl_log *log, fl_state *state) {
         pthread_mutex_unlock(&log->io_mutex);
     }
     pthread_mutex_lock(&log->mutex);
+    if (log->readonly && !log->closed) fl_shared_refresh_locked(log);
     state->begin_address = log->begin_address;
     state->tail_address = log->tail_address;
     state->flushed_until_address = log->flushed_until;
@@ -1145,6 +1205,7 @@ void fl_get_state(fl_log *log, fl_state *state) {
     state->readonly = log->readonly;
     state->direct_io = log->direct_io;
     state->io_uring_refused = log->io_uring_refused;
+    state->completed = log->completion_durable;
     pthread_mutex_unlock(&log->mutex);
 }
 
@@ -1360,6 +1421,7 @@ static int log_shutdown(fl_log *log, int clean) {
     if (was_closed) return 0;
     auto_commit_stop(log);
     zero_stop(log);
+    fl_follow_stop(log);
     if (clean && !log->readonly) {
         int64_t committed = commit_impl(log);
         if (committed < 0 && committed != FL_E_FENCED) rc = (int)committed;
@@ -1409,6 +1471,7 @@ static int log_shutdown(fl_log *log, int clean) {
     free(log->memory);
     log->memory = NULL;
     pthread_mutex_unlock(&log->mutex);
+    fl_shared_close(log);
     if (log->event_fd >= 0) close(log->event_fd);
     if (log->lock_fd >= 0) close(log->lock_fd); /* releases the flock */
     if (log->directory_fd >= 0) close(log->directory_fd);
@@ -1501,7 +1564,14 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     rc = fl_recover(log, &meta, error);
     if (rc < 0) return rc;
     log->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (log->readonly) return 0;
+    rc = fl_shared_open(log);
+    if (rc < 0) return rc;
+    if (log->readonly) {
+        pthread_mutex_lock(&log->mutex);
+        fl_shared_refresh_locked(log);
+        pthread_mutex_unlock(&log->mutex);
+        return 0;
+    }
     /* A new epoch before any write: frames beyond the recovered tail from earlier sessions
      * carry an older epoch and can never be taken for this session's (FORMAT.md). */
     log->epoch = meta.epoch + 1;
@@ -1516,6 +1586,9 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     if (rc < 0) return rc;
     log->meta_recovery_start = meta.recovery_start_address;
     log->meta_committed_until = meta.committed_until_address;
+    pthread_mutex_lock(&log->mutex);
+    fl_shared_publish_locked(log);
+    pthread_mutex_unlock(&log->mutex);
     if (log->commit_number == 0 && log->tail_address == FL_FIRST_ADDRESS) {
         /* A new log (nothing committed, so nothing to lose): zero its first page now, since
          * the preallocation thread stays beyond the page the tail is in. */
@@ -1636,6 +1709,15 @@ int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error, 
                  int32_t short_write) {
     void *token = fl_blocking_begin();
     int rc = fault_set_impl(log, ops, after_count, error, persistent, short_write);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int fl_commit_eventfd(fl_log *log) { return commit_eventfd_impl(log); }
+
+int64_t fl_complete(fl_log *log) {
+    void *token = fl_blocking_begin();
+    int64_t rc = complete_impl(log);
     fl_blocking_end(token);
     return rc;
 }

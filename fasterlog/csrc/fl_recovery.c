@@ -27,6 +27,7 @@ typedef struct recovered_commit {
     uint64_t address;
     uint64_t end;
     uint32_t cookie_size; /* 0xFFFFFFFF: no cookie */
+    int completed;
     uint64_t cookie_offset; /* in the page buffer when found, copied out at once */
 } recovered_commit;
 
@@ -147,13 +148,15 @@ static int commit_record_read(recovery *r, uint64_t address, const fl_frame_view
                                        cookie_size > FL_COOKIE_SIZE_MAX_BYTES))
         return 0;
     if (cookie_size == 0xFFFFFFFFu && cookie_room != 0) return 0;
-    if (fl_load32(payload + 28) != 0) return 0;
+    uint32_t flags = fl_load32(payload + 28);
+    if (flags & ~(uint32_t)FL_COMMIT_FLAG_COMPLETED) return 0;
     commit->found = 1;
     commit->number = fl_load64(payload);
     commit->begin_address = fl_load64(payload + 8);
     commit->address = address;
     commit->end = address + view->frame_size;
     commit->cookie_size = cookie_size;
+    commit->completed = (flags & FL_COMMIT_FLAG_COMPLETED) != 0;
     if (cookie_size != 0xFFFFFFFFu) {
         memcpy(r->log->cookie, payload + FL_COMMIT_RECORD_FIXED_SIZE_BYTES, cookie_size);
     }
@@ -243,6 +246,7 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
         log->has_cookie = last.found && last.cookie_size != 0xFFFFFFFFu;
         log->cookie_size = log->has_cookie ? last.cookie_size : 0;
         log->head_address = UINT64_MAX;
+        log->completed = log->completion_durable = last.found && last.completed;
         if (!log->readonly) rc = load_tail_page(&r, committed);
     }
     free(r.page);
