@@ -6,6 +6,7 @@
     ├── ReadOnlyError                   a write call on a read-only log
     ├── LogCompletedError               an append after complete()
     ├── LockedError                     another process is the writer (.pid)
+    ├── RetentionError                  truncate_until would pass a named cursor (.cursor)
     ├── CorruptionError                 a checksum or structure check failed (.address)
     ├── EntryTooLarge (ValueError)      an entry above entry_size_max
     ├── InvalidAddressError (ValueError)  out of range, unaligned, not an entry start
@@ -52,6 +53,15 @@ class LockedError(FasterLogError):
     def __init__(self, message: str, pid: int) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class RetentionError(FasterLogError):
+    """truncate_until would pass a named cursor's durable position (use force=True)."""
+
+    def __init__(self, message: str, cursor: str, position: int) -> None:
+        super().__init__(message)
+        self.cursor = cursor
+        self.position = position
 
 
 class CorruptionError(FasterLogError):

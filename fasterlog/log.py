@@ -439,14 +439,31 @@ class FasterLog:
 
     # ------------------------------------------------------------------ truncation
 
-    def truncate_until(self, address: int) -> None:
+    def truncate_until(self, address: int, *, force: bool = False) -> None:
         """Moves the begin address to `address` (an entry start, a page start or the
         committed-until address). Whole segment files below it are deleted once the next
-        commit has made the new begin durable."""
+        commit has made the new begin durable. It will not pass the durable position of a named
+        cursor (RetentionError names the slowest) unless `force` is true."""
         address = self._check_address(address, "truncate_until")
+        if not force:
+            self._check_retention(address)
         rc = lib.fl_truncate_until(self._log, address)
         if rc < 0:
             self._fail(rc, f"truncate_until {address}", address)
+
+    def _check_retention(self, address: int) -> None:
+        if not os.path.isdir(os.path.join(self._path, "cursors")):
+            return
+        from . import cursors  # the cursor files are part of the log's on-disk format
+
+        positions = cursors.read_all(self._path)
+        if not positions:
+            return
+        name, position = min(positions.items(), key=lambda item: item[1])
+        if address > position:
+            raise errors.RetentionError(
+                f"truncate_until {address} failed: cursor {name!r} still needs the log from "
+                f"{position} (pass force=True to truncate anyway)", name, position)
 
     # ------------------------------------------------------------------ state
 

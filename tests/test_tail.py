@@ -197,6 +197,16 @@ def start_follower(log_dir: Path, timeout_s: float) -> subprocess.Popen[str]:
     return follower
 
 
+def read_rest(follower: subprocess.Popen[str]) -> str:
+    # Not communicate(timeout=...): it reads the raw pipe and would lose what readline()
+    # already buffered.
+    assert follower.stdout is not None
+    with follower.stdout:
+        out = follower.stdout.read()
+    assert follower.wait(timeout=30) == 0
+    return out
+
+
 def test_follower_in_another_process_sees_commits_and_ends_on_complete(log_dir: Path) -> None:
     with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
         log.append(b"before")
@@ -208,7 +218,7 @@ def test_follower_in_another_process_sees_commits_and_ends_on_complete(log_dir: 
             time.sleep(0.01)
         log.append(b"never committed until complete")
         log.complete()
-        out, _ = follower.communicate(timeout=30)
+        out = read_rest(follower)
     lines = out.splitlines()
     assert lines[-1] == "end True"
     entries = [line.split()[1] for line in lines[:-1]]
@@ -228,7 +238,7 @@ def test_follower_waits_without_cpu_and_sees_a_commit_quickly(log_dir: Path) -> 
         assert line[1] == "ping"
         assert float(line[2]) - committed_at < 1.0  # visible well within a second
         log.complete()
-        follower.communicate(timeout=30)
+        read_rest(follower)
     del ticks_before
 
 

@@ -104,6 +104,7 @@ struct fl_log {
     pthread_mutex_t io_mutex;
     pthread_rwlock_t segments_lock;
     atomic_int io_pending; /* sealed pages wait to be submitted */
+    _Atomic uint64_t readahead_until; /* scans from disk asked the kernel to read up to here */
 
     fl_device device;
     char *directory;

@@ -37,6 +37,9 @@
 #define FL_DEFAULT_MEMORY_SIZE_BYTES (16u << 20)
 #define FL_DEFAULT_SEGMENT_SIZE_BYTES (1ull << 30)
 #define FL_PAGES_COUNT_MAX 65536
+/* Reads from disk of at least this size count as a scan and ask the kernel to read ahead. */
+#define FL_READAHEAD_MIN_BYTES (64u << 10)
+#define FL_READAHEAD_BYTES (16u << 20)
 
 void fl_set_message(fl_error_info *error, const char *format, ...) {
     if (error == NULL) return;
@@ -905,8 +908,19 @@ static int64_t copy_range(fl_log *log, uint64_t address, void *buffer, uint64_t 
     int read_fd;
     int rc = fl_segment_fds(log, address / log->segment_size_bytes, 0, NULL, &read_fd);
     if (rc < 0) return rc;
+    uint64_t offset = address % log->segment_size_bytes;
+    uint64_t ahead = atomic_load(&log->readahead_until);
+    if (size >= FL_READAHEAD_MIN_BYTES && (address + size > ahead || address + FL_READAHEAD_BYTES < ahead)) {
+        /* A scan from disk: ask the kernel to read well ahead. It issues those reads
+         * asynchronously and many at a time, so the scan is not bound by the latency of one
+         * read after another (a racing update of the mark only costs an extra hint). */
+        uint64_t length = log->segment_size_bytes - offset;
+        if (length > FL_READAHEAD_BYTES) length = FL_READAHEAD_BYTES;
+        posix_fadvise(read_fd, (off_t)offset, (off_t)length, POSIX_FADV_WILLNEED);
+        atomic_store(&log->readahead_until, address + length - FL_READAHEAD_BYTES / 4);
+    }
     pthread_rwlock_rdlock(&log->segments_lock);
-    int64_t got = fl_pread_full(read_fd, buffer, size, address % log->segment_size_bytes);
+    int64_t got = fl_pread_full(read_fd, buffer, size, offset);
     pthread_rwlock_unlock(&log->segments_lock);
     return got;
 }
