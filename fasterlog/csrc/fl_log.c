@@ -474,15 +474,35 @@ static int64_t reserve_locked(fl_log *log, uint64_t frame_size, int blocking, in
     }
 }
 
-static void write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
-                        uint64_t size, uint64_t frame_size) {
-    uint8_t *frame = slot_of(log, page_of(log, address)) + address % log->page_size_bytes;
+/* Fills one frame in memory: header, payload, zero pad, then the CRC over all of it. */
+static inline void fill_frame(const fl_log *log, uint8_t *frame, uint64_t address, uint32_t kind,
+                              const void *data, uint64_t size, uint64_t frame_size) {
     fl_store32(frame + 4, kind << FL_FRAME_LENGTH_BITS | (uint32_t)size);
     fl_store32(frame + 8, log->epoch);
     if (size) memcpy(frame + FL_FRAME_HEADER_SIZE_BYTES, data, size);
     memset(frame + FL_FRAME_HEADER_SIZE_BYTES + size, 0,
            frame_size - FL_FRAME_HEADER_SIZE_BYTES - size);
     fl_store32(frame, fl_frame_crc(log->salt, address, frame, frame_size));
+}
+
+static void write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
+                        uint64_t size, uint64_t frame_size) {
+    uint8_t *frame = slot_of(log, page_of(log, address)) + address % log->page_size_bytes;
+    fill_frame(log, frame, address, kind, data, size, frame_size);
+}
+
+/* The common case of an append: room left in the open page and nothing in the way. Called
+ * with `mutex` held; returns the address, or -1 when the caller must take the slow path. */
+static inline int64_t append_fast_locked(fl_log *log, uint32_t kind, const void *data,
+                                         uint64_t size, uint64_t frame_size) {
+    uint64_t tail = log->tail_address;
+    if (tail + frame_size > log->open_page_end || log->fenced_error || log->closed ||
+        log->completed)
+        return -1; /* open_page_end is 0 on read-only logs */
+    log->tail_address = tail + frame_size;
+    fill_frame(log, log->open_slot + (tail - log->open_page_start), tail, kind, data, size,
+               frame_size);
+    return (int64_t)tail;
 }
 
 static void after_append_locked(fl_log *log) {
@@ -509,27 +529,17 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
     if (size > log->entry_size_max) return FL_E_TOO_LARGE;
     uint64_t frame_size = fl_frame_size(size);
     pthread_mutex_lock(&log->mutex);
-    uint64_t tail = log->tail_address;
-    if (tail + frame_size <= log->open_page_end && !log->fenced_error && !log->closed &&
-        !log->completed) {
-        /* Fast path: room in the open page (open_page_end is 0 on read-only logs). It never
-         * waits, so the caller keeps the GIL. */
-        log->tail_address = tail + frame_size;
-        uint8_t *frame = log->open_slot + (tail - log->open_page_start);
-        fl_store32(frame + 4, (uint32_t)kind << FL_FRAME_LENGTH_BITS | (uint32_t)size);
-        fl_store32(frame + 8, log->epoch);
-        memcpy(frame + FL_FRAME_HEADER_SIZE_BYTES, data, size);
-        memset(frame + FL_FRAME_HEADER_SIZE_BYTES + size, 0,
-               frame_size - FL_FRAME_HEADER_SIZE_BYTES - size);
-        fl_store32(frame, fl_frame_crc(log->salt, tail, frame, frame_size));
+    int64_t address = append_fast_locked(log, (uint32_t)kind, data, size, frame_size);
+    if (address >= 0) {
+        /* It never waits, so the caller keeps the GIL. */
         if (log->settings.auto_commit_bytes) after_append_locked(log);
         pthread_mutex_unlock(&log->mutex);
-        return (int64_t)tail;
+        return address;
     }
     pthread_mutex_unlock(&log->mutex);
     /* A new page, possibly a wait for memory: let other threads run meanwhile. */
     void *token = fl_blocking_begin();
-    int64_t address = append_slow(log, data, size, kind, blocking, frame_size);
+    address = append_slow(log, data, size, kind, blocking, frame_size);
     fl_blocking_end(token);
     return address;
 }
@@ -552,12 +562,15 @@ static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *
     uint64_t first_tail = log->tail_address;
     for (size_t i = 0; i < count; i++) {
         uint64_t frame_size = fl_frame_size(sizes[i]);
-        int64_t address = reserve_locked(log, frame_size, blocking, 0);
+        int64_t address = append_fast_locked(log, FL_KIND_DATA, source, sizes[i], frame_size);
         if (address < 0) {
-            rc = address;
-            break;
+            address = reserve_locked(log, frame_size, blocking, 0);
+            if (address < 0) {
+                rc = address;
+                break;
+            }
+            write_frame(log, (uint64_t)address, FL_KIND_DATA, source, sizes[i], frame_size);
         }
-        write_frame(log, (uint64_t)address, FL_KIND_DATA, source, sizes[i], frame_size);
         addresses_out[i] = (uint64_t)address;
         source += sizes[i];
     }
