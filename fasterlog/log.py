@@ -381,8 +381,9 @@ class FasterLog:
         for addresses, entries in self._scan_chunks(begin, end, include_markers, _include):
             yield list(zip(addresses, entries))
 
-    def scan_columns(self, begin: int | None = None, end: int | None = None, *,
-                     include_markers: bool = False) -> Iterator[tuple[list[int], tuple[bytes, ...]]]:
+    def scan_columns(
+        self, begin: int | None = None, end: int | None = None, *, include_markers: bool = False
+    ) -> Iterator[tuple[list[int], tuple[bytes, ...]]]:
         """The fastest read: yields (addresses, entries) pairs of equal-length sequences, up to
         4096 entries each, without building a tuple per entry."""
         return self._scan_chunks(begin, end, include_markers, 0)
