@@ -4,11 +4,13 @@
     fasterlog dump DIR [--from A] [--to A] [--format hex|raw|json] [--markers]
     fasterlog verify DIR [--no-progress] every checksum in the committed range
     fasterlog demo [--dir DIR]           append, commit, kill -9 a writer, recover, check
+    fasterlog tail DIR [--from A] [--follow] [--format text|json]
+    fasterlog cursors DIR [--json]       named cursors: positions, lag in entries and bytes
 
 Rules:
-1. info, dump and verify open the log with readonly=True: they never write, take no writer
-   lock, and so work while a writer runs. They see the log as of its newest commit on disk
-   when they open it.
+1. info, dump, verify, tail and cursors open the log with readonly=True: they never write,
+   take no writer lock, and so work while a writer runs. They see the log as of its newest
+   commit on disk when they open it (tail --follow then follows the writer's later commits).
 2. Every expected failure (a FasterLogError, an OSError, a missing directory, a bad argument)
    ends the run with one line on stderr, "fasterlog: error: ...", and a non-zero exit status:
    2 for usage errors, 1 for everything else (corruption included). A traceback means a bug.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import json
 import os
 import random
@@ -31,6 +34,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -606,6 +610,154 @@ def command_demo(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- tail and cursors
+
+# tail --follow prints as entries arrive; it flushes stdout whenever it has caught up with
+# committed-until, so a burst is written in large pieces and a trickle line by line.
+# Text output escapes control characters and the backslash; bytes that are not UTF-8 arrive as
+# surrogates (surrogateescape) and are shown as \xNN.
+_TEXT_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+_TEXT_ESCAPES.update({0xDC00 + byte: f"\\x{byte:02x}" for byte in range(128, 256)})
+_TEXT_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"})
+
+
+def _entry_line(address: int, entry: bytes, output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps({"address": address, "kind": "data", "size": len(entry),
+                           "data_base64": base64.b64encode(entry).decode()})
+    # One line per entry whatever its bytes: undecodable bytes and control characters escaped.
+    text = entry.decode("utf-8", errors="surrogateescape").translate(_TEXT_ESCAPES)
+    return f"{address} {text}"
+
+
+def _tail_start(log: FasterLog, begin: int | None) -> int:
+    if begin is None:
+        return log.begin_address
+    committed = log.committed_until_address
+    if begin < log.begin_address:
+        raise CliError(f"tail: --from {begin} is below the begin address {log.begin_address} "
+                       "(that part of the log was truncated)")
+    if begin > committed:
+        raise CliError(f"tail: --from {begin} is beyond the committed-until address {committed}")
+    if begin not in (log.begin_address, committed):
+        try:
+            log.read(begin)
+        except errors.InvalidAddressError:
+            raise CliError(f"tail: --from {begin} is not the start of an entry") from None
+    return begin
+
+
+def _print_tail(log: FasterLog, tail: Any, output_format: str) -> None:
+    committed = log.committed_until_address
+    for address, entry in tail:
+        sys.stdout.write(_entry_line(address, entry, output_format) + "\n")
+        if tail.position >= committed:
+            committed = log.committed_until_address
+            if tail.position >= committed:
+                sys.stdout.flush()
+
+
+def _follow(log: FasterLog, start: int, output_format: str) -> int:
+    """Prints entries as commits land until Ctrl-C or a completed log. The tail runs in a
+    worker thread: a follower's wait in the core does not return to Python on a signal, while
+    the main thread's join does, and then stops the tail cleanly."""
+    tail = log.tail(start)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _print_tail(log, tail, output_format)
+        except BaseException as error:  # noqa: BLE001 - the main thread re-raises it
+            failure.append(error)
+
+    worker = threading.Thread(target=run, name="fasterlog-tail", daemon=True)
+    worker.start()
+    try:
+        worker.join()
+    except KeyboardInterrupt:
+        tail.stop()
+        worker.join()
+    if failure:
+        raise failure[0]
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def command_tail(arguments: argparse.Namespace) -> int:
+    with _open_readonly(arguments.directory) as log:
+        start = _tail_start(log, arguments.begin)
+        if arguments.follow:
+            return _follow(log, start, arguments.format)
+        for addresses, entries in log.scan_columns(start):
+            sys.stdout.write("".join(_entry_line(address, entry, arguments.format) + "\n"
+                                     for address, entry in zip(addresses, entries)))
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def cursors_info(log: FasterLog) -> dict[str, Any]:
+    """Every named cursor of the log with its lag (the `cursors --json` output). Lag runs from
+    the cursor's durable position to committed-until; one scan counts it for every cursor."""
+    from . import cursors
+
+    begin, committed = log.begin_address, log.committed_until_address
+    rows: list[dict[str, Any]] = []
+    for name in cursors.names(log.path):
+        row: dict[str, Any] = {"name": name, "position": None, "lag_entries": None,
+                               "lag_bytes": None, "truncated": False, "error": None}
+        try:
+            position = cursors.read(log.path, name)
+        except KeyError:
+            continue  # deleted while we looked
+        except (errors.FasterLogError, OSError) as error:
+            row["error"] = _error_line(error)
+        else:
+            row.update(position=position, lag_entries=0, lag_bytes=max(0, committed - position),
+                       truncated=position < begin)
+        rows.append(row)
+    counted = [row for row in rows if row["error"] is None]
+    if counted:
+        start = max(begin, min(row["position"] for row in counted))
+        for addresses, _ in log.scan_columns(start, committed):
+            for row in counted:
+                row["lag_entries"] += len(addresses) - bisect.bisect_left(addresses,
+                                                                          row["position"])
+    return {"directory": log.path, "begin_address": begin, "committed_until_address": committed,
+            "cursors": rows}
+
+
+def format_cursors(info: dict[str, Any]) -> list[str]:
+    if not info["cursors"]:
+        return [f"no cursors (committed-until address {info['committed_until_address']})"]
+    width = max(len("name"), *(len(row["name"]) for row in info["cursors"]))
+    lines = [f"{'name':<{width}}  {'position':>14}  {'lag entries':>12}  {'lag bytes':>14}"]
+    for row in info["cursors"]:
+        if row["error"] is not None:
+            lines.append(f"{row['name']:<{width}}  unreadable: {row['error']}")
+            continue
+        note = "  (below begin: truncated with force)" if row["truncated"] else ""
+        lines.append(f"{row['name']:<{width}}  {row['position']:>14}  {row['lag_entries']:>12}"
+                     f"  {row['lag_bytes']:>14}{note}")
+    lines.append(f"committed-until address {info['committed_until_address']}, begin address "
+                 f"{info['begin_address']}")
+    return lines
+
+
+def command_cursors(arguments: argparse.Namespace) -> int:
+    with _open_readonly(arguments.directory) as log:
+        info = cursors_info(log)
+    if arguments.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print("\n".join(format_cursors(info)))
+    bad = [row for row in info["cursors"] if row["error"] is not None]
+    if bad:
+        sys.stdout.flush()
+        raise CliError(f"cursors: {len(bad)} unreadable cursor file(s): "
+                       + "; ".join(f"{row['name']}: {row['error']}" for row in bad))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- parsing and main
 
 
@@ -650,6 +802,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=os.path.join(".", "data", "demo-log"),
                       help="log directory (default: ./data/demo-log)")
     demo.set_defaults(run=command_demo)
+    tail = commands.add_parser("tail", help="print the committed entries; --follow: as they land")
+    tail.add_argument("directory", metavar="DIR")
+    tail.add_argument("--from", dest="begin", type=_address, metavar="A",
+                      help="first address (an entry start; default: the begin address)")
+    tail.add_argument("--follow", action="store_true",
+                      help="keep printing entries as commits land, until Ctrl-C or complete()")
+    tail.add_argument("--format", choices=("text", "json"), default="text",
+                      help="text: address and entry, escaped to one line; json: one object "
+                      "per line, as dump --format json")
+    tail.set_defaults(run=command_tail)
+    cursors = commands.add_parser("cursors", help="named cursors: positions and lag")
+    cursors.add_argument("directory", metavar="DIR")
+    cursors.add_argument("--json", action="store_true", help="print one JSON object")
+    cursors.set_defaults(run=command_cursors)
     return parser
 
 

@@ -7,6 +7,7 @@
     ├── LogCompletedError               an append after complete()
     ├── LockedError                     another process is the writer (.pid)
     ├── RetentionError                  truncate_until would pass a named cursor (.cursor)
+    ├── CursorNotFoundError (KeyError)  no named cursor of that name
     ├── CorruptionError                 a checksum or structure check failed (.address)
     ├── EntryTooLarge (ValueError)      an entry above entry_size_max
     ├── InvalidAddressError (ValueError)  out of range, unaligned, not an entry start
@@ -62,6 +63,13 @@ class RetentionError(FasterLogError):
         super().__init__(message)
         self.cursor = cursor
         self.position = position
+
+
+class CursorNotFoundError(FasterLogError, KeyError):
+    """No named cursor of that name in the log directory."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class CorruptionError(FasterLogError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from .log import FasterLog
 
 _EVENTFD_READ_BYTES = 8
+# A thread's wait in the core is cut into slices this long so that Python runs signal handlers
+# (Ctrl-C) in time: a condition-variable wait is not interrupted by signals. One wake-up a
+# second costs nothing measurable.
+_WAIT_SLICE_S = 1.0
 
 
 def _timeout_us(timeout: float | None) -> int:
@@ -76,12 +81,27 @@ class Tail:
                             return
                 self._position = committed
                 continue
-            code = lib.fl_wait_for_commit(log._log, self._position, _timeout_us(self._timeout))
-            if code == 0 or code == lib.FL_E_WOKEN:
-                continue
-            if code in (lib.FL_E_TIMEOUT, lib.FL_E_COMPLETED):
+            if not self._wait_for_more(log):
                 return
-            log._fail(code, "tail")
+
+    def _wait_for_more(self, log: FasterLog) -> bool:
+        """Waits for a commit past the position; False when the tail should end quietly."""
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while not self._stopped:
+            left = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S,
+                                                               deadline - time.monotonic())
+            code = lib.fl_wait_for_commit(log._log, self._position, _timeout_us(max(0.0, left)))
+            if code == 0:
+                return True
+            if code == lib.FL_E_COMPLETED:
+                return False
+            if code == lib.FL_E_TIMEOUT:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                continue
+            if code != lib.FL_E_WOKEN:
+                log._fail(code, "tail")
+        return False
 
 
 class _CommitWatcher:

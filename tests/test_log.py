@@ -294,3 +294,20 @@ def test_zero_copy_scan_yields_views_of_the_same_entries(small_log: FasterLog) -
     columns = [(a, e) for addrs, ents in small_log.scan_columns() for a, e in zip(addrs, ents)]
     assert columns == got
     assert [pair for batch in small_log.scan_batches() for pair in batch] == got
+
+
+def test_truncate_until_a_page_end_moves_begin_to_the_next_page(small_log: FasterLog) -> None:
+    page = SMALL_SETTINGS["page_size_bytes"]
+    big = page - 64 - 8 - 12  # leaves the 8-byte zero gap at the end of page 0
+    a = small_log.append(bytes(big))
+    b = small_log.append(b"x")
+    small_log.commit()
+    small_log.truncate_until(a + frame_size(big), force=True)
+    assert small_log.begin_address == page == b
+    size = page - small_log.tail_address % page - 24 - 12  # leaves 24 bytes in the page:
+    c = small_log.append(bytes(size))
+    d = small_log.append(bytes(20))  # too few for this one, so they become a padding frame
+    small_log.commit()
+    small_log.truncate_until(c + frame_size(size))
+    assert small_log.begin_address == d == 2 * page
+    assert [e for _, e in small_log.scan()] == [bytes(20)]

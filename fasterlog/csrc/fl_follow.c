@@ -104,23 +104,25 @@ uint32_t fl_shared_sequence(fl_log *log) {
 /* Follower: sleeps until the writer publishes after `sequence`, `deadline` passes, or a local
  * fl_wake. Without a shared page yet (no writer has opened the log), it sleeps a little and
  * returns so the caller looks again. */
-void fl_shared_wait(fl_log *log, uint32_t sequence, const struct timespec *deadline) {
+int fl_shared_wait(fl_log *log, uint32_t sequence, const struct timespec *deadline) {
     struct timespec now, left = {0, 10 * 1000 * 1000};
     if (deadline != NULL) {
         clock_gettime(CLOCK_REALTIME, &now);
         int64_t ns = (int64_t)(deadline->tv_sec - now.tv_sec) * 1000000000 +
                      (deadline->tv_nsec - now.tv_nsec);
-        if (ns <= 0) return;
+        if (ns <= 0) return 0;
         if (log->shared != NULL || ns < 10 * 1000 * 1000) {
             left.tv_sec = ns / 1000000000;
             left.tv_nsec = ns % 1000000000;
         }
     }
     if (log->shared == NULL) {
-        nanosleep(&left, NULL);
-        return;
+        return nanosleep(&left, NULL) < 0 && errno == EINTR ? -EINTR : 0;
     }
-    futex(&log->shared->commit_sequence, FUTEX_WAIT, sequence, deadline ? &left : NULL);
+    /* A signal ends the wait (-EINTR) so the caller's runtime can run its handler: a follower
+     * waiting in Python's main thread must still stop on Ctrl-C. */
+    long rc = futex(&log->shared->commit_sequence, FUTEX_WAIT, sequence, deadline ? &left : NULL);
+    return rc < 0 && errno == EINTR ? -EINTR : 0;
 }
 
 void fl_shared_wake_local(fl_log *log) {

@@ -209,7 +209,7 @@ void fl_shared_close(fl_log *log);
 void fl_shared_publish_locked(fl_log *log);
 void fl_shared_refresh_locked(fl_log *log);
 uint32_t fl_shared_sequence(fl_log *log);
-void fl_shared_wait(fl_log *log, uint32_t sequence, const struct timespec *deadline);
+int fl_shared_wait(fl_log *log, uint32_t sequence, const struct timespec *deadline);
 void fl_shared_wake_local(fl_log *log);
 int fl_follow_start_locked(fl_log *log);
 void fl_follow_stop(fl_log *log);

@@ -815,8 +815,9 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
         if (log->completion_durable) { rc = FL_E_COMPLETED; break; }
         if (log->readonly && !log->follow_running) {
             pthread_mutex_unlock(&log->mutex);
-            fl_shared_wait(log, sequence, timeout_us >= 0 ? &deadline : NULL);
+            int interrupted = fl_shared_wait(log, sequence, timeout_us >= 0 ? &deadline : NULL);
             pthread_mutex_lock(&log->mutex);
+            if (interrupted) { rc = FL_E_WOKEN; break; }
         } else if (timeout_us < 0) {
             pthread_cond_wait(&log->commit_cond, &log->mutex);
         } else if (pthread_cond_timedwait(&log->commit_cond, &log->mutex, &deadline) == ETIMEDOUT) {
@@ -1191,13 +1192,29 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
     if (address <= begin) return 0;
     if (address > committed || address % FL_FRAME_ALIGNMENT_BYTES) return FL_E_ADDRESS;
     if (address != committed && address % log->page_size_bytes != 0) {
-        /* The begin address must be a frame start, so that scans from it make sense. */
-        uint8_t probe[1];
-        int32_t kind;
-        fl_error_info info;
-        memset(&info, 0, sizeof info);
-        int64_t got = read_impl(log, address, probe, 0, &kind, &info);
-        if (got < 0 && got != FL_E_BUFFER) return (int)got;
+        /* The begin address must be a frame start, so that scans from it make sense. The end
+         * of a page (a padding frame or the short zero gap) is where a reader that finished
+         * the page stands: take the next page start for it. */
+        uint64_t page_end = (page_of(log, address) + 1) * log->page_size_bytes;
+        uint8_t header[FL_FRAME_HEADER_SIZE_BYTES];
+        int from_memory;
+        if (page_end - address < FL_FRAME_HEADER_SIZE_BYTES) {
+            address = page_end;
+        } else if (copy_range(log, address, header, sizeof header, &from_memory) ==
+                       (int64_t)sizeof header &&
+                   fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS == FL_KIND_PADDING &&
+                   fl_frame_size(fl_load32(header + 4) & FL_FRAME_LENGTH_MASK) ==
+                       page_end - address) {
+            address = page_end;
+        } else {
+            uint8_t probe[1];
+            int32_t kind;
+            fl_error_info info;
+            memset(&info, 0, sizeof info);
+            int64_t got = read_impl(log, address, probe, 0, &kind, &info);
+            if (got < 0 && got != FL_E_BUFFER) return (int)got;
+        }
+        if (address > committed) address = committed;
     }
     pthread_mutex_lock(&log->mutex);
     if (address > log->begin_address) {

@@ -1,0 +1,73 @@
+"""consumers: read a fasterlog log from named durable cursors, and build on that.
+
+    from fasterlog import FasterLog
+    from consumers import Consumer
+
+    log = FasterLog.open("events", readonly=True)     # or the writer itself
+    with Consumer(log, "mailer") as consumer:
+        for address, entry in consumer:
+            send(entry)
+            consumer.ack()
+
+Layering: this package sits on `fasterlog` (the log core) and never the other way round; the
+cursor files themselves are part of the log's format and live in `fasterlog.cursors`.
+
+The projection and event-store modules are imported on first use (module __getattr__), so that
+`import consumers` stays cheap and does not pull msgpack in for a plain consumer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .consumer import Consumer, cursor_position, delete_cursor, list_cursors
+from .errors import (
+    ConsumerError,
+    CursorInUseError,
+    CursorNameError,
+    InvalidSeekError,
+    SeekBelowBeginError,
+    UnknownCursorError,
+)
+
+_LAZY = {
+    "Projection": "projection",
+    "ProjectionRunner": "projection",
+    "CheckpointError": "projection",
+    "EventStore": "events",
+    "Event": "events",
+    "ConflictError": "events",
+}
+
+__all__ = [
+    "CheckpointError",
+    "ConflictError",
+    "Consumer",
+    "ConsumerError",
+    "CursorInUseError",
+    "CursorNameError",
+    "Event",
+    "EventStore",
+    "InvalidSeekError",
+    "Projection",
+    "ProjectionRunner",
+    "SeekBelowBeginError",
+    "UnknownCursorError",
+    "cursor_position",
+    "delete_cursor",
+    "list_cursors",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'consumers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
