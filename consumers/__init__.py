@@ -35,9 +35,18 @@ _LAZY = {
     "Projection": "projection",
     "ProjectionRunner": "projection",
     "CheckpointError": "projection",
+    "Checkpoint": "projection",
     "EventStore": "events",
     "Event": "events",
+    "NewEvent": "events",
     "ConflictError": "events",
+    "EventStoreError": "events",
+    "StreamState": "events",
+    "ANY": "events",
+    "NO_STREAM": "events",
+    "STREAM_EXISTS": "events",
+    "AppendResult": "events",
+    "decode_event": "events",
 }
 
 __all__ = [

@@ -38,6 +38,8 @@ typedef struct recovery {
     int has_segments;
     uint8_t *page;         /* one page of the log */
     uint64_t page_loaded;  /* page number in `page`, UINT64_MAX when none */
+    int fd;                /* the segment file read last, kept open between reads */
+    uint64_t fd_segment;
 } recovery;
 
 static int find_last_segment(recovery *r) {
@@ -59,17 +61,26 @@ static int find_last_segment(recovery *r) {
 }
 
 /* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
-static int read_log(recovery *r, uint64_t address, uint8_t *buffer, uint64_t size) {
-    fl_log *log = r->log;
-    uint64_t segment = address / log->segment_size_bytes;
-    memset(buffer, 0, size);
-    if (!r->has_segments || segment > r->last_segment) return 0;
+/* The descriptor of `segment`, or -1 when that file does not exist. */
+static int segment_fd(recovery *r, uint64_t segment) {
+    if (r->fd >= 0 && r->fd_segment == segment) return r->fd;
+    if (r->fd >= 0) close(r->fd);
+    r->fd = -1;
+    if (!r->has_segments || segment > r->last_segment) return -1;
     char name[64];
     snprintf(name, sizeof name, "segment-%08llu.fl", (unsigned long long)segment);
-    int fd = openat(log->directory_fd, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? 0 : -errno;
+    r->fd = openat(r->log->directory_fd, name, O_RDONLY | O_CLOEXEC);
+    r->fd_segment = segment;
+    return r->fd;
+}
+
+/* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
+static int read_log(recovery *r, uint64_t address, uint8_t *buffer, uint64_t size) {
+    fl_log *log = r->log;
+    memset(buffer, 0, size);
+    int fd = segment_fd(r, address / log->segment_size_bytes);
+    if (fd < 0) return 0;
     int64_t got = fl_pread_full(fd, buffer, size, address % log->segment_size_bytes);
-    close(fd);
     return got < 0 ? (int)got : 0;
 }
 
@@ -94,28 +105,40 @@ static int frame_valid(recovery *r, uint64_t address, uint32_t previous_epoch,
     return 1;
 }
 
-/* Looks past `damage` for a valid commit record numbered at least `number_min`. */
+/* Looks past `damage` for a valid commit record numbered at least `number_min`.
+ *
+ * Such a record would follow contiguous written pages (its predecessor's sync covered every
+ * page before it), so the search walks page starts and gives up after a run of pages that do
+ * not start with a frame of this session longer than any window of writes that can be in
+ * flight at a crash (the memory ring). Without that bound it would read the header of every
+ * page of a preallocated segment: seconds for 1 GiB. */
 static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min, int *found) {
     fl_log *log = r->log;
     *found = 0;
     if (!r->has_segments) return 0;
     uint64_t end = (r->last_segment + 1) * log->segment_size_bytes;
     uint64_t position = damage + FL_FRAME_ALIGNMENT_BYTES;
+    uint64_t quiet_pages_max = (log->pages_count > 64 ? log->pages_count : 64) + 1;
+    uint64_t quiet_pages = 0;
     while (position < end && !*found) {
         uint64_t page = position / log->page_size_bytes;
         uint64_t page_start = page * log->page_size_bytes;
         if (r->page_loaded != page) {
-            /* Pages fill from their start, so a page whose first sector is zero was never
-             * written: skip it without reading the rest. */
+            /* A page of this session starts with a frame of this epoch (pages fill from
+             * their start); look at its first header before reading the whole page. */
             int rc = read_log(r, page_start, r->page, FL_SECTOR_SIZE_BYTES);
             if (rc < 0) return rc;
             r->page_loaded = UINT64_MAX;
-            int empty = 1;
-            for (uint64_t i = 0; i < FL_SECTOR_SIZE_BYTES && empty; i++) empty = r->page[i] == 0;
-            if (empty) {
+            uint64_t first = page_start < FL_FIRST_ADDRESS ? FL_FIRST_ADDRESS : page_start;
+            const uint8_t *header = r->page + (first - page_start);
+            uint32_t kind = fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS;
+            if (kind < FL_KIND_DATA || kind > FL_KIND_PADDING ||
+                fl_load32(header + 8) != r->meta->epoch) {
+                if (++quiet_pages > quiet_pages_max) break;
                 position = page_start + log->page_size_bytes;
                 continue;
             }
+            quiet_pages = 0;
             rc = load_page(r, page);
             if (rc < 0) return rc;
         }
@@ -206,7 +229,7 @@ static int load_tail_page(recovery *r, uint64_t tail) {
 }
 
 int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
-    recovery r = {.log = log, .meta = meta, .page_loaded = UINT64_MAX};
+    recovery r = {.log = log, .meta = meta, .page_loaded = UINT64_MAX, .fd = -1};
     int rc = find_last_segment(&r);
     if (rc < 0) return rc;
     if (posix_memalign((void **)&r.page, FL_SECTOR_SIZE_BYTES, log->page_size_bytes) != 0)
@@ -221,7 +244,10 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
                        (unsigned long long)meta->committed_until_address);
         rc = FL_E_CORRUPT;
     }
-    if (rc == 0) {
+    int clean_end = (meta->flags & FL_META_FLAG_CLEAN) && end == meta->committed_until_address;
+    if (rc == 0 && !clean_end) {
+        /* After a clean close the meta file says exactly where the log ends; otherwise look
+         * for evidence that the log went on (step 3). */
         int found;
         uint64_t number = last.found ? last.number : meta->commit_number;
         rc = later_commit_exists(&r, end, number + 2, &found);
@@ -250,6 +276,7 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
         if (!log->readonly) rc = load_tail_page(&r, committed);
     }
     free(r.page);
+    if (r.fd >= 0) close(r.fd);
     if (rc < 0) return rc;
     pthread_rwlock_wrlock(&log->segments_lock);
     log->segments_count = 0;
