@@ -37,8 +37,8 @@ def _timeout_us(timeout: float | None) -> int:
     return -1 if timeout is None else max(0, int(timeout * 1e6))
 
 
-class Tail:
-    """Iterator of (address, entry) that waits for new commits. Made by FasterLog.tail()."""
+class _TailBase:
+    """What the sync and async tails share: the position and reading what is committed."""
 
     def __init__(self, log: FasterLog, from_address: int | None, timeout: float | None,
                  include_markers: bool) -> None:
@@ -47,12 +47,36 @@ class Tail:
         self._timeout = timeout
         self._include_markers = include_markers
         self._stopped = False
-        self._iterator = self._run()
 
     @property
     def position(self) -> int:
         """Where the tail goes on from: just past the last entry it yielded."""
         return self._position
+
+    def _available(self) -> Iterator[tuple[int, bytes]]:
+        """Yields the committed entries past the position, moving it along."""
+        committed = self._log.committed_until_address
+        if self._position >= committed:
+            return
+        for addresses, entries in self._log._scan_chunks(self._position, committed,
+                                                         self._include_markers, 0):
+            for address, entry in zip(addresses, entries):
+                # The next frame starts right after this one (scans skip padding and commit
+                # records from there), so position is always a place to resume.
+                self._position = address + frame_size(len(entry))
+                yield address, entry
+                if self._stopped:
+                    return
+        self._position = committed
+
+
+class Tail(_TailBase):
+    """Iterator of (address, entry) that waits for new commits. Made by FasterLog.tail()."""
+
+    def __init__(self, log: FasterLog, from_address: int | None, timeout: float | None,
+                 include_markers: bool) -> None:
+        super().__init__(log, from_address, timeout, include_markers)
+        self._iterator = self._run()
 
     def stop(self) -> None:
         """Ends the tail (from any thread): a wait in progress returns within milliseconds."""
@@ -66,22 +90,10 @@ class Tail:
         return next(self._iterator)
 
     def _run(self) -> Iterator[tuple[int, bytes]]:
-        log = self._log
         while not self._stopped:
-            committed = log.committed_until_address
-            if self._position < committed:
-                for addresses, entries in log._scan_chunks(self._position, committed,
-                                                           self._include_markers, 0):
-                    for address, entry in zip(addresses, entries):
-                        # The next frame starts right after this one (scans skip padding and
-                        # commit records from there), so position is always a place to resume.
-                        self._position = address + frame_size(len(entry))
-                        yield address, entry
-                        if self._stopped:
-                            return
-                self._position = committed
-                continue
-            if not self._wait_for_more(log):
+            before = self._position
+            yield from self._available()
+            if self._position == before and not self._wait_for_more(self._log):
                 return
 
     def _wait_for_more(self, log: FasterLog) -> bool:
@@ -197,21 +209,13 @@ async def wait_for_commit_async(log: FasterLog, address: int,
     return code == 0
 
 
-class AsyncTail:
+class AsyncTail(_TailBase):
     """Async iterator of (address, entry) that awaits new commits. Made by log.tail_async()."""
 
     def __init__(self, log: FasterLog, from_address: int | None, timeout: float | None,
                  include_markers: bool) -> None:
-        self._log = log
-        self._position = log.begin_address if from_address is None else from_address
-        self._timeout = timeout
-        self._include_markers = include_markers
-        self._stopped = False
+        super().__init__(log, from_address, timeout, include_markers)
         self._iterator = self._run()
-
-    @property
-    def position(self) -> int:
-        return self._position
 
     def stop(self) -> None:
         """Ends the tail: the iteration finishes at its next step."""
@@ -233,23 +237,17 @@ class AsyncTail:
     async def _run(self) -> AsyncIterator[tuple[int, bytes]]:
         log = self._log
         while not self._stopped:
-            committed = log.committed_until_address
-            if self._position < committed:
-                for addresses, entries in log._scan_chunks(self._position, committed,
-                                                           self._include_markers, 0):
-                    for address, entry in zip(addresses, entries):
-                        self._position = address + frame_size(len(entry))
-                        yield address, entry
-                        if self._stopped:
-                            return
-                self._position = committed
+            before = self._position
+            for item in self._available():
+                yield item
+            if self._position != before:
                 continue
             future = _watcher(log).wait(self._position)
             try:
                 code = await asyncio.wait_for(future, self._timeout)
             except asyncio.TimeoutError:
                 return
-            if code in (lib.FL_E_COMPLETED,):
+            if code == lib.FL_E_COMPLETED:
                 return
             if code < 0 and code != lib.FL_E_WOKEN:
                 log._fail(code, "tail_async")
