@@ -37,9 +37,9 @@
 #define FL_DEFAULT_MEMORY_SIZE_BYTES (16u << 20)
 #define FL_DEFAULT_SEGMENT_SIZE_BYTES (1ull << 30)
 #define FL_PAGES_COUNT_MAX 65536
-/* Reads from disk of at least this size count as a scan and ask the kernel to read ahead. */
-#define FL_READAHEAD_MIN_BYTES (64u << 10)
-#define FL_READAHEAD_BYTES (16u << 20)
+/* Scans with at least this much left ask the kernel to read ahead, up to FL_READAHEAD_BYTES. */
+#define FL_READAHEAD_MIN_BYTES (1u << 20)
+#define FL_READAHEAD_BYTES (64u << 20)
 
 void fl_set_message(fl_error_info *error, const char *format, ...) {
     if (error == NULL) return;
@@ -904,7 +904,7 @@ int fl_frame_check(const fl_log *log, uint64_t address, const uint8_t *bytes, ui
  * still there, else from the segment file. The range must lie in one page. Returns the bytes
  * copied (a file may end early) or a negative code. */
 static int64_t copy_range(fl_log *log, uint64_t address, void *buffer, uint64_t size,
-                          int *from_memory) {
+                          int *from_memory, uint64_t read_ahead_bytes) {
     pthread_mutex_lock(&log->mutex);
     if (log->closed) {
         pthread_mutex_unlock(&log->mutex);
@@ -924,14 +924,14 @@ static int64_t copy_range(fl_log *log, uint64_t address, void *buffer, uint64_t 
     if (rc < 0) return rc;
     uint64_t offset = address % log->segment_size_bytes;
     uint64_t ahead = atomic_load(&log->readahead_until);
-    if (size >= FL_READAHEAD_MIN_BYTES && (address + size > ahead || address + FL_READAHEAD_BYTES < ahead)) {
-        /* A scan from disk: ask the kernel to read well ahead. It issues those reads
+    if (read_ahead_bytes > 0 && (address + size > ahead || address + read_ahead_bytes < ahead)) {
+        /* A long scan from disk: ask the kernel to read well ahead. It issues those reads
          * asynchronously and many at a time, so the scan is not bound by the latency of one
          * read after another (a racing update of the mark only costs an extra hint). */
         uint64_t length = log->segment_size_bytes - offset;
-        if (length > FL_READAHEAD_BYTES) length = FL_READAHEAD_BYTES;
+        if (length > read_ahead_bytes) length = read_ahead_bytes;
         posix_fadvise(read_fd, (off_t)offset, (off_t)length, POSIX_FADV_WILLNEED);
-        atomic_store(&log->readahead_until, address + length - FL_READAHEAD_BYTES / 4);
+        atomic_store(&log->readahead_until, address + length - length / 4);
     }
     pthread_rwlock_rdlock(&log->segments_lock);
     int64_t got = fl_pread_full(read_fd, buffer, size, offset);
@@ -966,7 +966,7 @@ static int classify_bad_frame(fl_log *log, uint64_t address, fl_error_info *erro
     uint8_t *page = malloc(log->page_size_bytes);
     if (page == NULL) return FL_E_NOMEM;
     int from_memory;
-    int64_t got = copy_range(log, page_start, page, log->page_size_bytes, &from_memory);
+    int64_t got = copy_range(log, page_start, page, log->page_size_bytes, &from_memory, 0);
     int rc = FL_E_ADDRESS;
     if (got < 0) rc = (int)got;
     while (got >= 0 && position < address) {
@@ -998,7 +998,7 @@ static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t cap
     uint8_t *frame = header;
     uint8_t *allocated = NULL;
     int from_memory;
-    int64_t got = copy_range(log, address, header, want, &from_memory);
+    int64_t got = copy_range(log, address, header, want, &from_memory, 0);
     if (got < 0) return got;
     fl_frame_view view;
     rc = fl_frame_check(log, address, header, (uint64_t)got, &view);
@@ -1007,7 +1007,7 @@ static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t cap
         allocated = malloc(view.frame_size);
         if (allocated == NULL) return FL_E_NOMEM;
         frame = allocated;
-        got = copy_range(log, address, frame, view.frame_size, &from_memory);
+        got = copy_range(log, address, frame, view.frame_size, &from_memory, 0);
         rc = got < 0 ? (int)got : fl_frame_check(log, address, frame, (uint64_t)got, &view);
     }
     if (rc == 0 && (view.kind == FL_KIND_PADDING || view.kind == 0)) {
@@ -1075,7 +1075,12 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
         if (size == 0) break;
         want = FL_SCAN_CHUNK_BYTES;
         int from_memory;
-        int64_t got = copy_range(log, position, out + used, size, &from_memory);
+        /* Only a long scan reads ahead: a short one would pull in pages nobody reads. */
+        uint64_t scan_left = until_address > position ? until_address - position : 0;
+        uint64_t read_ahead = scan_left >= FL_READAHEAD_MIN_BYTES
+                                  ? (scan_left < FL_READAHEAD_BYTES ? scan_left : FL_READAHEAD_BYTES)
+                                  : 0;
+        int64_t got = copy_range(log, position, out + used, size, &from_memory, read_ahead);
         if (got < 0) return got;
         if ((uint64_t)got < size) {
             /* Committed bytes missing from the file: damage, not the end of the log. */
@@ -1200,7 +1205,7 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
         int from_memory;
         if (page_end - address < FL_FRAME_HEADER_SIZE_BYTES) {
             address = page_end;
-        } else if (copy_range(log, address, header, sizeof header, &from_memory) ==
+        } else if (copy_range(log, address, header, sizeof header, &from_memory, 0) ==
                        (int64_t)sizeof header &&
                    fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS == FL_KIND_PADDING &&
                    fl_frame_size(fl_load32(header + 4) & FL_FRAME_LENGTH_MASK) ==
