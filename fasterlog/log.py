@@ -17,7 +17,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal, overload
 
 from . import errors
 from ._fasterlog_c import ffi, lib
@@ -348,11 +348,23 @@ class FasterLog:
         if kind[0] == lib.FL_KIND_COMMIT:
             raise errors.InvalidAddressError(f"read at {address} failed: that is a commit "
                                              "record, not an entry", address)
-        return ffi.buffer(buffer, size)[:]
+        entry: bytes = ffi.buffer(buffer, size)[:]
+        return entry
 
+    @overload
     def scan(self, begin: int | None = None, end: int | None = None, *,
              include_markers: bool = False,
-             zero_copy: bool = False) -> Iterator[tuple[int, bytes | memoryview]]:
+             zero_copy: Literal[False] = False) -> Iterator[tuple[int, bytes]]: ...
+
+    @overload
+    def scan(self, begin: int | None = None, end: int | None = None, *,
+             include_markers: bool = False,
+             zero_copy: Literal[True]) -> Iterator[tuple[int, memoryview]]: ...
+
+    def scan(
+        self, begin: int | None = None, end: int | None = None, *,
+        include_markers: bool = False, zero_copy: bool = False,
+    ) -> Iterator[tuple[int, bytes]] | Iterator[tuple[int, memoryview]]:
         """Yields (address, entry) for the committed entries with begin <= address < end.
         `end` defaults to committed-until when the scan starts. With zero_copy, entries are
         memoryviews into a buffer that the scan reuses: valid only until the next entry."""
@@ -370,7 +382,7 @@ class FasterLog:
     def _scan_views(self, begin: int | None, end: int | None,
                     include_markers: bool) -> Iterator[tuple[int, memoryview]]:
         chunks = self._scan_chunks(begin, end, include_markers, 0, views=True)
-        for addresses, (view, starts, lengths) in chunks:  # type: ignore[misc]
+        for addresses, (view, starts, lengths) in chunks:
             for address, start, length in zip(addresses, starts, lengths):
                 yield address, view[start:start + length]
 

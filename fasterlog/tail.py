@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import errors
@@ -234,7 +234,7 @@ class AsyncTail(_TailBase):
         self._stopped = True
         await self._iterator.aclose()
 
-    async def _run(self) -> AsyncIterator[tuple[int, bytes]]:
+    async def _run(self) -> AsyncGenerator[tuple[int, bytes], None]:
         log = self._log
         while not self._stopped:
             before = self._position
