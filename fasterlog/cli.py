@@ -816,7 +816,34 @@ def build_parser() -> argparse.ArgumentParser:
     cursors.add_argument("directory", metavar="DIR")
     cursors.add_argument("--json", action="store_true", help="print one JSON object")
     cursors.set_defaults(run=command_cursors)
+    serve = commands.add_parser("serve", help="the RESP (Redis protocol) server: Streams "
+                                "commands on a log, durable acknowledgements")
+    serve.add_argument("--dir", default=os.path.join(".", "data", "server"),
+                       help="data directory (default: ./data/server)")
+    serve.add_argument("--port", type=int, default=6380)
+    serve.add_argument("--bind", default="127.0.0.1",
+                       help="address to listen on; any but loopback needs --requirepass")
+    serve.add_argument("--requirepass", default=None)
+    serve.add_argument("--fsync", choices=("always", "everysec"), default="always",
+                       help="always (default): a write is answered after its commit; "
+                       "everysec: answered at once, committed each second (NOT durable per reply)")
+    serve.set_defaults(run=command_serve)
     return parser
+
+
+def command_serve(arguments: argparse.Namespace) -> int:
+    # The service is the top layer: imported only when asked for, so the log never loads it.
+    import asyncio
+
+    from service.server import ServerSettings, serve
+
+    try:
+        settings = ServerSettings(host=arguments.bind, port=arguments.port,
+                                  requirepass=arguments.requirepass, fsync=arguments.fsync)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    asyncio.run(serve(arguments.dir, settings))
+    return EXIT_OK
 
 
 def _error_line(error: BaseException) -> str:

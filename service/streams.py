@@ -1,0 +1,201 @@
+"""Redis Streams kept in a fasterlog log: the log is the truth, the index is rebuilt by replay.
+
+Every change is one log entry, msgpack-encoded:
+    [b"xadd", stream, ms, seq, [field, value, ...]]   an entry
+    [b"xdel", stream, [[ms, seq], ...]]               entries deleted
+    [b"xtrim", stream, ms, seq]                       every entry below ms-seq deleted
+    [b"xdestroy", stream]                             the stream deleted (DEL)
+The in-memory index keeps, per stream, the sorted ids and their log addresses, and the last id
+ever added (Redis never reuses an id, even after deletion). Field values live only in the log.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from fasterlog import FasterLog
+
+StreamId = tuple[int, int]
+ID_MAX: StreamId = ((1 << 64) - 1, (1 << 64) - 1)
+
+
+class StreamError(ValueError):
+    """A command's stream arguments are wrong; the message is the Redis error text."""
+
+
+@dataclass
+class Stream:
+    ids: list[StreamId] = field(default_factory=list)
+    addresses: list[int] = field(default_factory=list)
+    last_id: StreamId = (0, 0)
+    entries_added: int = 0
+
+    def remove(self, index: int) -> None:
+        del self.ids[index]
+        del self.addresses[index]
+
+
+def format_id(stream_id: StreamId) -> bytes:
+    return b"%d-%d" % stream_id
+
+
+def parse_id(text: bytes, *, missing_seq: int = 0, exclusive_ok: bool = False) -> StreamId:
+    """Parses ms-seq (or ms alone, taking `missing_seq`); "(" marks an exclusive bound."""
+    if exclusive_ok and text.startswith(b"("):
+        return _exclusive(parse_id(text[1:], missing_seq=missing_seq), missing_seq)
+    ms_text, dash, seq_text = text.partition(b"-")
+    try:
+        ms = int(ms_text)
+        seq = int(seq_text) if dash else missing_seq
+    except ValueError:
+        raise StreamError("ERR Invalid stream ID specified as stream command argument") from None
+    if not (0 <= ms < 1 << 64 and 0 <= seq < 1 << 64) or not ms_text.isdigit() or (
+            dash and not seq_text.isdigit()):
+        raise StreamError("ERR Invalid stream ID specified as stream command argument")
+    return ms, seq
+
+
+def _exclusive(stream_id: StreamId, missing_seq: int) -> StreamId:
+    # "(" on a start bound means the next id, on an end bound the previous one; the caller
+    # tells which by missing_seq (0 for starts, max for ends).
+    ms, seq = stream_id
+    if missing_seq == 0:
+        if seq == (1 << 64) - 1:
+            if ms == (1 << 64) - 1:
+                raise StreamError("ERR invalid start ID for the interval")
+            return ms + 1, 0
+        return ms, seq + 1
+    if seq == 0:
+        if ms == 0:
+            raise StreamError("ERR invalid end ID for the interval")
+        return ms - 1, (1 << 64) - 1
+    return ms, seq - 1
+
+
+class StreamStore:
+    """All streams of one log. Not thread-safe: the server calls it from its event loop."""
+
+    def __init__(self, log: FasterLog) -> None:
+        self.log = log
+        self.streams: dict[bytes, Stream] = {}
+        self._replay()
+
+    # ------------------------------------------------------------------ replay
+
+    def _replay(self) -> None:
+        for addresses, entries in self.log.scan_columns():
+            for address, entry in zip(addresses, entries):
+                self._apply(address, msgpack.unpackb(entry, raw=True, use_list=True))
+
+    def _apply(self, address: int, record: list[Any]) -> None:
+        kind, name = record[0], record[1]
+        if kind == b"xadd":
+            stream = self.streams.setdefault(name, Stream())
+            stream_id = (record[2], record[3])
+            stream.ids.append(stream_id)
+            stream.addresses.append(address)
+            stream.last_id = stream_id
+            stream.entries_added += 1
+        elif kind == b"xdel" and name in self.streams:
+            stream = self.streams[name]
+            for ms, seq in record[2]:
+                index = bisect.bisect_left(stream.ids, (ms, seq))
+                if index < len(stream.ids) and stream.ids[index] == (ms, seq):
+                    stream.remove(index)
+        elif kind == b"xdestroy":
+            self.streams.pop(name, None)
+        elif kind == b"xtrim" and name in self.streams:
+            stream = self.streams[name]
+            cut = bisect.bisect_left(stream.ids, (record[2], record[3]))
+            del stream.ids[:cut]
+            del stream.addresses[:cut]
+
+    def _write(self, record: list[Any]) -> int:
+        address = self.log.append(msgpack.packb(record, use_bin_type=True))
+        self._apply(address, record)
+        return address
+
+    # ------------------------------------------------------------------ commands
+
+    def next_id(self, name: bytes, requested: bytes) -> StreamId:
+        last = self.streams[name].last_id if name in self.streams else (0, 0)
+        if requested == b"*":
+            ms = max(int(time.time() * 1000), last[0])
+            return (ms, last[1] + 1) if ms == last[0] else (ms, 0)
+        if requested.endswith(b"-*"):
+            ms = parse_id(requested[:-2])[0]
+            if ms < last[0]:
+                raise StreamError("ERR The ID specified in XADD is equal or smaller than the "
+                                  "target stream top item")
+            return (ms, last[1] + 1) if ms == last[0] else (ms, 0 if ms > 0 else 1)
+        stream_id = parse_id(requested)
+        if stream_id == (0, 0):
+            raise StreamError("ERR The ID specified in XADD must be greater than 0-0")
+        if stream_id <= last:
+            raise StreamError("ERR The ID specified in XADD is equal or smaller than the target "
+                              "stream top item")
+        return stream_id
+
+    def add(self, name: bytes, stream_id: StreamId, fields: list[bytes]) -> int:
+        return self._write([b"xadd", name, stream_id[0], stream_id[1], fields])
+
+    def trim(self, name: bytes, *, maxlen: int | None = None,
+             minid: StreamId | None = None) -> int:
+        """Deletes the oldest entries so at most `maxlen` remain or none is below `minid`;
+        returns how many were deleted."""
+        stream = self.streams.get(name)
+        if stream is None or not stream.ids:
+            return 0
+        if maxlen is not None:
+            cut = max(0, len(stream.ids) - maxlen)
+        else:
+            assert minid is not None
+            cut = bisect.bisect_left(stream.ids, minid)
+        if cut == 0:
+            return 0
+        first_kept = stream.ids[cut] if cut < len(stream.ids) else (
+            stream.ids[-1][0], stream.ids[-1][1] + 1)
+        self._write([b"xtrim", name, first_kept[0], first_kept[1]])
+        return cut
+
+    def delete(self, name: bytes, ids: list[StreamId]) -> int:
+        stream = self.streams.get(name)
+        if stream is None:
+            return 0
+        present = [i for i in dict.fromkeys(ids)
+                   if (index := bisect.bisect_left(stream.ids, i)) < len(stream.ids)
+                   and stream.ids[index] == i]
+        if present:
+            self._write([b"xdel", name, [list(i) for i in present]])
+        return len(present)
+
+    def destroy(self, name: bytes) -> bool:
+        if name not in self.streams:
+            return False
+        self._write([b"xdestroy", name])
+        return True
+
+    def length(self, name: bytes) -> int:
+        stream = self.streams.get(name)
+        return len(stream.ids) if stream else 0
+
+    def range(self, name: bytes, start: StreamId, end: StreamId, count: int | None,
+              reverse: bool = False) -> list[list[Any]]:
+        stream = self.streams.get(name)
+        if stream is None or start > end or count == 0:
+            return []
+        low = bisect.bisect_left(stream.ids, start)
+        high = bisect.bisect_right(stream.ids, end)
+        indexes = range(high - 1, low - 1, -1) if reverse else range(low, high)
+        if count is not None:
+            indexes = indexes[:count]
+        return [self.entry(stream, index) for index in indexes]
+
+    def entry(self, stream: Stream, index: int) -> list[Any]:
+        record = msgpack.unpackb(self.log.read(stream.addresses[index]), raw=True)
+        return [format_id(stream.ids[index]), list(record[4])]

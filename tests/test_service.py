@@ -1,0 +1,186 @@
+"""The RESP server against real clients: redis-py (sync and asyncio, RESP2 and RESP3) and raw
+sockets, on 127.0.0.1 with a real log underneath.
+
+Method: the server runs in a thread with its own event loop on port 0; clients connect over
+loopback. Durability is checked by restarting the server on the same directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+redis = pytest.importorskip("redis")
+import redis.asyncio  # noqa: E402
+
+from fasterlog import FasterLog  # noqa: E402
+from service.server import Server, ServerSettings  # noqa: E402
+
+
+class RunningServer:
+    def __init__(self, directory: Path, **settings: object) -> None:
+        self.directory = directory
+        self.settings = ServerSettings(port=0, **settings)  # type: ignore[arg-type]
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.started.wait(30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.log = FasterLog.open(self.directory, page_size_bytes=65536,
+                                  memory_size_bytes=262144, segment_size_bytes=1 << 20)
+        self.server = Server(self.log, self.settings)
+        self.loop.run_until_complete(self.server.start())
+        self.port = self.server.port
+        self.started.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.log.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[RunningServer]:
+    server = RunningServer(tmp_path / "data")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_round_trips_streams_commands(running: RunningServer, protocol: int) -> None:
+    client = redis.Redis(port=running.port, protocol=protocol)
+    assert client.ping() is True
+    assert client.echo(b"hi") == b"hi"
+    first = client.xadd("s", {"a": "1"})
+    second = client.xadd("s", {"b": "2"}, id="%d-5" % (int(first.split(b"-")[0]) + 10))
+    assert client.xlen("s") == 2
+    entries = client.xrange("s")
+    assert [e[0] for e in entries] == [first, second]
+    assert entries[0][1] == {b"a": b"1"}
+    assert [e[0] for e in client.xrevrange("s", count=1)] == [second]
+    assert client.xrange("s", min="(" + first.decode()) == entries[1:]
+    assert client.type("s") == (b"stream" if protocol == 2 else b"stream")
+    assert client.exists("s", "missing") == 1
+    assert client.xdel("s", first) == 1
+    assert client.xlen("s") == 1
+    assert client.dbsize() == 1
+    assert client.config_get("appendfsync") == {"appendfsync": "always"} or \
+        client.config_get("appendfsync") == {b"appendfsync": b"always"}
+    client.close()
+
+
+def test_explicit_ids_must_grow(running: RunningServer) -> None:
+    client = redis.Redis(port=running.port)
+    client.xadd("s", {"f": "v"}, id="5-1")
+    with pytest.raises(redis.ResponseError, match="equal or smaller"):
+        client.xadd("s", {"f": "v"}, id="5-1")
+    assert client.xadd("s", {"f": "v"}, id="5-*") == b"5-2"
+    with pytest.raises(redis.ResponseError, match="greater than 0-0"):
+        client.xadd("t", {"f": "v"}, id="0-0")
+    assert client.xadd("n", {"f": "v"}, nomkstream=True) is None
+    client.close()
+
+
+def test_maxlen_and_xtrim(running: RunningServer) -> None:
+    client = redis.Redis(port=running.port)
+    for i in range(10):
+        client.xadd("s", {"i": str(i)}, maxlen=5, approximate=False)
+    assert client.xlen("s") == 5
+    assert client.xrange("s")[0][1] == {b"i": b"5"}
+    assert client.xtrim("s", maxlen=2, approximate=False) == 3
+    assert client.xlen("s") == 2
+    client.close()
+
+
+def test_acknowledged_writes_survive_a_restart(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data")
+    client = redis.Redis(port=server.port)
+    ids = [client.xadd("s", {"n": str(i)}) for i in range(100)]
+    pipe = client.pipeline(transaction=False)
+    for i in range(100, 200):
+        pipe.xadd("s", {"n": str(i)})
+    ids += pipe.execute()
+    client.close()
+    server.stop()
+    server = RunningServer(tmp_path / "data")
+    client = redis.Redis(port=server.port)
+    assert [e[0] for e in client.xrange("s")] == ids
+    client.close()
+    server.stop()
+
+
+def test_asyncio_client_with_resp3(running: RunningServer) -> None:
+    async def main() -> list[bytes]:
+        client = redis.asyncio.Redis(port=running.port, protocol=3)
+        ids = await asyncio.gather(*(client.xadd("s", {"k": str(i)}) for i in range(50)))
+        await client.aclose()
+        return list(ids)
+
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 50
+    assert redis.Redis(port=running.port).xlen("s") == 50
+
+
+def test_unknown_command_and_wrong_arity(running: RunningServer) -> None:
+    client = redis.Redis(port=running.port)
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        client.execute_command("NOSUCH", "x")
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        client.execute_command("XLEN")
+    client.close()
+
+
+def raw_exchange(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(payload)
+        chunks = []
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_malformed_frame_gets_an_error_and_a_closed_connection(running: RunningServer) -> None:
+    reply = raw_exchange(running.port, b"*1\r\n$x\r\nPING\r\n")
+    assert reply.startswith(b"-ERR Protocol error")
+    assert redis.Redis(port=running.port).ping() is True  # the server lives on
+
+
+def test_oversized_bulk_is_refused_before_its_payload(running: RunningServer) -> None:
+    reply = raw_exchange(running.port, b"*2\r\n$4\r\nECHO\r\n$999999999999\r\n")
+    assert reply.startswith(b"-ERR Protocol error")
+
+
+def test_inline_commands_work(running: RunningServer) -> None:
+    assert raw_exchange(running.port, b"PING\r\nQUIT\r\n") == b"+PONG\r\n+OK\r\n"
+
+
+def test_password_is_required_and_checked(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data", requirepass="s3cret")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port, password="wrong").ping()
+    assert redis.Redis(port=server.port, password="s3cret", protocol=3).ping() is True
+    server.stop()
+
+
+def test_non_loopback_bind_without_password_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs --requirepass"):
+        ServerSettings(host="0.0.0.0")
