@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 redis = pytest.importorskip("redis")
-import redis.asyncio  # noqa: E402
+redis_asyncio = pytest.importorskip("redis.asyncio")
 
 from fasterlog import FasterLog  # noqa: E402
 from service.server import Server, ServerSettings  # noqa: E402
@@ -122,7 +122,7 @@ def test_acknowledged_writes_survive_a_restart(tmp_path: Path) -> None:
 
 def test_asyncio_client_with_resp3(running: RunningServer) -> None:
     async def main() -> list[bytes]:
-        client = redis.asyncio.Redis(port=running.port, protocol=3)
+        client = redis_asyncio.Redis(port=running.port, protocol=3)
         ids = await asyncio.gather(*(client.xadd("s", {"k": str(i)}) for i in range(50)))
         await client.aclose()
         return list(ids)
