@@ -1,4 +1,4 @@
-"""Type stub for the compiled cffi module (generated from fasterlog.h and fl_format.h)."""
+"""Type stub for the compiled cffi module (made by scripts/gen_stub.py)."""
 
 from typing import Any
 
@@ -6,15 +6,19 @@ ffi: Any
 
 
 class _Lib:
+    FL_COMMIT_FLAG_COMPLETED: int
     FL_COMMIT_RECORD_FIXED_SIZE_BYTES: int
     FL_COOKIE_SIZE_MAX_BYTES: int
     FL_E_ADDRESS: int
     FL_E_BUFFER: int
     FL_E_CLOSED: int
+    FL_E_COMPLETED: int
     FL_E_CORRUPT: int
     FL_E_FENCED: int
     FL_E_FORMAT: int
     FL_E_FULL: int
+    FL_E_INDEX_BUSY: int
+    FL_E_INDEX_CONFLICT: int
     FL_E_LOCKED: int
     FL_E_NOMEM: int
     FL_E_READONLY: int
@@ -23,6 +27,7 @@ class _Lib:
     FL_E_TIMEOUT: int
     FL_E_TOO_LARGE: int
     FL_E_TRUNCATED: int
+    FL_E_WOKEN: int
     FL_FAULT_ANY: int
     FL_FAULT_FSYNC: int
     FL_FAULT_WRITE: int
@@ -32,6 +37,13 @@ class _Lib:
     FL_FRAME_HEADER_SIZE_BYTES: int
     FL_FRAME_LENGTH_BITS: int
     FL_FRAME_LENGTH_MASK: int
+    FL_INDEX_ADDRESS_BITS: int
+    FL_INDEX_BUCKETS_COUNT_LOG2_MAX: int
+    FL_INDEX_ENTRIES_PER_BUCKET: int
+    FL_INDEX_ENTRIES_PER_BUCKET_GROW: int
+    FL_INDEX_RESOLVE_HASHES_MAX: int
+    FL_INDEX_SPLIT_WALK_MAX: int
+    FL_INDEX_TAG_BITS: int
     FL_IO_AUTO: int
     FL_IO_PLAIN: int
     FL_IO_URING: int
@@ -57,6 +69,8 @@ class _Lib:
     def fl_get_cookie(self, *args: Any) -> int: ...
     def fl_wait_for_commit(self, *args: Any) -> int: ...
     def fl_commit_eventfd(self, *args: Any) -> int: ...
+    def fl_wake(self, *args: Any) -> None: ...
+    def fl_complete(self, *args: Any) -> int: ...
     def fl_read(self, *args: Any) -> int: ...
     def fl_scan(self, *args: Any) -> int: ...
     def fl_scan_format(self, *args: Any) -> int: ...
@@ -68,6 +82,17 @@ class _Lib:
     def fl_crc32c(self, *args: Any) -> int: ...
     def fl_crc32c_portable(self, *args: Any) -> int: ...
     def fl_crc32c_hardware(self, *args: Any) -> int: ...
+    def fl_index_create(self, *args: Any) -> int: ...
+    def fl_index_free(self, *args: Any) -> None: ...
+    def fl_index_find(self, *args: Any) -> int: ...
+    def fl_index_find_many(self, *args: Any) -> int: ...
+    def fl_index_upsert(self, *args: Any) -> int: ...
+    def fl_index_delete(self, *args: Any) -> int: ...
+    def fl_index_count(self, *args: Any) -> int: ...
+    def fl_index_memory_bytes(self, *args: Any) -> int: ...
+    def fl_index_get_stats(self, *args: Any) -> None: ...
+    def fl_index_should_grow(self, *args: Any) -> int: ...
+    def fl_index_grow(self, *args: Any) -> int: ...
 
 
 lib: _Lib

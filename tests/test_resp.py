@@ -525,11 +525,16 @@ def hiredis_canonical(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+_NO_REPLY_YET = object()
+
+
 def hiredis_replies(data: bytes) -> list[Any]:
-    reader = hiredis.Reader()
+    # hiredis returns False both for "no reply yet" and for a RESP3 #f reply: a sentinel of our
+    # own tells them apart.
+    reader = hiredis.Reader(notEnoughData=_NO_REPLY_YET)
     reader.feed(data)
     replies = []
-    while (reply := reader.gets()) is not False:
+    while (reply := reader.gets()) is not _NO_REPLY_YET:
         replies.append(reply)
     return replies
 

@@ -136,3 +136,73 @@ uint32_t fl_crc32c(uint32_t crc, const void *data, size_t size);
 /* The table-driven CRC32C, whatever the CPU has: tests check it agrees with fl_crc32c. */
 uint32_t fl_crc32c_portable(uint32_t crc, const void *data, size_t size);
 int fl_crc32c_hardware(void);
+
+/* ==================================================================== hash index (fl_index.c)
+ *
+ * A FASTER-style hash index from 64-bit key hashes to log addresses. The index never sees a
+ * key: it maps (bucket, tag) of a hash to the address of the newest record of that chain, and
+ * records chain to older ones through a previous address their owner (kvlayer) keeps in each
+ * record. A lookup returns at most one candidate address; the caller reads records along the
+ * chain and compares keys.
+ *
+ * - bucket = hash & (buckets_count - 1); tag = bits 48..61 of the hash (14 bits).
+ * - Concurrency: one writer at a time (upsert, delete, grow), any number of readers (find,
+ *   find_many, stats) running beside it. A second concurrent writer gets FL_E_INDEX_BUSY; it
+ *   never corrupts the table. Readers stop only while grow swaps in the new table.
+ * - Addresses are 48 bits (below 2^48), and 0 means "none" (FL_FIRST_ADDRESS is 64).
+ * - The index is derived state: it is rebuilt from the log, never written to disk yet. */
+
+typedef struct fl_index fl_index;
+
+enum fl_index_status {
+    FL_E_INDEX_CONFLICT = -100101, /* upsert/delete: the entry's address is not the expected one */
+    FL_E_INDEX_BUSY = -100102      /* another writer is inside the index */
+};
+
+enum fl_index_limits {
+    FL_INDEX_ENTRIES_PER_BUCKET = 7,        /* key entries in a bucket; the 8th is the link */
+    FL_INDEX_TAG_BITS = 14,
+    FL_INDEX_ADDRESS_BITS = 48,
+    FL_INDEX_BUCKETS_COUNT_LOG2_MAX = 40,
+    FL_INDEX_ENTRIES_PER_BUCKET_GROW = 6,   /* average entries per bucket that asks for grow */
+    FL_INDEX_SPLIT_WALK_MAX = 64,           /* records grow reads per entry at most */
+    FL_INDEX_RESOLVE_HASHES_MAX = 64        /* hashes grow asks of one record at most */
+};
+
+typedef struct fl_index_stats {
+    uint64_t entries_count;          /* occupied (bucket, tag) entries */
+    uint64_t buckets_count;          /* main table buckets (64 bytes each) */
+    uint64_t overflow_buckets_count; /* overflow buckets handed out from the pool */
+    uint64_t memory_bytes;           /* everything the index allocated */
+    uint64_t grow_count;             /* completed doublings */
+    uint32_t buckets_count_log2;
+} fl_index_stats;
+
+/* Tells grow which hashes the record at `address` holds and where its chain continues: writes
+ * up to `capacity` key hashes to `hashes_out` and the previous address (0: end of the chain) to
+ * `previous_address_out`. Returns the number of hashes in the record (more than `capacity`
+ * means some were left out) or a negative code, which stops grow. */
+typedef int (*fl_index_resolve_fn)(void *context, uint64_t address, uint64_t *hashes_out,
+                                   uint32_t capacity, uint64_t *previous_address_out);
+
+int fl_index_create(uint32_t buckets_count_log2, fl_index **index_out);
+void fl_index_free(fl_index *index);
+/* The newest address of the hash's chain, or 0 when there is none. */
+uint64_t fl_index_find(fl_index *index, uint64_t hash);
+/* find for `count` hashes at once (0 where there is none); returns how many were found. */
+int64_t fl_index_find_many(fl_index *index, const uint64_t *hashes, size_t count,
+                           uint64_t *addresses_out);
+/* Compare-and-swap: points the hash's entry at `new_address` if it now holds
+ * `expected_address` (0: "no entry yet", which inserts one). FL_E_INDEX_CONFLICT otherwise. */
+int fl_index_upsert(fl_index *index, uint64_t hash, uint64_t expected_address,
+                    uint64_t new_address);
+/* Removes the hash's entry if it holds `expected_address`; FL_E_INDEX_CONFLICT otherwise. */
+int fl_index_delete(fl_index *index, uint64_t hash, uint64_t expected_address);
+uint64_t fl_index_count(fl_index *index);
+uint64_t fl_index_memory_bytes(fl_index *index);
+void fl_index_get_stats(fl_index *index, fl_index_stats *stats_out);
+/* 1 when the table holds more than FL_INDEX_ENTRIES_PER_BUCKET_GROW entries per bucket. */
+int fl_index_should_grow(fl_index *index);
+/* Doubles the table, splitting each chain by walking its records through `resolve` (at most
+ * FL_INDEX_SPLIT_WALK_MAX records per entry: past that, both halves keep a candidate). */
+int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context);

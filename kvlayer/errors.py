@@ -1,0 +1,84 @@
+"""Exceptions raised by kvlayer. Every one is a fasterlog FasterLogError.
+
+    FasterLogError (fasterlog.errors)
+    └── KVError                               a KV store operation failed
+        ├── KeyNotFound (KeyError)            get/delete of a key that is not live
+        ├── KeyTypeError (TypeError)          a key that is not bytes-like
+        ├── ValueTypeError (TypeError)        a value that is not bytes-like, or an rmw/incr
+        │                                     result of the wrong type
+        ├── KeyTooLarge (ValueError)          a key above key_size_max_bytes
+        ├── ValueTooLarge (ValueError)        a record above the log's entry_size_max
+        ├── NotAnIntegerError (ValueError)    incr of a value that is not a decimal integer
+        ├── StoreSettingsError (ValueError)   an invalid KVStore.open setting
+        ├── StoreClosedError                  the store was closed
+        └── RecordCorruptError (CorruptionError)  a log entry is not a well-formed KV record
+                                              (.address)
+
+Errors of the log itself (LogFencedError, LogIOError, CorruptionError of a frame) come from
+fasterlog.errors unchanged. Messages start with the operation that failed:
+"put failed: key of 70000 bytes exceeds key_size_max_bytes (65535)".
+"""
+
+from __future__ import annotations
+
+from fasterlog.errors import CorruptionError, FasterLogError
+
+__all__ = [
+    "KVError",
+    "KeyNotFound",
+    "KeyTooLarge",
+    "KeyTypeError",
+    "NotAnIntegerError",
+    "RecordCorruptError",
+    "StoreClosedError",
+    "StoreSettingsError",
+    "ValueTooLarge",
+    "ValueTypeError",
+]
+
+
+class KVError(FasterLogError):
+    """Base of every kvlayer error."""
+
+
+class KeyNotFound(KVError, KeyError):
+    """The key is not live (never written, or deleted)."""
+
+    def __init__(self, message: str, key: bytes) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class KeyTypeError(KVError, TypeError):
+    """A key must be bytes-like (bytes, bytearray, memoryview)."""
+
+
+class ValueTypeError(KVError, TypeError):
+    """A value must be bytes-like."""
+
+
+class KeyTooLarge(KVError, ValueError):
+    """The key is longer than key_size_max_bytes."""
+
+
+class ValueTooLarge(KVError, ValueError):
+    """The record (key, value and headers) does not fit one log entry."""
+
+
+class NotAnIntegerError(KVError, ValueError):
+    """incr found a value that is not a decimal integer."""
+
+
+class StoreSettingsError(KVError, ValueError):
+    """An invalid KVStore.open setting (the log's own settings raise SettingsError)."""
+
+
+class StoreClosedError(KVError):
+    """The store was closed."""
+
+
+class RecordCorruptError(KVError, CorruptionError):
+    """A log entry passed the log's checksum but is not a well-formed KV record."""

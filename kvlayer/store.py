@@ -1,0 +1,550 @@
+"""KVStore: a durable key-value store whose every write is a record in a FasterLog.
+
+The log is the source of truth; the hash index (fl_index.c) is derived state, rebuilt at open
+by replaying the whole log (checkpoints, which will shorten that replay, are a later step).
+FORMAT.md, "KV records", describes the record bytes.
+
+Rules and invariants:
+1. Keys and values are bytes. A record holds one or more operations (put or delete) of keys
+   whose hashes share one index chain (same bucket and tag) at write time, plus the address of
+   the chain's previous head. A batch puts each chain's operations in one record, so no record
+   of a batch needs the address of another record of the same batch.
+2. Chain invariant: for every key, its newest record is reachable from the index entry of the
+   key's hash by following previous addresses. Writes keep it (a new record points at the old
+   head); grow keeps it (fl_index.c, rule 4); replay keeps it because it grows the index to at
+   least the size each record was written with (the record says it) before applying the record,
+   so replay's chains are never coarser than the writer's were.
+3. One writer at a time per store: `_write_lock` serializes writes in this process, and the log's
+   writer lock keeps other processes out. Reads take no lock.
+4. A write is applied to the index after it is appended and before it is committed, so a
+   process reads its own writes; put/delete/put_many commit before returning unless
+   commit=False. A failed commit fences the log, so nothing un-durable is served afterwards by a
+   store that could be reopened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from fasterlog import FasterLog
+from fasterlog._fasterlog_c import ffi, lib
+from fasterlog.errors import EntryTooLarge
+
+from .errors import (
+    KeyNotFound,
+    KeyTooLarge,
+    KeyTypeError,
+    KVError,
+    NotAnIntegerError,
+    RecordCorruptError,
+    StoreClosedError,
+    StoreSettingsError,
+    ValueTooLarge,
+    ValueTypeError,
+)
+
+__all__ = ["BytesLike", "KVStore", "key_hash"]
+
+BytesLike = bytes | bytearray | memoryview
+
+RECORD_VERSION = 1
+OP_PUT = 1
+OP_DELETE = 2
+_HEADER = struct.Struct("<BBHQ")  # version, index bits, ops count, previous address
+_OP = struct.Struct("<BBHIQ")  # op, reserved, key size, value size, key hash
+_SINGLE = struct.Struct("<BBHQBBHIQ")  # a header and its one operation: the common record
+_COOKIE = struct.Struct("<8sB")  # magic, index bits: the commit cookie (a sizing hint only)
+_COOKIE_MAGIC = b"kvlayer1"
+RECORD_HEADER_SIZE_BYTES = _HEADER.size
+OP_HEADER_SIZE_BYTES = _OP.size
+key_size_max_bytes = 65535  # the key size field is 16 bits
+ops_per_record_max = 65535  # the ops count field is 16 bits
+batch_ops_count_max = 65535  # one put_many is at most this many distinct keys
+index_buckets_count_log2_default = 10
+_TAG_SHIFT = 48
+_TAG_MASK = (1 << 14) - 1
+_RESOLVE_SIGNATURE = "int(void *, uint64_t, uint64_t *, uint32_t, uint64_t *)"
+
+
+def key_hash(key: bytes) -> int:
+    """The stable 64-bit hash of a key (BLAKE2b, 8-byte digest, little-endian)."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+class _Op:
+    __slots__ = ("hash", "key", "kind", "value")
+
+    def __init__(self, kind: int, key: bytes, value: bytes, hash_: int) -> None:
+        self.kind = kind
+        self.key = key
+        self.value = value
+        self.hash = hash_
+
+
+def encode_record(index_bits: int, previous_address: int, ops: list[_Op]) -> bytes:
+    parts = [_HEADER.pack(RECORD_VERSION, index_bits, len(ops), previous_address)]
+    for op in ops:
+        parts.append(_OP.pack(op.kind, 0, len(op.key), len(op.value), op.hash))
+        parts.append(op.key)
+        parts.append(op.value)
+    return b"".join(parts)
+
+
+def decode_record(payload: bytes, address: int) -> tuple[int, int, list[_Op]]:
+    """Returns (index_bits, previous_address, ops); RecordCorruptError if malformed."""
+    def corrupt(why: str) -> RecordCorruptError:
+        return RecordCorruptError(f"read record at {address} failed: {why}", address)
+
+    if len(payload) < RECORD_HEADER_SIZE_BYTES:
+        raise corrupt(f"{len(payload)} bytes is shorter than a record header")
+    version, index_bits, ops_count, previous = _HEADER.unpack_from(payload)
+    if version != RECORD_VERSION:
+        raise corrupt(f"unknown record version {version}")
+    if ops_count == 0 or index_bits > lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX:
+        raise corrupt(f"bad header (ops_count {ops_count}, index_bits {index_bits})")
+    if previous >= address or 0 < previous < lib.FL_FIRST_ADDRESS:
+        raise corrupt(f"previous address {previous} does not point backwards")
+    ops = []
+    position = RECORD_HEADER_SIZE_BYTES
+    for _ in range(ops_count):
+        if position + OP_HEADER_SIZE_BYTES > len(payload):
+            raise corrupt("an operation header runs past the record")
+        kind, reserved, key_size, value_size, hash_ = _OP.unpack_from(payload, position)
+        position += OP_HEADER_SIZE_BYTES
+        end = position + key_size + value_size
+        if kind not in (OP_PUT, OP_DELETE) or reserved or end > len(payload):
+            raise corrupt(f"bad operation (op {kind}, key {key_size} B, value {value_size} B)")
+        if kind == OP_DELETE and value_size:
+            raise corrupt("a delete carries a value")
+        key = payload[position:position + key_size]
+        ops.append(_Op(kind, key, payload[position + key_size:end], hash_))
+        position = end
+    if position != len(payload):
+        raise corrupt(f"{len(payload) - position} stray bytes after the last operation")
+    return index_bits, previous, ops
+
+
+def _single_op(payload: bytes, address: int) -> tuple[int, int, int, int] | None:
+    """(previous_address, op, key_size, key_hash) of a valid one-operation record, else None
+    (then decode_record decides: several operations, or corrupt). Checks exactly what
+    decode_record checks."""
+    if len(payload) < _SINGLE.size:
+        return None
+    (version, index_bits, ops_count, previous, kind, reserved, key_size, value_size,
+     op_hash) = _SINGLE.unpack_from(payload)
+    if (version == RECORD_VERSION and ops_count == 1 and reserved == 0
+            and (kind == OP_PUT or kind == OP_DELETE and not value_size)
+            and _SINGLE.size + key_size + value_size == len(payload)
+            and index_bits <= lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX
+            and (previous == 0 or lib.FL_FIRST_ADDRESS <= previous < address)):
+        return previous, kind, key_size, op_hash
+    return None
+
+
+def _as_key(key: object, operation: str) -> bytes:
+    if type(key) is bytes:
+        data = key
+    elif isinstance(key, (bytearray, memoryview)):
+        data = bytes(key)
+    else:
+        raise KeyTypeError(f"{operation} failed: a key must be bytes, not {type(key).__name__}")
+    if len(data) > key_size_max_bytes:
+        raise KeyTooLarge(f"{operation} failed: key of {len(data)} bytes exceeds "
+                          f"key_size_max_bytes ({key_size_max_bytes})")
+    return data
+
+
+def _as_value(value: object, operation: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise ValueTypeError(f"{operation} failed: a value must be bytes, not "
+                         f"{type(value).__name__}")
+
+
+class _HashIndex:
+    """The C index plus the resolver grow needs (it reads records back from the log)."""
+
+    def __init__(self, buckets_count_log2: int, read_payload: Callable[[int], bytes]) -> None:
+        out = ffi.new("fl_index **")
+        rc = lib.fl_index_create(buckets_count_log2, out)
+        if rc < 0:
+            raise KVError(f"open failed: cannot create an index of 2^{buckets_count_log2} "
+                          f"buckets (code {rc})")
+        self.handle = ffi.gc(out[0], lib.fl_index_free)
+        self._read_payload = read_payload
+        self._resolve_error: BaseException | None = None
+        self._resolve = ffi.callback(_RESOLVE_SIGNATURE, self._resolve_record)
+
+    def _resolve_record(self, context: Any, address: int, hashes: Any, capacity: int,
+                        previous_out: Any) -> int:
+        try:
+            payload = self._read_payload(address)
+            single = _single_op(payload, address)
+            if single is not None:  # the common record: no _Op objects
+                hashes[0] = single[3]
+                previous_out[0] = single[0]
+                return 1
+            _, previous, ops = decode_record(payload, address)
+        except BaseException as error:  # noqa: BLE001 - handed back to the caller of grow
+            self._resolve_error = error
+            return int(lib.FL_E_CORRUPT)
+        for position, op in enumerate(ops[:capacity]):
+            hashes[position] = op.hash
+        previous_out[0] = previous
+        return len(ops)
+
+    def find(self, hash_: int) -> int:
+        """The head of the hash's chain, or 0."""
+        return int(lib.fl_index_find(self.handle, hash_))
+
+    def stats(self) -> Any:
+        stats = ffi.new("fl_index_stats *")
+        lib.fl_index_get_stats(self.handle, stats)
+        return stats
+
+    def buckets_count_log2(self) -> int:
+        return int(self.stats().buckets_count_log2)
+
+    def upsert(self, hash_: int, expected_address: int, new_address: int) -> None:
+        rc = lib.fl_index_upsert(self.handle, hash_, expected_address, new_address)
+        # Rule 3 of the store: only our own writer changes the index, so a conflict is a bug.
+        assert rc == 0, f"index upsert failed with code {rc}"
+
+    def grow(self) -> None:
+        self._resolve_error = None
+        rc = lib.fl_index_grow(self.handle, self._resolve, ffi.NULL)
+        if self._resolve_error is not None:
+            raise self._resolve_error
+        if rc == lib.FL_E_NOMEM:
+            raise MemoryError("index grow failed: out of memory")
+        assert rc == 0, f"index grow failed with code {rc}"
+
+    def grow_to(self, buckets_count_log2: int) -> None:
+        while self.buckets_count_log2() < buckets_count_log2:
+            self.grow()
+
+    def grow_if_loaded(self) -> None:
+        while lib.fl_index_should_grow(self.handle):
+            self.grow()
+
+
+class KVStore:
+    """A durable key-value store over a FasterLog. Open one with KVStore.open()."""
+
+    def __init__(self, log: FasterLog, index_buckets_count_log2: int) -> None:
+        self._log = log
+        self._index = _HashIndex(index_buckets_count_log2, log.read)
+        self._write_lock = threading.RLock()
+        self._live_count = 0
+        self._closed = False
+        self._cookie_bits = -1
+        self._presize()
+        self._replay()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *,
+             index_buckets_count_log2: int = index_buckets_count_log2_default,
+             **log_settings: Any) -> KVStore:
+        """Opens (creating or recovering) the log in `path` and rebuilds the index by replaying
+        it. `log_settings` go to FasterLog.open."""
+        if (not isinstance(index_buckets_count_log2, int)
+                or not 0 <= index_buckets_count_log2 <= lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX):
+            raise StoreSettingsError(f"open failed: index_buckets_count_log2 must be an integer "
+                                     f"from 0 to "
+                          f"{lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX}, not "
+                          f"{index_buckets_count_log2!r}")
+        log = FasterLog.open(path, **log_settings)
+        try:
+            return cls(log, index_buckets_count_log2)
+        except BaseException:
+            log.close()
+            raise
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._log.close()
+
+    def __enter__(self) -> KVStore:  # noqa: PYI034 - KVStore is not meant to be subclassed
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self._live_count} keys"
+        return f"<KVStore {self._log.path!r} {state}>"
+
+    @property
+    def log(self) -> FasterLog:
+        return self._log
+
+    def index_stats(self) -> dict[str, int]:
+        stats = self._index.stats()
+        return {name: int(getattr(stats, name)) for name in (
+            "entries_count", "buckets_count", "overflow_buckets_count", "memory_bytes",
+            "grow_count", "buckets_count_log2")}
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{operation} failed: the store is closed")
+
+    # ------------------------------------------------------------------ reading records
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: BytesLike, default: bytes | None = None) -> bytes | None:
+        """The value of `key`, or `default` when it is not live."""
+        key = _as_key(key, "get")
+        self._check_open("get")
+        hash_ = key_hash(key)
+        value = self._value_from(self._index.find(hash_), key, hash_)
+        return default if value is None else value
+
+    def __getitem__(self, key: BytesLike) -> bytes:
+        value = self.get(key)
+        if value is None:
+            missing = _as_key(key, "get")
+            raise KeyNotFound(f"get failed: key {missing!r} not found", missing)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self._live_count
+
+    def get_many(self, keys: Iterable[BytesLike]) -> list[bytes | None]:
+        """Values of many keys (None where not live), with one batched index lookup."""
+        self._check_open("get_many")
+        items = [_as_key(key, "get_many") for key in keys]
+        hashes = [key_hash(key) for key in items]
+        heads = ffi.new("uint64_t[]", len(items))
+        lib.fl_index_find_many(self._index.handle, ffi.new("uint64_t[]", hashes), len(items),
+                               heads)
+        values: list[bytes | None] = []
+        for key, hash_, head in zip(items, hashes, heads):
+            values.append(self._value_from(head, key, hash_))
+        return values
+
+    def _value_from(self, address: int, key: bytes, hash_: int) -> bytes | None:
+        """Walks the chain from `address` to the newest operation on `key`: its value, or None
+        when that is a delete or there is none (rule 2 says the walk cannot miss it)."""
+        while address:
+            payload = self._log.read(address)
+            single = _single_op(payload, address)
+            if single is not None:  # the common record: no _Op objects
+                previous, kind, key_size, op_hash = single
+                if op_hash == hash_ and payload[_SINGLE.size:_SINGLE.size + key_size] == key:
+                    return payload[_SINGLE.size + key_size:] if kind == OP_PUT else None
+                address = previous
+                continue
+            _, previous, ops = decode_record(payload, address)  # several ops, or corrupt
+            for op in reversed(ops):
+                if op.hash == hash_ and op.key == key:
+                    return op.value if op.kind == OP_PUT else None
+            address = previous
+        return None
+
+    def _latest(self) -> dict[bytes, bytes | None]:
+        # Replays the log into a dict: iteration is O(log) in time and O(keys) in memory until
+        # the index can be walked (a later step). Scans see committed entries only, so writes
+        # made with commit=False are committed first.
+        with self._write_lock:
+            if self._log.tail_address > self._log.committed_until_address:
+                self._commit_locked()
+            end = self._log.committed_until_address
+        latest: dict[bytes, bytes | None] = {}
+        for address, payload in self._log.scan(end=end):
+            for op in decode_record(payload, address)[2]:
+                latest[op.key] = op.value if op.kind == OP_PUT else None
+        return latest
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Live (key, value) pairs, in the order their keys were first written. Writes made
+        with commit=False are committed first."""
+        self._check_open("items")
+        return ((key, value) for key, value in self._latest().items() if value is not None)
+
+    def keys(self) -> Iterator[bytes]:
+        return (key for key, _ in self.items())
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, key: BytesLike, value: BytesLike, *, commit: bool = True) -> int:
+        """Sets `key` to `value`; returns the record's address. Durable on return unless
+        commit=False."""
+        return self.write_batch([(_as_key(key, "put"), _as_value(value, "put"))],
+                                commit=commit, _operation="put")[0]
+
+    def __setitem__(self, key: BytesLike, value: BytesLike) -> None:
+        self.put(key, value)
+
+    def delete(self, key: BytesLike, *, commit: bool = True) -> None:
+        """Removes `key`; KeyNotFound when it is not live."""
+        checked = _as_key(key, "delete")
+        with self._write_lock:
+            self._check_open("delete")
+            if self.get(checked) is None:
+                raise KeyNotFound(f"delete failed: key {checked!r} not found", checked)
+            self.write_batch([(checked, None)], commit=commit, _operation="delete")
+
+    def __delitem__(self, key: BytesLike) -> None:
+        self.delete(key)
+
+    def put_many(self, items: Mapping[bytes, BytesLike] | Iterable[tuple[BytesLike, BytesLike]],
+                 *,
+                 commit: bool = True) -> list[int]:
+        """Sets many keys atomically (after a crash all or none) with one commit. A key given
+        twice takes its last value. Returns the addresses of the records written."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        checked = [(_as_key(key, "put_many"), _as_value(value, "put_many"))
+                   for key, value in pairs]
+        return self.write_batch(checked, commit=commit, _operation="put_many")
+
+    def write_batch(self, operations: Iterable[tuple[BytesLike, BytesLike | None]], *,
+                    commit: bool = True, _operation: str = "write_batch") -> list[int]:
+        """Applies (key, value) puts and (key, None) deletes atomically, with one commit.
+        Deleting a key that is not live is allowed here (it writes a harmless tombstone)."""
+        latest: dict[bytes, bytes | None] = {}
+        for key, value in operations:
+            checked = _as_key(key, _operation)
+            latest[checked] = None if value is None else _as_value(value, _operation)
+        if len(latest) > batch_ops_count_max:
+            raise ValueTooLarge(f"{_operation} failed: {len(latest)} keys exceed "
+                                f"batch_ops_count_max ({batch_ops_count_max})")
+        with self._write_lock:
+            self._check_open(_operation)
+            addresses = self._write_locked(latest, _operation) if latest else []
+            if commit:
+                self._commit_locked()
+            return addresses
+
+    def _write_locked(self, latest: dict[bytes, bytes | None], operation: str) -> list[int]:
+        index_bits = self._index.buckets_count_log2()
+        mask = (1 << index_bits) - 1
+        chains: dict[tuple[int, int], list[_Op]] = {}
+        live_change = 0
+        for key, value in latest.items():
+            hash_ = key_hash(key)
+            was_live = self._value_from(self._index.find(hash_), key, hash_) is not None
+            live_change += (value is not None) - was_live
+            op = _Op(OP_DELETE, key, b"", hash_) if value is None else _Op(OP_PUT, key, value,
+                                                                            hash_)
+            chains.setdefault((hash_ & mask, (hash_ >> _TAG_SHIFT) & _TAG_MASK), []).append(op)
+        groups = list(chains.values())
+        heads = [self._index.find(group[0].hash) for group in groups]
+        records = [encode_record(index_bits, head, group) for head, group in zip(heads, groups)]
+        try:
+            addresses = self._log.append_many(records)
+        except EntryTooLarge:
+            raise ValueTooLarge(f"{operation} failed: a record of "
+                                f"{max(map(len, records))} bytes exceeds the log's "
+                                f"entry_size_max ({self._log.entry_size_max})") from None
+        for group, head, address in zip(groups, heads, addresses):
+            self._index.upsert(group[0].hash, head, address)
+        self._live_count += live_change
+        self._index.grow_if_loaded()
+        return addresses
+
+    def commit(self) -> int:
+        """Makes every write so far durable (for writes made with commit=False)."""
+        with self._write_lock:
+            self._check_open("commit")
+            return self._commit_locked()
+
+    def _commit_locked(self) -> int:
+        # The cookie carries the index size, so the next open sizes its index before the
+        # replay instead of growing it on the way (each grow reads every chain head back).
+        bits = self._index.buckets_count_log2()
+        if bits != self._cookie_bits:
+            self._cookie_bits = bits
+            return self._log.commit(cookie=_COOKIE.pack(_COOKIE_MAGIC, bits))
+        return self._log.commit()
+
+    def rmw(self, key: BytesLike, function: Callable[[bytes | None], bytes | None], *,
+            commit: bool = True) -> bytes | None:
+        """Read-modify-write: stores function(old value or None); a None result deletes the
+        key. Returns the new value. Atomic against other writers of this store."""
+        checked = _as_key(key, "rmw")
+        with self._write_lock:
+            self._check_open("rmw")
+            result = function(self.get(checked))
+            new = None if result is None else _as_value(result, "rmw")
+            self.write_batch([(checked, new)], commit=commit, _operation="rmw")
+            return new
+
+    def incr(self, key: BytesLike, n: int = 1, *, commit: bool = True) -> int:
+        """Adds `n` to the decimal integer stored at `key` (missing counts as 0); returns it."""
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ValueTypeError(f"incr failed: n must be an int, not {type(n).__name__}")
+        result = 0
+
+        def add(old: bytes | None) -> bytes:
+            nonlocal result
+            try:
+                result = (0 if old is None else int(old.decode("ascii"), 10)) + n
+            except (UnicodeDecodeError, ValueError):
+                raise NotAnIntegerError(f"incr failed: the value of {bytes(key)!r} is not a "
+                                        f"decimal integer: {(old or b'')[:40]!r}") from None
+            return str(result).encode("ascii")
+
+        self.rmw(key, add, commit=commit)
+        return result
+
+    # ------------------------------------------------------------------ recovery
+
+    def _presize(self) -> None:
+        cookie = self._log.cookie
+        if cookie is not None and len(cookie) == _COOKIE.size:
+            magic, bits = _COOKIE.unpack(cookie)
+            if magic == _COOKIE_MAGIC and bits <= lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX:
+                # Growing an empty index reads no records; any size is safe (rule 2 only asks
+                # for at least the writer's size), so a stale cookie costs memory, not
+                # correctness.
+                self._index.grow_to(bits)
+                self._cookie_bits = bits
+
+    def _replay(self) -> None:
+        """Rebuilds the index and the live count from the whole log (rule 2 of the module)."""
+        index = self._index
+        for addresses, payloads in self._log.scan_columns():
+            for address, payload in zip(addresses, payloads):
+                single = _single_op(payload, address)
+                if single is not None:  # the common record, without _Op objects
+                    _, kind, key_size, hash_ = single
+                    if payload[1] > index.buckets_count_log2():
+                        index.grow_to(payload[1])
+                    head = index.find(hash_)
+                    key = payload[_SINGLE.size:_SINGLE.size + key_size]
+                    was_live = head != 0 and self._value_from(head, key, hash_) is not None
+                    self._live_count += (kind == OP_PUT) - was_live
+                    index.upsert(hash_, head, address)
+                else:
+                    self._replay_record(address, payload)
+                index.grow_if_loaded()
+
+    def _replay_record(self, address: int, payload: bytes) -> None:
+        index_bits, _, ops = decode_record(payload, address)
+        self._index.grow_to(index_bits)
+        live_change = 0
+        for op in ops:  # every liveness check before the record joins the index
+            was_live = self._value_from(self._index.find(op.hash), op.key, op.hash) is not None
+            live_change += (op.kind == OP_PUT) - was_live
+        for op in ops:
+            head = self._index.find(op.hash)
+            if head != address:  # ops sharing a chain now share one entry
+                self._index.upsert(op.hash, head, address)
+        self._live_count += live_change
