@@ -351,6 +351,41 @@ class FasterLog:
         entry: bytes = ffi.buffer(buffer, size)[:]
         return entry
 
+    def read_many(self, addresses: Iterable[int]) -> list[bytes]:
+        """Returns the entries (or markers) at these addresses, in order: one call into the core
+        per buffer-full rather than one per entry."""
+        wanted = array.array("Q", addresses)
+        count = len(wanted)
+        if count == 0:
+            return []
+        capacity = _SCAN_BUFFER_MIN_BYTES
+        buffer = _new_uncleared("char[]", capacity)
+        offsets = _new_uncleared("uint32_t[]", count)
+        sizes = _new_uncleared("uint32_t[]", count)
+        kinds = _new_uncleared("int32_t[]", count)
+        layout = _new_uncleared("char[]", 24 * count)
+        info = ffi.new("fl_error_info *")
+        base = ffi.from_buffer("uint64_t[]", wanted)
+        entries: list[bytes] = []
+        while len(entries) < count:
+            done = len(entries)
+            got = lib.fl_read_many(self._log, base + done, count - done, buffer, capacity,
+                                   offsets, sizes, kinds, info)
+            if got == lib.FL_E_BUFFER:
+                capacity = max(capacity * 2, int(info.size_needed))
+                buffer = _new_uncleared("char[]", capacity)
+                continue
+            if got < 0:
+                self._fail(got, f"read_many at {int(info.address)}", int(info.address), info)
+            if lib.FL_KIND_COMMIT in ffi.unpack(kinds, got):
+                bad = wanted[done + ffi.unpack(kinds, got).index(lib.FL_KIND_COMMIT)]
+                raise errors.InvalidAddressError(f"read_many failed: {bad} is a commit record, "
+                                                 "not an entry", bad)
+            layout_size = lib.fl_scan_format(offsets, sizes, got, layout, 24 * count)
+            entries.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:],
+                                              ffi.buffer(buffer)))
+        return entries
+
     @overload
     def scan(self, begin: int | None = None, end: int | None = None, *,
              include_markers: bool = False,

@@ -311,3 +311,18 @@ def test_truncate_until_a_page_end_moves_begin_to_the_next_page(small_log: Faste
     small_log.truncate_until(c + frame_size(size))
     assert small_log.begin_address == d == 2 * page
     assert [e for _, e in small_log.scan()] == [bytes(20)]
+
+
+def test_read_many_returns_entries_in_the_order_asked(small_log: FasterLog) -> None:
+    rng = random.Random(11)
+    entries = [rng.randbytes(rng.choice([0, 1, 100, 5000, 60000])) for _ in range(300)]
+    addresses = small_log.append_many(entries)
+    marker = small_log.append_marker(b"m")
+    small_log.commit()
+    order = list(range(300))
+    rng.shuffle(order)
+    got = small_log.read_many([addresses[i] for i in order] + [marker])
+    assert got == [entries[i] for i in order] + [b"m"]
+    assert small_log.read_many([]) == []
+    with pytest.raises(errors.InvalidAddressError):
+        small_log.read_many([addresses[0], addresses[0] + 8])

@@ -112,6 +112,13 @@ int64_t fl_complete(fl_log *log);
 
 int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity,
                 int32_t *kind_out, fl_error_info *error_out);
+/* Reads the entries at `count` addresses into `buffer`, one after the other: entry i is
+ * sizes_out[i] bytes at offsets_out[i]. Returns how many were read, fewer than `count` when the
+ * buffer filled up (call again for the rest); FL_E_BUFFER with error->size_needed when not even
+ * the first fits; or the first failure's code, with error->address naming its address. */
+int64_t fl_read_many(fl_log *log, const uint64_t *addresses, size_t count, void *buffer,
+                     size_t capacity, uint32_t *offsets_out, uint32_t *sizes_out,
+                     int32_t *kinds_out, fl_error_info *error_out);
 int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address,
                 int32_t include_markers, void *buffer, size_t capacity,
                 uint64_t *addresses_out, uint32_t *offsets_out, uint32_t *sizes_out,

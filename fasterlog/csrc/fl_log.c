@@ -1727,6 +1727,36 @@ int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity, in
     return rc;
 }
 
+static int64_t read_many_impl(fl_log *log, const uint64_t *addresses, size_t count,
+                              uint8_t *buffer, size_t capacity, uint32_t *offsets_out,
+                              uint32_t *sizes_out, int32_t *kinds_out, fl_error_info *error) {
+    uint64_t used = 0;
+    for (size_t i = 0; i < count; i++) {
+        int32_t kind = 0;
+        int64_t size = read_impl(log, addresses[i], buffer + used, capacity - used, &kind, error);
+        if (size == FL_E_BUFFER && i > 0) return (int64_t)i;
+        if (size < 0) {
+            if (error && size != FL_E_BUFFER) error->address = addresses[i];
+            return size;
+        }
+        offsets_out[i] = (uint32_t)used;
+        sizes_out[i] = (uint32_t)size;
+        kinds_out[i] = kind;
+        used += (uint64_t)size;
+    }
+    return (int64_t)count;
+}
+
+int64_t fl_read_many(fl_log *log, const uint64_t *addresses, size_t count, void *buffer,
+                     size_t capacity, uint32_t *offsets_out, uint32_t *sizes_out,
+                     int32_t *kinds_out, fl_error_info *error) {
+    void *token = fl_blocking_begin();
+    int64_t rc = read_many_impl(log, addresses, count, buffer, capacity, offsets_out, sizes_out,
+                                kinds_out, error);
+    fl_blocking_end(token);
+    return rc;
+}
+
 int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address, int32_t include,
                 void *buffer, size_t capacity, uint64_t *addresses_out, uint32_t *offsets_out,
                 uint32_t *sizes_out, int32_t *kinds_out, size_t count_max,
