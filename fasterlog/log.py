@@ -32,6 +32,7 @@ _BACKENDS = {"auto": lib.FL_IO_AUTO, "io_uring": lib.FL_IO_URING, "plain": lib.F
 _BACKEND_NAMES = {lib.FL_IO_URING: "io_uring", lib.FL_IO_PLAIN: "plain"}
 _SCAN_MARKERS = 1
 _SCAN_COMMITS = 2
+_SCAN_UNCOMMITTED = 8
 _SCAN_ENTRIES_MAX = 4096
 _SCAN_FORMAT_BYTES = _SCAN_ENTRIES_MAX * 24
 _SCAN_BUFFER_MIN_BYTES = 1 << 20
@@ -388,21 +389,28 @@ class FasterLog:
 
     @overload
     def scan(self, begin: int | None = None, end: int | None = None, *,
-             include_markers: bool = False,
+             include_markers: bool = False, uncommitted: bool = False,
              zero_copy: Literal[False] = False) -> Iterator[tuple[int, bytes]]: ...
 
     @overload
     def scan(self, begin: int | None = None, end: int | None = None, *,
-             include_markers: bool = False,
+             include_markers: bool = False, uncommitted: bool = False,
              zero_copy: Literal[True]) -> Iterator[tuple[int, memoryview]]: ...
 
     def scan(
         self, begin: int | None = None, end: int | None = None, *,
-        include_markers: bool = False, zero_copy: bool = False,
+        include_markers: bool = False, uncommitted: bool = False, zero_copy: bool = False,
     ) -> Iterator[tuple[int, bytes]] | Iterator[tuple[int, memoryview]]:
         """Yields (address, entry) for the committed entries with begin <= address < end.
-        `end` defaults to committed-until when the scan starts. With zero_copy, entries are
-        memoryviews into a buffer that the scan reuses: valid only until the next entry."""
+        `end` defaults to committed-until when the scan starts. With `uncommitted` (the writer
+        only), entries appended but not yet committed are included and `end` defaults to the
+        tail. With zero_copy, entries are memoryviews into a buffer that the scan reuses:
+        valid only until the next entry."""
+        if uncommitted:
+            if end is None:
+                end = self.tail_address
+            chunks = self._scan_chunks(begin, end, include_markers, _SCAN_UNCOMMITTED)
+            return itertools.chain.from_iterable(itertools.starmap(zip, chunks))
         if zero_copy:
             return self._scan_views(begin, end, include_markers)
         return self._scan_pairs(begin, end, include_markers)

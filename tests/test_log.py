@@ -326,3 +326,20 @@ def test_read_many_returns_entries_in_the_order_asked(small_log: FasterLog) -> N
     assert small_log.read_many([]) == []
     with pytest.raises(errors.InvalidAddressError):
         small_log.read_many([addresses[0], addresses[0] + 8])
+
+
+def test_the_writer_can_scan_what_it_has_not_committed(small_log: FasterLog) -> None:
+    committed = small_log.append(b"committed")
+    small_log.commit()
+    pending = [small_log.append(bytes([i]) * 3000) for i in range(100)]  # crosses pages
+    assert [a for a, _ in small_log.scan()] == [committed]
+    got = list(small_log.scan(uncommitted=True))
+    assert [a for a, _ in got] == [committed, *pending]
+    assert got[-1][1] == bytes([99]) * 3000
+
+
+def test_followers_cannot_scan_uncommitted_entries(log_dir: Path) -> None:
+    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+        log.append(b"pending")
+        with FasterLog.open(log_dir, readonly=True) as reader:
+            assert list(reader.scan(uncommitted=True)) == []

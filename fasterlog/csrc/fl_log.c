@@ -1033,6 +1033,7 @@ static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t cap
 #define FL_SCAN_MARKERS 1
 #define FL_SCAN_COMMITS 2
 #define FL_SCAN_PADDING 4
+#define FL_SCAN_UNCOMMITTED 8
 
 static int scan_wanted(uint32_t kind, int32_t include) {
     switch (kind) {
@@ -1056,7 +1057,10 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
     *next_address_out = from_address;
     if (rc < 0) return rc;
     pthread_mutex_lock(&log->mutex);
-    uint64_t committed = log->committed_until;
+    /* `committed` bounds what is copied: the committed prefix, or for the writer's own
+     * uncommitted scan everything appended (frames below the tail are complete). */
+    uint64_t committed = (include & FL_SCAN_UNCOMMITTED) && !log->readonly ? log->tail_address
+                                                                          : log->committed_until;
     pthread_mutex_unlock(&log->mutex);
     if (until_address > committed) until_address = committed;
     uint8_t *out = buffer;
