@@ -12,6 +12,12 @@ Rules:
 4. A malformed frame gets -ERR and a closed connection; no input crashes the server.
 5. The server binds 127.0.0.1 unless told otherwise, and refuses any other address without a
    password. Passwords are compared in constant time.
+6. Readers that wait for news (XREAD, XREADGROUP) see an entry only once it is committed. A
+   blocked reader waits on a future per key; a batch that wrote to a key resolves that key's
+   futures after its commit, and the woken reader looks again (it may find that another
+   reader took the entries first, and then waits on). Blocking never holds the event loop:
+   the connection's batch awaits, other connections go on. A blocked client that disconnects is
+   noticed when its wait ends (BLOCK 0: at the next write to one of its keys).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from fasterlog import FasterLog
 
 from . import resp
 from .errors import RemoteProtocolError
+from .groups import GroupStore, lag, now_ms
 from .streams import ID_MAX, StreamError, StreamStore, parse_id
 
 __all__ = ["Server", "ServerSettings"]
@@ -77,6 +84,16 @@ class Client:
     protocol: int = 2
     name: bytes | None = None
     wrote: bool = False  # the current batch changed the log: commit before answering
+    written_keys: set[bytes] = field(default_factory=set)  # streams to wake readers of
+
+
+@dataclass
+class Blocked:
+    """A command that found nothing and may wait: `attempt()` returns the reply, or None for
+    "still nothing"; `timeout_ms` 0 waits forever. The server awaits it between commands."""
+    keys: list[bytes]
+    timeout_ms: int
+    attempt: Callable[[], Any]
 
 
 Handler = Callable[["Server", Client, list[bytes]], Any]
@@ -96,7 +113,11 @@ class Server:
     def __init__(self, log: FasterLog, settings: ServerSettings = ServerSettings()) -> None:
         self.log = log
         self.settings = settings
-        self.streams = StreamStore(log)
+        self.streams = StreamStore(log, replay=False)
+        self.groups = GroupStore(self.streams)
+        self.streams.replay()
+        # Blocked readers: per stream key, the futures a commit of a write to it resolves.
+        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
         self._client_ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
         self._commit_task: asyncio.Task[None] | None = None
@@ -161,21 +182,83 @@ class Server:
             if arguments is resp.NEED_MORE:
                 break
             assert isinstance(arguments, list)
+            if client.wrote and arguments[0].upper() in _READS_AFTER_COMMIT:
+                # Readers see only committed entries: commit this batch's writes first so a
+                # pipelined XADD then XREAD reads its own write, as with Redis.
+                failure = await self._commit_batch(client)
+                if failure is not None:
+                    return [failure], True
             reply, close = self._dispatch(client, arguments)
+            if isinstance(reply, Blocked):
+                # Commit what came before, so the writes this reader may wait for are not
+                # held back by its own batch, then wait.
+                failure = await self._commit_batch(client)
+                if failure is not None:
+                    return [failure], True
+                reply = await self._wait(client, reply)
             codec.authentication_required = not client.authenticated
             replies.append(resp.encode(reply, client.protocol))
             if close:
                 break
+        failure = await self._commit_batch(client)
+        if failure is not None:
+            return [failure], True
+        return replies, close
+
+    async def _commit_batch(self, client: Client) -> bytes | None:
+        """Commits the batch's writes (durable acknowledgement), then wakes the readers of the
+        streams it wrote. Returns an error reply if the commit failed."""
         if client.wrote and self.settings.fsync == "always":
-            # Durable acknowledgement: the group commit runs in a thread (it releases the GIL
-            # while it waits for the sync), so other connections keep being served.
+            # The group commit runs in a thread (it releases the GIL while it waits for the
+            # sync), so other connections keep being served.
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.log.commit)
             except Exception as error:  # a failed commit fences the log: answer every write
                 _logger.error("commit failed: %s", error)
-                return [resp.encode(resp.ErrorReply(b"ERR commit failed: " +
-                                                    str(error).encode()), client.protocol)], True
-        return replies, close
+                return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
+                                                   str(error).encode()), client.protocol)
+        client.wrote = False
+        for key in client.written_keys:
+            for waiter in self._waiters.pop(key, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        client.written_keys.clear()
+        return None
+
+    def visible_until_address(self) -> int:
+        """Entries below this address are shown to XREAD and XREADGROUP: committed ones, or
+        all appended ones when replies do not wait for syncs (fsync everysec)."""
+        if self.settings.fsync == "always":
+            return self.log.committed_until_address
+        return self.log.tail_address
+
+    async def _wait(self, client: Client, blocked: Blocked) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = None if blocked.timeout_ms == 0 else loop.time() + blocked.timeout_ms / 1000
+        while True:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return resp.NULL_ARRAY
+            waiter: asyncio.Future[None] = loop.create_future()
+            for key in blocked.keys:
+                self._waiters.setdefault(key, set()).add(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return resp.NULL_ARRAY
+            finally:
+                for key in blocked.keys:
+                    waiters = self._waiters.get(key)
+                    if waiters is not None:
+                        waiters.discard(waiter)
+                        if not waiters:
+                            del self._waiters[key]
+            try:
+                reply = blocked.attempt()
+            except (CommandError, StreamError) as error:
+                return resp.ErrorReply(str(error).encode())
+            if reply is not None:
+                return reply
 
     def _dispatch(self, client: Client, arguments: list[bytes]) -> tuple[Any, bool]:
         name = arguments[0].upper()
@@ -200,6 +283,7 @@ class Server:
 
 
 _QUIT = object()
+_READS_AFTER_COMMIT = frozenset({b"XREAD", b"XREADGROUP"})
 OK = resp.SimpleString(b"OK")
 
 
@@ -415,6 +499,7 @@ def _xadd(server: Server, client: Client, arguments: list[bytes]) -> Any:
     if trim is not None:
         server.streams.trim(key, **trim)
     client.wrote = True
+    client.written_keys.add(key)
     return b"%d-%d" % stream_id
 
 
@@ -480,6 +565,481 @@ def _log_info(server: Server, client: Client, arguments: list[bytes]) -> Any:
     return resp.Map({b"begin_address": log.begin_address, b"tail_address": log.tail_address,
                      b"committed_until_address": log.committed_until_address,
                      b"io_backend": log.io_backend.encode()})
+
+
+# ---------------------------------------------------------------------- blocking reads
+
+
+def _streams_reply(client: Client, results: list[tuple[bytes, list[Any]]]) -> Any:
+    """XREAD/XREADGROUP's reply: RESP3 a map of key to entries (as Redis 7), RESP2 pairs."""
+    if not results:
+        return resp.NULL_ARRAY
+    if client.protocol == 3:
+        return resp.Map(results)
+    return [[key, entries] for key, entries in results]
+
+
+def _read_options(arguments: list[bytes], position: int, group: bool) -> tuple[
+        int | None, int | None, bool, list[bytes], list[bytes]]:
+    """Parses [COUNT n] [BLOCK ms] [NOACK] STREAMS key... id...; returns count, block_ms,
+    noack, keys, ids."""
+    count: int | None = None
+    block_ms: int | None = None
+    noack = False
+    name = "xreadgroup" if group else "xread"
+    while position < len(arguments):
+        option = arguments[position].upper()
+        if option == b"COUNT" and position + 1 < len(arguments):
+            count = max(0, _integer(arguments[position + 1])) or None
+            position += 2
+        elif option == b"BLOCK" and position + 1 < len(arguments):
+            block_ms = _integer(arguments[position + 1])
+            if block_ms < 0:
+                raise CommandError("ERR timeout is negative")
+            position += 2
+        elif option == b"NOACK" and group:
+            noack = True
+            position += 1
+        elif option == b"STREAMS":
+            position += 1
+            break
+        else:
+            raise CommandError("ERR syntax error")
+    else:
+        raise CommandError("ERR syntax error")
+    rest = arguments[position:]
+    if not rest or len(rest) % 2:
+        marker = ">" if group else "$"
+        raise CommandError(f"ERR Unbalanced '{name}' list of streams: for each stream key an "
+                           f"ID or '{marker}' must be specified.")
+    half = len(rest) // 2
+    return count, block_ms, noack, rest[:half], rest[half:]
+
+
+@command("XREAD")
+def _xread(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 4)
+    count, block_ms, _, keys, texts = _read_options(arguments, 1, group=False)
+    visible = server.visible_until_address()
+    after: list[tuple[int, int]] = []
+    for key, text in zip(keys, texts):
+        if text == b"$":
+            after.append(server.streams.last_visible_id(key, visible))
+        elif text == b"+":
+            last = server.streams.last_visible_id(key, visible)
+            stream = server.streams.streams.get(key)
+            count_visible = stream.visible_count(visible) if stream else 0
+            # The last entry, read as "after the id before it"; none yet: wait like `$`.
+            after.append(_previous(stream.ids[count_visible - 1]) if stream and count_visible
+                         else last)
+        else:
+            after.append(parse_id(text, missing_seq=0))
+
+    def attempt() -> Any:
+        limit = server.visible_until_address()
+        results = [(key, entries) for key, since in zip(keys, after)
+                   if (entries := server.streams.read_after(key, since, count, limit))]
+        return _streams_reply(client, results) if results else None
+
+    reply = attempt()
+    if reply is not None or block_ms is None:
+        return reply if reply is not None else resp.NULL_ARRAY
+    return Blocked(keys, block_ms, attempt)
+
+
+def _previous(stream_id: tuple[int, int]) -> tuple[int, int]:
+    ms, seq = stream_id
+    return (ms, seq - 1) if seq else (ms - 1, (1 << 64) - 1)
+
+
+# ---------------------------------------------------------------------- consumer groups
+
+
+def _key_must_exist() -> CommandError:
+    return CommandError("ERR The XGROUP subcommand requires the key to exist. Note that for "
+                        "CREATE you may want to use the MKSTREAM option to create an empty "
+                        "stream automatically.")
+
+
+def _no_such_group(key: bytes, group: bytes) -> CommandError:
+    return CommandError(f"NOGROUP No such consumer group '{group.decode(errors='replace')}' "
+                        f"for key name '{key.decode(errors='replace')}'")
+
+
+def _group_id(server: Server, key: bytes, text: bytes) -> tuple[int, int]:
+    if text == b"$":
+        stream = server.streams.streams.get(key)
+        return stream.last_id if stream else (0, 0)
+    return parse_id(text)
+
+
+def _entries_read_option(arguments: list[bytes], position: int) -> int:
+    if position == len(arguments):
+        return -1
+    if position + 2 == len(arguments) and arguments[position].upper() == b"ENTRIESREAD":
+        value = _integer(arguments[position + 1])
+        if value < 0 and value != -1:
+            raise CommandError("ERR value for ENTRIESREAD must be positive or -1")
+        return value
+    raise CommandError("ERR syntax error")
+
+
+@command("XGROUP")
+def _xgroup(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 2)
+    sub = arguments[1].upper()
+    handler = _XGROUP.get(sub)
+    if handler is None or len(arguments) < 4:
+        raise CommandError("ERR unknown subcommand or wrong number of arguments for "
+                           f"'XGROUP|{sub.decode(errors='replace').lower()}'")
+    key, name = arguments[2], arguments[3]
+    if sub == b"CREATE":
+        return _xgroup_create(server, client, arguments)
+    if key not in server.streams.streams:
+        raise _key_must_exist()
+    if server.groups.group(key, name) is None:
+        if sub == b"DESTROY":
+            return 0
+        raise _no_such_group(key, name)
+    return handler(server, client, arguments)
+
+
+def _xgroup_create(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 5)
+    key, name = arguments[2], arguments[3]
+    position, make_stream = 5, False
+    if position < len(arguments) and arguments[position].upper() == b"MKSTREAM":
+        make_stream, position = True, position + 1
+    entries_read = _entries_read_option(arguments, position)
+    last_id = _group_id(server, key, arguments[4])
+    if key not in server.streams.streams:
+        if not make_stream:
+            raise _key_must_exist()
+        server.streams.create(key)
+    if server.groups.group(key, name) is not None:
+        raise CommandError("BUSYGROUP Consumer Group name already exists")
+    server.groups.create(key, name, last_id, entries_read)
+    client.wrote = True
+    return OK
+
+
+def _xgroup_setid(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 5)
+    key, name = arguments[2], arguments[3]
+    entries_read = _entries_read_option(arguments, 5)
+    server.groups.set_id(key, name, _group_id(server, key, arguments[4]), entries_read)
+    client.wrote = True
+    return OK
+
+
+def _xgroup_destroy(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    server.groups.destroy(arguments[2], arguments[3])
+    client.wrote = True
+    client.written_keys.add(arguments[2])  # blocked XREADGROUPs get their NOGROUP error
+    return 1
+
+
+def _xgroup_createconsumer(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    if len(arguments) != 5:
+        raise CommandError("ERR wrong number of arguments for 'xgroup|createconsumer' command")
+    _, group = server.groups.require(arguments[2], arguments[3])
+    if arguments[4] in group.consumers:
+        return 0
+    server.groups.consumer(arguments[2], group, arguments[4], now_ms())
+    client.wrote = True
+    return 1
+
+
+def _xgroup_delconsumer(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    if len(arguments) != 5:
+        raise CommandError("ERR wrong number of arguments for 'xgroup|delconsumer' command")
+    _, group = server.groups.require(arguments[2], arguments[3])
+    consumer = group.consumers.get(arguments[4])
+    if consumer is None:
+        return 0
+    pending_count = len(consumer.pending)
+    server.groups.delete_consumer(arguments[2], arguments[3], arguments[4])
+    client.wrote = True
+    return pending_count
+
+
+_XGROUP: dict[bytes, Handler] = {
+    b"CREATE": _xgroup_create, b"SETID": _xgroup_setid, b"DESTROY": _xgroup_destroy,
+    b"CREATECONSUMER": _xgroup_createconsumer, b"DELCONSUMER": _xgroup_delconsumer}
+
+
+@command("XREADGROUP")
+def _xreadgroup(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 7)
+    if arguments[1].upper() != b"GROUP":
+        raise CommandError("ERR syntax error")
+    name, consumer = arguments[2], arguments[3]
+    count, block_ms, noack, keys, texts = _read_options(arguments, 4, group=True)
+    history: list[tuple[int, int] | None] = []
+    for key, text in zip(keys, texts):
+        if text == b"$":
+            raise CommandError("ERR The $ ID is meaningless in the context of XREADGROUP: you "
+                               "want to read the history of this consumer by specifying a "
+                               "proper ID, or use the > ID to get new messages. The $ ID would "
+                               "just return an empty result set.")
+        history.append(None if text == b">" else parse_id(text))
+        server.groups.require(key, name, " in XREADGROUP with GROUP option")
+
+    def attempt() -> Any:
+        tail_address = server.log.tail_address
+        results: list[tuple[bytes, list[Any]]] = []
+        for key, since in zip(keys, history):
+            _, group = server.groups.require(key, name, " in XREADGROUP with GROUP option")
+            server.groups.consumer(key, group, consumer, now_ms())
+            if since is None:
+                entries = _deliver_new(server, key, group, consumer, count, noack)
+                if entries:
+                    results.append((key, entries))
+            else:
+                results.append((key, _deliver_history(server, key, group, consumer, since,
+                                                      count)))
+        _note_writes(client, tail_address, server)
+        return _streams_reply(client, results) if results else None
+
+    reply = attempt()
+    if reply is not None or block_ms is None:
+        return reply if reply is not None else resp.NULL_ARRAY
+    return Blocked(keys, block_ms, attempt)
+
+
+def _note_writes(client: Client, tail_address: int, server: Server) -> None:
+    """Marks the batch for a commit if the log grew since `tail_address` (a group record)."""
+    client.wrote = client.wrote or server.log.tail_address != tail_address
+
+
+def _deliver_new(server: Server, key: bytes, group: Any, consumer: bytes, count: int | None,
+                 noack: bool) -> list[Any]:
+    entries = server.streams.read_after(key, group.last_id, count,
+                                        server.visible_until_address())
+    if entries:
+        ids = [parse_id(entry[0]) for entry in entries]
+        server.groups.deliver_new(key, group, consumer, ids, noack, now_ms())
+    return entries
+
+
+def _deliver_history(server: Server, key: bytes, group: Any, consumer: bytes,
+                     since: tuple[int, int], count: int | None) -> list[Any]:
+    stream = server.streams.streams[key]
+    mine = sorted(i for i in group.consumers[consumer].pending if i > since)[:count]
+    entries: list[Any] = []
+    redelivered = []
+    for stream_id in mine:
+        fields = server.streams.fields(stream, stream_id)
+        entries.append([b"%d-%d" % stream_id, fields])
+        if fields is not None:
+            redelivered.append(stream_id)
+    if redelivered:
+        server.groups.redeliver(key, group, consumer, redelivered, now_ms())
+    return entries
+
+
+@command("XACK")
+def _xack(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 4)
+    ids = [parse_id(text) for text in arguments[3:]]
+    found = server.groups.group(arguments[1], arguments[2])
+    if found is None:
+        return 0
+    acked = server.groups.ack(arguments[1], found[1], ids)
+    client.wrote = client.wrote or acked > 0
+    return acked
+
+
+@command("XPENDING")
+def _xpending(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 3)
+    key, name = arguments[1], arguments[2]
+    _, group = server.groups.require(key, name)
+    if len(arguments) == 3:
+        if not group.pending_ids:
+            return [0, None, None, resp.NULL_ARRAY]
+        owners: dict[bytes, int] = {}
+        for entry in group.pending.values():
+            owners[entry.consumer] = owners.get(entry.consumer, 0) + 1
+        return [len(group.pending_ids), b"%d-%d" % group.pending_ids[0],
+                b"%d-%d" % group.pending_ids[-1],
+                [[owner, b"%d" % owners[owner]] for owner in sorted(owners)]]
+    position, min_idle_ms = 3, 0
+    if arguments[3].upper() == b"IDLE":
+        _arity(arguments, 5)
+        min_idle_ms, position = _integer(arguments[4]), 5
+    if len(arguments) - position not in (3, 4):
+        raise CommandError("ERR syntax error")
+    start = (0, 0) if arguments[position] == b"-" else parse_id(
+        arguments[position], missing_seq=0, exclusive_ok=True)
+    end = ID_MAX if arguments[position + 1] == b"+" else parse_id(
+        arguments[position + 1], missing_seq=(1 << 64) - 1, exclusive_ok=True)
+    count = _integer(arguments[position + 2])
+    owner = arguments[position + 3] if len(arguments) - position == 4 else None
+    now = now_ms()
+    rows: list[Any] = []
+    for stream_id in group.pending_between(start, end) if count > 0 else ():
+        entry = group.pending[stream_id]
+        idle_ms = max(0, now - entry.delivery_time_ms)
+        if (owner is None or entry.consumer == owner) and idle_ms >= min_idle_ms:
+            rows.append([b"%d-%d" % stream_id, entry.consumer, idle_ms, entry.delivery_count])
+            if len(rows) == count:
+                break
+    return rows
+
+
+@command("XCLAIM")
+def _xclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 6)
+    key, name, owner = arguments[1], arguments[2], arguments[3]
+    min_idle_ms = _integer(arguments[4])
+    stream, group = server.groups.require(key, name)
+    position, ids = 5, []
+    while position < len(arguments):
+        try:
+            ids.append(parse_id(arguments[position]))
+        except StreamError:
+            break
+        position += 1
+    now = now_ms()
+    delivery_time_ms, retry_count, force, justid, last_id = now, None, False, False, None
+    while position < len(arguments):
+        option = arguments[position].upper()
+        value = arguments[position + 1] if position + 1 < len(arguments) else None
+        if option in (b"FORCE", b"JUSTID"):
+            force, justid = force or option == b"FORCE", justid or option == b"JUSTID"
+            position += 1
+            continue
+        if value is None:
+            raise CommandError("ERR Unrecognized XCLAIM option "
+                               f"'{option.decode(errors='replace')}'")
+        if option == b"IDLE":
+            delivery_time_ms = now - _integer(value)
+        elif option == b"TIME":
+            delivery_time_ms = _integer(value)
+        elif option == b"RETRYCOUNT":
+            retry_count = _integer(value)
+        elif option == b"LASTID":
+            last_id = parse_id(value)
+        else:
+            raise CommandError("ERR Unrecognized XCLAIM option "
+                               f"'{option.decode(errors='replace')}'")
+        position += 2
+    tail_address = server.log.tail_address
+    if last_id is not None and last_id > group.last_id:
+        server.groups.set_id(key, name, last_id, group.entries_read)
+    claimed: list[tuple[tuple[int, int], int, int]] = []
+    deleted: list[tuple[int, int]] = []
+    replies: list[Any] = []
+    for stream_id in dict.fromkeys(ids):
+        entry = group.pending.get(stream_id)
+        fields = server.streams.fields(stream, stream_id)
+        if fields is None:
+            if entry is not None:
+                deleted.append(stream_id)
+            continue
+        if entry is None:
+            if not force:
+                continue
+            count = 0
+        elif now - entry.delivery_time_ms < min_idle_ms:
+            continue
+        else:
+            count = entry.delivery_count
+        count = retry_count if retry_count is not None else count + (0 if justid else 1)
+        claimed.append((stream_id, delivery_time_ms, count))
+        replies.append(b"%d-%d" % stream_id if justid else [b"%d-%d" % stream_id, fields])
+    if claimed:
+        server.groups.consumer(key, group, owner, now)
+    server.groups.claim(key, group, owner, now, claimed, deleted)
+    _note_writes(client, tail_address, server)
+    return replies
+
+
+@command("XAUTOCLAIM")
+def _xautoclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 6)
+    key, name, owner = arguments[1], arguments[2], arguments[3]
+    min_idle_ms = _integer(arguments[4])
+    start = (0, 0) if arguments[5] == b"-" else parse_id(arguments[5], exclusive_ok=True)
+    count, justid, position = 100, False, 6
+    while position < len(arguments):
+        option = arguments[position].upper()
+        if option == b"COUNT" and position + 1 < len(arguments):
+            count = _integer(arguments[position + 1])
+            if not 1 <= count <= (1 << 62):
+                raise CommandError("ERR COUNT must be > 0")
+            position += 2
+        elif option == b"JUSTID":
+            justid, position = True, position + 1
+        else:
+            raise CommandError("ERR syntax error")
+    stream, group = server.groups.require(key, name)
+    now = now_ms()
+    tail_address = server.log.tail_address
+    server.groups.consumer(key, group, owner, now)
+    claimed: list[tuple[tuple[int, int], int, int]] = []
+    deleted: list[tuple[int, int]] = []
+    replies: list[Any] = []
+    candidates = group.pending_between(start, ID_MAX)
+    attempts_max = count * 10  # as Redis: bound the PEL scan, not only the claims
+    scanned = 0
+    for stream_id in candidates:
+        if len(claimed) == count or scanned == attempts_max:
+            break
+        scanned += 1
+        entry = group.pending[stream_id]
+        fields = server.streams.fields(stream, stream_id)
+        if fields is None:
+            deleted.append(stream_id)
+        elif now - entry.delivery_time_ms >= min_idle_ms:
+            claimed.append((stream_id, now, entry.delivery_count + (0 if justid else 1)))
+            replies.append(b"%d-%d" % stream_id if justid else [b"%d-%d" % stream_id, fields])
+    next_id = candidates[scanned] if scanned < len(candidates) else (0, 0)
+    server.groups.claim(key, group, owner, now, claimed, deleted)
+    _note_writes(client, tail_address, server)
+    return [b"%d-%d" % next_id, replies, [b"%d-%d" % i for i in deleted]]
+
+
+@command("XINFO")
+def _xinfo(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    _arity(arguments, 3)
+    sub, key = arguments[1].upper(), arguments[2]
+    stream = server.streams.streams.get(key)
+    if sub == b"CONSUMERS" and len(arguments) == 4:
+        if stream is None:
+            raise CommandError("ERR no such key")
+        found = server.groups.group(key, arguments[3])
+        if found is None:
+            raise _no_such_group(key, arguments[3])
+        now = now_ms()
+        return [resp.Map({b"name": c.name, b"pending": len(c.pending),
+                          b"idle": max(0, now - c.seen_time_ms),
+                          b"inactive": -1 if c.active_time_ms < 0 else
+                          max(0, now - c.active_time_ms)})
+                for _, c in sorted(found[1].consumers.items())]
+    if sub not in (b"GROUPS", b"STREAM") or len(arguments) != 3:
+        raise CommandError("ERR unknown subcommand or wrong number of arguments for "
+                           f"'XINFO|{sub.decode(errors='replace').lower()}'")
+    if stream is None:
+        raise CommandError("ERR no such key")
+    if sub == b"GROUPS":
+        return [resp.Map({b"name": g.name, b"consumers": len(g.consumers),
+                          b"pending": len(g.pending_ids),
+                          b"last-delivered-id": b"%d-%d" % g.last_id,
+                          b"entries-read": None if g.entries_read < 0 else g.entries_read,
+                          b"lag": lag(stream, g)})
+                for _, g in sorted(stream.groups.items())]
+    first = server.streams.range(key, (0, 0), ID_MAX, 1)
+    last = server.streams.range(key, (0, 0), ID_MAX, 1, reverse=True)
+    return resp.Map({b"length": len(stream.ids), b"radix-tree-keys": 1,
+                     b"radix-tree-nodes": 2, b"last-generated-id": b"%d-%d" % stream.last_id,
+                     b"max-deleted-entry-id": b"%d-%d" % stream.max_deleted_id,
+                     b"entries-added": stream.entries_added,
+                     b"recorded-first-entry-id": b"%d-%d" % stream.first_id,
+                     b"groups": len(stream.groups),
+                     b"first-entry": first[0] if first else None,
+                     b"last-entry": last[0] if last else None})
 
 
 async def serve(directory: str, settings: ServerSettings,

@@ -4,15 +4,24 @@ Every change is one log entry, msgpack-encoded:
     [b"xadd", stream, ms, seq, [field, value, ...]]   an entry
     [b"xdel", stream, [[ms, seq], ...]]               entries deleted
     [b"xtrim", stream, ms, seq]                       every entry below ms-seq deleted
-    [b"xdestroy", stream]                             the stream deleted (DEL)
+    [b"xdestroy", stream]                             the stream deleted (DEL), groups too
+    [b"xcreate", stream]                              an empty stream (XGROUP CREATE MKSTREAM)
+Records of other kinds (consumer groups: see groups.py) go to the applier registered for their
+kind in `StreamStore.appliers`, in log order, so one replay rebuilds everything.
 The in-memory index keeps, per stream, the sorted ids and their log addresses, and the last id
 ever added (Redis never reuses an id, even after deletion). Field values live only in the log.
+
+Visibility: an entry exists in the index from its append, but readers that wait for news (XREAD,
+XREADGROUP) see only entries below a `visible_until_address` the server gives them (the
+committed-until address when every reply is synced), so nobody reads a write that could still
+be lost.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +43,16 @@ class Stream:
     addresses: list[int] = field(default_factory=list)
     last_id: StreamId = (0, 0)
     entries_added: int = 0
+    max_deleted_id: StreamId = (0, 0)  # the greatest id ever removed by XDEL (Redis 7)
+    groups: dict[bytes, Any] = field(default_factory=dict)  # name -> groups.Group
+
+    @property
+    def first_id(self) -> StreamId:
+        return self.ids[0] if self.ids else (0, 0)
+
+    def visible_count(self, visible_until_address: int) -> int:
+        """How many of the leading entries are visible (addresses grow with ids)."""
+        return bisect.bisect_left(self.addresses, visible_until_address)
 
     def remove(self, index: int) -> None:
         del self.ids[index]
@@ -80,21 +99,28 @@ def _exclusive(stream_id: StreamId, missing_seq: int) -> StreamId:
 class StreamStore:
     """All streams of one log. Not thread-safe: the server calls it from its event loop."""
 
-    def __init__(self, log: FasterLog) -> None:
+    def __init__(self, log: FasterLog, *, replay: bool = True) -> None:
         self.log = log
         self.streams: dict[bytes, Stream] = {}
-        self._replay()
+        self.appliers: dict[bytes, Callable[[int, list[Any]], None]] = {}
+        if replay:
+            self.replay()
 
     # ------------------------------------------------------------------ replay
 
-    def _replay(self) -> None:
+    def replay(self) -> None:
+        """Rebuilds the index from the log; register `appliers` first."""
         for addresses, entries in self.log.scan_columns():
             for address, entry in zip(addresses, entries):
                 self._apply(address, msgpack.unpackb(entry, raw=True, use_list=True))
 
     def _apply(self, address: int, record: list[Any]) -> None:
         kind, name = record[0], record[1]
-        if kind == b"xadd":
+        if kind in self.appliers:
+            self.appliers[kind](address, record)
+        elif kind == b"xcreate":
+            self.streams.setdefault(name, Stream())
+        elif kind == b"xadd":
             stream = self.streams.setdefault(name, Stream())
             stream_id = (record[2], record[3])
             stream.ids.append(stream_id)
@@ -104,6 +130,7 @@ class StreamStore:
         elif kind == b"xdel" and name in self.streams:
             stream = self.streams[name]
             for ms, seq in record[2]:
+                stream.max_deleted_id = max(stream.max_deleted_id, (ms, seq))
                 index = bisect.bisect_left(stream.ids, (ms, seq))
                 if index < len(stream.ids) and stream.ids[index] == (ms, seq):
                     stream.remove(index)
@@ -114,6 +141,10 @@ class StreamStore:
             cut = bisect.bisect_left(stream.ids, (record[2], record[3]))
             del stream.ids[:cut]
             del stream.addresses[:cut]
+
+    def write(self, record: list[Any]) -> int:
+        """Appends one record and applies it (the only way state changes)."""
+        return self._write(record)
 
     def _write(self, record: list[Any]) -> int:
         address = self.log.append(msgpack.packb(record, use_bin_type=True))
@@ -179,6 +210,40 @@ class StreamStore:
             return False
         self._write([b"xdestroy", name])
         return True
+
+    def create(self, name: bytes) -> Stream:
+        if name not in self.streams:
+            self._write([b"xcreate", name])
+        return self.streams[name]
+
+    def last_visible_id(self, name: bytes, visible_until_address: int) -> StreamId:
+        """The `$` of XREAD: the last id added, or the last visible one if later ones are not."""
+        stream = self.streams.get(name)
+        if stream is None:
+            return (0, 0)
+        count = stream.visible_count(visible_until_address)
+        if count == len(stream.ids):
+            return stream.last_id
+        return stream.ids[count - 1] if count else (0, 0)
+
+    def read_after(self, name: bytes, after: StreamId, count: int | None,
+                   visible_until_address: int) -> list[list[Any]]:
+        """Visible entries with ids greater than `after`, oldest first (XREAD)."""
+        stream = self.streams.get(name)
+        if stream is None or count == 0:
+            return []
+        low = bisect.bisect_right(stream.ids, after)
+        high = stream.visible_count(visible_until_address)
+        if count is not None:
+            high = min(high, low + count)
+        return [self.entry(stream, index) for index in range(low, high)]
+
+    def fields(self, stream: Stream, stream_id: StreamId) -> list[bytes] | None:
+        """An entry's fields, or None when it was deleted."""
+        index = bisect.bisect_left(stream.ids, stream_id)
+        if index < len(stream.ids) and stream.ids[index] == stream_id:
+            return list(msgpack.unpackb(self.log.read(stream.addresses[index]), raw=True)[4])
+        return None
 
     def length(self, name: bytes) -> int:
         stream = self.streams.get(name)
