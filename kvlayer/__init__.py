@@ -6,8 +6,8 @@
         store.get(b"user:1")        # b"alice"
 
 The log is the source of truth and the C hash index (fasterlog/csrc/fl_index.c) is derived
-from it: opening a store replays the log. Depends on fasterlog only (the layers are
-fasterlog <- consumers <- kvlayer).
+from it: opening a store loads the newest valid checkpoint and replays the rest of the log.
+Depends on fasterlog only (the layers are fasterlog <- consumers <- kvlayer).
 """
 
 from . import errors

@@ -11,6 +11,8 @@
         ├── NotAnIntegerError (ValueError)    incr of a value that is not a decimal integer
         ├── StoreSettingsError (ValueError)   an invalid KVStore.open setting
         ├── StoreClosedError                  the store was closed
+        ├── CheckpointError                   a snapshot cannot be written, or the one a
+        │                                     checkpoint marker names cannot be used
         └── RecordCorruptError (CorruptionError)  a log entry is not a well-formed KV record
                                               (.address)
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 from fasterlog.errors import CorruptionError, FasterLogError
 
 __all__ = [
+    "CheckpointError",
     "KVError",
     "KeyNotFound",
     "KeyTooLarge",
@@ -78,6 +81,11 @@ class StoreSettingsError(KVError, ValueError):
 
 class StoreClosedError(KVError):
     """The store was closed."""
+
+
+class CheckpointError(KVError):
+    """A checkpoint cannot be written, or the snapshot a marker names is missing, truncated or
+    corrupt. Recovery catches it and falls back to an older checkpoint or a full replay."""
 
 
 class RecordCorruptError(KVError, CorruptionError):

@@ -1,8 +1,8 @@
 """KVStore: a durable key-value store whose every write is a record in a FasterLog.
 
 The log is the source of truth; the hash index (fl_index.c) is derived state, rebuilt at open
-by replaying the whole log (checkpoints, which will shorten that replay, are a later step).
-FORMAT.md, "KV records", describes the record bytes.
+from the newest usable checkpoint plus a replay of the log after it, or by replaying the whole
+log (checkpoint.py; FORMAT.md, "KV records" and "KV checkpoints", describe the bytes).
 
 Rules and invariants:
 1. Keys and values are bytes. A record holds one or more operations (put or delete) of keys
@@ -20,6 +20,13 @@ Rules and invariants:
    process reads its own writes; put/delete/put_many commit before returning unless
    commit=False. A failed commit fences the log, so nothing un-durable is served afterwards by a
    store that could be reopened.
+5. Recovery restores the index from the newest checkpoint whose snapshot checks out (the cookie
+   says where the markers are; without a kvlayer cookie the log is scanned for them), then
+   replays the records from its position. An unusable snapshot is skipped with a warning on the
+   "kvlayer.checkpoint" logger, falling back to an older checkpoint, then to a full replay.
+   Restoring sets each chain's head to the newest address among the snapshot's keys of that
+   chain: every older record of the chain is reachable from it (the writer linked each record
+   to the head of the time), so rule 2 holds after the restore.
 """
 
 from __future__ import annotations
@@ -35,7 +42,10 @@ from fasterlog import FasterLog
 from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.errors import EntryTooLarge
 
+from . import checkpoint as checkpoint_files
+from .checkpoint import Checkpoint
 from .errors import (
+    CheckpointError,
     KeyNotFound,
     KeyTooLarge,
     KeyTypeError,
@@ -58,14 +68,14 @@ OP_DELETE = 2
 _HEADER = struct.Struct("<BBHQ")  # version, index bits, ops count, previous address
 _OP = struct.Struct("<BBHIQ")  # op, reserved, key size, value size, key hash
 _SINGLE = struct.Struct("<BBHQBBHIQ")  # a header and its one operation: the common record
-_COOKIE = struct.Struct("<8sB")  # magic, index bits: the commit cookie (a sizing hint only)
-_COOKIE_MAGIC = b"kvlayer1"
 RECORD_HEADER_SIZE_BYTES = _HEADER.size
 OP_HEADER_SIZE_BYTES = _OP.size
 key_size_max_bytes = 65535  # the key size field is 16 bits
 ops_per_record_max = 65535  # the ops count field is 16 bits
 batch_ops_count_max = 65535  # one put_many is at most this many distinct keys
 index_buckets_count_log2_default = 10
+checkpoint_every_bytes_default = 0  # 0: no automatic checkpoints
+checkpoints_kept_count_default = 3
 _TAG_SHIFT = 48
 _TAG_MASK = (1 << 14) - 1
 _RESOLVE_SIGNATURE = "int(void *, uint64_t, uint64_t *, uint32_t, uint64_t *)"
@@ -236,33 +246,53 @@ class _HashIndex:
 
 
 class KVStore:
-    """A durable key-value store over a FasterLog. Open one with KVStore.open()."""
+    """A durable key-value store over a FasterLog. Open one with KVStore.open().
+    `recovered_from` is the checkpoint the open restored the index from (None: a full
+    replay)."""
 
-    def __init__(self, log: FasterLog, index_buckets_count_log2: int) -> None:
+    def __init__(self, log: FasterLog, index_buckets_count_log2: int, *,
+                 checkpoint_every_bytes: int = checkpoint_every_bytes_default,
+                 checkpoints_kept_count: int = checkpoints_kept_count_default) -> None:
         self._log = log
         self._index = _HashIndex(index_buckets_count_log2, log.read)
         self._write_lock = threading.RLock()
         self._live_count = 0
         self._closed = False
-        self._cookie_bits = -1
-        self._presize()
-        self._replay()
+        self._checkpoint_directory = os.path.join(log.path,
+                                                  checkpoint_files.CHECKPOINT_DIRECTORY_NAME)
+        self._checkpoint_every_bytes = checkpoint_every_bytes
+        self._checkpoints_kept_count = checkpoints_kept_count
+        self._bytes_since_checkpoint = 0
+        self._checkpoints: list[Checkpoint] = []  # the kept ones, newest first (cookie order)
+        self._base: Checkpoint | None = None  # the newest checkpoint known to be usable
+        self._cookie_written: tuple[int, tuple[int, ...]] | None = None
+        self.recovered_from: Checkpoint | None = None
+        self._recover()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *,
              index_buckets_count_log2: int = index_buckets_count_log2_default,
+             checkpoint_every_bytes: int = checkpoint_every_bytes_default,
+             checkpoints_kept_count: int = checkpoints_kept_count_default,
              **log_settings: Any) -> KVStore:
-        """Opens (creating or recovering) the log in `path` and rebuilds the index by replaying
-        it. `log_settings` go to FasterLog.open."""
-        if (not isinstance(index_buckets_count_log2, int)
-                or not 0 <= index_buckets_count_log2 <= lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX):
-            raise StoreSettingsError(f"open failed: index_buckets_count_log2 must be an integer "
-                                     f"from 0 to "
-                          f"{lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX}, not "
-                          f"{index_buckets_count_log2!r}")
+        """Opens (creating or recovering) the log in `path` and rebuilds the index from the
+        newest checkpoint and the log after it. `checkpoint_every_bytes` (0: off) makes a
+        checkpoint once that many record bytes were written since the last one.
+        `log_settings` go to FasterLog.open."""
+        for name, value, low, high in (
+                ("index_buckets_count_log2", index_buckets_count_log2, 0,
+                 lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX),
+                ("checkpoint_every_bytes", checkpoint_every_bytes, 0, 1 << 62),
+                ("checkpoints_kept_count", checkpoints_kept_count, 1,
+                 checkpoint_files.checkpoints_kept_count_max)):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise StoreSettingsError(f"open failed: {name} must be an integer from {low} "
+                                         f"to {high}, not {value!r}")
         log = FasterLog.open(path, **log_settings)
         try:
-            return cls(log, index_buckets_count_log2)
+            return cls(log, index_buckets_count_log2,
+                       checkpoint_every_bytes=checkpoint_every_bytes,
+                       checkpoints_kept_count=checkpoints_kept_count)
         except BaseException:
             log.close()
             raise
@@ -430,6 +460,8 @@ class KVStore:
             addresses = self._write_locked(latest, _operation) if latest else []
             if commit:
                 self._commit_locked()
+            if 0 < self._checkpoint_every_bytes <= self._bytes_since_checkpoint:
+                self.checkpoint()  # commits any writes made with commit=False too
             return addresses
 
     def _write_locked(self, latest: dict[bytes, bytes | None], operation: str) -> list[int]:
@@ -453,6 +485,7 @@ class KVStore:
             raise ValueTooLarge(f"{operation} failed: a record of "
                                 f"{max(map(len, records))} bytes exceeds the log's "
                                 f"entry_size_max ({self._log.entry_size_max})") from None
+        self._bytes_since_checkpoint += sum(map(len, records))
         for group, head, address in zip(groups, heads, addresses):
             self._index.upsert(group[0].hash, head, address)
         self._live_count += live_change
@@ -467,11 +500,18 @@ class KVStore:
 
     def _commit_locked(self) -> int:
         # The cookie carries the index size, so the next open sizes its index before the
-        # replay instead of growing it on the way (each grow reads every chain head back).
-        bits = self._index.buckets_count_log2()
-        if bits != self._cookie_bits:
-            self._cookie_bits = bits
-            return self._log.commit(cookie=_COOKIE.pack(_COOKIE_MAGIC, bits))
+        # replay instead of growing it on the way (each grow reads every chain head back), and
+        # the kept checkpoint markers' addresses, so the next open finds them without a scan.
+        # The cookie is sticky, so it is written only when it changes; other users' entries in
+        # it are kept.
+        state = (self._index.buckets_count_log2(),
+                 tuple(checkpoint.marker_address for checkpoint in self._checkpoints))
+        if state != self._cookie_written:
+            shared = checkpoint_files.decode_cookie(self._log.cookie).shared
+            cookie = checkpoint_files.encode_cookie(state[0], list(state[1]), shared)
+            committed = self._log.commit(cookie=cookie)
+            self._cookie_written = state
+            return committed
         return self._log.commit()
 
     def rmw(self, key: BytesLike, function: Callable[[bytes | None], bytes | None], *,
@@ -504,23 +544,137 @@ class KVStore:
         self.rmw(key, add, commit=commit)
         return result
 
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoints(self) -> list[Checkpoint]:
+        """The kept checkpoints, newest first."""
+        return list(self._checkpoints)
+
+    def checkpoint(self) -> Checkpoint:
+        """Commits, writes a snapshot of the index durably and commits a checkpoint marker
+        naming it (checkpoint.py, rule 3); returns it. Without writes since the last checkpoint
+        it returns that one. Writers wait meanwhile: the snapshot is built from the previous
+        one plus the records since, which costs O(keys + bytes since)."""
+        with self._write_lock:
+            self._check_open("checkpoint")
+            self._commit_locked()
+            if self._checkpoints and self._bytes_since_checkpoint == 0 and (
+                    self._checkpoints[0] is self._base):
+                return self._checkpoints[0]
+            position = self._log.committed_until_address
+            entries = self._snapshot_entries(position)
+            bits = self._index.buckets_count_log2()
+            data = checkpoint_files.encode_snapshot(position, bits, entries)
+            crc = checkpoint_files.crc32c(data)
+            try:
+                file_name = checkpoint_files.write_snapshot(self._checkpoint_directory,
+                                                            position, data)
+            except OSError as error:
+                raise CheckpointError(f"checkpoint failed: cannot write the snapshot in "
+                                      f"{self._checkpoint_directory}: {error}") from error
+            marker = checkpoint_files.encode_marker(position, file_name, len(data), crc)
+            made = Checkpoint(position, file_name, len(data), crc,
+                              self._log.append_marker(marker))
+            self._checkpoints = [made, *self._checkpoints][:self._checkpoints_kept_count]
+            self._commit_locked()  # the marker and the cookie naming it, in one commit
+            self._base = made
+            self._bytes_since_checkpoint = 0
+            checkpoint_files.remove_unkept_files(
+                self._checkpoint_directory, (kept.file_name for kept in self._checkpoints))
+            return made
+
+    def _snapshot_entries(self, position: int) -> dict[int, int]:
+        """The snapshot entries at `position` (checkpoint.py, rule 1): the last usable
+        snapshot folded forward with the records since, or the whole log folded."""
+        entries: dict[int, int] = {}
+        begin = None
+        if self._base is not None:
+            try:
+                entries = checkpoint_files.read_snapshot(self._checkpoint_directory,
+                                                    self._base).entries()
+                begin = self._base.position
+            except CheckpointError as error:
+                checkpoint_files.logger.warning(
+                    "checkpoint of %s: %s; folding the whole log instead", self._log.path, error)
+                entries = {}
+        deleted = checkpoint_files.ENTRY_DELETED
+        for addresses, payloads in self._log.scan_columns(begin, position):
+            for address, payload in zip(addresses, payloads):
+                single = _single_op(payload, address)
+                if single is not None:  # the common record, without _Op objects
+                    entries[single[3]] = address | (deleted if single[1] == OP_DELETE else 0)
+                    continue
+                for op in decode_record(payload, address)[2]:
+                    entries[op.hash] = address | (deleted if op.kind == OP_DELETE else 0)
+        return entries
+
     # ------------------------------------------------------------------ recovery
 
-    def _presize(self) -> None:
-        cookie = self._log.cookie
-        if cookie is not None and len(cookie) == _COOKIE.size:
-            magic, bits = _COOKIE.unpack(cookie)
-            if magic == _COOKIE_MAGIC and bits <= lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX:
-                # Growing an empty index reads no records; any size is safe (rule 2 only asks
-                # for at least the writer's size), so a stale cookie costs memory, not
-                # correctness.
-                self._index.grow_to(bits)
-                self._cookie_bits = bits
+    def _recover(self) -> None:
+        """Rule 5 of the module: the newest usable checkpoint, then the log after it."""
+        cookie = checkpoint_files.decode_cookie(self._log.cookie)
+        if cookie.index_bits is not None:
+            # Growing an empty index reads no records; any size is safe (rule 2 only asks for
+            # at least the writer's size), so a stale cookie costs memory, not correctness.
+            self._index.grow_to(cookie.index_bits)
+        if cookie.checkpoint_addresses is None:  # not our cookie: the markers say
+            found = checkpoint_files.find_markers(self._log)
+            self._checkpoints = found[::-1][:self._checkpoints_kept_count]
+        else:
+            hinted = (checkpoint_files.marker_at(self._log, address)
+                      for address in cookie.checkpoint_addresses)
+            self._checkpoints = [checkpoint for checkpoint in hinted if checkpoint is not None]
+        begin = None
+        for position, checkpoint in enumerate(self._checkpoints):
+            try:
+                if checkpoint.position < self._log.begin_address:
+                    raise CheckpointError(f"load checkpoint at position {checkpoint.position} "
+                                          f"failed: the log now begins at "
+                                          f"{self._log.begin_address}")
+                snapshot = checkpoint_files.read_snapshot(self._checkpoint_directory, checkpoint)
+            except CheckpointError as error:
+                older = self._checkpoints[position + 1:]
+                fallback = (f"the checkpoint at position {older[0].position}" if older
+                            else "a full replay")
+                checkpoint_files.logger.warning("open of %s: %s; falling back to %s",
+                                                self._log.path, error, fallback)
+                continue
+            self._restore(snapshot)
+            self._base = self.recovered_from = checkpoint
+            begin = checkpoint.position
+            break
+        self._replay(begin)
 
-    def _replay(self) -> None:
-        """Rebuilds the index and the live count from the whole log (rule 2 of the module)."""
+    def _restore(self, snapshot: checkpoint_files.Snapshot) -> None:
+        """Loads an empty index from a snapshot, sized so that it does not grow on the way:
+        each chain's head becomes the newest address among its keys (rule 5)."""
+        bits = max(snapshot.index_bits, self._index.buckets_count_log2())
+        while (len(snapshot.hashes) >> bits) > lib.FL_INDEX_ENTRIES_PER_BUCKET_GROW:
+            bits += 1
+        self._index.grow_to(min(bits, lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX))
+        assert self._index.stats().entries_count == 0, "restore needs an empty index"
+        upsert, find = lib.fl_index_upsert, lib.fl_index_find
+        handle = self._index.handle
+        address_mask = checkpoint_files.ENTRY_ADDRESS_MASK
+        conflict = lib.FL_E_INDEX_CONFLICT
+        for hash_, word in zip(snapshot.hashes, snapshot.words):
+            address = word & address_mask
+            rc = upsert(handle, hash_, 0, address)  # almost always a chain of its own
+            if rc == conflict:  # a chain mate came first: keep the newer address
+                head = find(handle, hash_)
+                rc = upsert(handle, hash_, head, address) if head < address else 0
+            assert rc == 0, f"index upsert failed with code {rc}"
+        self._live_count = snapshot.live_count
+        self._index.grow_if_loaded()
+
+    def _replay(self, begin: int | None = None) -> None:
+        """Rebuilds the index and the live count from the log from `begin` (default: all of
+        it) onwards (rule 2 of the module)."""
         index = self._index
-        for addresses, payloads in self._log.scan_columns():
+        for addresses, payloads in self._log.scan_columns(begin):
+            # The suffix counts toward the next automatic checkpoint, and makes one worth taking.
+            self._bytes_since_checkpoint += sum(map(len, payloads))
             for address, payload in zip(addresses, payloads):
                 single = _single_op(payload, address)
                 if single is not None:  # the common record, without _Op objects
