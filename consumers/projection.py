@@ -51,6 +51,7 @@ from consumers.errors import ConsumerError
 from fasterlog import FasterLog, errors
 from fasterlog._fasterlog_c import lib
 from fasterlog._format import frame_size
+from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
 
 __all__ = ["Checkpoint", "CheckpointError", "Projection", "ProjectionRunner", "crc32c"]
 
@@ -122,29 +123,6 @@ def _check_name(name: object) -> str:
     return name
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(directory: str, file_name: str, data: bytes) -> None:
-    """Writes the file under a temporary name, fsyncs it, renames it, fsyncs the directory."""
-    temporary = os.path.join(directory, file_name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, os.path.join(directory, file_name))
-    _fsync_directory(directory)
-
-
 def _parse_marker(address: int, payload: bytes, name: str) -> Checkpoint | None:
     """The checkpoint of `name` recorded by this marker payload, or None if it is not one."""
     try:
@@ -190,22 +168,8 @@ def load_checkpoint(checkpoint: Checkpoint, directory: str) -> bytes:
     Raises CheckpointError when the file is missing, truncated or corrupt."""
     path = os.path.join(directory, checkpoint.file_name)
     where = f"load checkpoint {checkpoint.name!r} at position {checkpoint.position} failed"
-    try:
-        with open(path, "rb") as file:
-            data = file.read(checkpoint.size_bytes + 1)
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: snapshot file {path} is missing") from None
-    except OSError as error:
-        raise CheckpointError(f"{where}: cannot read {path}: {error}") from error
-    if len(data) != checkpoint.size_bytes:
-        raise CheckpointError(f"{where}: snapshot file {path} has {len(data)}"
-                              f"{'+' if len(data) > checkpoint.size_bytes else ''} bytes, the "
-                              f"marker says {checkpoint.size_bytes} (truncated or replaced)")
-    actual = crc32c(data)
-    if actual != checkpoint.crc32c:
-        raise CheckpointError(f"{where}: snapshot file {path} has CRC32C {actual:#010x}, the "
-                              f"marker says {checkpoint.crc32c:#010x} (corrupt)")
-    return data
+    return read_checked_file(path, checkpoint.size_bytes, checkpoint.crc32c, where,
+                             CheckpointError)
 
 
 # ---------------------------------------------------------------------- the runner
@@ -413,7 +377,7 @@ class ProjectionRunner(Generic[S]):
         file_name = f"{self._name}-{position}.snap"
         try:
             self._make_directory()
-            _write_durably(self._directory, file_name, data)
+            write_file_durably(self._directory, file_name, data)
         except OSError as error:
             raise CheckpointError(f"checkpoint {self._name!r} failed: cannot write "
                                   f"{file_name}: {error}") from error
@@ -439,7 +403,7 @@ class ProjectionRunner(Generic[S]):
     def _make_directory(self) -> None:
         if not os.path.isdir(self._directory):
             os.makedirs(self._directory, exist_ok=True)
-            _fsync_directory(os.path.dirname(os.path.abspath(self._directory)))
+            fsync_directory(os.path.dirname(os.path.abspath(self._directory)))
 
     def _hint_path(self) -> str:
         return os.path.join(self._directory, f"{self._name}.hint")

@@ -40,6 +40,7 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from fasterlog import FasterLog
 from fasterlog._fasterlog_c import lib
+from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
 
 from .errors import CheckpointError
 
@@ -184,28 +185,10 @@ def write_snapshot(directory: str, position: int, data: bytes) -> str:
     """Writes the file durably (rule 3): temporary name, fsync, rename, directory fsync."""
     if not os.path.isdir(directory):
         os.makedirs(directory, exist_ok=True)
-        _fsync_directory(os.path.dirname(os.path.abspath(directory)))
+        fsync_directory(os.path.dirname(os.path.abspath(directory)))
     file_name = snapshot_file_name(position)
-    temporary = os.path.join(directory, file_name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, os.path.join(directory, file_name))
-    _fsync_directory(directory)
+    write_file_durably(directory, file_name, data)
     return file_name
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_snapshot(directory: str, checkpoint: Checkpoint) -> Snapshot:
@@ -213,21 +196,8 @@ def read_snapshot(directory: str, checkpoint: Checkpoint) -> Snapshot:
     path = os.path.join(directory, checkpoint.file_name)
     where = (f"load checkpoint at position {checkpoint.position} (marker at "
              f"{checkpoint.marker_address}) failed")
-    try:
-        with open(path, "rb") as file:
-            data = file.read(checkpoint.size_bytes + 1)
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: snapshot file {path} is missing") from None
-    except OSError as error:
-        raise CheckpointError(f"{where}: cannot read {path}: {error}") from error
-    if len(data) != checkpoint.size_bytes:
-        raise CheckpointError(f"{where}: snapshot file {path} has {len(data)}"
-                              f"{'+' if len(data) > checkpoint.size_bytes else ''} bytes, the "
-                              f"marker says {checkpoint.size_bytes} (truncated or replaced)")
-    actual = crc32c(data)
-    if actual != checkpoint.crc32c:
-        raise CheckpointError(f"{where}: snapshot file {path} has CRC32C {actual:#010x}, the "
-                              f"marker says {checkpoint.crc32c:#010x} (corrupt)")
+    data = read_checked_file(path, checkpoint.size_bytes, checkpoint.crc32c, where,
+                             CheckpointError)
     snapshot = decode_snapshot(data, where)
     if snapshot.position != checkpoint.position:
         raise CheckpointError(f"{where}: the snapshot is of position {snapshot.position}")
