@@ -223,18 +223,21 @@ class Child:
                 chunk = os.read(fd, 4096)
                 if not chunk:
                     self.process.wait()
+                    self.process.stdout.close()
                     pytest.fail(f"{self.module} exited with status {self.process.returncode}:"
                                 f"\n{self.stderr_path.read_text()[-3000:]}")
                 received += chunk
 
     def kill(self) -> None:
-        if self.process.poll() is not None:
-            pytest.fail(f"{self.module} exited by itself with status "
-                        f"{self.process.returncode}:\n{self.stderr_path.read_text()[-3000:]}")
-        self.process.send_signal(signal.SIGKILL)
+        exited = self.process.poll() is not None
+        if not exited:
+            self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         assert self.process.stdout is not None
-        self.process.stdout.close()
+        self.process.stdout.close()  # closed before any failure, so no pipe is left to GC
+        if exited:
+            pytest.fail(f"{self.module} exited by itself with status "
+                        f"{self.process.returncode}:\n{self.stderr_path.read_text()[-3000:]}")
 
 
 @dataclass

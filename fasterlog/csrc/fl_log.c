@@ -1202,20 +1202,19 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
     if (address > committed || address % FL_FRAME_ALIGNMENT_BYTES) return FL_E_ADDRESS;
     if (address != committed && address % log->page_size_bytes != 0) {
         /* The begin address must be a frame start, so that scans from it make sense. The end
-         * of a page (a padding frame or the short zero gap) is where a reader that finished
-         * the page stands: take the next page start for it. */
+         * of a page (a padding frame, or the short zero gap) counts: it is where a reader that
+         * finished the page stands, and scans step over it. Moving begin past it instead
+         * would pass a cursor standing there. */
         uint64_t page_end = (page_of(log, address) + 1) * log->page_size_bytes;
         uint8_t header[FL_FRAME_HEADER_SIZE_BYTES];
         int from_memory;
-        if (page_end - address < FL_FRAME_HEADER_SIZE_BYTES) {
-            address = page_end;
-        } else if (copy_range(log, address, header, sizeof header, &from_memory, 0) ==
-                       (int64_t)sizeof header &&
-                   fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS == FL_KIND_PADDING &&
-                   fl_frame_size(fl_load32(header + 4) & FL_FRAME_LENGTH_MASK) ==
-                       page_end - address) {
-            address = page_end;
-        } else {
+        int page_end_frame =
+            page_end - address < FL_FRAME_HEADER_SIZE_BYTES ||
+            (copy_range(log, address, header, sizeof header, &from_memory, 0) ==
+                 (int64_t)sizeof header &&
+             fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS == FL_KIND_PADDING &&
+             fl_frame_size(fl_load32(header + 4) & FL_FRAME_LENGTH_MASK) == page_end - address);
+        if (!page_end_frame) {
             uint8_t probe[1];
             int32_t kind;
             fl_error_info info;
@@ -1223,7 +1222,6 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
             int64_t got = read_impl(log, address, probe, 0, &kind, &info);
             if (got < 0 && got != FL_E_BUFFER) return (int)got;
         }
-        if (address > committed) address = committed;
     }
     pthread_mutex_lock(&log->mutex);
     if (address > log->begin_address) {
