@@ -339,3 +339,23 @@ def test_index_with_chains_matches_a_dict_model(steps: list[tuple[str, int, int]
     for key in range(41):
         if key not in model:
             assert index.lookup(hash_of.get(key, make_hash(0, 0)), key) == 0
+
+
+def test_a_table_of_long_chains_does_not_grow_without_insertions() -> None:
+    # Chains longer than the split walk are kept in both halves, so a grow doubles their
+    # entries with the buckets; those copies must not count as load, or the table would keep
+    # doubling with nothing inserted until memory ran out (a hypothesis run found that).
+    index = Index(1)
+    for tag in range(1, 21):  # 20 chains in bucket 0 at every table size, far longer than a walk
+        for i in range(400):
+            index.append(tag << 48, (tag, i))
+    stats = ffi.new("fl_index_stats *")
+    lib.fl_index_get_stats(index.handle, stats)
+    assert stats.buckets_count <= 8  # 20 chains; the copies once drove this to 256 and beyond
+    grows = 0
+    while lib.fl_index_should_grow(index.handle) and grows < 12:  # 12: bounded even if broken
+        index.grow()
+        grows += 1
+    assert grows <= 3
+    for tag in range(1, 21):
+        assert index.lookup(tag << 48, (tag, 0)) != 0
