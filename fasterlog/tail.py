@@ -47,6 +47,10 @@ class _TailBase:
         self._timeout = timeout
         self._include_markers = include_markers
         self._stopped = False
+        self._iterator: Any = self._run()
+
+    def _run(self) -> Any:  # a generator (Tail) or an async generator (AsyncTail)
+        raise NotImplementedError
 
     @property
     def position(self) -> int:
@@ -72,11 +76,6 @@ class _TailBase:
 
 class Tail(_TailBase):
     """Iterator of (address, entry) that waits for new commits. Made by FasterLog.tail()."""
-
-    def __init__(self, log: FasterLog, from_address: int | None, timeout: float | None,
-                 include_markers: bool) -> None:
-        super().__init__(log, from_address, timeout, include_markers)
-        self._iterator = self._run()
 
     def stop(self) -> None:
         """Ends the tail (from any thread): a wait in progress returns within milliseconds."""
@@ -211,11 +210,6 @@ async def wait_for_commit_async(log: FasterLog, address: int,
 
 class AsyncTail(_TailBase):
     """Async iterator of (address, entry) that awaits new commits. Made by log.tail_async()."""
-
-    def __init__(self, log: FasterLog, from_address: int | None, timeout: float | None,
-                 include_markers: bool) -> None:
-        super().__init__(log, from_address, timeout, include_markers)
-        self._iterator = self._run()
 
     def stop(self) -> None:
         """Ends the tail: the iteration finishes at its next step."""
