@@ -11,6 +11,8 @@
         ├── NotAnIntegerError (ValueError)    incr of a value that is not a decimal integer
         ├── StoreSettingsError (ValueError)   an invalid KVStore.open setting
         ├── StoreClosedError                  the store was closed
+        ├── StoreReadOnlyError                a write to a store opened read_only=True
+        ├── WaitTimeoutError (TimeoutError)   get(at=)/wait_for did not reach the address in time
         ├── CheckpointError                   a snapshot cannot be written, or the one a
         │                                     checkpoint marker names cannot be used
         └── RecordCorruptError (CorruptionError)  a log entry is not a well-formed KV record
@@ -34,9 +36,11 @@ __all__ = [
     "NotAnIntegerError",
     "RecordCorruptError",
     "StoreClosedError",
+    "StoreReadOnlyError",
     "StoreSettingsError",
     "ValueTooLarge",
     "ValueTypeError",
+    "WaitTimeoutError",
 ]
 
 
@@ -81,6 +85,14 @@ class StoreSettingsError(KVError, ValueError):
 
 class StoreClosedError(KVError):
     """The store was closed."""
+
+
+class StoreReadOnlyError(KVError):
+    """The store was opened read_only=True (a follower): writes go to the writer process."""
+
+
+class WaitTimeoutError(KVError, TimeoutError):
+    """get(key, at=address) or wait_for(address) gave up before the store applied `address`."""
 
 
 class CheckpointError(KVError):

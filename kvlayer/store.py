@@ -27,6 +27,15 @@ Rules and invariants:
    Restoring sets each chain's head to the newest address among the snapshot's keys of that
    chain: every older record of the chain is reachable from it (the writer linked each record
    to the head of the time), so rule 2 holds after the restore.
+6. Chain floor: a chain walk stops at `_chain_floor`, the begin address of the log as far as
+   this store's index is concerned. Compaction (compaction.py) copies every live record below an
+   address U forward before truncating the log at U, so once the copies are in the index no
+   key's newest operation lies below U, and a walk that reaches below it can end (the key's
+   older records, and tombstones of deleted keys, are gone with the truncated part). The writer
+   raises its floor to U when it truncates; a follower raises it to a begin address B only after
+   applying every commit that was visible after it saw B (follower.py). A reader whose walk
+   reads a record that a compaction truncated meanwhile (TruncatedError) restarts from the index,
+   whose heads already point at the copies.
 """
 
 from __future__ import annotations
@@ -35,12 +44,13 @@ import hashlib
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from fasterlog import FasterLog
 from fasterlog._fasterlog_c import ffi, lib
-from fasterlog.errors import EntryTooLarge
+from fasterlog.errors import EntryTooLarge, TruncatedError
 
 from . import checkpoint as checkpoint_files
 from .checkpoint import Checkpoint
@@ -53,9 +63,11 @@ from .errors import (
     NotAnIntegerError,
     RecordCorruptError,
     StoreClosedError,
+    StoreReadOnlyError,
     StoreSettingsError,
     ValueTooLarge,
     ValueTypeError,
+    WaitTimeoutError,
 )
 
 __all__ = ["BytesLike", "KVStore", "key_hash"]
@@ -75,6 +87,8 @@ ops_per_record_max = 65535  # the ops count field is 16 bits
 batch_ops_count_max = 65535  # one put_many is at most this many distinct keys
 index_buckets_count_log2_default = 10
 checkpoint_every_bytes_default = 0  # 0: no automatic checkpoints
+checkpoint_every_ms_default = 0  # 0: no checkpoints by time
+truncated_read_retries_max = 64  # a get racing this many compactions in a row gives up
 checkpoints_kept_count_default = 3
 _TAG_SHIFT = 48
 _TAG_MASK = (1 << 14) - 1
@@ -181,7 +195,8 @@ def _as_value(value: object, operation: str) -> bytes:
 class _HashIndex:
     """The C index plus the resolver grow needs (it reads records back from the log)."""
 
-    def __init__(self, buckets_count_log2: int, read_payload: Callable[[int], bytes]) -> None:
+    def __init__(self, buckets_count_log2: int, read_payload: Callable[[int], bytes],
+                 chain_floor: Callable[[], int] = lambda: 0) -> None:
         out = ffi.new("fl_index **")
         rc = lib.fl_index_create(buckets_count_log2, out)
         if rc < 0:
@@ -189,11 +204,15 @@ class _HashIndex:
                           f"buckets (code {rc})")
         self.handle = ffi.gc(out[0], lib.fl_index_free)
         self._read_payload = read_payload
+        self._chain_floor = chain_floor
         self._resolve_error: BaseException | None = None
         self._resolve = ffi.callback(_RESOLVE_SIGNATURE, self._resolve_record)
 
     def _resolve_record(self, context: Any, address: int, hashes: Any, capacity: int,
                         previous_out: Any) -> int:
+        if address < self._chain_floor():  # compacted away (store rule 6): the chain ends
+            previous_out[0] = 0
+            return 0
         try:
             payload = self._read_payload(address)
             single = _single_op(payload, address)
@@ -252,9 +271,11 @@ class KVStore:
 
     def __init__(self, log: FasterLog, index_buckets_count_log2: int, *,
                  checkpoint_every_bytes: int = checkpoint_every_bytes_default,
-                 checkpoints_kept_count: int = checkpoints_kept_count_default) -> None:
+                 checkpoints_kept_count: int = checkpoints_kept_count_default,
+                 checkpoint_every_ms: int = checkpoint_every_ms_default,
+                 read_only: bool = False, follow: bool = True) -> None:
         self._log = log
-        self._index = _HashIndex(index_buckets_count_log2, log.read)
+        self._index = _HashIndex(index_buckets_count_log2, log.read, lambda: self._chain_floor)
         self._write_lock = threading.RLock()
         self._live_count = 0
         self._closed = False
@@ -267,37 +288,54 @@ class KVStore:
         self._base: Checkpoint | None = None  # the newest checkpoint known to be usable
         self._cookie_written: tuple[int, tuple[int, ...]] | None = None
         self.recovered_from: Checkpoint | None = None
+        self._init_features(checkpoint_every_ms, read_only)
         self._recover()
+        self._start_features(follow)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *,
              index_buckets_count_log2: int = index_buckets_count_log2_default,
              checkpoint_every_bytes: int = checkpoint_every_bytes_default,
              checkpoints_kept_count: int = checkpoints_kept_count_default,
+             checkpoint_every_ms: int = checkpoint_every_ms_default,
+             read_only: bool = False, follow: bool = True,
              **log_settings: Any) -> KVStore:
         """Opens (creating or recovering) the log in `path` and rebuilds the index from the
         newest checkpoint and the log after it. `checkpoint_every_bytes` (0: off) makes a
         checkpoint once that many record bytes were written since the last one.
-        `log_settings` go to FasterLog.open."""
+        `checkpoint_every_ms` (0: off) makes one once that long passed since the last one and
+        something was written (checked on writes and by a sleeping timer thread).
+        `read_only=True` opens a follower (follower.py): it may run beside the writer process
+        and applies the writer's commits as they land (in a thread, unless follow=False; then
+        `catch_up()` applies them). `log_settings` go to FasterLog.open."""
         for name, value, low, high in (
                 ("index_buckets_count_log2", index_buckets_count_log2, 0,
                  lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX),
                 ("checkpoint_every_bytes", checkpoint_every_bytes, 0, 1 << 62),
                 ("checkpoints_kept_count", checkpoints_kept_count, 1,
-                 checkpoint_files.checkpoints_kept_count_max)):
+                 checkpoint_files.checkpoints_kept_count_max),
+                ("checkpoint_every_ms", checkpoint_every_ms, 0, 1 << 40)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise StoreSettingsError(f"open failed: {name} must be an integer from {low} "
                                          f"to {high}, not {value!r}")
+        for name, flag in (("read_only", read_only), ("follow", follow)):
+            if not isinstance(flag, bool):
+                raise StoreSettingsError(f"open failed: {name} must be a bool, not {flag!r}")
+        if read_only:
+            log_settings["readonly"] = True
         log = FasterLog.open(path, **log_settings)
         try:
             return cls(log, index_buckets_count_log2,
                        checkpoint_every_bytes=checkpoint_every_bytes,
-                       checkpoints_kept_count=checkpoints_kept_count)
+                       checkpoints_kept_count=checkpoints_kept_count,
+                       checkpoint_every_ms=checkpoint_every_ms,
+                       read_only=read_only, follow=follow)
         except BaseException:
             log.close()
             raise
 
     def close(self) -> None:
+        self._stop_features()  # outside the write lock: the threads may be waiting for it
         with self._write_lock:
             if self._closed:
                 return
@@ -332,12 +370,20 @@ class KVStore:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, key: BytesLike, default: bytes | None = None) -> bytes | None:
-        """The value of `key`, or `default` when it is not live."""
+    def get(self, key: BytesLike, default: bytes | None = None, *, at: int | None = None,
+            timeout: float | None = None) -> bytes | None:
+        """The value of `key`, or `default` when it is not live. With `at` (a log address, such
+        as one a writer's put returned), first waits until this store has applied the log up
+        to and including `at` (WaitTimeoutError after `timeout` seconds)."""
         key = _as_key(key, "get")
         self._check_open("get")
+        if at is not None:
+            self._wait_for_or_raise(at, timeout, "get")
         hash_ = key_hash(key)
-        value = self._value_from(self._index.find(hash_), key, hash_)
+        try:
+            value = self._value_from(self._index.find(hash_), key, hash_)
+        except TruncatedError:  # a compaction moved the begin address under this walk
+            value = self._value_after_truncation(key, hash_)
         return default if value is None else value
 
     def __getitem__(self, key: BytesLike) -> bytes:
@@ -363,13 +409,17 @@ class KVStore:
                                heads)
         values: list[bytes | None] = []
         for key, hash_, head in zip(items, hashes, heads):
-            values.append(self._value_from(head, key, hash_))
+            try:
+                values.append(self._value_from(head, key, hash_))
+            except TruncatedError:  # a compaction moved the begin address under this walk
+                values.append(self._value_after_truncation(key, hash_))
         return values
 
     def _value_from(self, address: int, key: bytes, hash_: int) -> bytes | None:
         """Walks the chain from `address` to the newest operation on `key`: its value, or None
-        when that is a delete or there is none (rule 2 says the walk cannot miss it)."""
-        while address:
+        when that is a delete or there is none (rule 2 says the walk cannot miss it). The walk
+        ends at the chain floor (rule 6): records below it were compacted away."""
+        while address >= self._chain_floor:
             payload = self._log.read(address)
             single = _single_op(payload, address)
             if single is not None:  # the common record: no _Op objects
@@ -390,9 +440,12 @@ class KVStore:
         # the index can be walked (a later step). Scans see committed entries only, so writes
         # made with commit=False are committed first.
         with self._write_lock:
-            if self._log.tail_address > self._log.committed_until_address:
-                self._commit_locked()
-            end = self._log.committed_until_address
+            if self._read_only:  # a follower lists what it applied
+                end = self._applied_until
+            else:
+                if self._log.tail_address > self._log.committed_until_address:
+                    self._commit_locked()
+                end = self._log.committed_until_address
         latest: dict[bytes, bytes | None] = {}
         for address, payload in self._log.scan(end=end):
             for op in decode_record(payload, address)[2]:
@@ -457,10 +510,12 @@ class KVStore:
                                 f"batch_ops_count_max ({batch_ops_count_max})")
         with self._write_lock:
             self._check_open(_operation)
+            self._check_writable(_operation)
             addresses = self._write_locked(latest, _operation) if latest else []
             if commit:
                 self._commit_locked()
-            if 0 < self._checkpoint_every_bytes <= self._bytes_since_checkpoint:
+            if 0 < self._checkpoint_every_bytes <= self._bytes_since_checkpoint or (
+                    self._checkpoint_due()):
                 self.checkpoint()  # commits any writes made with commit=False too
             return addresses
 
@@ -496,6 +551,7 @@ class KVStore:
         """Makes every write so far durable (for writes made with commit=False)."""
         with self._write_lock:
             self._check_open("commit")
+            self._check_writable("commit")
             return self._commit_locked()
 
     def _commit_locked(self) -> int:
@@ -558,12 +614,15 @@ class KVStore:
         one plus the records since, which costs O(keys + bytes since)."""
         with self._write_lock:
             self._check_open("checkpoint")
+            self._check_writable("checkpoint")
+            self._last_checkpoint_s = time.monotonic()
             self._commit_locked()
             if self._checkpoints and self._bytes_since_checkpoint == 0 and (
                     self._checkpoints[0] is self._base):
                 return self._checkpoints[0]
             position = self._log.committed_until_address
             entries = self._snapshot_entries(position)
+            self._drop_compacted_entries(entries)
             bits = self._index.buckets_count_log2()
             data = checkpoint_files.encode_snapshot(position, bits, entries)
             crc = checkpoint_files.crc32c(data)
@@ -644,7 +703,7 @@ class KVStore:
             self._base = self.recovered_from = checkpoint
             begin = checkpoint.position
             break
-        self._replay(begin)
+        self._replay(begin, self._recover_end)
 
     def _restore(self, snapshot: checkpoint_files.Snapshot) -> None:
         """Loads an empty index from a snapshot, sized so that it does not grow on the way:
@@ -668,11 +727,11 @@ class KVStore:
         self._live_count = snapshot.live_count
         self._index.grow_if_loaded()
 
-    def _replay(self, begin: int | None = None) -> None:
+    def _replay(self, begin: int | None = None, end: int | None = None) -> None:
         """Rebuilds the index and the live count from the log from `begin` (default: all of
-        it) onwards (rule 2 of the module)."""
+        it) up to `end` (default: committed-until) (rule 2 of the module)."""
         index = self._index
-        for addresses, payloads in self._log.scan_columns(begin):
+        for addresses, payloads in self._log.scan_columns(begin, end):
             # The suffix counts toward the next automatic checkpoint, and makes one worth taking.
             self._bytes_since_checkpoint += sum(map(len, payloads))
             for address, payload in zip(addresses, payloads):
@@ -702,3 +761,126 @@ class KVStore:
             if head != address:  # ops sharing a chain now share one entry
                 self._index.upsert(op.hash, head, address)
         self._live_count += live_change
+
+    # ------------------------------------------------------------------ compaction, followers,
+    # timed checkpoints (the store's later features; their logic lives in compaction.py and
+    # follower.py, and these methods are the KVStore face of it)
+
+    def _init_features(self, checkpoint_every_ms: int, read_only: bool) -> None:
+        self._chain_floor = self._log.begin_address  # rule 6
+        self._read_only = read_only
+        # A follower replays up to a committed-until address it read before (so it knows where
+        # it stands); the writer replays everything committed.
+        self._recover_end: int | None = (self._log.committed_until_address if read_only
+                                         else None)
+        self._applied_until = 0
+        self._applied = threading.Condition(threading.Lock())
+        self._checkpoint_every_ms = checkpoint_every_ms
+        self._last_checkpoint_s = time.monotonic()
+        self._features_stop = threading.Event()
+        self._feature_threads: list[threading.Thread] = []
+
+    def _start_features(self, follow: bool) -> None:
+        from . import follower
+
+        if self._read_only:
+            self._applied_until = self._recover_end or self._log.committed_until_address
+            if follow:
+                self._feature_threads.append(follower.start_following(self))
+        elif self._checkpoint_every_ms:
+            self._feature_threads.append(follower.start_checkpoint_timer(self))
+
+    def _stop_features(self) -> None:
+        self._features_stop.set()
+        if self._feature_threads and not self._closed:
+            self._log.wake()  # a follower thread waiting for a commit returns at once
+        for thread in self._feature_threads:
+            if thread is not threading.current_thread():
+                thread.join()
+        self._feature_threads = []
+
+    @property
+    def read_only(self) -> bool:
+        """True for a follower opened with read_only=True."""
+        return self._read_only
+
+    @property
+    def applied_until_address(self) -> int:
+        """The log address up to which this store's index holds the log: for the writer, the
+        tail (it reads its own writes); for a follower, what it applied so far."""
+        return self._applied_until if self._read_only else self._log.tail_address
+
+    def _check_writable(self, operation: str) -> None:
+        if self._read_only:
+            raise StoreReadOnlyError(f"{operation} failed: the store was opened read_only=True "
+                                     f"(writes go through the writer process)")
+
+    def _checkpoint_due(self) -> bool:
+        return bool(self._checkpoint_every_ms) and (
+            time.monotonic() - self._last_checkpoint_s) * 1000 >= self._checkpoint_every_ms
+
+    def _drop_compacted_entries(self, entries: dict[int, int]) -> None:
+        """Snapshot entries below the begin address are tombstones of keys deleted before a
+        compaction (a live key's newest record is never below it: rule 6): they can go."""
+        floor = self._log.begin_address
+        mask = checkpoint_files.ENTRY_ADDRESS_MASK
+        for hash_ in [hash_ for hash_, word in entries.items() if word & mask < floor]:
+            del entries[hash_]
+
+    def _value_after_truncation(self, key: bytes, hash_: int) -> bytes | None:
+        """Rule 6: a walk read a record a compaction truncated meanwhile. The index already
+        points at the copies (the writer applies them before truncating; a follower catches up
+        first), so the walk is retried from the index with the new floor."""
+        from . import follower
+
+        for _ in range(truncated_read_retries_max):
+            self._check_open("get")
+            if self._read_only:
+                follower.catch_up(self)
+            else:
+                self._chain_floor = max(self._chain_floor, self._log.begin_address)
+            try:
+                return self._value_from(self._index.find(hash_), key, hash_)
+            except TruncatedError:
+                continue
+        raise KVError(f"get failed: {truncated_read_retries_max} compactions in a row "
+                      f"truncated the records this read was walking")
+
+    def compact(self, until_address: int | None = None, *, force: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> Any:
+        """Copies the live records below `until_address` (default: all of the committed log)
+        forward, checkpoints, and truncates the log there, so its segment files below are
+        deleted. Respects named cursors (RetentionError unless force=True), as truncate_until
+        does. Reads and writes go on meanwhile. `progress(done_bytes, total_bytes)` is called
+        as it goes. Returns a compaction.CompactionResult. See compaction.py for the order of
+        the steps and why a crash at any point recovers the same state."""
+        from . import compaction
+
+        return compaction.compact(self, until_address, force=force, progress=progress)
+
+    def wait_for(self, address: int, timeout: float | None = None) -> bool:
+        """Waits until this store has applied the log up to and including `address` (a
+        follower: as the writer's commits land; the writer: once it is written). False when
+        `timeout` seconds pass first."""
+        from . import follower
+
+        self._check_open("wait_for")
+        return follower.wait_for(self, address, timeout)
+
+    def catch_up(self) -> int:
+        """A follower applies every commit visible now (what its thread does as commits land);
+        returns the address it applied up to. The writer returns its tail."""
+        from . import follower
+
+        self._check_open("catch_up")
+        if not self._read_only:
+            return self._log.tail_address
+        return follower.catch_up(self)
+
+    def _wait_for_or_raise(self, address: int, timeout: float | None, operation: str) -> None:
+        from . import follower
+
+        if not follower.wait_for(self, address, timeout):
+            raise WaitTimeoutError(f"{operation} failed: the store did not apply address "
+                                   f"{address} within {timeout} s (it applied up to "
+                                   f"{self.applied_until_address})")
