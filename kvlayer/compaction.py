@@ -52,6 +52,14 @@ if TYPE_CHECKING:
 __all__ = ["CompactionResult", "compact"]
 
 copies_per_batch_max = 4096  # keys put again per write_batch (its limit is 65535)
+# Tests set this to a function of the step name to kill the process at that point
+# (tests/kv_kill.py): "after-copies", "after-checkpoint", "after-truncate", "after-commit".
+_test_hook: Callable[[str], None] | None = None
+
+
+def _reached(point: str) -> None:
+    if _test_hook is not None:
+        _test_hook(point)
 
 
 class CompactionResult(NamedTuple):
@@ -133,6 +141,7 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
         copied_bytes += sum(len(key) + len(value) for key, value in pairs)
         if progress is not None:
             progress(addresses[-1] - begin, total)
+    _reached("after-copies")
     with store._write_lock:
         store._check_open("compact")
         if store._base is None or store._base.position < until:
@@ -141,10 +150,13 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
             store._bytes_since_checkpoint = max(store._bytes_since_checkpoint, 1)
         made = store.checkpoint()  # step 3
         assert made.position >= until, (made, until)
+        _reached("after-checkpoint")
         log.truncate_until(until, force=force)  # step 4
         store._chain_floor = max(store._chain_floor, until)
         store._checkpoints = [kept for kept in store._checkpoints if kept.position >= until]
+        _reached("after-truncate")
         store._commit_locked()
+        _reached("after-commit")
     if progress is not None:
         progress(total, total)
     return CompactionResult(begin, until, scanned, copied, copied_bytes, made)

@@ -11,7 +11,7 @@ Method:
   scans the log. A "full replay" is the same directory opened with its snapshots removed.
 - Damage is done to the snapshot files on disk between close and reopen; warnings are read
   from the "kvlayer.checkpoint" logger.
-- The crash test runs this file as a child (`python test_kv_checkpoint.py child ...`) that
+- The crash test runs the harness of tests/kv_kill.py (mode "checkpoints"): a child that
   writes steps that are pure functions of (seed, step), each one atomic batch also setting
   b"__step", acknowledges each after its commit returns, and checkpoints often (explicitly and
   by bytes written). The parent kills it at a random instant and checks that the recovered
@@ -27,10 +27,7 @@ import logging
 import os
 import random
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,8 @@ from hypothesis import strategies as st
 
 from kvlayer import KVStore, errors, key_hash
 from kvlayer import checkpoint as checkpoints
+
+from .kv_kill import run_kill_rounds
 
 SMALL_SETTINGS: dict[str, Any] = {
     "page_size_bytes": 64 << 10,
@@ -379,103 +378,12 @@ def test_bad_checkpoint_settings_raise_store_settings_error(tmp_path: Path,
 
 # --- kill -9 ----------------------------------------------------------------------------------
 
-step_keys_count = 60
-crash_settings: dict[str, Any] = {
-    "page_size_bytes": 4096,
-    "memory_size_bytes": 4 * 4096,
-    "segment_size_bytes": 64 * 4096,
-}
-
-
-def step_operations(seed: int, step: int) -> list[tuple[bytes, bytes | None]]:
-    """The batch of step `step`: a pure function of (seed, step), ending with __step."""
-    rng = random.Random(seed * 1_000_003 + step)
-    operations: list[tuple[bytes, bytes | None]] = []
-    for _ in range(rng.randint(1, 6)):
-        key = b"key-%d" % rng.randrange(step_keys_count)
-        if rng.random() < 0.25:
-            operations.append((key, None))
-        else:
-            operations.append((key, b"%d:" % step + bytes(rng.randrange(200))))
-    operations.append((b"__step", b"%d" % step))
-    return operations
-
-
-def model_at(seed: int, step: int) -> dict[bytes, bytes]:
-    model: dict[bytes, bytes] = {}
-    for number in range(1, step + 1):
-        for key, value in step_operations(seed, number):
-            if value is None:
-                model.pop(key, None)
-            else:
-                model[key] = value
-    return model
-
-
-def run_child(path: str, seed: int, ack_path: str) -> None:
-    """The writer the crash test kills: continues from the recovered step, forever,
-    checkpointing every few steps and by bytes written."""
-    store = KVStore.open(path, index_buckets_count_log2=1, checkpoint_every_bytes=6 << 10,
-                         **crash_settings)
-    step = int(store.get(b"__step") or b"0")
-    ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    print("ready", flush=True)
-    while True:
-        step += 1
-        store.write_batch(step_operations(seed, step))
-        os.write(ack, b"%d\n" % step)
-        if step % 7 == 0:
-            store.checkpoint()
-
-
-def _last_acknowledged(ack_path: Path) -> int:
-    if not ack_path.exists():
-        return 0
-    lines = [line for line in ack_path.read_bytes().split(b"\n")[:-1] if line]
-    return int(lines[-1]) if lines else 0
-
 
 @pytest.mark.parametrize("rounds", [20])
 def test_kill_9_during_writes_and_checkpoints_recovers_the_last_acknowledged_commit(
         tmp_path: Path, rounds: int) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    path = tmp_path / "kv"
-    ack_path = tmp_path / "ack"
-    acknowledged_history: list[int] = []
-    recovered_from_checkpoint = 0
-    recovered = 0
-    universe = {b"key-%d" % i for i in range(step_keys_count)} | {b"__step"}
-    for round_number in range(rounds):
-        child = subprocess.Popen(
-            [sys.executable, __file__, "child", str(path), str(seed), str(ack_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        assert child.stdout is not None and child.stderr is not None
-        assert child.stdout.readline() == b"ready\n", child.stderr.read()
-        time.sleep(rng.uniform(0.0, 0.3))
-        if child.poll() is not None:
-            pytest.fail(f"seed {seed} round {round_number}: the child exited: "
-                        f"{child.stderr.read()!r}")
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-        child.stderr.close()
-        # A step the last round recovered without its acknowledgement counts as acknowledged:
-        # the child continued after it, so two unacknowledged steps in a row are possible.
-        acknowledged = max(_last_acknowledged(ack_path), recovered)
-        acknowledged_history.append(acknowledged)
-        with KVStore.open(path, **crash_settings) as store:
-            recovered_from_checkpoint += store.recovered_from is not None
-            recovered = int(store.get(b"__step") or b"0")
-            where = f"seed {seed} round {round_number}"
-            assert recovered in (acknowledged, acknowledged + 1), (
-                f"{where}: recovered step {recovered}, acknowledged {acknowledged}")
-            model = model_at(seed, recovered)
-            assert digest(store, universe) == model_digest(model, universe), where
-            assert dict(store.items()) == model, where
-    assert acknowledged_history[-1] > rounds, acknowledged_history
-    assert recovered_from_checkpoint >= rounds // 2, recovered_from_checkpoint
+    report = run_kill_rounds(tmp_path, "checkpoints", rounds)
+    assert report.recovered_from_checkpoint_count >= rounds // 2, report
 
 
 # --- recovery time ----------------------------------------------------------------------------
@@ -508,6 +416,3 @@ def test_recovery_of_200k_keys_from_a_checkpoint_beside_a_full_replay(tmp_path: 
           f"from the checkpoint {from_checkpoint_seconds:.3f} s, full replay "
           f"{full_replay_seconds:.3f} s")
 
-
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "child":
-    run_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])

@@ -8,24 +8,14 @@ Method:
 - API and error tests on small logs.
 - A hypothesis state test runs random puts, deletes, batches, incr, rmw and reopens against a
   dict model, with index buckets small enough that chains collide and the index grows.
-- The crash test runs this file as a child process (`python test_kvstore.py child ...`). Step n
-  of the child is a pure function of (seed, n) and is written as one atomic batch that also
-  sets b"__step" to n; after the batch's commit returns, the child appends "n" to an
-  acknowledgement file with one os.write. The parent kills the child at a random instant,
-  reopens the store, reads __step = r, checks that r is the last acknowledged step or the one
-  after, and that the whole state equals the model replayed to step r. The same directory is
-  killed and recovered many rounds in a row.
+- The crash test runs the kill harness of tests/kv_kill.py (mode "writes": steps of atomic
+  batches, acknowledged after their commit; kill -9 at a random instant; the recovered state
+  must equal the model at the last acknowledged step or the one after).
 """
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +25,8 @@ from hypothesis import strategies as st
 
 from kvlayer import KeyNotFound, KVError, KVStore, errors
 from kvlayer.store import RECORD_HEADER_SIZE_BYTES, decode_record
+
+from .kv_kill import run_kill_rounds
 
 SMALL_SETTINGS: dict[str, Any] = {
     "page_size_bytes": 64 << 10,
@@ -366,99 +358,8 @@ def test_store_matches_a_dict_model_across_reopens(
 
 # --- kill -9 ------------------------------------------------------------------------------------
 
-step_keys_count = 40
-crash_settings: dict[str, Any] = {
-    "page_size_bytes": 4096,
-    "memory_size_bytes": 4 * 4096,
-    "segment_size_bytes": 64 * 4096,
-}
-
-
-def step_operations(seed: int, step: int) -> list[tuple[bytes, bytes | None]]:
-    """The batch of step `step`: a pure function of (seed, step), ending with __step."""
-    rng = random.Random(seed * 1_000_003 + step)
-    operations: list[tuple[bytes, bytes | None]] = []
-    for _ in range(rng.randint(1, 6)):
-        key = b"key-%d" % rng.randrange(step_keys_count)
-        if rng.random() < 0.25:
-            operations.append((key, None))
-        else:
-            operations.append((key, b"%d:" % step + bytes(rng.randrange(300))))
-    operations.append((b"__step", b"%d" % step))
-    return operations
-
-
-def model_at(seed: int, step: int) -> dict[bytes, bytes]:
-    model: dict[bytes, bytes] = {}
-    for number in range(1, step + 1):
-        for key, value in step_operations(seed, number):
-            if value is None:
-                model.pop(key, None)
-            else:
-                model[key] = value
-    return model
-
-
-def run_child(path: str, seed: int, ack_path: str) -> None:
-    """The writer the crash test kills: continues from the recovered step, forever."""
-    store = KVStore.open(path, index_buckets_count_log2=1, **crash_settings)
-    step = int(store.get(b"__step") or b"0")
-    ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    print("ready", flush=True)
-    while True:
-        step += 1
-        store.write_batch(step_operations(seed, step))
-        os.write(ack, b"%d\n" % step)
-
-
-def _last_acknowledged(ack_path: Path) -> int:
-    if not ack_path.exists():
-        return 0
-    lines = [line for line in ack_path.read_bytes().split(b"\n")[:-1] if line]
-    return int(lines[-1]) if lines else 0
-
 
 @pytest.mark.parametrize("rounds", [12])
 def test_kill_9_recovers_the_state_of_the_last_acknowledged_commit(
         tmp_path: Path, rounds: int) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    path = tmp_path / "kv"
-    ack_path = tmp_path / "ack"
-    acknowledged_history: list[int] = []
-    recovered = 0
-    for round_number in range(rounds):
-        child = subprocess.Popen(
-            [sys.executable, __file__, "child", str(path), str(seed), str(ack_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n", child.stderr.read()  # type: ignore[union-attr]
-        time.sleep(rng.uniform(0.0, 0.3))
-        if child.poll() is not None:
-            pytest.fail(f"seed {seed} round {round_number}: the child exited: "
-                        f"{child.stderr.read()!r}")  # type: ignore[union-attr]
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-        child.stderr.close()  # type: ignore[union-attr]
-        # A step recovered earlier counts as acknowledged too: the next child went on from it
-        # (it may have been durable without its ack line when the previous kill landed).
-        acknowledged = max(_last_acknowledged(ack_path), recovered)
-        acknowledged_history.append(acknowledged)
-        with KVStore.open(path, **crash_settings) as store:
-            recovered = int(store.get(b"__step") or b"0")
-            where = f"seed {seed} round {round_number}"
-            assert recovered in (acknowledged, acknowledged + 1), (
-                f"{where}: recovered step {recovered}, acknowledged {acknowledged}")
-            model = model_at(seed, recovered)
-            assert dict(store.items()) == model, where
-            assert len(store) == len(model), where
-            assert all(store.get(b"key-%d" % i) == model.get(b"key-%d" % i)
-                       for i in range(step_keys_count)), where
-    # The kills must land while steps are being written, not all before the first one.
-    assert acknowledged_history[-1] > rounds, acknowledged_history
-
-
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "child":
-    run_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    run_kill_rounds(tmp_path, "writes", rounds)
