@@ -437,3 +437,51 @@ def test_the_hook_names_match_the_crash_points() -> None:
 
     source = inspect.getsource(compaction.compact)
     assert all(f'_reached("{point}")' in source for point in CRASH_POINTS)
+
+
+class _PausingLog:
+    """Delegates to the store's log; the first read made by `paused_thread` waits until
+    `release` is set, so a reader can be held between its index lookup and its chain walk."""
+
+    def __init__(self, log: Any) -> None:
+        self._inner = log
+        self.paused_thread: threading.Thread | None = None
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def read(self, address: int) -> bytes:
+        if threading.current_thread() is self.paused_thread and not self.reached.is_set():
+            self.reached.set()
+            self.release.wait(10)
+        return self._inner.read(address)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_reader_holding_a_chain_head_from_before_the_truncation_retries_from_the_index(
+        tmp_path: Path) -> None:
+    with open_store(tmp_path / "kv") as store:
+        store.put(b"kept", b"old value")
+        store.put(b"gone", b"x")
+        store.delete(b"gone")
+        pausing = _PausingLog(store._log)
+        results: dict[bytes, bytes | None] = {}
+        for key in (b"gone", b"kept"):
+            for i in range(300):  # enough log for the truncation to pass the key's records
+                store.put(b"filler-%d" % (i % 10), bytes(100), commit=False)
+            store.commit()
+            store._log = pausing  # type: ignore[assignment]
+            pausing.reached.clear()
+            pausing.release.clear()
+            reader = threading.Thread(target=lambda key=key: results.__setitem__(
+                key, store.get(key)))
+            pausing.paused_thread = reader
+            reader.start()
+            assert pausing.reached.wait(10)  # the reader looked the key up, walk not started
+            begin = store.log.begin_address
+            store.compact()
+            assert store.log.begin_address > begin
+            pausing.release.set()
+            reader.join(10)
+        assert results == {b"kept": b"old value", b"gone": None}
