@@ -792,11 +792,12 @@ class KVStore:
 
     def _stop_features(self) -> None:
         self._features_stop.set()
-        if self._feature_threads and not self._closed:
-            self._log.wake()  # a follower thread waiting for a commit returns at once
         for thread in self._feature_threads:
-            if thread is not threading.current_thread():
-                thread.join()
+            while thread is not threading.current_thread() and thread.is_alive():
+                # A follower thread waiting for a commit returns at once; woken again in case
+                # it had not started its wait yet (a wake finds no waiter then).
+                self._log.wake()
+                thread.join(0.01)
         self._feature_threads = []
 
     @property
