@@ -828,7 +828,58 @@ def build_parser() -> argparse.ArgumentParser:
                        help="always (default): a write is answered after its commit; "
                        "everysec: answered at once, committed each second (NOT durable per reply)")
     serve.set_defaults(run=command_serve)
+    _add_kv_parser(commands)
     return parser
+
+
+def _add_kv_parser(commands: Any) -> None:
+    kv = commands.add_parser("kv", help="the KV store (kvlayer) in a directory: get, put, del, "
+                             "scan, checkpoint, compact")
+    actions = kv.add_subparsers(dest="kv_command", required=True, metavar="KV_COMMAND",
+                                parser_class=_ArgumentParser)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        parser.add_argument("directory", metavar="DIR")
+        parser.set_defaults(run=command_kv)
+        return parser
+
+    get = action("get", "print the value of KEY (exit 1 when it is not live)")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--format", choices=("text", "raw", "json"), default="text",
+                     help="text: escaped to one line; raw: the bytes; json: base64")
+    put = action("put", "set KEY to VALUE durably; prints the record's address")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE", help='the value, or "-" to read it from stdin')
+    delete = action("del", "delete KEY (exit 1 when it is not live)")
+    delete.add_argument("key", metavar="KEY")
+    scan = action("scan", "print the live keys and values, one pair per line")
+    scan.add_argument("--prefix", help="only keys starting with this")
+    scan.add_argument("--limit", type=int, help="at most this many pairs")
+    scan.add_argument("--format", choices=("text", "json"), default="text",
+                      help="text: KEY<tab>VALUE escaped; json: one object per line, base64")
+    action("checkpoint", "write a checkpoint now (prints it as JSON)")
+    compact = action("compact", "copy the live records forward and truncate the log; "
+                     "prints a JSON report")
+    compact.add_argument("--until", type=_address, metavar="A",
+                         help="compact below this address only (default: all of the log)")
+    compact.add_argument("--force", action="store_true",
+                         help="truncate even past named cursors")
+    progress = compact.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="draw progress on stderr even when it is not a terminal")
+    progress.add_argument("--no-progress", dest="progress", action="store_false",
+                          help="no progress, even on a terminal")
+    for parser in (get, put, delete, scan):
+        parser.add_argument("--hex", action="store_true",
+                            help="KEY, VALUE and --prefix are given in hexadecimal")
+
+
+def command_kv(arguments: argparse.Namespace) -> int:
+    # kvlayer sits above the log: imported only when a kv command runs (tests/test_layers.py).
+    from kvlayer.cli import run
+
+    return run(arguments)
 
 
 def command_serve(arguments: argparse.Namespace) -> int:
