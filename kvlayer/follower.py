@@ -106,10 +106,11 @@ def wait_for(store: KVStore, address: int, timeout: float | None) -> bool:
         with store._applied:
             if store._applied_until > address:
                 break
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 return False
-            store._applied.wait(_WAIT_SLICE_S if left is None else min(left, _WAIT_SLICE_S))
+            store._applied.wait(_WAIT_SLICE_S if remaining is None
+                                else min(remaining, _WAIT_SLICE_S))
     return True
 
 

@@ -300,7 +300,11 @@ def test_puts_deletes_checkpoints_compactions_and_reopens_match_a_dict_model(
                 elif kind == "rmw":
                     key = b"k%d" % step[1]
                     tail = step[2]
-                    new = store.rmw(key, lambda old, tail=tail: (old or b"") + tail)
+
+                    def append_tail(old: bytes | None, tail: bytes = tail) -> bytes:
+                        return (old or b"") + tail
+
+                    new = store.rmw(key, append_tail)
                     model[key] = (model.get(key, b"")) + tail
                     assert new == model[key]
                 elif kind == "checkpoint":
@@ -403,7 +407,7 @@ def test_kill_9_at_each_step_of_compaction_recovers_the_state(tmp_path: Path,
 
 def test_a_dataset_ten_times_the_log_memory_reads_cold_keys_correctly(tmp_path: Path) -> None:
     memory_size_bytes = 64 << 10
-    settings_ = {"page_size_bytes": 16 << 10, "memory_size_bytes": memory_size_bytes,
+    settings_: dict[str, Any] = {"page_size_bytes": 16 << 10, "memory_size_bytes": memory_size_bytes,
                  "segment_size_bytes": 256 << 10}
     keys_count = 8000
     value_size = 100
@@ -453,7 +457,8 @@ class _PausingLog:
         if threading.current_thread() is self.paused_thread and not self.reached.is_set():
             self.reached.set()
             self.release.wait(10)
-        return self._inner.read(address)
+        data: bytes = self._inner.read(address)
+        return data
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
