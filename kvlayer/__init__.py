@@ -7,6 +7,9 @@
 
 The log is the source of truth and the C hash index (fasterlog/csrc/fl_index.c) is derived
 from it: opening a store loads the newest valid checkpoint and replays the rest of the log.
+Modules: store.py (KVStore), checkpoint.py (snapshots, markers, the cookie), compaction.py
+(copy forward, truncate), follower.py (read-only followers, checkpoints by time), cli.py
+(`fasterlog kv`, loaded only by that command).
 Depends on fasterlog only (the layers are fasterlog <- consumers <- kvlayer).
 """
 
