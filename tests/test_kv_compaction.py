@@ -371,7 +371,7 @@ def test_checkpoint_plus_replay_after_compactions_hashes_equal_to_a_full_replay(
 # --- kill -9 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rounds", [20])
+@pytest.mark.parametrize("rounds", [20, pytest.param(300, marks=pytest.mark.slow)])
 def test_kill_9_during_writes_checkpoints_and_compactions_recovers_the_last_acknowledged_commit(
         tmp_path: Path, rounds: int) -> None:
     report = run_kill_rounds(tmp_path, "compaction", rounds)
@@ -398,8 +398,12 @@ def test_kill_9_at_each_step_of_compaction_recovers_the_state(tmp_path: Path,
                                     f"seed {seed} point {point} round {round_number}")
         assert recovered == acknowledged  # every step was acknowledged before compacting
         with KVStore.open(path, **CRASH_SETTINGS) as store:
-            # Only the commit makes the new begin durable.
+            # Only the commit makes the new begin durable; recovery then starts from the
+            # checkpoint compaction took, at or above the new begin.
             assert (store.log.begin_address > 64) == (point == "after-commit"), round_number
+            if point in ("after-checkpoint", "after-truncate", "after-commit"):
+                assert store.recovered_from is not None
+                assert store.recovered_from.position >= store.log.begin_address
 
 
 # --- larger than memory -------------------------------------------------------------------------
