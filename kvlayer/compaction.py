@@ -9,10 +9,10 @@ The steps, in this order (each one durable before the next starts):
 1. Commit whatever the writer appended, and pick U: `until_address` rounded down to a page
    start, at most committed-until (None: committed-until, i.e. everything). Named cursors are
    checked first (RetentionError unless force=True), as truncate_until does.
-2. Scan [begin, U) one chunk (up to 4096 records) at a time. Under the write lock, for each put
-   in the chunk, walk the key's chain from the index: if this record holds the key's newest
-   operation, the key is live and its newest record lies below U, so put the value again.
-   Commit the chunk's copies. Writers and readers run between chunks; a user write that lands
+2. Scan [begin, U), taking the write lock for up to 512 records at a time. For each put among
+   them, find the key's chain head in the index (and walk the chain from it unless the head is
+   this very record): if this record holds the key's newest operation, the key is live and its
+   newest record lies below U, so put the value again. Commit those copies. Writers and readers run between chunks; a user write that lands
    after a copy is simply newer.
 3. Checkpoint (at a position P >= U, after every copy).
 4. truncate_until(U), raise the writer's chain floor to U (store.py rule 6), drop the kept
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 __all__ = ["CompactionResult", "compact"]
 
 copies_per_batch_max = 4096  # keys put again per write_batch (its limit is 65535)
+# Records examined per hold of the write lock: bounds how long a writer waits for compaction
+# (about 10 ms here), not how much it copies.
+records_per_lock_max = 512
 # Tests set this to a function of the step name to kill the process at that point
 # (tests/kv_kill.py): "after-copies", "after-checkpoint", "after-truncate", "after-commit".
 _test_hook: Callable[[str], None] | None = None
@@ -85,10 +88,11 @@ def _choose_until(log_page_size_bytes: int, until_address: int | None, committed
     return until_address - until_address % log_page_size_bytes
 
 
-def _newest_address(store: KVStore, key: bytes, hash_: int) -> int:
+def _newest_address(store: KVStore, key: bytes, hash_: int, head: int) -> int:
     """The address of the record holding the newest operation on `key`, or 0 (the walk of
-    store._value_from, returning where instead of what). Write lock held."""
-    address = store._index.find(hash_)
+    store._value_from from the chain head `head`, returning where instead of what). Write lock
+    held."""
+    address = head
     read = store._log.read
     while address >= store._chain_floor:
         payload = read(address)
@@ -104,6 +108,40 @@ def _newest_address(store: KVStore, key: bytes, hash_: int) -> int:
             return address
         address = previous
     return 0
+
+
+def _copy_live(store: KVStore, addresses: list[int],
+               payloads: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
+    """Step 2 for some records, write lock held: puts again, and commits, every put among them
+    that is its key's newest operation; returns the (key, value) pairs put."""
+    find = store._index.find
+    copies: dict[bytes, bytes] = {}
+    for address, payload in zip(addresses, payloads):
+        single = _single_op(payload, address)
+        if single is not None:  # the common record, without _Op objects
+            _, kind, key_size, hash_ = single
+            if kind != OP_PUT:
+                continue
+            head = find(hash_)
+            key = payload[_SINGLE.size:_SINGLE.size + key_size]
+            # The chain's head is its newest record, so a record that is the head holds the
+            # newest operation on each of its keys: no walk needed.
+            if head == address or _newest_address(store, key, hash_, head) == address:
+                copies[key] = payload[_SINGLE.size + key_size:]
+            continue
+        for op in decode_record(payload, address)[2]:
+            if op.kind != OP_PUT:
+                continue
+            head = find(op.hash)
+            if head == address or _newest_address(store, op.key, op.hash, head) == address:
+                copies[op.key] = op.value
+    pairs = list(copies.items())
+    for start in range(0, len(pairs), copies_per_batch_max):
+        store.write_batch(pairs[start:start + copies_per_batch_max], commit=False,
+                          _operation="compact")
+    if pairs:
+        store._commit_locked()
+    return pairs
 
 
 def compact(store: KVStore, until_address: int | None, *, force: bool = False,
@@ -123,24 +161,18 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
         log._check_retention(until)  # the log's own check, before any work is done
     total = until - begin
     scanned = copied = copied_bytes = 0
-    for addresses, payloads in log.scan_columns(begin, until):  # step 2
-        with store._write_lock:
-            store._check_open("compact")
-            copies: dict[bytes, bytes] = {}
-            for address, payload in zip(addresses, payloads):
-                for op in decode_record(payload, address)[2]:
-                    if op.kind == OP_PUT and _newest_address(store, op.key, op.hash) == address:
-                        copies[op.key] = op.value
-            pairs = list(copies.items())
-            for start in range(0, len(pairs), copies_per_batch_max):
-                store.write_batch(pairs[start:start + copies_per_batch_max], commit=False,
-                                  _operation="compact")
-            store._commit_locked()
-        scanned += len(addresses)
-        copied += len(pairs)
-        copied_bytes += sum(len(key) + len(value) for key, value in pairs)
-        if progress is not None:
-            progress(addresses[-1] - begin, total)
+    for chunk_addresses, chunk_payloads in log.scan_columns(begin, until):  # step 2
+        for first in range(0, len(chunk_addresses), records_per_lock_max):
+            addresses = chunk_addresses[first:first + records_per_lock_max]
+            payloads = chunk_payloads[first:first + records_per_lock_max]
+            with store._write_lock:
+                store._check_open("compact")
+                pairs = _copy_live(store, addresses, payloads)
+            scanned += len(addresses)
+            copied += len(pairs)
+            copied_bytes += sum(len(key) + len(value) for key, value in pairs)
+            if progress is not None:
+                progress(addresses[-1] - begin, total)
     _reached("after-copies")
     with store._write_lock:
         store._check_open("compact")
