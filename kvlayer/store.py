@@ -456,7 +456,17 @@ class KVStore:
         """Live (key, value) pairs, in the order their keys were first written. Writes made
         with commit=False are committed first."""
         self._check_open("items")
-        return ((key, value) for key, value in self._latest().items() if value is not None)
+        for _ in range(truncated_read_retries_max):
+            try:
+                latest = self._latest()
+                break
+            except TruncatedError:  # a compaction truncated the log under the scan: again,
+                if self._read_only:  # up to the end that now holds the copies
+                    self.catch_up()
+        else:
+            raise KVError(f"items failed: {truncated_read_retries_max} compactions in a row "
+                          f"truncated the log under the scan")
+        return ((key, value) for key, value in latest.items() if value is not None)
 
     def keys(self) -> Iterator[bytes]:
         return (key for key, _ in self.items())

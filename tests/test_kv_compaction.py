@@ -21,6 +21,7 @@ Method:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import shutil
@@ -200,6 +201,11 @@ def test_readers_in_threads_read_correct_values_while_compaction_truncates(
             while not stop.is_set():
                 key = b"k%d" % local.randrange(300)
                 try:
+                    if local.random() < 0.02:  # a whole listing, scanning the log
+                        listed = dict(store.items())
+                        if listed != frozen:
+                            failures.append(f"items(): {len(listed)} pairs, not {len(frozen)}")
+                            return
                     got = store.get(key) if local.random() < 0.7 else store.get_many([key])[0]
                 except Exception as error:  # noqa: BLE001 - reported below
                     failures.append(f"{key!r}: {error!r}")
@@ -272,7 +278,7 @@ operations = st.lists(
     min_size=1, max_size=60)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(operations)
 def test_puts_deletes_checkpoints_compactions_and_reopens_match_a_dict_model(
         steps: list[tuple[Any, ...]]) -> None:
@@ -494,3 +500,34 @@ def test_a_reader_holding_a_chain_head_from_before_the_truncation_retries_from_t
             pausing.release.set()
             reader.join(10)
         assert results == {b"kept": b"old value", b"gone": None}
+
+
+def test_a_listing_whose_scan_a_compaction_truncated_starts_again_and_is_right(
+        tmp_path: Path) -> None:
+    class PausingScan(_PausingLog):
+        def scan(self, *arguments: Any, **keywords: Any) -> Any:
+            entries = self._inner.scan(*arguments, **keywords)
+            if threading.current_thread() is not self.paused_thread or self.reached.is_set():
+                return entries
+            first = next(entries)  # the first chunk (4096 entries) is read
+            self.reached.set()
+            self.release.wait(10)
+            return itertools.chain([first], entries)
+
+    with open_store(tmp_path / "kv") as store:
+        model = {}
+        for i in range(6000):  # more than one scan chunk
+            model[b"k%d" % (i % 700)] = b"v%d" % i
+            store.put(b"k%d" % (i % 700), b"v%d" % i, commit=False)
+        store.commit()
+        pausing = PausingScan(store._log)
+        store._log = pausing  # type: ignore[assignment]
+        listed: dict[bytes, bytes] = {}
+        reader = threading.Thread(target=lambda: listed.update(store.items()))
+        pausing.paused_thread = reader
+        reader.start()
+        assert pausing.reached.wait(10)
+        store.compact()
+        pausing.release.set()
+        reader.join(10)
+        assert listed == model
