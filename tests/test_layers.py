@@ -21,7 +21,8 @@ def test_a_layer_loads_no_layer_above_it(position: int) -> None:
     modules = {"fasterlog": "fasterlog, fasterlog.cli, fasterlog.cursors, fasterlog.tail",
                "consumers": "consumers, consumers.consumer, consumers.projection, "
                             "consumers.events",
-               "kvlayer": "kvlayer, kvlayer.store, kvlayer.checkpoint",
+               "kvlayer": "kvlayer, kvlayer.store, kvlayer.checkpoint, kvlayer.compaction, "
+                          "kvlayer.follower, kvlayer.cli",
                "service": "service, service.server, service.resp"}[layer]
     code = (f"import sys, {modules}; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(above)!r}))")
