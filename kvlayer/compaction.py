@@ -17,7 +17,8 @@ The steps, in this order (each one durable before the next starts):
 3. Checkpoint (at a position P >= U, after every copy).
 4. truncate_until(U), raise the writer's chain floor to U (store.py rule 6), drop the kept
    checkpoints positioned below U, and commit: the new begin and the cookie are durable in that
-   commit, and the log deletes the segment files wholly below U.
+   commit, and the log deletes the segment files wholly below U. Then the dropped checkpoints'
+   snapshot files are deleted.
 
 Why a crash at any point recovers the same state:
 - during or after step 2: the copies are puts of values the keys already had; a committed copy
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from fasterlog._fasterlog_c import lib
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, remove_unkept_files
 from .errors import StoreSettingsError
 from .store import _SINGLE, OP_PUT, _single_op, decode_record
 
@@ -189,6 +190,9 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
         _reached("after-truncate")
         store._commit_locked()
         _reached("after-commit")
+        # The snapshots of the dropped checkpoints: no committed cookie names them any more.
+        remove_unkept_files(store._checkpoint_directory,
+                            (kept.file_name for kept in store._checkpoints))
     if progress is not None:
         progress(total, total)
     return CompactionResult(begin, until, scanned, copied, copied_bytes, made)

@@ -531,3 +531,22 @@ def test_a_listing_whose_scan_a_compaction_truncated_starts_again_and_is_right(
         pausing.release.set()
         reader.join(10)
         assert listed == model
+
+
+def test_compaction_drops_the_checkpoints_below_the_new_begin_and_their_files(
+        tmp_path: Path) -> None:
+    rng = random.Random(7)
+    path = tmp_path / "kv"
+    model: dict[bytes, bytes] = {}
+    with open_store(path) as store:
+        for _ in range(3):
+            overwrite(store, rng, model, 500)
+            store.checkpoint()
+        assert len(store.checkpoints) == 3
+        result = store.compact()
+        assert [kept.position for kept in store.checkpoints] == [result.checkpoint.position]
+        files = sorted(p.name for p in (path / checkpoints.CHECKPOINT_DIRECTORY_NAME).iterdir())
+        assert files == [result.checkpoint.file_name]
+    with open_store(path) as store:
+        assert store.checkpoints == [result.checkpoint]
+        assert_state(store, model)
