@@ -17,7 +17,8 @@ Rules:
 4. A follower that lags behind a truncation (the records it still had to apply are gone:
    TruncatedError) rebuilds its index from the newest checkpoint, which the writer takes after
    the copies and before the truncation (compaction.py), and swaps it in whole; readers of the
-   old index that hit a truncated record retry on the new one.
+   old index that hit a truncated record retry on the new one. Its cookie is the one of its
+   open, so the rebuild finds the checkpoints by scanning the log for their markers.
 5. The checkpoint timer sleeps on an Event (no busy thread); writes check the same deadline, so
    a busy store checkpoints on time without the timer and an idle one checkpoints once.
 """
@@ -71,7 +72,7 @@ def _rebuild(store: KVStore) -> int:
 
     fresh = KVStore(store._log, store._index.buckets_count_log2(),
                     checkpoints_kept_count=store._checkpoints_kept_count,
-                    read_only=True, follow=False)
+                    read_only=True, follow=False, _scan_for_markers=True)
     logger.info("follower of %s: the log was truncated past it; rebuilt from %s",
                 store._log.path, fresh.recovered_from or "a full replay")
     store._chain_floor = fresh._chain_floor

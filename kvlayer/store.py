@@ -273,7 +273,8 @@ class KVStore:
                  checkpoint_every_bytes: int = checkpoint_every_bytes_default,
                  checkpoints_kept_count: int = checkpoints_kept_count_default,
                  checkpoint_every_ms: int = checkpoint_every_ms_default,
-                 read_only: bool = False, follow: bool = True) -> None:
+                 read_only: bool = False, follow: bool = True,
+                 _scan_for_markers: bool = False) -> None:
         self._log = log
         self._index = _HashIndex(index_buckets_count_log2, log.read, lambda: self._chain_floor)
         self._write_lock = threading.RLock()
@@ -289,6 +290,9 @@ class KVStore:
         self._cookie_written: tuple[int, tuple[int, ...]] | None = None
         self.recovered_from: Checkpoint | None = None
         self._init_features(checkpoint_every_ms, read_only)
+        # A follower's cookie is the one of its open: a rebuild after a truncation finds the
+        # newer checkpoints by their markers instead (follower.py, rule 4).
+        self._scan_for_markers = _scan_for_markers
         self._recover()
         self._start_features(follow)
 
@@ -687,7 +691,7 @@ class KVStore:
             # Growing an empty index reads no records; any size is safe (rule 2 only asks for
             # at least the writer's size), so a stale cookie costs memory, not correctness.
             self._index.grow_to(cookie.index_bits)
-        if cookie.checkpoint_addresses is None:  # not our cookie: the markers say
+        if cookie.checkpoint_addresses is None or self._scan_for_markers:  # the markers say
             found = checkpoint_files.find_markers(self._log)
             self._checkpoints = found[::-1][:self._checkpoints_kept_count]
         else:

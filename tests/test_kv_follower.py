@@ -136,6 +136,9 @@ def test_a_follower_that_lags_behind_a_truncation_rebuilds_from_the_checkpoint(
         assert follower.get(b"early") is None
         assert follower.get(b"m7") == b"v2957"
         assert len(follower) == 51
+        # Rebuilt from the checkpoint compaction took (found by its marker), not a full replay.
+        assert follower.checkpoints and follower.checkpoints[0].position >= (
+            follower.log.begin_address)
 
 
 def test_closing_a_follower_stops_its_thread_at_once(tmp_path: Path, writer: Writer) -> None:
