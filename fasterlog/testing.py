@@ -1,17 +1,25 @@
-"""Test hooks: crash simulation and fault injection on a real log.
+"""Test hooks: crash simulation, fault injection and power-loss states of a real log.
 
 These reach into the real device layer (no mocks): an injected fault replaces one real write or
-sync by an error, exactly where the kernel would have returned it.
+sync by an error, exactly where the kernel would have returned it. The I/O trace records what
+the C core really wrote and synced; `CrashStates` turns it into the directories a power cut
+could leave (kill -9 cannot: the page cache survives it).
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import os
+import random
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from ._fasterlog_c import lib
+from ._fasterlog_c import ffi, lib
 from .log import FasterLog
 
-__all__ = ["simulate_crash", "inject_fault", "clear_faults", "crc32c", "crc32c_portable"]
+__all__ = ["simulate_crash", "inject_fault", "clear_faults", "crc32c", "crc32c_portable",
+           "IOTrace", "TraceOp", "CrashStates", "CrashState", "crash_point_names"]
 
 _OPS = {"write": lib.FL_FAULT_WRITE, "fsync": lib.FL_FAULT_FSYNC, "any": lib.FL_FAULT_ANY}
 
@@ -44,3 +52,299 @@ def crc32c(data: bytes, crc: int = 0) -> int:
 def crc32c_portable(data: bytes, crc: int = 0) -> int:
     """The table-driven CRC32C, to check it agrees with the hardware one."""
     return int(lib.fl_crc32c_portable(crc, data, len(data)))
+
+
+# ---------------------------------------------------------------------------- I/O trace
+
+_TRACE_OPS = {lib.FL_TRACE_WRITE: "write", lib.FL_TRACE_SYNC: "sync",
+              lib.FL_TRACE_CREATE: "create", lib.FL_TRACE_RENAME: "rename",
+              lib.FL_TRACE_UNLINK: "unlink", lib.FL_TRACE_EXTEND: "extend",
+              lib.FL_TRACE_MARK: "mark", lib.FL_TRACE_FAULT: "fault"}
+_TRACE_HEADER = struct.Struct("<IIQQIi")
+assert _TRACE_HEADER.size == lib.FL_TRACE_HEADER_SIZE_BYTES
+
+
+@dataclass(frozen=True)
+class TraceOp:
+    """One recorded file operation. `path` is absolute (for a rename: the old path, and
+    `new_path` the new one); `data` holds a write's bytes (None for a write of zeros)."""
+
+    op: str
+    flags: int
+    offset: int
+    size: int
+    path: str
+    new_path: str = ""
+    data: bytes | None = None
+
+    @property
+    def dsync(self) -> bool:
+        return bool(self.flags & lib.FL_TRACE_FLAG_DSYNC)
+
+    @property
+    def directory(self) -> bool:
+        return bool(self.flags & lib.FL_TRACE_FLAG_DIRECTORY)
+
+    @property
+    def device(self) -> bool:
+        """Went through the device layer, where fl_fault_set can fail it."""
+        return bool(self.flags & lib.FL_TRACE_FLAG_DEVICE)
+
+
+def crash_point_names() -> list[str]:
+    """The named crash points of the C core (FASTERLOG_CRASH_AT=name[:count])."""
+    buffer = ffi.new("char[1024]")
+    lib.fl_crash_points(buffer, 1024)
+    return ffi.string(buffer).decode().split(",")
+
+
+class IOTrace:
+    """Records the C core's file operations while the block runs (one trace per process):
+
+        with IOTrace() as trace:
+            log = FasterLog.open(directory, ...)
+            ...; log.commit(); trace.mark(count)
+        trace.ops  # list[TraceOp]
+    """
+
+    def __init__(self, capacity_bytes: int = 256 << 20) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.ops: list[TraceOp] = []
+
+    def __enter__(self) -> IOTrace:
+        if lib.fl_trace_start(self.capacity_bytes) < 0:
+            raise MemoryError(f"IOTrace: cannot allocate {self.capacity_bytes} bytes")
+        return self
+
+    @staticmethod
+    def mark(value: int) -> None:
+        """Adds a mark to the trace, e.g. after commit() returned: "value entries acked"."""
+        lib.fl_trace_mark(value)
+
+    def __exit__(self, *exc: object) -> None:
+        lib.fl_trace_stop()
+        self.ops = self.fetch()
+
+    def fetch(self) -> list[TraceOp]:
+        size = int(lib.fl_trace_size())
+        if size < 0:
+            raise OverflowError(f"IOTrace: the trace outgrew its {self.capacity_bytes} bytes")
+        buffer = ffi.new("char[]", max(size, 1))
+        got = int(lib.fl_trace_copy(buffer, size))
+        if got < 0:
+            raise OverflowError("IOTrace: the trace outgrew its buffer")
+        return parse_trace(bytes(ffi.buffer(buffer, got)))
+
+
+def parse_trace(raw: bytes) -> list[TraceOp]:
+    ops = []
+    position = 0
+    while position < len(raw):
+        op, flags, offset, size, name_size, _fd = _TRACE_HEADER.unpack_from(raw, position)
+        position += _TRACE_HEADER.size
+        name = raw[position:position + name_size].decode(errors="surrogateescape")
+        position += name_size
+        kind = _TRACE_OPS[op]
+        data = None
+        if kind == "write" and not flags & lib.FL_TRACE_FLAG_ZEROS:
+            data = raw[position:position + size]
+            position += size
+        new_path = ""
+        if kind == "rename":
+            name, new_path = name.split("\0", 1)
+        ops.append(TraceOp(kind, flags, offset, size, name, new_path, data))
+    return ops
+
+
+# ---------------------------------------------------------------------------- crash states
+#
+# The model of a power cut (what a POSIX file system on a disk that honours flushes promises):
+# - a write reaches the disk only if its file was synced after it (fsync/fdatasync), or it was
+#   an RWF_DSYNC write; otherwise any subset of it may have landed, in pieces of 512 B or 4 KiB
+#   aligned on the file (the two torn-write grains);
+# - a piece that did not land keeps its old bytes; a piece beyond the furthest synced data of
+#   the file may instead read as zeros or garbage (a sector caught mid-write); a piece over
+#   synced data is old or new, never garbage (sector writes are atomic: the "powersafe overwrite"
+#   assumption, stated in RELIABILITY.md);
+# - creates, renames and unlinks reach the disk only after a sync of their directory; before
+#   that, any prefix of them may have (journaling file systems keep their order);
+# - preallocation (fallocate) persists with the file's next sync.
+
+
+class _Inode:
+    __slots__ = ("durable", "pending", "synced_end")
+
+    def __init__(self) -> None:
+        self.durable = bytearray()
+        self.pending: list[tuple[str, int, int, bytes | None]] = []
+        self.synced_end = 0  # end of the furthest synced write of data (not of zeros)
+
+    def make_durable(self, kind: str, offset: int, size: int, data: bytes | None) -> None:
+        _apply(self.durable, kind, offset, size, data)
+        if kind == "write" and data is not None:
+            self.synced_end = max(self.synced_end, offset + size)
+        elif kind == "truncate":
+            self.synced_end = min(self.synced_end, size)
+
+
+def _apply(content: bytearray, kind: str, offset: int, size: int, data: bytes | None) -> None:
+    if kind == "extend":
+        if len(content) < size:
+            content.extend(bytes(size - len(content)))
+        return
+    if kind == "truncate":
+        del content[size:]
+        return
+    end = offset + size
+    if len(content) < end:
+        content.extend(bytes(end - len(content)))
+    content[offset:end] = data if data is not None else bytes(size)
+
+
+@dataclass
+class CrashState:
+    """One directory a power cut at `crash_point` could leave, and what was acked by then."""
+
+    crash_point: int
+    marks: tuple[int, ...]         # the marks recorded before the crash point, in order
+    files: dict[str, bytes]
+    notes: list[str] = field(default_factory=list)
+
+    def materialise(self, directory: str) -> None:
+        """Writes the state's files into `directory` (created; emptied first)."""
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        for name, content in self.files.items():
+            with open(os.path.join(directory, name), "wb") as file:
+                file.write(content)
+
+
+class CrashStates:
+    """Builds crash states of the log directory `directory` from a trace of its writer.
+
+    Every operation index is a possible crash point (the operations before it happened, the
+    rest did not); at each, `states(rng, ...)` draws directories that the model above allows."""
+
+    def __init__(self, ops: list[TraceOp], directory: str) -> None:
+        self.directory = os.path.realpath(directory)
+        prefix = self.directory + "/"
+        self.ops = [op for op in ops if op.op in ("mark", "fault") or op.path == self.directory
+                    or op.path.startswith(prefix)]
+        self._prefix_length = len(prefix)
+
+    def _name(self, path: str) -> str:
+        return path[self._prefix_length:]
+
+    def states(self, rng: random.Random, count: int) -> Iterator[CrashState]:
+        """`count` states at crash points drawn uniformly (sorted, so one replay serves all)."""
+        points = sorted(rng.randrange(len(self.ops) + 1) for _ in range(count))
+        volatile: dict[str, _Inode] = {}
+        durable_names: dict[str, _Inode] = {}
+        pending_names: list[tuple[str, str, str, _Inode | None]] = []
+        marks: list[int] = []
+        index = 0
+        for point in points:
+            while index < point:
+                op = self.ops[index]
+                index += 1
+                if op.op == "mark":
+                    marks.append(op.offset)
+                elif op.op == "fault":
+                    pass
+                elif op.op == "create":
+                    name = self._name(op.path)
+                    inode = volatile.get(name)
+                    if inode is None:
+                        inode = _Inode()
+                        volatile[name] = inode
+                        pending_names.append(("link", name, "", inode))
+                    elif op.flags & lib.FL_TRACE_FLAG_TRUNCATE:
+                        inode.pending.append(("truncate", 0, 0, None))
+                elif op.op == "write" or op.op == "extend":
+                    inode = volatile[self._name(op.path)]
+                    if op.op == "write" and op.dsync:
+                        inode.make_durable("write", op.offset, op.size, op.data)
+                    else:
+                        inode.pending.append((op.op, op.offset, op.size, op.data))
+                elif op.op == "sync":
+                    if op.directory:
+                        durable_names = dict(volatile)
+                        pending_names = []
+                    else:
+                        inode = volatile[self._name(op.path)]
+                        for kind, offset, size, data in inode.pending:
+                            inode.make_durable(kind, offset, size, data)
+                        inode.pending = []
+                elif op.op == "rename":
+                    old, new = self._name(op.path), self._name(op.new_path)
+                    volatile[new] = volatile.pop(old)
+                    pending_names.append(("rename", old, new, None))
+                elif op.op == "unlink":
+                    name = self._name(op.path)
+                    volatile.pop(name, None)
+                    pending_names.append(("unlink", name, "", None))
+            yield self._draw(rng, point, tuple(marks), durable_names, pending_names)
+
+    def _draw(self, rng: random.Random, point: int, marks: tuple[int, ...], durable_names: dict[str, _Inode],
+              pending_names: list[tuple[str, str, str, _Inode | None]]) -> CrashState:
+        notes = []
+        names = dict(durable_names)
+        kept = rng.randint(0, len(pending_names))
+        if kept < len(pending_names):
+            notes.append(f"{len(pending_names) - kept} of {len(pending_names)} directory "
+                         "operations dropped")
+        for kind, name, new, inode in pending_names[:kept]:
+            if kind == "link":
+                assert inode is not None
+                names[name] = inode
+            elif kind == "rename":
+                if name in names:
+                    names[new] = names.pop(name)
+            else:
+                names.pop(name, None)
+        files = {}
+        # Whole-file behaviour chosen once per state: all pending writes landed, none, or each
+        # piece decided on its own (the case that finds ordering bugs).
+        mode = rng.choice(("none", "all", "pieces", "pieces"))
+        for name, inode in names.items():
+            content = bytearray(inode.durable)
+            if inode.pending and mode != "none":
+                for kind, offset, size, data in inode.pending:
+                    if mode == "all" or kind != "write":
+                        if mode == "all" or rng.random() < 0.5:
+                            _apply(content, kind, offset, size, data)
+                        continue
+                    self._torn_write(rng, content, offset, size, data, inode.synced_end,
+                                     notes, name)
+            files[name] = bytes(content)
+        if mode != "pieces":
+            notes.append(f"unsynced writes: {mode}")
+        return CrashState(point, marks, files, notes)
+
+    @staticmethod
+    def _torn_write(rng: random.Random, content: bytearray, offset: int, size: int,
+                    data: bytes | None, synced_end: int, notes: list[str], name: str) -> None:
+        grain = rng.choice((512, 4096))
+        end = offset + size
+        if len(content) < end:
+            content.extend(bytes(end - len(content)))
+        piece_start = offset
+        landed_probability = rng.random()
+        while piece_start < end:
+            piece_end = min(end, (piece_start // grain + 1) * grain)
+            roll = rng.random()
+            if roll < landed_probability:
+                content[piece_start:piece_end] = (data[piece_start - offset:piece_end - offset]
+                                                  if data is not None
+                                                  else bytes(piece_end - piece_start))
+            elif roll < landed_probability + (1 - landed_probability) * 0.2:
+                # A sector caught mid-write: only beyond the furthest synced data, since an
+                # overwrite of synced bytes is old or new (sector atomicity).
+                if piece_start >= synced_end:
+                    if rng.random() < 0.5:
+                        content[piece_start:piece_end] = bytes(piece_end - piece_start)
+                    else:
+                        content[piece_start:piece_end] = rng.randbytes(piece_end - piece_start)
+                    notes.append(f"{name}[{piece_start}:{piece_end}] garbled")
+            piece_start = piece_end
