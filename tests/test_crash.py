@@ -247,7 +247,9 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing(
         "memory_size_bytes": memory_size_bytes,
         "segment_size_bytes": 1 << 20,
     }
-    chains_count, kills_per_chain = scaled(5, 200), scaled(10, 50)
+    # FASTERLOG_KILL_CHAINS overrides the chain count (50 kills each in long mode).
+    chains_count = scaled(5, 200, "FASTERLOG_KILL_CHAINS")
+    kills_per_chain = scaled(10, 50)
     recovery_seconds.clear()
     outcomes = _run_stream_chains(tmp_path, settings, seed=1, chains_count=chains_count,
                                   kills_per_chain=kills_per_chain)
