@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from fasterlog import FasterLog
-from fasterlog.testing import CrashState, CrashStates, IOTrace
+from fasterlog.testing import CrashState, CrashStates, IOTrace, simulate_crash
 from tests.reliability import record, scaled
 
 page_size_bytes = 4096
@@ -80,6 +80,15 @@ def run_workload(directory: str, seed: int, entries_count: int, kind: str) -> li
                     appended.append(entry)
             log.commit(cookie=str(len(appended)).encode() if rng.random() < 0.3 else None)
             mark(ACKED, len(appended))
+            roll = rng.random()
+            if roll < 0.04:
+                # A new writer generation: after a clean close, or after a kill -9 (which
+                # leaves the zero-ahead writes and the open page's state behind).
+                if roll < 0.02:
+                    simulate_crash(log)
+                else:
+                    log.close()
+                log = FasterLog.open(directory, **settings)
             if kind == "batches" and rng.random() < 0.08 and len(appended) > 20:
                 index = rng.randint(len(appended) // 2, len(appended) - 5)
                 mark(TRUNCATE_ASKED, index)
