@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import random
+import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from ._fasterlog_c import ffi, lib
 from .log import FasterLog
 
 __all__ = ["simulate_crash", "inject_fault", "clear_faults", "crc32c", "crc32c_portable",
-           "IOTrace", "TraceOp", "CrashStates", "CrashState", "crash_point_names"]
+           "IOTrace", "TraceOp", "CrashStates", "CrashState", "crash_point_names",
+           "trace_side_files"]
 
 _OPS = {"write": lib.FL_FAULT_WRITE, "fsync": lib.FL_FAULT_FSYNC, "any": lib.FL_FAULT_ANY}
 
@@ -136,6 +138,111 @@ class IOTrace:
         return parse_trace(bytes(ffi.buffer(buffer, got)))
 
 
+class _TracedOs:
+    """Stands in for the `os` module inside the modules that write side files, recording their
+    creates, writes, syncs, links, renames and unlinks into the running IOTrace (in order with
+    the C core's records). Everything else goes to the real module."""
+
+    def __init__(self) -> None:
+        self._real = os
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def _add(op: int, flags: int, offset: int, size: int, path: str,
+             data: bytes | None = None) -> None:
+        name = os.fsencode(os.path.abspath(path))
+        payload = b"" if data is None else bytes(data)
+        lib.fl_trace_add(op, flags, offset, size, name, len(name), payload, len(payload))
+
+    @staticmethod
+    def _fd_path(fd: int) -> str:
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    def open(self, path: str, flags: int, mode: int = 0o777, **kwargs: object) -> int:
+        existed = os.path.exists(path)
+        fd = os.open(path, flags, mode, **kwargs)  # type: ignore[arg-type]
+        if flags & os.O_CREAT and (not existed or flags & os.O_TRUNC):
+            self._add(lib.FL_TRACE_CREATE, lib.FL_TRACE_FLAG_TRUNCATE if existed else 0, 0, 0,
+                      self._fd_path(fd))
+        return fd
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        written = os.pwrite(fd, data, offset)
+        if written > 0:
+            self._add(lib.FL_TRACE_WRITE, 0, offset, written, self._fd_path(fd), data[:written])
+        return written
+
+    def write(self, fd: int, data: bytes) -> int:
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        written = os.write(fd, data)
+        if written > 0:
+            self._add(lib.FL_TRACE_WRITE, 0, offset, written, self._fd_path(fd),
+                      bytes(data[:written]))
+        return written
+
+    def _sync(self, fd: int, call: object) -> None:
+        call(fd)  # type: ignore[operator]
+        import stat
+        directory = stat.S_ISDIR(os.fstat(fd).st_mode)
+        self._add(lib.FL_TRACE_SYNC, lib.FL_TRACE_FLAG_DIRECTORY if directory else 0, 0, 0,
+                  self._fd_path(fd))
+
+    def fsync(self, fd: int) -> None:
+        self._sync(fd, os.fsync)
+
+    def fdatasync(self, fd: int) -> None:
+        self._sync(fd, os.fdatasync)
+
+    def _rename(self, old: str, new: str, call: object, op: int) -> None:
+        old_path, new_path = os.path.abspath(old), os.path.abspath(new)
+        call(old, new)  # type: ignore[operator]
+        name = os.fsencode(old_path) + b"\0" + os.fsencode(new_path)
+        lib.fl_trace_add(op, 0, 0, 0, name, len(name), b"", 0)
+
+    def replace(self, old: str, new: str) -> None:
+        self._rename(old, new, os.replace, lib.FL_TRACE_RENAME)
+
+    def rename(self, old: str, new: str) -> None:
+        self._rename(old, new, os.rename, lib.FL_TRACE_RENAME)
+
+    def link(self, old: str, new: str) -> None:
+        self._rename(old, new, os.link, _TRACE_LINK)
+
+    def unlink(self, path: str) -> None:
+        absolute = os.path.abspath(path)
+        os.unlink(path)
+        self._add(lib.FL_TRACE_UNLINK, 0, 0, 0, absolute)
+
+    remove = unlink
+
+
+# A hard link (os.link) made by Python code: not a C core operation, so no enum value there.
+_TRACE_LINK = 64
+
+
+class trace_side_files:
+    """Inside an IOTrace: also records the side files written in Python (named cursors,
+    snapshots through fasterlog.durable) by the given modules, default the cursor and durable
+    modules. Directories made by os.makedirs are not recorded (a state keeps its directories)."""
+
+    def __init__(self, *modules: object) -> None:
+        if not modules:
+            from . import cursors, durable
+            modules = (cursors, durable)
+        self.modules = modules
+
+    def __enter__(self) -> trace_side_files:
+        for module in self.modules:
+            module.os = _TracedOs()  # type: ignore[attr-defined]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module in self.modules:
+            module.os = os  # type: ignore[attr-defined]
+
+
 def parse_trace(raw: bytes) -> list[TraceOp]:
     ops = []
     position = 0
@@ -144,13 +251,13 @@ def parse_trace(raw: bytes) -> list[TraceOp]:
         position += _TRACE_HEADER.size
         name = raw[position:position + name_size].decode(errors="surrogateescape")
         position += name_size
-        kind = _TRACE_OPS[op]
+        kind = "link" if op == _TRACE_LINK else _TRACE_OPS[op]
         data = None
         if kind == "write" and not flags & lib.FL_TRACE_FLAG_ZEROS:
             data = raw[position:position + size]
             position += size
         new_path = ""
-        if kind == "rename":
+        if kind in ("rename", "link"):
             name, new_path = name.split("\0", 1)
         ops.append(TraceOp(kind, flags, offset, size, name, new_path, data))
     return ops
@@ -212,10 +319,11 @@ class CrashState:
 
     def materialise(self, directory: str) -> None:
         """Writes the state's files into `directory` (created; emptied first)."""
-        os.makedirs(directory, exist_ok=True)
-        for name in os.listdir(directory):
-            os.unlink(os.path.join(directory, name))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
         for name, content in self.files.items():
+            if os.path.dirname(name):
+                os.makedirs(os.path.join(directory, os.path.dirname(name)), exist_ok=True)
             with open(os.path.join(directory, name), "wb") as file:
                 file.write(content)
 
@@ -269,8 +377,15 @@ class CrashStates:
                         inode.pending.append((op.op, op.offset, op.size, op.data))
                 elif op.op == "sync":
                     if op.directory:
-                        durable_names = dict(volatile)
-                        pending_names = []
+                        # Only this directory's entries become durable (its own name is the
+                        # parent's business); the other directories' pending operations stay.
+                        synced = self._name(op.path) if op.path != self.directory else ""
+                        durable_names = {n: i for n, i in durable_names.items()
+                                         if os.path.dirname(n) != synced}
+                        durable_names.update({n: i for n, i in volatile.items()
+                                              if os.path.dirname(n) == synced})
+                        pending_names = [p for p in pending_names
+                                         if os.path.dirname(p[1]) != synced]
                     else:
                         inode = volatile[self._name(op.path)]
                         for kind, offset, size, data in inode.pending:
@@ -280,6 +395,10 @@ class CrashStates:
                     old, new = self._name(op.path), self._name(op.new_path)
                     volatile[new] = volatile.pop(old)
                     pending_names.append(("rename", old, new, None))
+                elif op.op == "link":
+                    old, new = self._name(op.path), self._name(op.new_path)
+                    volatile[new] = volatile[old]
+                    pending_names.append(("hardlink", new, old, volatile[new]))
                 elif op.op == "unlink":
                     name = self._name(op.path)
                     volatile.pop(name, None)
@@ -295,7 +414,7 @@ class CrashStates:
             notes.append(f"{len(pending_names) - kept} of {len(pending_names)} directory "
                          "operations dropped")
         for kind, name, new, inode in pending_names[:kept]:
-            if kind == "link":
+            if kind in ("link", "hardlink"):
                 assert inode is not None
                 names[name] = inode
             elif kind == "rename":

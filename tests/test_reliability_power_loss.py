@@ -310,3 +310,82 @@ def test_power_loss_after_a_restart_keeps_what_the_restarted_writer_acknowledged
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_after_a_restart_keeps_what_the_restarted_writer_acknowledged")
     assert failures == 0, "\n".join(problems)
+
+
+CURSOR_ACKED = 4
+
+
+@pytest.mark.timeout(600)
+def test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position(
+    scratch: str,
+) -> None:
+    # The side files written in Python go into the same trace (trace_side_files): the cursor
+    # file's creation (temporary, fdatasync, link, directory fsync) and its slot writes.
+    from fasterlog import cursors
+    from fasterlog.testing import trace_side_files
+
+    traces_count = scaled(4, 40)
+    states_per_trace = scaled(150, 1500)
+    checked = failures = 0
+    problems: list[str] = []
+    for trace_index in range(traces_count):
+        seed = 7000 + trace_index
+        rng = random.Random(seed)
+        traced = os.path.join(scratch, f"cursor-{trace_index}")
+        written_positions = {64}
+        with IOTrace() as trace, trace_side_files():
+            log = FasterLog.open(traced, **settings)
+            cursor = None
+            for commit in range(rng.randint(20, 60)):
+                for _ in range(rng.randint(1, 6)):
+                    log.append(entry_bytes(seed, commit, rng, 2000))
+                committed_until = log.commit()
+                mark(ACKED, 0)
+                if commit == 3:
+                    cursor = cursors.CursorFile.open(traced, "reader", create_position=64)
+                    mark(CURSOR_ACKED, 64)
+                elif cursor is not None and rng.random() < 0.6:
+                    cursor.write(committed_until)
+                    written_positions.add(committed_until)
+                    mark(CURSOR_ACKED, committed_until)
+            assert cursor is not None
+            cursor.close()
+            log.close()
+        states = CrashStates(trace.ops, traced)
+        assert any(op.op == "link" for op in states.ops), "the cursor's creation was not traced"
+        state_directory = os.path.join(scratch, "state")
+        for number, state in enumerate(states.states(rng, states_per_trace)):
+            state.materialise(state_directory)
+            acked = [v & ((1 << KIND_SHIFT) - 1) for v in state.marks
+                     if v >> KIND_SHIFT == CURSOR_ACKED]
+            problem = ""
+            try:
+                with FasterLog.open(state_directory, **settings):
+                    pass
+                try:
+                    position = cursors.read(state_directory, "reader")
+                except KeyError:
+                    if acked:
+                        problem = f"cursor missing, acknowledged at {acked[-1]}"
+                else:
+                    if position not in written_positions:
+                        problem = f"cursor at {position}, never written"
+                    elif acked and position < acked[-1]:
+                        problem = f"cursor at {position}, acknowledged at {acked[-1]}"
+            except Exception as error:  # noqa: BLE001 - any failure is the finding
+                problem = f"{type(error).__name__}: {error}"
+            checked += 1
+            if problem:
+                failures += 1
+                if len(problems) < 5:
+                    problems.append(f"seed {seed} state {number} crash point "
+                                    f"{state.crash_point}/{len(states.ops)} "
+                                    f"({'; '.join(state.notes[:4])}): {problem}")
+    record("power_loss[named-cursor]",
+           f"{checked} crash states from {traces_count} traces with a named cursor (created, "
+           f"then rewritten after commits): cursor behind its acknowledged position or "
+           f"unreadable: {failures}",
+           {"states": checked, "failures": failures, "traces": traces_count},
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
+           "test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position")
+    assert failures == 0, "\n".join(problems)

@@ -188,6 +188,9 @@ int64_t fl_trace_size(void);
 /* Copies the trace into `buffer`; returns the bytes copied or FL_E_BUFFER. */
 int64_t fl_trace_copy(void *buffer, size_t capacity);
 void fl_trace_mark(uint64_t value);
+/* Adds a record made elsewhere (the Python side files: cursors, snapshots) in trace order. */
+void fl_trace_add(int32_t op, int32_t flags, uint64_t offset, uint64_t size, const char *name,
+                  size_t name_size, const void *data, size_t data_size);
 /* Named crash points: FASTERLOG_CRASH_AT=name[:count] (read once) makes the count-th time
  * (default 1st) the core passes point `name` kill the process with SIGKILL. Returns how many
  * named points the core has (for tests), and writes their names, comma-separated. */

@@ -289,6 +289,13 @@ void fl_trace_mark(uint64_t value) {
         trace_record(FL_TRACE_MARK, 0, value, 0, NULL, 0, -1, NULL, 0);
 }
 
+void fl_trace_add(int32_t op, int32_t flags, uint64_t offset, uint64_t size, const char *name,
+                  size_t name_size, const void *data, size_t data_size) {
+    if (atomic_load_explicit(&trace_on, memory_order_relaxed))
+        trace_record((uint32_t)op, (uint32_t)flags, offset, size, name, (uint32_t)name_size, -1,
+                     data, data_size);
+}
+
 static void trace_device_write(int fd, const void *buffer, uint64_t size, uint64_t offset,
                                int dsync) {
     if (atomic_load_explicit(&trace_on, memory_order_relaxed))
