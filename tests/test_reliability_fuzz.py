@@ -39,7 +39,7 @@ def test_atheris_fuzzing_of_the_resp_codec_finds_no_crash_hang_or_memory_overrun
     if os.environ.get("FASTERLOG_IO_BACKEND") == "plain" and not LONG:
         pytest.skip("the codec does not touch the log; the io_uring pass of CI fuzzes it")
     runs = scaled(1_000_000, 100_000_000)
-    budget_s = scaled(20, 40 * 3600, "FASTERLOG_FUZZ_SECONDS")
+    budget_s = scaled(15, 40 * 3600, "FASTERLOG_FUZZ_SECONDS")
     environment = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}"
                        f"{os.environ.get('PYTHONPATH', '')}")
     child = subprocess.run(

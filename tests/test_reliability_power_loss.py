@@ -21,6 +21,7 @@ entry indexes of a truncate_until before its call and after its commit returned.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -388,4 +389,82 @@ def test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position(
            {"states": checked, "failures": failures, "traces": traces_count},
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position")
+    assert failures == 0, "\n".join(problems)
+
+
+@pytest.mark.timeout(600)
+def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
+    scratch: str,
+) -> None:
+    # KV checkpoints write their index snapshot through fasterlog.durable (temporary, fsync,
+    # rename, directory fsync) before the checkpoint marker is committed; a power cut at any
+    # point must recover the state of some write at or after the last acknowledged one, with
+    # no fallback warning (a committed marker's snapshot is durable by then).
+    from kvlayer import KVStore
+    from fasterlog.testing import trace_side_files
+
+    checkpoint_logger = logging.getLogger("kvlayer.checkpoint")
+    traces_count = scaled(3, 30)
+    states_per_trace = scaled(120, 1200)
+    checked = failures = 0
+    problems: list[str] = []
+    for trace_index in range(traces_count):
+        seed = 9000 + trace_index
+        rng = random.Random(seed)
+        traced = os.path.join(scratch, f"kv-{trace_index}")
+        models: list[dict[bytes, bytes]] = [{}]
+        with IOTrace() as trace, trace_side_files():
+            kv = KVStore.open(traced, checkpoint_every_bytes=0, **settings)
+            model: dict[bytes, bytes] = {}
+            for operation in range(rng.randint(40, 90)):
+                key = b"key-%d" % rng.randrange(12)
+                if key in model and rng.random() < 0.2:
+                    kv.delete(key)
+                    del model[key]
+                else:
+                    value = b"%d:" % operation * rng.randint(1, 60)
+                    kv.put(key, value)
+                    model[key] = value
+                models.append(dict(model))
+                mark(ACKED, len(models) - 1)
+                if rng.random() < 0.12:
+                    kv.checkpoint()
+            kv.close()
+        states = CrashStates(trace.ops, traced)
+        state_directory = os.path.join(scratch, "state")
+        for number, state in enumerate(states.states(rng, states_per_trace)):
+            state.materialise(state_directory)
+            acked = max([v & ((1 << KIND_SHIFT) - 1) for v in state.marks
+                         if v >> KIND_SHIFT == ACKED] or [0])
+            problem = ""
+            caught: list[logging.LogRecord] = []
+            handler = logging.Handler(logging.WARNING)
+            handler.emit = caught.append  # type: ignore[method-assign]
+            checkpoint_logger.addHandler(handler)
+            try:
+                with KVStore.open(state_directory, checkpoint_every_bytes=0,
+                                  **settings) as recovered_kv:
+                    recovered = dict(recovered_kv.items())
+                if caught:
+                    problem = f"fallback: {caught[0].getMessage()}"
+                elif recovered not in models[acked:]:
+                    problem = f"state matches no write at or after the acknowledged {acked}"
+            except Exception as error:  # noqa: BLE001 - any failure is the finding
+                problem = f"{type(error).__name__}: {error}"
+            finally:
+                checkpoint_logger.removeHandler(handler)
+            checked += 1
+            if problem:
+                failures += 1
+                if len(problems) < 5:
+                    problems.append(f"seed {seed} state {number} crash point "
+                                    f"{state.crash_point}/{len(states.ops)} "
+                                    f"({'; '.join(state.notes[:4])}): {problem}")
+    record("power_loss[kv-checkpoints]",
+           f"{checked} crash states from {traces_count} traces of KV puts, deletes and "
+           f"checkpoints: state behind its acknowledged write, unrecoverable or falling back "
+           f"with a warning: {failures}",
+           {"states": checked, "failures": failures, "traces": traces_count},
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
+           "test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write")
     assert failures == 0, "\n".join(problems)
