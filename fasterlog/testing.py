@@ -373,6 +373,10 @@ class CrashStates:
                     inode = volatile[self._name(op.path)]
                     if op.op == "write" and op.dsync:
                         inode.make_durable("write", op.offset, op.size, op.data)
+                        # Kept in order among the pending writes too: an earlier unsynced write
+                        # to the same bytes must not land over it (the later write wins).
+                        if inode.pending:
+                            inode.pending.append(("durable", op.offset, op.size, op.data))
                     else:
                         inode.pending.append((op.op, op.offset, op.size, op.data))
                 elif op.op == "sync":
@@ -389,7 +393,8 @@ class CrashStates:
                     else:
                         inode = volatile[self._name(op.path)]
                         for kind, offset, size, data in inode.pending:
-                            inode.make_durable(kind, offset, size, data)
+                            if kind != "durable":
+                                inode.make_durable(kind, offset, size, data)
                         inode.pending = []
                 elif op.op == "rename":
                     old, new = self._name(op.path), self._name(op.new_path)
@@ -430,6 +435,9 @@ class CrashStates:
             content = bytearray(inode.durable)
             if inode.pending and mode != "none":
                 for kind, offset, size, data in inode.pending:
+                    if kind == "durable":
+                        _apply(content, "write", offset, size, data)
+                        continue
                     if mode == "all" or kind != "write":
                         if mode == "all" or rng.random() < 0.5:
                             _apply(content, kind, offset, size, data)
