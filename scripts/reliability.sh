@@ -33,7 +33,7 @@ tests=(
 status=0
 python3 -m pytest -q -s "${tests[@]}" "$@" || status=$?
 if [[ -s "$results/results.jsonl" ]]; then
-    python3 -m tests.reliability.report "$results/results.jsonl" RELIABILITY.md \
+    python3 -m tests.reliability.report RELIABILITY.md "$results/results.jsonl" \
         --command "${command% }"
     echo "RELIABILITY.md written from $results/results.jsonl"
 fi

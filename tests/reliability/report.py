@@ -1,6 +1,6 @@
 """Writes RELIABILITY.md from the figures a run of the suite recorded (results.jsonl).
 
-Usage: python3 -m tests.reliability.report RESULTS_JSONL OUTPUT_MD [--command TEXT]
+Usage: python3 -m tests.reliability.report OUTPUT_MD RESULTS_JSONL... [--command TEXT]
 """
 
 from __future__ import annotations
@@ -57,12 +57,19 @@ PROMISES = """\
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("results")
     parser.add_argument("output")
+    parser.add_argument("results", nargs="+", help="results.jsonl files, later ones win")
     parser.add_argument("--command", default="bash scripts/reliability.sh")
     arguments = parser.parse_args()
-    with open(arguments.results) as file:
-        entries = [json.loads(line) for line in file if line.strip()]
+    entries_by_key: dict[tuple[str, str, str], dict[str, object]] = {}
+    for path in arguments.results:
+        with open(path) as file:
+            for line in file:
+                if line.strip():
+                    entry = json.loads(line)
+                    # A later run of the same test, mode and backend replaces the earlier one.
+                    entries_by_key[(entry["test"], entry["mode"], entry["backend"])] = entry
+    entries = list(entries_by_key.values())
     dates = sorted({entry["date"] for entry in entries})
     lines = [
         "# Reliability",
