@@ -21,6 +21,7 @@ entry indexes of a truncate_until before its call and after its commit returned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -478,4 +479,63 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
            {"states": checked, "failures": failures, "traces": traces_count},
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write")
+    assert failures == 0, "\n".join(problems)
+
+
+@pytest.mark.timeout(600)
+def test_power_loss_never_takes_back_what_a_reader_was_handed(scratch: str) -> None:
+    # A writer's commit whose fsync failed stays in the page cache; a read-only open (a
+    # consumer starting) recovers it and hands its entries out. A power cut after that must
+    # not take them back: the consumer may already have acted on them.
+    from fasterlog import errors
+    from fasterlog.testing import inject_fault
+
+    traces_count = scaled(10, 200)
+    states_per_trace = scaled(60, 300)
+    checked = failures = 0
+    problems: list[str] = []
+    for trace_index in range(traces_count):
+        seed = 8000 + trace_index
+        rng = random.Random(seed)
+        traced = os.path.join(scratch, f"reader-{trace_index}")
+        appended: list[bytes] = []
+        with IOTrace() as trace:
+            log = FasterLog.open(traced, **settings)
+            for _ in range(rng.randint(1, 10)):
+                appended.append(entry_bytes(seed, len(appended), rng, 1500))
+                log.append(appended[-1])
+            log.commit()
+            mark(ACKED, len(appended))
+            inject_fault(log, op="fsync", persistent=False)
+            for _ in range(rng.randint(2, 30)):
+                appended.append(entry_bytes(seed, len(appended), rng, 1500))
+                log.append(appended[-1])
+            with contextlib.suppress(errors.FasterLogError):
+                log.commit()
+            simulate_crash(log)
+            with FasterLog.open(traced, readonly=True, **settings) as reader:
+                handed = [entry for _, entry in reader.scan()]
+            mark(ACKED, len(handed))  # what the reader handed out counts as acknowledged
+        assert handed == appended[:len(handed)]
+        seen: dict[bytes, int] = {}
+        for index, entry in enumerate(appended):
+            seen[entry] = -1 if entry in seen else index
+        index_of = {entry: index for entry, index in seen.items() if index >= 0}
+        states = CrashStates(trace.ops, traced)
+        state_directory = os.path.join(scratch, "state")
+        for number, state in enumerate(states.states(rng, states_per_trace)):
+            state.materialise(state_directory)
+            problem = check_state(state, state_directory, appended, index_of, reopen=False)
+            checked += 1
+            if problem:
+                failures += 1
+                if len(problems) < 5:
+                    problems.append(f"seed {seed} state {number} crash point "
+                                    f"{state.crash_point}/{len(states.ops)}: {problem}")
+    record("power_loss[reader-after-failed-sync]",
+           f"{checked} crash states from {traces_count} traces where a reader recovered a "
+           f"commit whose fsync had failed: entries handed out then lost {failures}",
+           {"states": checked, "failures": failures, "traces": traces_count},
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
+           "test_power_loss_never_takes_back_what_a_reader_was_handed")
     assert failures == 0, "\n".join(problems)

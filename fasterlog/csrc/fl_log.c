@@ -1641,6 +1641,11 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     rc = fl_shared_open(log);
     if (rc < 0) return rc;
     if (log->readonly) {
+        /* A reader must not hand out a commit that a power cut can still take back (a writer
+         * killed between its writes and their sync left it in the page cache): sync it too.
+         * Best effort: where a read-only descriptor cannot be synced (a read-only medium),
+         * nothing unsynced can be there either. */
+        (void)sync_recovered(log, meta.recovery_start_address);
         pthread_mutex_lock(&log->mutex);
         fl_shared_refresh_locked(log);
         pthread_mutex_unlock(&log->mutex);
