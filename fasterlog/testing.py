@@ -19,9 +19,19 @@ from dataclasses import dataclass, field
 from ._fasterlog_c import ffi, lib
 from .log import FasterLog
 
-__all__ = ["simulate_crash", "inject_fault", "clear_faults", "crc32c", "crc32c_portable",
-           "IOTrace", "TraceOp", "CrashStates", "CrashState", "crash_point_names",
-           "trace_side_files"]
+__all__ = [
+    "CrashState",
+    "CrashStates",
+    "IOTrace",
+    "TraceOp",
+    "clear_faults",
+    "crash_point_names",
+    "crc32c",
+    "crc32c_portable",
+    "inject_fault",
+    "simulate_crash",
+    "trace_side_files",
+]
 
 _OPS = {"write": lib.FL_FAULT_WRITE, "fsync": lib.FL_FAULT_FSYNC, "any": lib.FL_FAULT_ANY}
 
@@ -97,7 +107,8 @@ def crash_point_names() -> list[str]:
     """The named crash points of the C core (FASTERLOG_CRASH_AT=name[:count])."""
     buffer = ffi.new("char[1024]")
     lib.fl_crash_points(buffer, 1024)
-    return ffi.string(buffer).decode().split(",")
+    names: bytes = ffi.string(buffer)
+    return names.decode().split(",")
 
 
 class IOTrace:
@@ -113,7 +124,7 @@ class IOTrace:
         self.capacity_bytes = capacity_bytes
         self.ops: list[TraceOp] = []
 
-    def __enter__(self) -> IOTrace:
+    def __enter__(self) -> IOTrace:  # noqa: PYI034 - not meant to be subclassed
         if lib.fl_trace_start(self.capacity_bytes) < 0:
             raise MemoryError(f"IOTrace: cannot allocate {self.capacity_bytes} bytes")
         return self
@@ -233,7 +244,7 @@ class trace_side_files:
             modules = (cursors, durable)
         self.modules = modules
 
-    def __enter__(self) -> trace_side_files:
+    def __enter__(self) -> trace_side_files:  # noqa: PYI034 - not meant to be subclassed
         for module in self.modules:
             module.os = _TracedOs()  # type: ignore[attr-defined]
         return self
@@ -465,13 +476,13 @@ class CrashStates:
                 content[piece_start:piece_end] = (data[piece_start - offset:piece_end - offset]
                                                   if data is not None
                                                   else bytes(piece_end - piece_start))
-            elif roll < landed_probability + (1 - landed_probability) * 0.2:
+            elif (roll < landed_probability + (1 - landed_probability) * 0.2
+                  and piece_start >= synced_end):
                 # A sector caught mid-write: only beyond the furthest synced data, since an
                 # overwrite of synced bytes is old or new (sector atomicity).
-                if piece_start >= synced_end:
-                    if rng.random() < 0.5:
-                        content[piece_start:piece_end] = bytes(piece_end - piece_start)
-                    else:
-                        content[piece_start:piece_end] = rng.randbytes(piece_end - piece_start)
-                    notes.append(f"{name}[{piece_start}:{piece_end}] garbled")
+                if rng.random() < 0.5:
+                    content[piece_start:piece_end] = bytes(piece_end - piece_start)
+                else:
+                    content[piece_start:piece_end] = rng.randbytes(piece_end - piece_start)
+                notes.append(f"{name}[{piece_start}:{piece_end}] garbled")
             piece_start = piece_end

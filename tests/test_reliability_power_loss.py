@@ -412,8 +412,8 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
     # rename, directory fsync) before the checkpoint marker is committed; a power cut at any
     # point must recover the state of some write at or after the last acknowledged one, with
     # no fallback warning (a committed marker's snapshot is durable by then).
-    from kvlayer import KVStore
     from fasterlog.testing import trace_side_files
+    from kvlayer import KVStore
 
     checkpoint_logger = logging.getLogger("kvlayer.checkpoint")
     traces_count = scaled(3, 30)
