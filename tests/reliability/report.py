@@ -47,9 +47,13 @@ PROMISES = """\
   data stops reads at the damaged frame (`CorruptionError`), it is not corrected. The CRC32C
   catches every single-bit and short burst error; longer random damage escapes it with
   probability about 2^-32 per damaged frame.
-- **Side files written by Python** (named cursors, projection snapshots, KV checkpoints through
-  `fasterlog/durable.py`) follow the same tmp-fsync-rename-fsync protocol but are not yet
-  part of the traced power-loss states; their crash safety is tested with kill -9 only.
+- **Side files written by Python** (named cursors; KV checkpoints and projection snapshots
+  through `fasterlog/durable.py`) are in the traced power-loss states for cursors and KV
+  checkpoints; projection snapshots share the KV checkpoints' code path but have no traced
+  workload of their own. The model keeps directories once created (`os.makedirs` is not
+  traced; the layers fsync the parent after creating one).
+- **Readers see durable data only**: a read-only open syncs what it recovers (best effort on a
+  read-only medium); followers then see only what the writer synced.
 - **Memory and the process**: a bug elsewhere in the process that scribbles over the log's
   memory ring before a commit can write garbage that then carries a valid checksum.
 """
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("output")
     parser.add_argument("results", nargs="+", help="results.jsonl files, later ones win")
     parser.add_argument("--command", default="bash scripts/reliability.sh")
+    parser.add_argument("--note", default="", help="a paragraph about this run (shortened?)")
     arguments = parser.parse_args()
     entries_by_key: dict[tuple[str, str, str], dict[str, object]] = {}
     for path in arguments.results:
@@ -81,6 +86,7 @@ def main() -> None:
          f"{platform.system()} {platform.release()}, {platform.machine()}, Python "
          f"{platform.python_version()}."),
         "",
+        *([arguments.note, ""] if arguments.note else []),
         PROMISES,
         "## Figures",
         "",
