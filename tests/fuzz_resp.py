@@ -6,8 +6,11 @@ their limits. Method: the first input byte chooses the piece size (so splits are
 the rest is fed piece by piece to a reader and a parser with small limits, draining each after
 every piece; the buffered size is checked against the query buffer limit after every step.
 
-Run from the repository root: PYTHONPATH=. python tests/fuzz_resp.py -max_total_time=60 -rss_limit_mb=1024
-(not collected by pytest: the file name does not start with test_).
+Run from the repository root: PYTHONPATH=. python tests/fuzz_resp.py -max_total_time=60 \
+    -timeout=1 -rss_limit_mb=1024
+(-timeout=1 makes any input that runs over 1 s a failure; -rss_limit_mb bounds memory). Not
+collected by pytest (the name does not start with test_): tests/test_reliability_fuzz.py runs
+it in CI for a time budget and records inputs, rate and peak memory.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ import pytest
 
 from fasterlog import FasterLog, errors
 from fasterlog import testing as fault_testing
+from tests.reliability import LONG, record, scaled
 
 # --- The on-disk layout from the contract ------------------------------------------------
 frame_header_size_bytes = 12
@@ -416,6 +417,95 @@ def test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_er
 ) -> None:
     directory, frames = flip_log
     sweep_bit_flips(directory, frames, list(range(region_size_bytes * 8)))
+    bits = region_size_bytes * 8
+    record("bit_flips", f"every single-bit flip of a committed 64 KiB region: {bits} of {bits} "
+           "detected (CorruptionError naming the damaged frame), 0 undetected",
+           {"flips": bits, "detected": bits, "undetected": 0},
+           "python3 -m pytest -s tests/test_corruption.py::"
+           "test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_error")
+
+
+def random_corruption(rng: random.Random, region: bytes) -> tuple[int, bytes]:
+    """A multi-byte corruption of the region: (offset, new bytes), never equal to the old."""
+    while True:
+        size = rng.choice((2, 3, 4, 8, 12, 16, 64, 512, rng.randint(2, 4096)))
+        offset = rng.randrange(region_size_bytes - size + 1)
+        how = rng.randrange(5)
+        old = region[offset:offset + size]
+        if how == 0:
+            new = rng.randbytes(size)  # garbage
+        elif how == 1:
+            new = bytes(size)  # a zeroed run (lost sectors read as zeros)
+        elif how == 2:
+            new = b"\xff" * size
+        elif how == 3:  # bytes from elsewhere in the log: valid-looking frames misplaced
+            source = rng.randrange(region_size_bytes - size + 1)
+            new = region[source:source + size]
+        else:  # a few scattered bit flips inside the run
+            changed = bytearray(old)
+            for _ in range(rng.randint(2, 8)):
+                changed[rng.randrange(size)] ^= 1 << rng.randrange(8)
+            new = bytes(changed)
+        if new != old:
+            return offset, new
+
+
+def sweep_random_corruptions(directory: pathlib.Path, frames: list[Frame], count: int,
+                             seed: int) -> tuple[int, list[str], list[str]]:
+    """Applies `count` random multi-byte corruptions one at a time; verify must report each
+    as CorruptionError naming the frame of the first changed byte. Returns (trials, missed,
+    misreported)."""
+    path = segment_path(directory, region_begin, small_settings["segment_size_bytes"])
+    file_offset = region_begin % small_settings["segment_size_bytes"]
+    region = read_file_range(path, file_offset, region_size_bytes)
+    starts = [frame.start for frame in frames]
+    rng = random.Random(seed)
+    missed: list[str] = []
+    misreported: list[str] = []
+    with open_log(directory, readonly=True) as log:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            for trial in range(count):
+                offset, new = random_corruption(rng, region)
+                old = region[offset:offset + len(new)]
+                first = offset + next(i for i in range(len(new)) if new[i] != old[i])
+                frame = frames[bisect.bisect_right(starts, region_begin + first) - 1]
+                os.pwrite(fd, new, file_offset + offset)
+                try:
+                    log.verify(region_begin, region_end)
+                except errors.CorruptionError as error:
+                    if error.address != frame.start:
+                        misreported.append(f"trial {trial}: {len(new)} B at {offset}: named "
+                                           f"{error.address}, first damage in {frame}")
+                except errors.FasterLogError as error:
+                    misreported.append(f"trial {trial}: {error!r}")
+                else:
+                    missed.append(f"trial {trial}: {len(new)} B at {offset} ({frame})")
+                finally:
+                    os.pwrite(fd, old, file_offset + offset)
+        finally:
+            os.close(fd)
+        assert log.verify(region_begin, region_end) == region_end
+    return count, missed, misreported
+
+
+@pytest.mark.timeout(120 if not LONG else 7200)
+def test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected(
+    flip_log: tuple[pathlib.Path, list[Frame]],
+) -> None:
+    # Long mode (FASTERLOG_LONG=1): 1,000,000 corruptions; CI: a 20,000 sample.
+    directory, frames = flip_log
+    trials, missed, misreported = sweep_random_corruptions(
+        directory, frames, scaled(20_000, 1_000_000), seed=11)
+    record("random_corruptions",
+           f"{trials} random multi-byte corruptions (2 B..4 KiB: garbage, zeros, 0xff, bytes "
+           f"copied from elsewhere, scattered flips) of a committed 64 KiB region: undetected "
+           f"{len(missed)}, misreported {len(misreported)}",
+           {"trials": trials, "undetected": len(missed), "misreported": len(misreported)},
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_corruption.py::"
+           "test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected")
+    assert not missed, f"{len(missed)} corruptions undetected; first: {missed[:5]}"
+    assert not misreported, f"{len(misreported)} misreported; first: {misreported[:5]}"
 
 
 @pytest.mark.timeout(60)
@@ -579,6 +669,55 @@ def test_failed_write_or_fsync_fences_the_log_and_keeps_acknowledged_data(
         log.append(b"reopened")
         log.commit()
         assert entries_of(log)[-1] == b"reopened"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["plain", "io_uring"])
+def test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log(
+    log_dir: Any, backend: str
+) -> None:
+    # fsyncgate: after a failed fsync the kernel may have dropped the dirty pages, so a retry
+    # that succeeds proves nothing. The trace shows every sync the core makes: after the failed
+    # one, none at all, through close and later commits; a reopen recovers the durable part.
+    settings = {**small_settings, "io_backend": backend}
+    directory = pathlib.Path(log_dir)
+    entries = [payload(index, 3000) for index in range(40)]
+    try:
+        log = open_log(directory, **settings)
+    except errors.LogIOError:
+        pytest.skip("io_uring refused here")
+    with fault_testing.IOTrace() as trace:
+        for entry in entries[:10]:
+            log.append(entry)
+        log.commit()
+        fault_testing.inject_fault(log, op="fsync", persistent=False)
+        for entry in entries[10:20]:  # more than a page: the commit needs an fdatasync
+            log.append(entry)
+        with pytest.raises(errors.FasterLogError) as failure:
+            log.commit()
+        assert not isinstance(failure.value, errors.LogFencedError) or "EIO" in str(failure.value)
+        with pytest.raises(errors.LogFencedError):
+            log.append(b"refused")
+        with pytest.raises(errors.LogFencedError):
+            log.commit()
+        assert entries_of(log) == entries[:10]  # durable data stays readable
+        with contextlib.suppress(errors.LogFencedError):
+            log.close()
+    faults = [i for i, op in enumerate(trace.ops) if op.op == "fault"]
+    assert len(faults) == 1, f"{len(faults)} injected fsync failures, want 1"
+    later_syncs = [op for op in trace.ops[faults[0]:] if op.op == "sync"]
+    assert later_syncs == [], f"syncs after the failed one: {later_syncs}"
+    fsync_calls = 1 + len(later_syncs)
+    with open_log(directory, **settings) as log:
+        recovered = entries_of(log)
+        assert recovered[:10] == entries[:10]
+        assert recovered == entries[:len(recovered)]
+    record(f"fsync_failure[{backend}]",
+           f"fsync calls for the failed commit: {fsync_calls} (no retry); later append and "
+           "commit refused with LogFencedError; durable data readable; reopen recovers",
+           {"fsync_calls": fsync_calls},
+           "python3 -m pytest -s tests/test_corruption.py::"
+           "test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log")
 
 
 # --- 5. Locking, truncation, misuse --------------------------------------------------------

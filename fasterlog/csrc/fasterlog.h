@@ -144,6 +144,58 @@ uint32_t fl_crc32c(uint32_t crc, const void *data, size_t size);
 uint32_t fl_crc32c_portable(uint32_t crc, const void *data, size_t size);
 int fl_crc32c_hardware(void);
 
+/* ==================================================================== I/O trace (fl_device.c)
+ *
+ * A recording layer for the power-loss tests (fasterlog/testing.py): while a trace runs, every
+ * file operation of the C core that decides what survives a power cut is appended to one
+ * process-wide buffer after the kernel accepted it: writes (with their bytes), syncs of files
+ * and directories, creates, renames, unlinks, preallocation, and marks the caller adds (for
+ * example "commit N returned"). Python rebuilds crash states from it. Off, it costs one
+ * relaxed load per operation.
+ *
+ * A record is a 32-byte header (u32 op, u32 flags, u64 offset, u64 size, u32 name size,
+ * u32 fd), the name (a path from /proc/self/fd; a rename holds "old\0new"), then for writes
+ * without FL_TRACE_FLAG_ZEROS `size` data bytes. Little-endian, no padding. */
+
+enum fl_trace_op {
+    FL_TRACE_WRITE = 1,    /* offset, size, data */
+    FL_TRACE_SYNC = 2,     /* fsync/fdatasync of a file or (FL_TRACE_FLAG_DIRECTORY) directory */
+    FL_TRACE_CREATE = 3,   /* openat with O_CREAT; FL_TRACE_FLAG_TRUNCATE for O_TRUNC */
+    FL_TRACE_RENAME = 4,
+    FL_TRACE_UNLINK = 5,
+    FL_TRACE_EXTEND = 6,   /* posix_fallocate(0, size): the file is at least size bytes */
+    FL_TRACE_MARK = 7,     /* fl_trace_mark: offset holds the value */
+    FL_TRACE_FAULT = 8     /* an operation the fault layer failed (flags: FL_FAULT_*) */
+};
+
+enum fl_trace_flag {
+    FL_TRACE_FLAG_DSYNC = 1,     /* the write carried its own sync (RWF_DSYNC) */
+    FL_TRACE_FLAG_ZEROS = 2,     /* the write wrote zeros; no data bytes follow */
+    FL_TRACE_FLAG_DIRECTORY = 4, /* the synced descriptor is a directory */
+    FL_TRACE_FLAG_TRUNCATE = 8,  /* the create truncated an existing file */
+    FL_TRACE_FLAG_DEVICE = 16    /* went through the device (fault injection can reach it) */
+};
+
+enum fl_trace_limits {
+    FL_TRACE_HEADER_SIZE_BYTES = 32
+};
+
+/* Starts a trace (dropping any earlier one) that holds at most `capacity_bytes`; past that the
+ * trace is marked overflowed and fl_trace_size returns FL_E_BUFFER. */
+int fl_trace_start(uint64_t capacity_bytes);
+void fl_trace_stop(void);
+int64_t fl_trace_size(void);
+/* Copies the trace into `buffer`; returns the bytes copied or FL_E_BUFFER. */
+int64_t fl_trace_copy(void *buffer, size_t capacity);
+void fl_trace_mark(uint64_t value);
+/* Adds a record made elsewhere (the Python side files: cursors, snapshots) in trace order. */
+void fl_trace_add(int32_t op, int32_t flags, uint64_t offset, uint64_t size, const char *name,
+                  size_t name_size, const void *data, size_t data_size);
+/* Named crash points: FASTERLOG_CRASH_AT=name[:count] (read once) makes the count-th time
+ * (default 1st) the core passes point `name` kill the process with SIGKILL. Returns how many
+ * named points the core has (for tests), and writes their names, comma-separated. */
+int fl_crash_points(char *names_out, size_t capacity);
+
 /* ==================================================================== hash index (fl_index.c)
  *
  * A FASTER-style hash index from 64-bit key hashes to log addresses. The index never sees a

@@ -276,4 +276,16 @@ static inline uint64_t fl_frame_size(uint64_t payload_size) {
     return FL_ALIGN_UP(FL_FRAME_HEADER_SIZE_BYTES + payload_size, FL_FRAME_ALIGNMENT_BYTES);
 }
 
+/* ---- traced file operations (fl_device.c): the calls behind FL_TRACE_* records ---- */
+#include <sys/types.h>
+int fl_io_openat(int directory_fd, const char *name, int flags, int mode);
+ssize_t fl_io_pwrite(int fd, const void *buffer, size_t size, uint64_t offset, int zeros);
+int fl_io_fsync(int fd);
+int fl_io_fdatasync(int fd);
+int fl_io_fallocate(int fd, uint64_t size); /* posix_fallocate(fd, 0, size): 0 or an errno */
+int fl_io_renameat(int directory_fd, const char *old_name, const char *new_name);
+int fl_io_unlinkat(int directory_fd, const char *name);
+/* A named crash point (see fl_crash_points): kills the process there when armed. */
+void fl_crash_point(const char *name);
+
 #endif

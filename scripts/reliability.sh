@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The reliability suite in long mode (FASTERLOG_LONG=1); writes RELIABILITY.md from the figures
+# its tests record. CI runs the same tests in short mode through scripts/test.sh.
+#
+#   bash scripts/reliability.sh            long mode (hours: 10,000 kills, 10^8 fuzz inputs)
+#   bash scripts/reliability.sh --short    the CI counts, a few minutes
+#   FASTERLOG_KILL_CHAINS=20 FASTERLOG_FUZZ_SECONDS=600 bash scripts/reliability.sh
+#                                          long mode with fewer kills and a shorter fuzz run
+# Extra arguments go to pytest. Exit status: non-zero when a test failed (RELIABILITY.md is
+# still written, so the failing figure is visible).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command="bash scripts/reliability.sh $*"
+if [[ "${1:-}" == "--short" ]]; then
+    shift
+    unset FASTERLOG_LONG
+else
+    export FASTERLOG_LONG=1
+fi
+results="$(mktemp -d)"
+export FASTERLOG_RESULTS_DIR="$results"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+tests=(
+    tests/test_reliability_power_loss.py
+    tests/test_reliability_io_errors.py
+    "tests/test_corruption.py::test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log"
+    "tests/test_corruption.py::test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_error"
+    "tests/test_corruption.py::test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected"
+    "tests/test_crash.py::test_kill_at_named_crash_point_keeps_every_acknowledged_entry"
+    "tests/test_crash.py::test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing"
+    tests/test_reliability_fuzz.py
+)
+status=0
+python3 -m pytest -q -s "${tests[@]}" "$@" || status=$?
+if [[ -s "$results/results.jsonl" ]]; then
+    python3 -m tests.reliability.report RELIABILITY.md "$results/results.jsonl" \
+        --command "${command% }"
+    echo "RELIABILITY.md written from $results/results.jsonl"
+fi
+exit $status
