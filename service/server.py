@@ -356,7 +356,9 @@ class Server:
                     waits.append(self._log_committer.commit())
                 if wrote_kv or client.sync_required:
                     waits.append(self._kv_committer.commit())
-                if waits:
+                if len(waits) == 1:
+                    await waits[0]
+                elif waits:
                     await asyncio.gather(*waits)
         except Exception as error:  # a failed commit fences the log: answer every write
             _logger.error("commit failed: %s", error)
@@ -1636,3 +1638,13 @@ def _xinfo_stream_full(server: Server, key: bytes, stream: Any, arguments: list[
                      b"recorded-first-entry-id": b"%d-%d" % stream.first_id,
                      b"entries": server.streams.range(key, (0, 0), ID_MAX, limit),
                      b"groups": groups})
+
+
+def run(directory: str, settings: ServerSettings) -> None:
+    """Runs `serve` on uvloop when it is installed (optional), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(directory, settings))
+    else:
+        uvloop.run(serve(directory, settings))

@@ -32,6 +32,7 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
+from fasterlog import FasterLog  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
@@ -49,6 +50,11 @@ class ServerProcess:
 
     def __init__(self, directory: Path, *extra: str) -> None:
         self.directory = directory
+        if not directory.exists():
+            # Small segments: the server keeps the sizes of an existing log (and gives its KV
+            # log the same), so the test does not preallocate the default 1 GiB segments.
+            FasterLog.open(directory, page_size_bytes=65536, memory_size_bytes=1 << 20,
+                           segment_size_bytes=4 << 20).close()
         self.stderr_path = directory.parent / f"serve-{time.monotonic_ns()}.err"
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in wait()
         self.process = subprocess.Popen(
