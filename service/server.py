@@ -277,16 +277,22 @@ class Server:
                 if not data:
                     return
                 codec.feed(data)
-                replies, close = await self._run_batch(client, codec)
-                writer.write(b"".join(replies))
-                if writer.transport.get_write_buffer_size() > \
-                        self.settings.output_buffer_size_max_bytes:
-                    _logger.warning("client %d: output buffer over its limit, closing",
-                                    client.id)
-                    return
-                await writer.drain()
-                if close:
-                    return
+                while True:
+                    replies, close = await self._run_batch(client, codec)
+                    writer.write(b"".join(replies))
+                    if writer.transport.get_write_buffer_size() > \
+                            self.settings.output_buffer_size_max_bytes:
+                        _logger.warning("client %d: output buffer over its limit, closing",
+                                        client.id)
+                        return
+                    await writer.drain()
+                    if close:
+                        return
+                    # Whole commands may still be buffered: those past pipeline_depth_max,
+                    # and those after an AUTH (parsed one at a time before it): run them
+                    # now, not at the next read (which may never come).
+                    if not replies or codec.buffered_size_bytes == 0:
+                        break
         except RemoteProtocolError as error:
             writer.write(resp.encode(resp.ErrorReply(b"ERR " + str(error).encode()), 2))
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -455,3 +455,29 @@ def test_del_wakes_a_blocked_group_reader(running: RunningServer) -> None:
     assert result and "NOGROUP" in result[0]
     assert time.monotonic() - started < 5
     client.close()
+
+
+def test_unauthenticated_clients_get_redis_tighter_limits(tmp_path: Path) -> None:
+    from tests.test_service import raw_exchange
+
+    server = RunningServer(tmp_path / "data", requirepass="s3cret")
+    reply = raw_exchange(server.port, b"*2\r\n$4\r\nECHO\r\n$20000\r\n")
+    assert reply.startswith(b"-ERR Protocol error: unauthenticated bulk length")
+    reply = raw_exchange(server.port, b"*11\r\n")
+    assert reply.startswith(b"-ERR Protocol error: unauthenticated multibulk length")
+    # After AUTH, in the same pipeline, the normal limits apply.
+    big = b"x" * 20000
+    reply = raw_exchange(server.port, b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n"
+                         b"*2\r\n$4\r\nECHO\r\n$20000\r\n" + big + b"\r\n*1\r\n$4\r\nQUIT\r\n")
+    assert reply == b"+OK\r\n$20000\r\n" + big + b"\r\n+OK\r\n"
+    server.stop()
+
+
+def test_commands_past_the_pipeline_depth_are_answered_without_more_input(
+        tmp_path: Path) -> None:
+    from tests.test_service import raw_exchange
+
+    server = RunningServer(tmp_path / "data", pipeline_depth_max=3)
+    reply = raw_exchange(server.port, b"*1\r\n$4\r\nPING\r\n" * 10 + b"QUIT\r\n")
+    assert reply == b"+PONG\r\n" * 10 + b"+OK\r\n"
+    server.stop()
