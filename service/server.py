@@ -18,6 +18,18 @@ Rules:
    reader took the entries first, and then waits on). Blocking never holds the event loop:
    the connection's batch awaits, other connections go on. A blocked client that disconnects is
    noticed when its wait ends (BLOCK 0: at the next write to one of its keys).
+7. Two logs: streams and consumer groups in the log the server is given, Redis strings in a
+   kvlayer KVStore in its `kv` subdirectory (keyvalues.py). Commands change in-memory state at
+   once and leave their records pending; the end of a pipelined read (or anything that must
+   see the log) appends each log's pending records as one atomic batch and commits both logs
+   (one group committer per log, `_Committer`), then answers. So a pipeline, and a MULTI/EXEC
+   inside it, is all-or-nothing per log after a crash.
+8. Transactions: MULTI queues (arity and unknown commands are refused at queue time and make
+   EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
+   dirty on any write to a watched key, of either kind, by anyone (itself included, as Redis);
+   EXEC of a dirty client answers nil. Blocking reads inside EXEC do not block.
+9. WAITAOF answers [1, 0] after the batch's commit of both logs (forced with fsync everysec);
+   WAIT answers 0 (no replicas); both wait out their timeout when asked for replicas.
 """
 
 from __future__ import annotations
