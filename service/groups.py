@@ -222,6 +222,23 @@ class GroupStore:
                                 [[i[0], i[1], t, n] for i, t, n in claimed],
                                 [list(i) for i in deleted]])
 
+    def restate(self) -> None:
+        """Restates every stream and group at the tail (xmeta, then per group xgcreate,
+        xgconsumer and xgclaim records), so the log below can be truncated. A group's
+        xgcreate replaces it whole on replay, and the records after rebuild it."""
+        self.streams.restate()
+        write = self.streams.write
+        for key, stream in list(self.streams.streams.items()):
+            for name, group in list(stream.groups.items()):
+                write([b"xgcreate", key, name, *group.last_id, group.entries_read])
+                for consumer in group.consumers.values():
+                    write([b"xgconsumer", key, name, consumer.name, consumer.seen_time_ms])
+                    pending = sorted(consumer.pending)
+                    if pending:
+                        write([b"xgclaim", key, name, consumer.name, consumer.seen_time_ms,
+                               [[i[0], i[1], group.pending[i].delivery_time_ms,
+                                 group.pending[i].delivery_count] for i in pending], []])
+
     # ------------------------------------------------------------------ replay
 
     def _apply(self, address: int, record: list[Any]) -> None:

@@ -387,6 +387,80 @@ class RespReader(_Buffer):
                 self._start_item()
                 return command
 
+    def next_commands(self, count_max: int) -> list[list[bytes]]:
+        """Up to `count_max` whole commands (possibly none): `next_command` in a loop, with a
+        fast path for the common frame, an array of bulk strings that has fully arrived.
+
+        The fast path takes only input it can check completely (canonical lengths within the
+        limits, CRLFs in place); anything else, including every malformed or partial frame,
+        goes to `next_command`, which gives the reference result and error. So the results are
+        the same as calling `next_command` `count_max` times. While `authentication_required`
+        it returns one command at a time: an AUTH in a pipeline lifts the tighter limits for
+        the commands after it only once it has run.
+        """
+        commands: list[list[bytes]] = []
+        if self.authentication_required:
+            command = self.next_command()
+            return [] if command is NEED_MORE else [command]  # type: ignore[list-item]
+        while len(commands) < count_max:
+            if self._arguments_remaining_count == 0 and self._failure is None:
+                self._take_whole_arrays(commands, count_max)
+                if len(commands) >= count_max:
+                    break
+            command = self.next_command()
+            if command is NEED_MORE:
+                break
+            commands.append(command)  # type: ignore[arg-type]
+        return commands
+
+    def _take_whole_arrays(self, commands: list[list[bytes]], count_max: int) -> None:
+        """The fast path of next_commands: whole arrays of bulk strings at _position."""
+        buffer = self._buffer
+        position = self._position
+        if position >= len(buffer) or buffer[position] != 42:  # not '*'
+            return
+        # One copy of a bounded window (slices of bytes are then the arguments); a command
+        # that does not fit goes to the slow path, so a huge bulk arriving in pieces is not
+        # copied again at every read.
+        data = bytes(buffer[position:position + _FAST_WINDOW_BYTES])
+        end = len(data)
+        match_count, match_size = _FAST_COUNT.match, _FAST_SIZE.match
+        arguments_max = self._limits.arguments_count_max
+        bulk_max = self._limits.bulk_size_max_bytes
+        taken = 0  # where the last whole command ends, within data
+        while taken < end:
+            header = match_count(data, taken)
+            if header is None:
+                break
+            count = int(header[1])
+            if count > arguments_max:
+                break
+            here = header.end()
+            arguments = []
+            for _ in range(count):
+                bulk = match_size(data, here)
+                if bulk is None:
+                    break
+                size = int(bulk[1])
+                start = bulk.end()
+                stop = start + size
+                if size > bulk_max or data[stop:stop + 2] != b"\r\n":
+                    break
+                arguments.append(data[start:stop])
+                here = stop + 2
+            else:
+                commands.append(arguments)
+                taken = here
+                if len(commands) >= count_max:
+                    break
+                continue
+            break
+        if taken:
+            self._position = position + taken
+            self._scan_position = self._position
+            self._start_item()
+            self._compact()
+
     def _read_array_header(self) -> int | None:
         text = self._header_line("Protocol error: too big mbulk count string")
         if text is None:
@@ -444,6 +518,12 @@ class RespReader(_Buffer):
         self._position = lf + 1
         return arguments
 
+
+# The fast path's frames: `*N` and `$N` with canonical N (no sign, no leading zero), short
+# enough that the limits are checked after the match (at most 10 digits).
+_FAST_WINDOW_BYTES: Final = 256 * _KIB
+_FAST_COUNT: Final = re.compile(rb"\*([1-9][0-9]{0,9})\r\n")
+_FAST_SIZE: Final = re.compile(rb"\$(0|[1-9][0-9]{0,9})\r\n")
 
 # The unquoted word of sdssplitargs: C isspace() is skipped before a word, but only space, tab,
 # CR and LF end one (a vertical tab or form feed inside a word is kept).

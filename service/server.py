@@ -18,24 +18,41 @@ Rules:
    reader took the entries first, and then waits on). Blocking never holds the event loop:
    the connection's batch awaits, other connections go on. A blocked client that disconnects is
    noticed when its wait ends (BLOCK 0: at the next write to one of its keys).
+7. Two logs: streams and consumer groups in the log the server is given, Redis strings in a
+   kvlayer KVStore in its `kv` subdirectory (keyvalues.py). Commands change in-memory state at
+   once and leave their records pending; the end of a pipelined read (or anything that must
+   see the log) appends each log's pending records as one atomic batch and commits both logs
+   (one group committer per log, `_Committer`), then answers. So a pipeline, and a MULTI/EXEC
+   inside it, is all-or-nothing per log after a crash.
+8. Transactions: MULTI queues (arity and unknown commands are refused at queue time and make
+   EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
+   dirty on any write to a watched key, of either kind, by anyone (itself included, as Redis);
+   EXEC of a dirty client answers nil. Blocking reads inside EXEC do not block.
+9. WAITAOF answers [1, 0] after the batch's commit of both logs (forced with fsync everysec);
+   WAIT answers 0 (no replicas); both wait out their timeout when asked for replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import fnmatch
 import hmac
 import ipaddress
 import itertools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fasterlog import FasterLog
+from kvlayer import KVStore, key_hash
 
 from . import resp
 from .errors import RemoteProtocolError
 from .groups import GroupStore, lag, now_ms
+from .keyvalues import KeyValues
 from .streams import ID_MAX, StreamError, StreamStore, parse_id
 
 __all__ = ["Server", "ServerSettings"]
@@ -83,8 +100,16 @@ class Client:
     authenticated: bool
     protocol: int = 2
     name: bytes | None = None
-    wrote: bool = False  # the current batch changed the log: commit before answering
+    wrote: bool = False  # commit the logs before answering, even with nothing flushed
+    sync_required: bool = False  # commit even with fsync everysec (WAITAOF)
     written_keys: set[bytes] = field(default_factory=set)  # streams to wake readers of
+    multi: list[list[bytes]] | None = None  # MULTI's queued commands
+    multi_error: bool = False  # a command failed to queue: EXEC answers EXECABORT
+    watched: set[bytes] = field(default_factory=set)
+    dirty: bool = False  # a watched key changed: EXEC answers nil
+
+    def __hash__(self) -> int:
+        return self.id
 
 
 @dataclass
@@ -94,6 +119,45 @@ class Blocked:
     keys: list[bytes]
     timeout_ms: int
     attempt: Callable[[], Any]
+    timeout_reply: Any = resp.NULL_ARRAY
+
+
+class _Committer:
+    """Group commit of one log at the server: every caller of `commit()` is answered by a
+    commit that started after it called, and callers that arrive while a commit runs share the
+    next one. One commit at a time per log, in a worker thread (the sync releases the GIL)."""
+
+    def __init__(self, commit: Callable[[], object]) -> None:
+        self._commit = commit
+        self._waiters: list[asyncio.Future[None]] = []
+        self._running = False
+
+    async def commit(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        if not self._running:
+            self._running = True
+            loop.create_task(self._run())
+        await waiter
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiters:
+                waiters, self._waiters = self._waiters, []
+                try:
+                    await loop.run_in_executor(None, self._commit)
+                except Exception as error:  # a failed commit fences the log: tell everyone
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                    continue
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._running = False
 
 
 Handler = Callable[["Server", Client, list[bytes]], Any]
@@ -110,66 +174,144 @@ def command(name: str) -> Callable[[Handler], Handler]:
 class Server:
     """Serves one log directory. `await server.start()`, then `await server.wait_closed()`."""
 
-    def __init__(self, log: FasterLog, settings: ServerSettings = ServerSettings()) -> None:
+    def __init__(self, log: FasterLog, settings: ServerSettings = ServerSettings(),
+                 kv_store: KVStore | None = None) -> None:
         self.log = log
         self.settings = settings
         self.streams = StreamStore(log, replay=False)
         self.groups = GroupStore(self.streams)
         self.streams.replay()
+        self.streams.on_write = self.touch
+        # The KV view: its own log in <log>/kv, sized like the stream log (keyvalues.py).
+        self._owns_kv_store = kv_store is None
+        if kv_store is None:
+            sizes = log.settings
+            kv_store = KVStore.open(os.path.join(log.path, KV_DIRECTORY_NAME), **{
+                name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
+                                               "segment_size_bytes")})
+        self.kv = KeyValues(kv_store)
+        self._log_committer = _Committer(log.commit)
+        self._kv_committer = _Committer(kv_store.log.commit)
+        # WATCH: per key, the clients watching it (a write marks them dirty).
+        self._watchers: dict[bytes, set[Client]] = {}
         # Blocked readers: per stream key, the futures a commit of a write to it resolves.
         self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
         self._client_ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        self._expire_task: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = settings.port
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.settings.host,
                                                   self.settings.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._expire_task = asyncio.create_task(self._expire_periodically())
         if self.settings.fsync == "everysec":
             self._commit_task = asyncio.create_task(self._commit_every_second())
 
     async def close(self) -> None:
-        """Stops accepting, commits what was appended, and closes the listening socket."""
+        """Stops accepting, commits what was appended, and closes the listening socket and
+        the KV store it opened (the caller closes the stream log it passed in)."""
         if self._server is not None:
             self._server.close()
+        for task in (self._commit_task, self._expire_task):
+            if task is not None:
+                task.cancel()
+        self.streams.flush()
+        self.kv.flush()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.log.commit)
+        await loop.run_in_executor(None, self.kv.store.commit)
+        if self._owns_kv_store:
+            self.kv.store.close()
+        if self._server is not None:
+            # After the commits: wait_closed waits for open connections on Python 3.12+.
+            for writer in list(self._writers):
+                writer.close()
             await self._server.wait_closed()
-        if self._commit_task is not None:
-            self._commit_task.cancel()
-        await asyncio.get_running_loop().run_in_executor(None, self.log.commit)
 
     async def _commit_every_second(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
-            await loop.run_in_executor(None, self.log.commit)
+            self.streams.flush()
+            self.kv.flush()
+            await asyncio.gather(self._log_committer.commit(), self._kv_committer.commit())
+
+    async def _expire_periodically(self) -> None:
+        """Deletes expired keys durably, a bounded number per round (reads already treat them
+        as missing; this gives the space back and keeps DBSIZE's count cheap)."""
+        while True:
+            await asyncio.sleep(EXPIRE_SWEEP_INTERVAL_S)
+            expired = self.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
+            if not expired:
+                continue
+            for key in expired:
+                self.kv.delete(key)
+                self.touch(key)
+            self.kv.flush()
+            try:
+                await self._kv_committer.commit()
+            except Exception as error:  # noqa: BLE001 - the next write reports a fenced log
+                _logger.error("expiry commit failed: %s", error)
+
+    def touch(self, key: bytes) -> None:
+        """A write changed `key`: transactions watching it will fail (WATCH)."""
+        watchers = self._watchers.get(key)
+        if watchers:
+            for watcher in watchers:
+                watcher.dirty = True
+
+    def watch(self, client: Client, keys: list[bytes]) -> None:
+        for key in keys:
+            self._watchers.setdefault(key, set()).add(client)
+            client.watched.add(key)
+
+    def unwatch(self, client: Client) -> None:
+        for key in client.watched:
+            watchers = self._watchers.get(key)
+            if watchers is not None:
+                watchers.discard(client)
+                if not watchers:
+                    del self._watchers[key]
+        client.watched.clear()
+        client.dirty = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = Client(next(self._client_ids), authenticated=not self.settings.requirepass)
         codec = resp.RespReader(self.settings.limits,
                                 authentication_required=not client.authenticated)
+        self._writers.add(writer)
         try:
             while True:
                 data = await reader.read(READ_SIZE_BYTES)
                 if not data:
                     return
                 codec.feed(data)
-                replies, close = await self._run_batch(client, codec)
-                writer.write(b"".join(replies))
-                if writer.transport.get_write_buffer_size() > \
-                        self.settings.output_buffer_size_max_bytes:
-                    _logger.warning("client %d: output buffer over its limit, closing",
-                                    client.id)
-                    return
-                await writer.drain()
-                if close:
-                    return
+                while True:
+                    replies, close = await self._run_batch(client, codec)
+                    writer.write(b"".join(replies))
+                    if writer.transport.get_write_buffer_size() > \
+                            self.settings.output_buffer_size_max_bytes:
+                        _logger.warning("client %d: output buffer over its limit, closing",
+                                        client.id)
+                        return
+                    await writer.drain()
+                    if close:
+                        return
+                    # Whole commands may still be buffered: those past pipeline_depth_max,
+                    # and those after an AUTH (parsed one at a time before it): run them
+                    # now, not at the next read (which may never come).
+                    if not replies or codec.buffered_size_bytes == 0:
+                        break
         except RemoteProtocolError as error:
             writer.write(resp.encode(resp.ErrorReply(b"ERR " + str(error).encode()), 2))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.unwatch(client)
+            self._writers.discard(writer)
             writer.close()
 
     async def _run_batch(self, client: Client,
@@ -177,12 +319,25 @@ class Server:
         replies: list[bytes] = []
         close = False
         client.wrote = False
-        for _ in range(self.settings.pipeline_depth_max):
-            arguments = codec.next_command()
-            if arguments is resp.NEED_MORE:
-                break
-            assert isinstance(arguments, list)
-            if client.wrote and arguments[0].upper() in _READS_AFTER_COMMIT:
+        streams = self.streams
+        for arguments in codec.next_commands(self.settings.pipeline_depth_max):
+            if len(arguments) == 5 and arguments[2] == b"*" and client.multi is None and \
+                    client.authenticated and arguments[0].upper() == b"XADD":
+                # The hot path, `XADD key * field value` on an existing stream: no dispatch,
+                # no reply objects (rule 2: the record joins the batch's one append).
+                stream = streams.streams.get(arguments[1])
+                if stream is not None:
+                    try:
+                        stream_id = streams.add_now(arguments[1], stream, arguments[3:])
+                    except StreamError as error:
+                        replies.append(resp.encode(resp.ErrorReply(str(error)),
+                                                   client.protocol))
+                        continue
+                    client.written_keys.add(arguments[1])
+                    replies.append(b"$%d\r\n%s\r\n" % (len(stream_id), stream_id))
+                    continue
+            if (client.wrote or streams.pending_count) and client.multi is None and \
+                    arguments[0].upper() in _READS_AFTER_COMMIT:
                 # Readers see only committed entries: commit this batch's writes first so a
                 # pipelined XADD then XREAD reads its own write, as with Redis.
                 failure = await self._commit_batch(client)
@@ -206,18 +361,30 @@ class Server:
         return replies, close
 
     async def _commit_batch(self, client: Client) -> bytes | None:
-        """Commits the batch's writes (durable acknowledgement), then wakes the readers of the
-        streams it wrote. Returns an error reply if the commit failed."""
-        if client.wrote and self.settings.fsync == "always":
-            # The group commit runs in a thread (it releases the GIL while it waits for the
-            # sync), so other connections keep being served.
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.log.commit)
-            except Exception as error:  # a failed commit fences the log: answer every write
-                _logger.error("commit failed: %s", error)
-                return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
-                                                   str(error).encode()), client.protocol)
-        client.wrote = False
+        """Appends the batch's pending records (one atomic batch per log) and commits them
+        (durable acknowledgement), then wakes the readers of the streams it wrote. Returns an
+        error reply if the append or the commit failed."""
+        try:
+            wrote_streams = self.streams.flush()
+            wrote_kv = self.kv.flush()
+            if self.settings.fsync == "always" or client.sync_required:
+                # Both committers run in threads, so other connections keep being served.
+                waits = []
+                if wrote_streams or client.wrote or client.sync_required:
+                    waits.append(self._log_committer.commit())
+                if wrote_kv or client.sync_required:
+                    waits.append(self._kv_committer.commit())
+                if len(waits) == 1:
+                    await waits[0]
+                elif waits:
+                    await asyncio.gather(*waits)
+        except Exception as error:  # a failed commit fences the log: answer every write
+            _logger.error("commit failed: %s", error)
+            client.wrote = client.sync_required = False
+            return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
+                                               " ".join(str(error).split()).encode()),
+                               client.protocol)
+        client.wrote = client.sync_required = False
         for key in client.written_keys:
             for waiter in self._waiters.pop(key, ()):
                 if not waiter.done():
@@ -238,14 +405,14 @@ class Server:
         while True:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                return resp.NULL_ARRAY
+                return blocked.timeout_reply
             waiter: asyncio.Future[None] = loop.create_future()
             for key in blocked.keys:
                 self._waiters.setdefault(key, set()).add(waiter)
             try:
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
-                return resp.NULL_ARRAY
+                return blocked.timeout_reply
             finally:
                 for key in blocked.keys:
                     waiters = self._waiters.get(key)
@@ -259,20 +426,41 @@ class Server:
                 return resp.ErrorReply(str(error).encode())
             if reply is not None:
                 return reply
+            # What the attempt wrote (a new consumer) is committed before waiting again.
+            failure = await self._commit_batch(client)
+            if failure is not None:
+                return resp.ErrorReply(failure[1:-2])
 
     def _dispatch(self, client: Client, arguments: list[bytes]) -> tuple[Any, bool]:
         name = arguments[0].upper()
-        if not client.authenticated and name not in (b"AUTH", b"HELLO", b"QUIT"):
+        if not client.authenticated and name not in (b"AUTH", b"HELLO", b"QUIT", b"RESET"):
+            if client.multi is not None:
+                client.multi_error = True
             return resp.ErrorReply(b"NOAUTH Authentication required."), False
         handler = _COMMANDS.get(name)
         if handler is None:
+            if client.multi is not None:
+                client.multi_error = True
             text = b" ".join(b"'%s'" % a[:64] for a in arguments[1:4])
             return resp.ErrorReply(b"ERR unknown command '%s', with args beginning with: %s"
                                    % (arguments[0][:64], text)), False
+        arity = _ARITY.get(name)
+        if arity is not None and (len(arguments) != arity if arity > 0
+                                  else len(arguments) < -arity):
+            if client.multi is not None:
+                client.multi_error = True
+            return resp.ErrorReply(b"ERR wrong number of arguments for '%s' command"
+                                   % name.lower()), False
+        if client.multi is not None and name not in _TRANSACTION_CONTROL:
+            client.multi.append(arguments)
+            return _QUEUED, False
+        return self.call(client, handler, arguments)
+
+    def call(self, client: Client, handler: Handler, arguments: list[bytes]) -> tuple[Any, bool]:
         try:
             reply = handler(self, client, arguments)
         except (CommandError, StreamError) as error:
-            return resp.ErrorReply(str(error).encode()), False
+            return resp.ErrorReply(" ".join(str(error).split()).encode()), False
         if reply is _QUIT:
             return resp.SimpleString(b"OK"), True
         return reply, False
@@ -284,7 +472,25 @@ class Server:
 
 _QUIT = object()
 _READS_AFTER_COMMIT = frozenset({b"XREAD", b"XREADGROUP"})
+_TRANSACTION_CONTROL = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET"})
 OK = resp.SimpleString(b"OK")
+_QUEUED = resp.SimpleString(b"QUEUED")
+KV_DIRECTORY_NAME = "kv"
+EXPIRE_SWEEP_INTERVAL_S = 0.1
+EXPIRE_SWEEP_KEYS_MAX = 1000
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+# Redis's arities, checked before a command runs or is queued by MULTI: n exactly n words,
+# -n at least n.
+_ARITY: dict[bytes, int] = {
+    b"GET": 2, b"SET": -3, b"MGET": -2, b"MSET": -3, b"DEL": -2, b"EXISTS": -2, b"TYPE": 2,
+    b"INCR": 2, b"INCRBY": 3, b"DECR": 2, b"DECRBY": 3, b"SCAN": -2, b"TTL": 2, b"PTTL": 2,
+    b"DBSIZE": 1, b"XADD": -5, b"XLEN": 2, b"XRANGE": -4, b"XREVRANGE": -4, b"XDEL": -3,
+    b"XTRIM": -4, b"XREAD": -4, b"XREADGROUP": -7, b"XACK": -4, b"XPENDING": -3,
+    b"XCLAIM": -6, b"XAUTOCLAIM": -6, b"XINFO": -2, b"XGROUP": -2, b"ECHO": 2, b"PING": -1,
+    b"WAITAOF": 4, b"WAIT": 3, b"MULTI": 1, b"EXEC": 1, b"DISCARD": 1, b"WATCH": -2,
+    b"UNWATCH": 1, b"RESET": 1, b"SELECT": 2, b"CONFIG": -2, b"LOG.TRUNCATE": 2,
+    b"KV.CHECKPOINT": 1, b"LOG.COMMIT": 1, b"LOG.INFO": 1}
 
 
 def _arity(arguments: list[bytes], minimum: int) -> None:
@@ -294,10 +500,11 @@ def _arity(arguments: list[bytes], minimum: int) -> None:
 
 
 def _integer(text: bytes) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise CommandError("ERR value is not an integer or out of range") from None
+    """A 64-bit signed integer written as Redis's string2ll accepts it (no spaces, no '+')."""
+    value = resp._parse_integer(text)
+    if value is None or not _INT64_MIN <= value <= _INT64_MAX:
+        raise CommandError("ERR value is not an integer or out of range")
+    return value
 
 
 # ---------------------------------------------------------------------- connection commands
@@ -425,29 +632,374 @@ def _config(server: Server, client: Client, arguments: list[bytes]) -> Any:
     return found
 
 
+# ---------------------------------------------------------------------- keys of both kinds
+
+
+def _not_a_string(server: Server, key: bytes) -> None:
+    """Stream commands on a string key answer WRONGTYPE, as Redis does."""
+    if key not in server.streams.streams and server.kv.exists(key):
+        raise CommandError(WRONGTYPE)
+
+
+def _string(server: Server, key: bytes, now: int | None = None) -> tuple[bytes, int | None] | None:
+    """The live string at `key` and its expiry, None if missing; WRONGTYPE for a stream."""
+    if key in server.streams.streams:
+        raise CommandError(WRONGTYPE)
+    return server.kv.get(key, now)
+
+
+def _delete_stream(server: Server, client: Client, key: bytes) -> bool:
+    if server.streams.destroy(key):
+        client.written_keys.add(key)  # blocked readers wake: XREADGROUP answers NOGROUP
+        return True
+    return False
+
+
 @command("DBSIZE")
 def _dbsize(server: Server, client: Client, arguments: list[bytes]) -> Any:
-    return len(server.streams.streams)
+    return len(server.streams.streams) + server.kv.count(now_ms())
 
 
 @command("TYPE")
 def _type(server: Server, client: Client, arguments: list[bytes]) -> Any:
-    _arity(arguments, 2)
-    return resp.SimpleString(b"stream" if arguments[1] in server.streams.streams else b"none")
+    key = arguments[1]
+    if key in server.streams.streams:
+        return resp.SimpleString(b"stream")
+    return resp.SimpleString(b"string" if server.kv.exists(key) else b"none")
 
 
 @command("EXISTS")
 def _exists(server: Server, client: Client, arguments: list[bytes]) -> Any:
-    _arity(arguments, 2)
-    return sum(1 for key in arguments[1:] if key in server.streams.streams)
+    return sum(1 for key in arguments[1:]
+               if key in server.streams.streams or server.kv.exists(key))
 
 
 @command("DEL")
 def _del(server: Server, client: Client, arguments: list[bytes]) -> Any:
-    _arity(arguments, 2)
-    deleted = sum(1 for key in dict.fromkeys(arguments[1:]) if server.streams.destroy(key))
-    client.wrote = client.wrote or deleted > 0
+    deleted = 0
+    for key in dict.fromkeys(arguments[1:]):
+        if _delete_stream(server, client, key):
+            deleted += 1
+        elif server.kv.exists(key):
+            server.kv.delete(key)
+            server.touch(key)
+            deleted += 1
     return deleted
+
+
+@command("GET")
+def _get(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    found = _string(server, arguments[1])
+    return None if found is None else found[0]
+
+
+@command("MGET")
+def _mget(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    now = now_ms()
+    values = []
+    for key in arguments[1:]:
+        found = None if key in server.streams.streams else server.kv.get(key, now)
+        values.append(None if found is None else found[0])
+    return values
+
+
+def _put(server: Server, client: Client, key: bytes, value: bytes,
+         expire_at_ms: int | None) -> None:
+    """SET's write: any other kind of value at `key` is replaced, as Redis does."""
+    _delete_stream(server, client, key)
+    server.kv.put(key, value, expire_at_ms)
+    server.touch(key)
+
+
+_SET_EXPIRY_OPTIONS = (b"EX", b"PX", b"EXAT", b"PXAT")
+
+
+@command("SET")
+def _set(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    key, value = arguments[1], arguments[2]
+    condition: bytes | None = None
+    get = keep_ttl = False
+    expiry: tuple[bytes, int] | None = None
+    position = 3
+    while position < len(arguments):
+        option = arguments[position].upper()
+        if option in (b"NX", b"XX") and condition in (None, option):
+            condition = option
+        elif option == b"GET":
+            get = True
+        elif option == b"KEEPTTL" and expiry is None:
+            keep_ttl = True
+        elif option in _SET_EXPIRY_OPTIONS and not keep_ttl and (
+                expiry is None or expiry[0] == option) and position + 1 < len(arguments):
+            position += 1
+            amount = _integer(arguments[position])
+            if amount <= 0:
+                raise CommandError("ERR invalid expire time in 'set' command")
+            expiry = (option, amount)
+        else:
+            raise CommandError("ERR syntax error")
+        position += 1
+    now = now_ms()
+    expire_at_ms = None
+    if expiry is not None:
+        option, amount = expiry
+        expire_at_ms = {b"EX": now + amount * 1000, b"PX": now + amount,
+                        b"EXAT": amount * 1000, b"PXAT": amount}[option]
+        if expire_at_ms > _INT64_MAX:
+            raise CommandError("ERR invalid expire time in 'set' command")
+    is_stream = key in server.streams.streams
+    if is_stream and get:
+        raise CommandError(WRONGTYPE)
+    old = None if is_stream else server.kv.get(key, now)
+    exists = is_stream or old is not None
+    if (condition == b"NX" and exists) or (condition == b"XX" and not exists):
+        return None if not get or old is None else old[0]
+    if keep_ttl and old is not None:
+        expire_at_ms = old[1]
+    _put(server, client, key, value, expire_at_ms)
+    if get:
+        return None if old is None else old[0]
+    return OK
+
+
+@command("MSET")
+def _mset(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    if len(arguments) % 2 == 0:
+        raise CommandError("ERR wrong number of arguments for 'mset' command")
+    for position in range(1, len(arguments), 2):
+        _put(server, client, arguments[position], arguments[position + 1], None)
+    return OK
+
+
+def _add(server: Server, client: Client, key: bytes, delta: int) -> int:
+    found = _string(server, key)
+    current, expire_at_ms = 0, None
+    if found is not None:
+        value = resp._parse_integer(found[0])
+        if value is None or not _INT64_MIN <= value <= _INT64_MAX:
+            raise CommandError("ERR value is not an integer or out of range")
+        current, expire_at_ms = value, found[1]
+    result = current + delta
+    if not _INT64_MIN <= result <= _INT64_MAX:
+        raise CommandError("ERR increment or decrement would overflow")
+    server.kv.put(key, b"%d" % result, expire_at_ms)  # INCR keeps the TTL, as Redis
+    server.touch(key)
+    return result
+
+
+@command("INCR")
+def _incr(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    return _add(server, client, arguments[1], 1)
+
+
+@command("DECR")
+def _decr(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    return _add(server, client, arguments[1], -1)
+
+
+@command("INCRBY")
+def _incrby(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    return _add(server, client, arguments[1], _integer(arguments[2]))
+
+
+@command("DECRBY")
+def _decrby(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    delta = _integer(arguments[2])
+    if delta == _INT64_MIN:
+        raise CommandError("ERR decrement would overflow")
+    return _add(server, client, arguments[1], -delta)
+
+
+def _ttl(server: Server, key: bytes, unit_ms: int) -> int:
+    if key in server.streams.streams:
+        return -1
+    now = now_ms()
+    found = server.kv.get(key, now)
+    if found is None:
+        return -2
+    if found[1] is None:
+        return -1
+    return (found[1] - now + unit_ms - 1) // unit_ms if unit_ms > 1 else found[1] - now
+
+
+@command("TTL")
+def _ttl_seconds(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    return _ttl(server, arguments[1], 1000)
+
+
+@command("PTTL")
+def _ttl_ms(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    return _ttl(server, arguments[1], 1)
+
+
+@command("SCAN")
+def _scan(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    """Keys in the order of their 64-bit hash; the cursor is the hash to go on from, so a key
+    present for the whole iteration is returned exactly once whatever is written meanwhile.
+    Costs a pass over every key per call until kvlayer can walk its index."""
+    cursor = resp._parse_integer(arguments[1])
+    if cursor is None or not 0 <= cursor < 1 << 64:
+        raise CommandError("ERR invalid cursor")
+    pattern: str | None = None
+    count, kind = 10, None
+    position = 2
+    while position < len(arguments):
+        option = arguments[position].upper()
+        if position + 1 >= len(arguments):
+            raise CommandError("ERR syntax error")
+        value = arguments[position + 1]
+        if option == b"MATCH":
+            pattern = value.decode("latin-1")
+        elif option == b"COUNT":
+            count = _integer(value)
+            if count < 1:
+                raise CommandError("ERR syntax error")
+        elif option == b"TYPE":
+            kind = value.lower()
+        else:
+            raise CommandError("ERR syntax error")
+        position += 2
+    now = now_ms()
+    found: list[tuple[int, bytes, bytes]] = []
+    for key in server.streams.streams:
+        hashed = key_hash(key)
+        if hashed >= cursor:
+            found.append((hashed, key, b"stream"))
+    for key in server.kv.keys():
+        hashed = key_hash(key)
+        if hashed >= cursor and key not in server.streams.streams and \
+                server.kv.get(key, now) is not None:
+            found.append((hashed, key, b"string"))
+    found.sort()
+    page, rest = found[:count], found[count:]
+    next_cursor = rest[0][0] if rest else 0
+    keys = [key for _, key, key_kind in page
+            if (kind is None or key_kind == kind) and (
+                pattern is None or fnmatch.fnmatchcase(key.decode("latin-1"), pattern))]
+    return [b"%d" % next_cursor, keys]
+
+
+# ---------------------------------------------------------------------- transactions
+
+
+@command("MULTI")
+def _multi(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    if client.multi is not None:
+        raise CommandError("ERR MULTI calls can not be nested")
+    client.multi, client.multi_error = [], False
+    return OK
+
+
+@command("DISCARD")
+def _discard(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    if client.multi is None:
+        raise CommandError("ERR DISCARD without MULTI")
+    client.multi, client.multi_error = None, False
+    server.unwatch(client)
+    return OK
+
+
+@command("EXEC")
+def _exec(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    """Runs the queued commands with nothing in between; their records are appended as one
+    batch per log at the end of the pipeline (streams.py, keyvalues.py), so after a crash the
+    transaction's writes are all there or none (per log)."""
+    if client.multi is None:
+        raise CommandError("ERR EXEC without MULTI")
+    queued, failed, dirty = client.multi, client.multi_error, client.dirty
+    client.multi, client.multi_error = None, False
+    server.unwatch(client)
+    if failed:
+        raise CommandError("EXECABORT Transaction discarded because of previous errors.")
+    if dirty:
+        return resp.NULL_ARRAY
+    replies = []
+    for queued_arguments in queued:
+        handler = _COMMANDS[queued_arguments[0].upper()]
+        reply, _ = server.call(client, handler, queued_arguments)
+        if isinstance(reply, Blocked):  # inside MULTI a blocking read does not block
+            reply = reply.timeout_reply
+        replies.append(reply)
+    return replies
+
+
+@command("WATCH")
+def _watch(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    if client.multi is not None:
+        raise CommandError("ERR WATCH inside MULTI is not allowed")
+    server.watch(client, arguments[1:])
+    return OK
+
+
+@command("UNWATCH")
+def _unwatch(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    server.unwatch(client)
+    return OK
+
+
+@command("RESET")
+def _reset(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    client.multi, client.multi_error = None, False
+    server.unwatch(client)
+    client.protocol, client.name = 2, None
+    client.authenticated = not server.settings.requirepass
+    return resp.SimpleString(b"RESET")
+
+
+# ---------------------------------------------------------------------- durability
+
+
+@command("WAITAOF")
+def _waitaof(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    """[local syncs, replica syncs] once this connection's writes are in a synced commit: the
+    reply goes out after the batch's commit of both logs (forced even with fsync everysec)."""
+    numlocal, numreplicas, timeout_ms = (_integer(a) for a in arguments[1:4])
+    if numlocal < 0 or numreplicas < 0:
+        raise CommandError("ERR value is out of range, must be positive")
+    if timeout_ms < 0:
+        raise CommandError("ERR timeout is negative")
+    client.sync_required = True
+    if numreplicas > 0 or numlocal > 1:  # never reached: wait out the timeout, as Redis does
+        return Blocked([], timeout_ms, lambda: None, timeout_reply=[1, 0])
+    return [1, 0]
+
+
+@command("WAIT")
+def _wait_replicas(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    numreplicas, timeout_ms = _integer(arguments[1]), _integer(arguments[2])
+    if timeout_ms < 0:
+        raise CommandError("ERR timeout is negative")
+    if numreplicas > 0:
+        return Blocked([], timeout_ms, lambda: None, timeout_reply=0)
+    return 0
+
+
+@command("KV.CHECKPOINT")
+def _kv_checkpoint(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    """Checkpoints the KV index (kvlayer); answers the log position it covers. Runs on the
+    event loop: an administrative command, other clients wait for it."""
+    server.kv.flush()
+    return server.kv.store.checkpoint().position
+
+
+@command("LOG.TRUNCATE")
+def _log_truncate(server: Server, client: Client, arguments: list[bytes]) -> Any:
+    """Moves the stream log's begin to ADDRESS. The state that lives in records below it
+    (each stream's last id and counters, every group) is first restated at the tail and
+    committed, so a restart recovers it; entries below the address leave their streams."""
+    address = _integer(arguments[1])
+    if not 0 <= address <= server.log.committed_until_address:
+        raise CommandError("ERR LOG.TRUNCATE address must be a committed address")
+    server.groups.restate()
+    server.streams.flush()
+    server.log.commit()
+    try:
+        server.log.truncate_until(address)
+    except Exception as error:  # noqa: BLE001 - a typed fasterlog error: answered as text
+        raise CommandError("ERR " + " ".join(str(error).split())) from None
+    server.streams.forget_below(server.log.begin_address)
+    client.wrote = True  # the batch's commit makes the new begin durable
+    return OK
 
 
 # ---------------------------------------------------------------------- streams
@@ -492,8 +1044,10 @@ def _xadd(server: Server, client: Client, arguments: list[bytes]) -> Any:
     fields = arguments[position + 1:]
     if position >= len(arguments) or not fields or len(fields) % 2:
         raise CommandError("ERR wrong number of arguments for 'xadd' command")
-    if not make_stream and key not in server.streams.streams:
-        return None
+    if key not in server.streams.streams:
+        _not_a_string(server, key)
+        if not make_stream:
+            return None
     stream_id = server.streams.next_id(key, arguments[position])
     server.streams.add(key, stream_id, fields)
     if trim is not None:
@@ -506,12 +1060,14 @@ def _xadd(server: Server, client: Client, arguments: list[bytes]) -> Any:
 @command("XLEN")
 def _xlen(server: Server, client: Client, arguments: list[bytes]) -> Any:
     _arity(arguments, 2)
+    _not_a_string(server, arguments[1])
     return server.streams.length(arguments[1])
 
 
 def _range(server: Server, arguments: list[bytes], reverse: bool) -> Any:
     _arity(arguments, 4)
     key = arguments[1]
+    _not_a_string(server, key)
     first, second = (arguments[3], arguments[2]) if reverse else (arguments[2], arguments[3])
     start = (0, 0) if first == b"-" else parse_id(first, missing_seq=0, exclusive_ok=True)
     end = ID_MAX if second == b"+" else parse_id(second, missing_seq=(1 << 64) - 1,
@@ -537,9 +1093,8 @@ def _xrevrange(server: Server, client: Client, arguments: list[bytes]) -> Any:
 @command("XDEL")
 def _xdel(server: Server, client: Client, arguments: list[bytes]) -> Any:
     _arity(arguments, 3)
-    deleted = server.streams.delete(arguments[1], [parse_id(a) for a in arguments[2:]])
-    client.wrote = client.wrote or deleted > 0
-    return deleted
+    _not_a_string(server, arguments[1])
+    return server.streams.delete(arguments[1], [parse_id(a) for a in arguments[2:]])
 
 
 @command("XTRIM")
@@ -548,14 +1103,14 @@ def _xtrim(server: Server, client: Client, arguments: list[bytes]) -> Any:
     trim, position = _trim_options(arguments, 2)
     if position != len(arguments):
         raise CommandError("ERR syntax error")
-    deleted = server.streams.trim(arguments[1], **trim)
-    client.wrote = client.wrote or deleted > 0
-    return deleted
+    _not_a_string(server, arguments[1])
+    return server.streams.trim(arguments[1], **trim)
 
 
 @command("LOG.COMMIT")
 def _log_commit(server: Server, client: Client, arguments: list[bytes]) -> Any:
-    client.wrote = True  # the batch's commit below is the answer
+    client.sync_required = True  # the batch's commit of both logs below is the answer
+    server.streams.flush()
     return server.log.tail_address
 
 
@@ -620,6 +1175,8 @@ def _read_options(arguments: list[bytes], position: int, group: bool) -> tuple[
 def _xread(server: Server, client: Client, arguments: list[bytes]) -> Any:
     _arity(arguments, 4)
     count, block_ms, _, keys, texts = _read_options(arguments, 1, group=False)
+    for key in keys:
+        _not_a_string(server, key)
     visible = server.visible_until_address()
     after: list[tuple[int, int]] = []
     for key, text in zip(keys, texts):
@@ -712,6 +1269,7 @@ def _xgroup_create(server: Server, client: Client, arguments: list[bytes]) -> An
         make_stream, position = True, position + 1
     entries_read = _entries_read_option(arguments, position)
     last_id = _group_id(server, key, arguments[4])
+    _not_a_string(server, key)
     if key not in server.streams.streams:
         if not make_stream:
             raise _key_must_exist()
@@ -786,7 +1344,6 @@ def _xreadgroup(server: Server, client: Client, arguments: list[bytes]) -> Any:
         server.groups.require(key, name, " in XREADGROUP with GROUP option")
 
     def attempt() -> Any:
-        tail_address = server.log.tail_address
         results: list[tuple[bytes, list[Any]]] = []
         for key, since in zip(keys, history):
             _, group = server.groups.require(key, name, " in XREADGROUP with GROUP option")
@@ -798,18 +1355,12 @@ def _xreadgroup(server: Server, client: Client, arguments: list[bytes]) -> Any:
             else:
                 results.append((key, _deliver_history(server, key, group, consumer, since,
                                                       count)))
-        _note_writes(client, tail_address, server)
         return _streams_reply(client, results) if results else None
 
     reply = attempt()
     if reply is not None or block_ms is None:
         return reply if reply is not None else resp.NULL_ARRAY
     return Blocked(keys, block_ms, attempt)
-
-
-def _note_writes(client: Client, tail_address: int, server: Server) -> None:
-    """Marks the batch for a commit if the log grew since `tail_address` (a group record)."""
-    client.wrote = client.wrote or server.log.tail_address != tail_address
 
 
 def _deliver_new(server: Server, key: bytes, group: Any, consumer: bytes, count: int | None,
@@ -925,7 +1476,6 @@ def _xclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
             raise CommandError("ERR Unrecognized XCLAIM option "
                                f"'{option.decode(errors='replace')}'")
         position += 2
-    tail_address = server.log.tail_address
     if last_id is not None and last_id > group.last_id:
         server.groups.set_id(key, name, last_id, group.entries_read)
     claimed: list[tuple[tuple[int, int], int, int]] = []
@@ -952,7 +1502,6 @@ def _xclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
     if claimed:
         server.groups.consumer(key, group, owner, now)
     server.groups.claim(key, group, owner, now, claimed, deleted)
-    _note_writes(client, tail_address, server)
     return replies
 
 
@@ -976,7 +1525,6 @@ def _xautoclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
             raise CommandError("ERR syntax error")
     stream, group = server.groups.require(key, name)
     now = now_ms()
-    tail_address = server.log.tail_address
     server.groups.consumer(key, group, owner, now)
     claimed: list[tuple[tuple[int, int], int, int]] = []
     deleted: list[tuple[int, int]] = []
@@ -997,7 +1545,6 @@ def _xautoclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
             replies.append(b"%d-%d" % stream_id if justid else [b"%d-%d" % stream_id, fields])
     next_id = candidates[scanned] if scanned < len(candidates) else (0, 0)
     server.groups.claim(key, group, owner, now, claimed, deleted)
-    _note_writes(client, tail_address, server)
     return [b"%d-%d" % next_id, replies, [b"%d-%d" % i for i in deleted]]
 
 
@@ -1005,6 +1552,7 @@ def _xautoclaim(server: Server, client: Client, arguments: list[bytes]) -> Any:
 def _xinfo(server: Server, client: Client, arguments: list[bytes]) -> Any:
     _arity(arguments, 3)
     sub, key = arguments[1].upper(), arguments[2]
+    _not_a_string(server, key)
     stream = server.streams.streams.get(key)
     if sub == b"CONSUMERS" and len(arguments) == 4:
         if stream is None:
@@ -1018,6 +1566,10 @@ def _xinfo(server: Server, client: Client, arguments: list[bytes]) -> Any:
                           b"inactive": -1 if c.active_time_ms < 0 else
                           max(0, now - c.active_time_ms)})
                 for _, c in sorted(found[1].consumers.items())]
+    if sub == b"STREAM" and len(arguments) > 3:
+        if stream is None:
+            raise CommandError("ERR no such key")
+        return _xinfo_stream_full(server, key, stream, arguments)
     if sub not in (b"GROUPS", b"STREAM") or len(arguments) != 3:
         raise CommandError("ERR unknown subcommand or wrong number of arguments for "
                            f"'XINFO|{sub.decode(errors='replace').lower()}'")
@@ -1063,3 +1615,54 @@ async def serve(directory: str, settings: ServerSettings,
     await stop.wait()
     await server.close()
     log.close()
+
+
+def _xinfo_stream_full(server: Server, key: bytes, stream: Any, arguments: list[bytes]) -> Any:
+    """XINFO STREAM key FULL [COUNT n]: the stream, its first COUNT entries (default 10, 0 for
+    all), and every group with its PEL and consumers (each PEL limited to COUNT too)."""
+    count = 10
+    if arguments[3].upper() != b"FULL":
+        raise CommandError("ERR syntax error")
+    if len(arguments) == 6 and arguments[4].upper() == b"COUNT":
+        count = _integer(arguments[5])
+        if count < 0:
+            count = 10
+    elif len(arguments) != 4:
+        raise CommandError("ERR syntax error")
+    limit = None if count == 0 else count
+    groups = []
+    for _, group in sorted(stream.groups.items()):
+        pending = group.pending_ids[:limit]
+        consumers = []
+        for _, consumer in sorted(group.consumers.items()):
+            own = sorted(consumer.pending)[:limit]
+            consumers.append(resp.Map({
+                b"name": consumer.name, b"seen-time": consumer.seen_time_ms,
+                b"active-time": consumer.active_time_ms, b"pel-count": len(consumer.pending),
+                b"pending": [[b"%d-%d" % i, group.pending[i].delivery_time_ms,
+                              group.pending[i].delivery_count] for i in own]}))
+        groups.append(resp.Map({
+            b"name": group.name, b"last-delivered-id": b"%d-%d" % group.last_id,
+            b"entries-read": None if group.entries_read < 0 else group.entries_read,
+            b"lag": lag(stream, group), b"pel-count": len(group.pending_ids),
+            b"pending": [[b"%d-%d" % i, group.pending[i].consumer,
+                          group.pending[i].delivery_time_ms, group.pending[i].delivery_count]
+                         for i in pending],
+            b"consumers": consumers}))
+    return resp.Map({b"length": len(stream.ids), b"radix-tree-keys": 1,
+                     b"radix-tree-nodes": 2, b"last-generated-id": b"%d-%d" % stream.last_id,
+                     b"max-deleted-entry-id": b"%d-%d" % stream.max_deleted_id,
+                     b"entries-added": stream.entries_added,
+                     b"recorded-first-entry-id": b"%d-%d" % stream.first_id,
+                     b"entries": server.streams.range(key, (0, 0), ID_MAX, limit),
+                     b"groups": groups})
+
+
+def run(directory: str, settings: ServerSettings) -> None:
+    """Runs `serve` on uvloop when it is installed (optional), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(directory, settings))
+    else:
+        uvloop.run(serve(directory, settings))

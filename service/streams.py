@@ -6,10 +6,23 @@ Every change is one log entry, msgpack-encoded:
     [b"xtrim", stream, ms, seq]                       every entry below ms-seq deleted
     [b"xdestroy", stream]                             the stream deleted (DEL), groups too
     [b"xcreate", stream]                              an empty stream (XGROUP CREATE MKSTREAM)
+    [b"xmeta", stream, ms, seq, entries_added, del_ms, del_seq]
+        the stream's last id, entries-added and max-deleted id restated (LOG.TRUNCATE writes
+        it before cutting the log, so the records below the cut are not needed)
 Records of other kinds (consumer groups: see groups.py) go to the applier registered for their
 kind in `StreamStore.appliers`, in log order, so one replay rebuilds everything.
 The in-memory index keeps, per stream, the sorted ids and their log addresses, and the last id
 ever added (Redis never reuses an id, even after deletion). Field values live only in the log.
+
+Deferred appends: `write` does not append at once. It packs the record, applies it to the
+index under a placeholder address (PENDING_ADDRESS_BASE + its place in the pending list) and
+keeps the bytes; `flush()` appends every pending record with one `append_many` (atomic: after a
+crash all of them or none survive) and puts the real addresses in place of the placeholders.
+The server flushes once per pipelined read (and before anything that must see the log), so a
+pipeline of 1,000 XADDs costs one core call and one commit, and a MULTI/EXEC transaction is
+one atomic batch. Placeholders are above every real address, so pending entries are never
+visible to XREAD (they are not committed), and they are always the newest entries of their
+streams, so the fix-up walks each touched stream from its end.
 
 Visibility: an entry exists in the index from its append, but readers that wait for news (XREAD,
 XREADGROUP) see only entries below a `visible_until_address` the server gives them (the
@@ -31,6 +44,8 @@ from fasterlog import FasterLog
 
 StreamId = tuple[int, int]
 ID_MAX: StreamId = ((1 << 64) - 1, (1 << 64) - 1)
+PENDING_ADDRESS_BASE = 1 << 62  # placeholders for records not yet appended (see above)
+_packb = msgpack.Packer(use_bin_type=True).pack
 
 
 class StreamError(ValueError):
@@ -103,6 +118,11 @@ class StreamStore:
         self.log = log
         self.streams: dict[bytes, Stream] = {}
         self.appliers: dict[bytes, Callable[[int, list[Any]], None]] = {}
+        self._pending: list[bytes] = []  # packed records not yet appended, in order
+        self._entry_size_max = log.entry_size_max
+        self._pending_streams: set[bytes] = set()  # streams holding placeholder addresses
+        # Called with the key every record changes (the server's WATCH bookkeeping).
+        self.on_write: Callable[[bytes], None] = lambda key: None
         if replay:
             self.replay()
 
@@ -120,6 +140,11 @@ class StreamStore:
             self.appliers[kind](address, record)
         elif kind == b"xcreate":
             self.streams.setdefault(name, Stream())
+        elif kind == b"xmeta":
+            stream = self.streams.setdefault(name, Stream())
+            stream.last_id = max(stream.last_id, (record[2], record[3]))
+            stream.entries_added = record[4]
+            stream.max_deleted_id = (record[5], record[6])
         elif kind == b"xadd":
             stream = self.streams.setdefault(name, Stream())
             stream_id = (record[2], record[3])
@@ -147,9 +172,44 @@ class StreamStore:
         return self._write(record)
 
     def _write(self, record: list[Any]) -> int:
-        address = self.log.append(msgpack.packb(record, use_bin_type=True))
+        payload = _packb(record)
+        if len(payload) > self.log.entry_size_max:
+            raise StreamError(f"ERR entry of {len(payload)} bytes exceeds the log's "
+                              f"entry_size_max ({self.log.entry_size_max})")
+        address = PENDING_ADDRESS_BASE + len(self._pending)
+        self._pending.append(payload)
+        self._pending_streams.add(record[1])
         self._apply(address, record)
+        self.on_write(record[1])
         return address
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> bool:
+        """Appends the pending records in one atomic batch; True if there were any."""
+        if not self._pending:
+            return False
+        addresses = self.log.append_many(self._pending)
+        for name in self._pending_streams:
+            stream = self.streams.get(name)
+            if stream is None:
+                continue
+            stream_addresses = stream.addresses
+            index = len(stream_addresses) - 1
+            while index >= 0 and stream_addresses[index] >= PENDING_ADDRESS_BASE:
+                stream_addresses[index] = addresses[stream_addresses[index] -
+                                                    PENDING_ADDRESS_BASE]
+                index -= 1
+        self._pending.clear()
+        self._pending_streams.clear()
+        return True
+
+    def read_record(self, address: int) -> bytes:
+        if address >= PENDING_ADDRESS_BASE:
+            return self._pending[address - PENDING_ADDRESS_BASE]
+        return self.log.read(address)
 
     # ------------------------------------------------------------------ commands
 
@@ -171,6 +231,30 @@ class StreamStore:
             raise StreamError("ERR The ID specified in XADD is equal or smaller than the target "
                               "stream top item")
         return stream_id
+
+    def add_now(self, name: bytes, stream: Stream, fields: list[bytes]) -> bytes:
+        """XADD with `*` on an existing stream, inlined for the server's hot path: the same
+        record and effects as next_id(name, b"*") then add(). Returns the id's text."""
+        last_ms, last_seq = stream.last_id
+        ms = int(time.time() * 1000)
+        if ms <= last_ms:
+            ms, seq = last_ms, last_seq + 1
+        else:
+            seq = 0
+        payload = _packb([b"xadd", name, ms, seq, fields])
+        if len(payload) > self._entry_size_max:
+            raise StreamError(f"ERR entry of {len(payload)} bytes exceeds the log's "
+                              f"entry_size_max ({self._entry_size_max})")
+        pending = self._pending
+        stream.addresses.append(PENDING_ADDRESS_BASE + len(pending))
+        pending.append(payload)
+        self._pending_streams.add(name)
+        stream_id = (ms, seq)
+        stream.ids.append(stream_id)
+        stream.last_id = stream_id
+        stream.entries_added += 1
+        self.on_write(name)
+        return b"%d-%d" % stream_id
 
     def add(self, name: bytes, stream_id: StreamId, fields: list[bytes]) -> int:
         return self._write([b"xadd", name, stream_id[0], stream_id[1], fields])
@@ -216,6 +300,19 @@ class StreamStore:
             self._write([b"xcreate", name])
         return self.streams[name]
 
+    def restate(self) -> None:
+        """Writes each stream's counters as xmeta records (before a truncation)."""
+        for name, stream in self.streams.items():
+            self._write([b"xmeta", name, *stream.last_id, stream.entries_added,
+                         *stream.max_deleted_id])
+
+    def forget_below(self, begin_address: int) -> None:
+        """Drops the entries the log no longer holds (after a truncation)."""
+        for stream in self.streams.values():
+            cut = bisect.bisect_left(stream.addresses, begin_address)
+            del stream.ids[:cut]
+            del stream.addresses[:cut]
+
     def last_visible_id(self, name: bytes, visible_until_address: int) -> StreamId:
         """The `$` of XREAD: the last id added, or the last visible one if later ones are not."""
         stream = self.streams.get(name)
@@ -242,7 +339,8 @@ class StreamStore:
         """An entry's fields, or None when it was deleted."""
         index = bisect.bisect_left(stream.ids, stream_id)
         if index < len(stream.ids) and stream.ids[index] == stream_id:
-            return list(msgpack.unpackb(self.log.read(stream.addresses[index]), raw=True)[4])
+            return list(msgpack.unpackb(self.read_record(stream.addresses[index]),
+                                        raw=True)[4])
         return None
 
     def length(self, name: bytes) -> int:
@@ -262,5 +360,5 @@ class StreamStore:
         return [self.entry(stream, index) for index in indexes]
 
     def entry(self, stream: Stream, index: int) -> list[Any]:
-        record = msgpack.unpackb(self.log.read(stream.addresses[index]), raw=True)
+        record = msgpack.unpackb(self.read_record(stream.addresses[index]), raw=True)
         return [format_id(stream.ids[index]), list(record[4])]

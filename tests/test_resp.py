@@ -298,6 +298,42 @@ def test_commands_split_at_every_byte_offset_parse_the_same(commands: list[list[
     assert read_commands([data[i : i + 1] for i in range(len(data))]) == commands
 
 
+def read_commands_batched(pieces: list[bytes], count_max: int,
+                          limits: RespLimits | None = None) -> list[list[bytes]]:
+    reader = RespReader(limits or RespLimits())
+    commands: list[list[bytes]] = []
+    for piece in pieces:
+        reader.feed(piece)
+        while batch := reader.next_commands(count_max):
+            commands += batch
+    return commands
+
+
+@QUICK
+@given(st.lists(arguments_st, min_size=1, max_size=3), st.integers(1, 4))
+def test_next_commands_fast_path_parses_as_next_command_at_every_split(
+        commands: list[list[bytes]], count_max: int) -> None:
+    data = b"".join(command_bytes(c) for c in commands) + b"PING\r\n*0\r\n"
+    expected = [*commands, [b"PING"]]
+    for offset in range(len(data) + 1):
+        assert read_commands_batched([data[:offset], data[offset:]], count_max) == expected
+    assert read_commands_batched([data[i : i + 1] for i in range(len(data))], 2) == expected
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"*1\r\n$4\r\nPING\r\n*2\r\n$1\r\na\r\n$01\r\nb\r\n", "invalid bulk length"),
+    (b"*1\r\n$4\r\nPING\r\n*2\r\n$1\r\na\r\n$1\r\nbXY", "expected CRLF"),
+    (b"*1\r\n$4\r\nPING\r\n*1\r\n$999999999\r\n", "invalid bulk length"),
+])
+def test_next_commands_leaves_malformed_frames_to_the_reference_path(data: bytes,
+                                                                      message: str) -> None:
+    reader = RespReader(SMALL)
+    reader.feed(data)
+    assert reader.next_commands(1) == [[b"PING"]]
+    with pytest.raises(RemoteProtocolError, match=message):
+        reader.next_commands(10)
+
+
 inline_word_st = st.binary(min_size=1, max_size=12)
 
 

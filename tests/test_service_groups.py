@@ -4,7 +4,7 @@ clients' XADDs without stalling anyone else, and group state survives a restart 
 
 Method: the server runs in a thread with its own event loop on port 0 (tests/test_service.py's
 RunningServer); clients connect over loopback, blocked ones from their own thread or task.
-redis-cli is not installed here, so only redis-py is used.
+redis-cli and redis-benchmark are driven in tests/test_service_tools.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,137 @@
+"""The KV view of the server: Redis strings kept in a kvlayer KVStore.
+
+Where: the store is its own log in the `kv` directory inside the server's log directory (the
+stream log's records are msgpack, the store's are kvlayer records; one log per format keeps
+each replay simple and leaves kvlayer's recovery untouched). A reply that wrote to both waits
+for both commits. A transaction (MULTI/EXEC) is atomic within each log: its stream records are
+one append_many, its KV writes one `write_batch`; a crash between the two commits of a
+transaction that wrote both kinds can keep one half (documented in the README).
+
+Values are stored in an envelope so that an expiry survives a restart:
+    b"\\x00" + value                                   no expiry
+    b"\\x01" + expire-at (u64 little-endian, Unix ms) + value
+An expired key is invisible to every command (it reads as missing) and is deleted durably by
+the server's expiry sweep or by the next write to it.
+
+Pending writes: `put` and `delete` go to an in-memory overlay that reads consult, and `flush()`
+writes the overlay with one `KVStore.write_batch(commit=False)` (atomic), so a pipeline's KV
+writes cost one batch and one commit. The server flushes before every commit, and never awaits
+while the overlay holds anything, so the overlay only ever holds the running batch's writes.
+Only KVStore's public API is used.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+
+from kvlayer import KVStore
+
+ENVELOPE_PLAIN = 0
+ENVELOPE_EXPIRING = 1
+_EXPIRY = struct.Struct("<Q")
+_BATCH_KEYS_MAX = 65535  # kvlayer's batch_ops_count_max
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def pack(value: bytes, expire_at_ms: int | None) -> bytes:
+    if expire_at_ms is None:
+        return b"\x00" + value
+    return b"\x01" + _EXPIRY.pack(expire_at_ms) + value
+
+
+def unpack(envelope: bytes) -> tuple[bytes, int | None]:
+    if envelope[:1] == b"\x01":
+        return envelope[9:], _EXPIRY.unpack_from(envelope, 1)[0]
+    return envelope[1:], None
+
+
+class KeyValues:
+    """String keys over a KVStore, with expiries and a pending-write overlay."""
+
+    def __init__(self, store: KVStore) -> None:
+        self.store = store
+        self._pending: dict[bytes, bytes | None] = {}
+        # Every live key that has an expiry -> its expire-at ms (rebuilt at open: the sweep
+        # and DBSIZE need them without reading every value).
+        self.expires: dict[bytes, int] = {}
+        for key, envelope in store.items():
+            if envelope[:1] == b"\x01":
+                self.expires[key] = unpack(envelope)[1]  # type: ignore[assignment]
+
+    def _envelope(self, key: bytes) -> bytes | None:
+        pending = self._pending
+        if key in pending:
+            return pending[key]
+        return self.store.get(key)
+
+    def get(self, key: bytes, now: int | None = None) -> tuple[bytes, int | None] | None:
+        """The live value of `key` and its expire-at ms (None: no expiry), or None."""
+        envelope = self._envelope(key)
+        if envelope is None:
+            return None
+        value, expire_at_ms = unpack(envelope)
+        if expire_at_ms is not None and expire_at_ms <= (now_ms() if now is None else now):
+            return None
+        return value, expire_at_ms
+
+    def exists(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def put(self, key: bytes, value: bytes, expire_at_ms: int | None = None) -> None:
+        self._pending[key] = pack(value, expire_at_ms)
+        if expire_at_ms is None:
+            self.expires.pop(key, None)
+        else:
+            self.expires[key] = expire_at_ms
+
+    def delete(self, key: bytes) -> None:
+        """Deletes the key (a tombstone even if it is already gone: cheap and harmless)."""
+        self._pending[key] = None
+        self.expires.pop(key, None)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> bool:
+        """Writes the overlay to the store (not committed); True if there was anything."""
+        if not self._pending:
+            return False
+        items = list(self._pending.items())
+        self._pending.clear()
+        # One write_batch is atomic; an MSET of more keys than one batch holds is split.
+        for start in range(0, len(items), _BATCH_KEYS_MAX):
+            self.store.write_batch(items[start:start + _BATCH_KEYS_MAX], commit=False)
+        return True
+
+    def count(self, now: int) -> int:
+        """Live keys, expired ones excluded."""
+        live = len(self.store)
+        for key, envelope in self._pending.items():
+            live += (envelope is not None) - (self.store.get(key) is not None)
+        return live - sum(1 for at in self.expires.values() if at <= now)
+
+    def expired(self, now: int, limit: int) -> list[bytes]:
+        found = []
+        for key, at in self.expires.items():
+            if at <= now:
+                found.append(key)
+                if len(found) == limit:
+                    break
+        return found
+
+    def keys(self) -> Iterator[bytes]:
+        """Live keys (expired ones included: callers filter). Costs a pass over the KV log
+        until kvlayer can walk its index (KVStore.keys)."""
+        pending = self._pending
+        for key in self.store.keys():
+            if key not in pending:
+                yield key
+        for key, envelope in list(pending.items()):
+            if envelope is not None:
+                yield key
