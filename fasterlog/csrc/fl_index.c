@@ -425,3 +425,33 @@ int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context) {
     pthread_mutex_unlock(&index->writer_mutex);
     return rc;
 }
+
+/* ------------------------------------------------------------------ bulk load */
+
+/* Restoring a checkpoint: one call instead of one upsert (and one cffi crossing) per key.
+ * Each chain's head becomes the newest address among its entries (kvlayer rule 5). */
+int fl_index_load(fl_index *index, const uint64_t *hashes, const uint64_t *words, size_t count,
+                  uint64_t address_mask) {
+    if (pthread_mutex_trylock(&index->writer_mutex) != 0) return FL_E_INDEX_BUSY;
+    fl_index_table *table = index->table;
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        uint64_t address = words[i] & address_mask;
+        if (address == 0 || address > ADDRESS_MASK) {
+            rc = FL_E_ADDRESS;
+            break;
+        }
+        if (i + 8 < count)
+            __builtin_prefetch(&table->buckets[hashes[i + 8] & (table->buckets_count - 1)]);
+        slot_search search = search_chain(table, hashes[i]);
+        uint64_t entry = make_entry(tag_of(hashes[i]), address);
+        if (search.found == NULL) {
+            rc = insert_entry(table, &search, entry);
+        } else if ((atomic_load_explicit(search.found, memory_order_relaxed) & ADDRESS_MASK) <
+                   address) {
+            atomic_store_explicit(search.found, entry, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&index->writer_mutex);
+    return rc;
+}
