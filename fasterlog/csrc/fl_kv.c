@@ -83,6 +83,8 @@ static void blake2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t c
     v[12] ^= counter; /* the high word of the 128-bit counter stays 0: keys are < 64 KiB */
     if (last) v[14] = ~v[14];
     for (int i = 0; i < 16; i++) m[i] = fl_load64(block + 8 * i);
+    /* Unrolled, the message schedule becomes constant offsets (about 30% faster here). */
+#pragma GCC unroll 12
     for (int r = 0; r < 12; r++) {
         const uint8_t *s = blake2b_sigma[r];
         B2B_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
@@ -389,11 +391,26 @@ int64_t fl_kv_get(fl_kv_reader *reader, const char *key, size_t key_size) {
     return fl_kv_value_from(reader, head, hash, key, key_size);
 }
 
+/* Asks the memory system for the first lines of the record at `address` if its page may be
+ * in the ring: the walks of a batch are independent cache misses, and issuing them early lets
+ * several be in flight. Only a hint: the address is computed without the log's lock, and any
+ * value lands inside the ring's memory, so a stale one costs nothing but a useless load. */
+static inline void prefetch_record(const fl_kv *kv, uint64_t address) {
+    const fl_log *log = kv->log;
+    if (address == 0 || log->memory == NULL) return;
+    uint64_t page = address / log->page_size_bytes;
+    const uint8_t *at = log->memory + (page % log->pages_count) * log->page_size_bytes +
+                        address % log->page_size_bytes;
+    __builtin_prefetch(at);
+    __builtin_prefetch(at + 64);
+    __builtin_prefetch(at + 128);
+}
+
 int64_t fl_kv_get_many(fl_kv *kv, const char *keys, const uint32_t *key_sizes, size_t count,
                        char *buffer, size_t capacity, uint32_t *offsets_out, uint32_t *sizes_out,
                        uint32_t *missing_out, uint64_t *missing_count_out,
                        fl_error_info *error) {
-    enum { chunk = 256 }; /* hashes and heads per find_many, kept on the stack */
+    enum { chunk = 256, prefetch_distance = 8 }; /* chunk: hashes per find_many, on the stack */
     uint64_t hashes[chunk], heads[chunk];
     uint8_t stack[STACK_RECORD_BYTES];
     const char *key = keys;
@@ -404,7 +421,9 @@ int64_t fl_kv_get_many(fl_kv *kv, const char *keys, const uint32_t *key_sizes, s
         size_t n = count - base < chunk ? count - base : chunk;
         fl_kv_hash_many(key, key_sizes + base, n, hashes);
         fl_index_find_many(kv->index, hashes, n, heads);
+        for (size_t j = 0; j < n && j < prefetch_distance; j++) prefetch_record(kv, heads[j]);
         for (size_t j = 0; j < n; j++) {
+            if (j + prefetch_distance < n) prefetch_record(kv, heads[j + prefetch_distance]);
             size_t i = base + j;
             uint32_t key_size = key_sizes[i];
             int rc = 0;
