@@ -226,7 +226,7 @@ class RocksStore:
         return self.db.get
 
     def get_many(self, keys: list[bytes]) -> list[Any]:
-        return self.db.get(keys)  # type: ignore[no-any-return]
+        return self.db.get(keys)  # type: ignore[return-value, arg-type]
 
     def memory_bytes(self, count: int, rss_growth: int) -> int:
         return tree_bytes(self.directory)
@@ -272,7 +272,7 @@ class SqliteStore:
         found: dict[bytes, bytes] = {}
         for start in range(0, len(keys), 500):  # under SQLite's default variable limit
             chunk = keys[start:start + 500]
-            query = "SELECT k, v FROM kv WHERE k IN (%s)" % ",".join("?" * len(chunk))
+            query = f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))})"
             found.update(self.db.execute(query, chunk).fetchall())
         return [found.get(key) for key in keys]
 
@@ -301,7 +301,7 @@ def run_rep(store_name: str, count: int, directory: str, cold: bool) -> dict[str
     order = rng.sample(keys, min(count, GETS_MAX))
     result: dict[str, Any] = {"store": store_name, "keys": count}
     rss_before = rss_bytes()
-    store = ADAPTERS[store_name](directory, count)
+    store: Any = ADAPTERS[store_name](directory, count)
     start = time.perf_counter()
     for begin in range(0, count, BATCH_KEYS):
         store.put_batch([(key, value) for key in keys[begin:begin + BATCH_KEYS]])
@@ -391,9 +391,9 @@ def fmt(value: float, kind: str) -> str:
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]], count: int, reps: int) -> str:
-    lines = [f"{count:,} keys of {KEY_SIZE_BYTES} B, values of {VALUE_SIZE_BYTES} B; medians "
-             f"of {reps} reps (min..max); ratio = store / kvlayer (for seconds and bytes, "
-             "lower is better).", ""]
+    lines = [(f"{count:,} keys of {KEY_SIZE_BYTES} B, values of {VALUE_SIZE_BYTES} B; medians "
+              f"of {reps} reps (min..max); ratio = store / kvlayer (for seconds and bytes, "
+              "lower is better)."), ""]
     stores = [name for name in runs if runs[name]]
     lines.append("| metric | " + " | ".join(stores) + " |")
     lines.append("|---" * (len(stores) + 1) + "|")
@@ -482,10 +482,10 @@ def main() -> None:
         load = os.getloadavg()
         header = [
             "# kvlayer benchmark (bench/bench_kv.py)", "",
-            f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
-            f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"load average {load[0]:.2f} at the end, {time.time() - started:.0f} s in all. "
-            f"Command: `python3 bench/bench_kv.py {' '.join(sys.argv[1:])}`.", ""]
+            (f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+             f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+             f"load average {load[0]:.2f} at the end, {time.time() - started:.0f} s in all. "
+             f"Command: `python3 bench/bench_kv.py {' '.join(sys.argv[1:])}`."), ""]
         with open(os.path.join(HERE, "RESULTS_KV.md"), "w") as file:
             file.write("\n".join(header) + text + "\n")
 

@@ -41,7 +41,6 @@ from typing import Any
 
 from fasterlog import FasterLog
 from fasterlog._fasterlog_c import ffi, lib
-from fasterlog.errors import EntryTooLarge
 
 from . import _fast
 from . import checkpoint as checkpoint_files
@@ -204,8 +203,8 @@ class _HashIndex:
         self._resolve_error: BaseException | None = None
         self._resolve = ffi.callback(_RESOLVE_SIGNATURE, self._resolve_record)
         self._log = log  # kept: `kv` borrows the log's and the index's handles
-        self.kv = None if log is None else _fast.create(log._log, self.handle)
-        self.readers = None if log is None else _fast.Readers(self.kv)
+        self.kv: Any = None if log is None else _fast.create(log._log, self.handle)
+        self.readers: Any = None if log is None else _fast.Readers(self.kv)
 
     def _resolve_record(self, context: Any, address: int, hashes: Any, capacity: int,
                         previous_out: Any) -> int:
@@ -591,8 +590,9 @@ class KVStore:
                                             for value in values])
             joined_values = b"".join([value for value in values if value is not None])
         else:
-            value_sizes = array.array("I", map(len, values))
-            joined_values = b"".join(values)  # type: ignore[arg-type]
+            puts: list[bytes] = values  # type: ignore[assignment]
+            value_sizes = array.array("I", map(len, puts))
+            joined_values = b"".join(puts)
         addresses = _new_uncleared("uint64_t[]", count)
         result = ffi.new("fl_kv_write_result *")
         info = ffi.new("fl_error_info *")

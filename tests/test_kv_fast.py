@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from fasterlog.errors import CorruptionError
 from fasterlog._fasterlog_c import lib
+from fasterlog.errors import CorruptionError
 from kvlayer import KVStore, key_hash
 from kvlayer.errors import RecordCorruptError
 from kvlayer.store import OP_PUT, _Op, decode_record, encode_record
@@ -37,6 +37,12 @@ COLD_SETTINGS: dict[str, Any] = {
     "memory_size_bytes": 64 << 10,  # the data below is many times this: reads hit the disk
     "segment_size_bytes": 1 << 20,
     "index_buckets_count_log2": 2,  # 4 buckets to begin with: chains collide, the index grows
+}
+# Small segments: a default 1 GiB segment is preallocated on disk, once per test.
+SMALL_SETTINGS: dict[str, Any] = {
+    "page_size_bytes": 64 << 10,
+    "memory_size_bytes": 256 << 10,
+    "segment_size_bytes": 1 << 20,
 }
 BACKENDS = ["io_uring", "plain"]
 
@@ -66,7 +72,7 @@ def check_state(store: KVStore, model: dict[bytes, bytes], universe: list[bytes]
 
 def test_c_hash_equals_hashlib_blake2b() -> None:
     rng = random.Random(1)
-    for size in [*range(0, 300), 1000, 4096, 65535]:
+    for size in [*range(300), 1000, 4096, 65535]:
         key = rng.randbytes(size)
         expected = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
         assert lib.fl_kv_hash(key, size) == expected == key_hash(key)
@@ -82,7 +88,7 @@ def test_c_path_matches_the_python_reference_on_random_batches(tmp_path: Path,
     with KVStore.open(path, io_backend=backend, **COLD_SETTINGS) as store:
         for batch_number in range(60):
             batch: list[tuple[bytes, bytes | None]] = []
-            for _ in range(rng.randrange(1, 60)):
+            for _ in range(rng.randrange(1, 30)):  # a batch stays below the ring's size
                 key = rng.choice(universe)
                 if rng.random() < 0.2:
                     batch.append((key, None))  # deletes, some of keys that are not live
@@ -130,7 +136,7 @@ def same_chain_keys(count: int) -> list[bytes]:
 
 def test_c_records_decode_to_the_batch_that_wrote_them(tmp_path: Path) -> None:
     a, b, c = same_chain_keys(3)
-    with KVStore.open(tmp_path / "kv", index_buckets_count_log2=0) as store:
+    with KVStore.open(tmp_path / "kv", index_buckets_count_log2=0, **SMALL_SETTINGS) as store:
         first = store.put(a, b"0")
         addresses = store.put_many([(a, b"1"), (b, b"2"), (a, b"3"), (c, b"")])
         assert len(addresses) == 1  # one chain: one record, the last value of a key wins
@@ -145,7 +151,7 @@ def test_c_records_decode_to_the_batch_that_wrote_them(tmp_path: Path) -> None:
 
 
 def test_c_encoding_equals_encode_record(tmp_path: Path) -> None:
-    with KVStore.open(tmp_path / "kv") as store:
+    with KVStore.open(tmp_path / "kv", **SMALL_SETTINGS) as store:
         for round_number in range(200):
             key = f"key-{round_number % 37}".encode()
             value = os.urandom(round_number % 50)
@@ -157,7 +163,7 @@ def test_c_encoding_equals_encode_record(tmp_path: Path) -> None:
 
 
 def test_len_stays_exact_with_dead_tombstones_and_duplicates(tmp_path: Path) -> None:
-    with KVStore.open(tmp_path / "kv", index_buckets_count_log2=1) as store:
+    with KVStore.open(tmp_path / "kv", index_buckets_count_log2=1, **SMALL_SETTINGS) as store:
         store.write_batch([(b"x", None), (b"y", b"1"), (b"y", None), (b"z", b"2")])
         assert len(store) == 1 and store.get(b"y") is None
         store.put_many([(b"z", b"3"), (b"w", b"4"), (b"z", b"5")])
@@ -167,7 +173,7 @@ def test_len_stays_exact_with_dead_tombstones_and_duplicates(tmp_path: Path) -> 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_malformed_record_in_a_chain_raises_record_corrupt(tmp_path: Path,
                                                              backend: str) -> None:
-    with KVStore.open(tmp_path / "kv", io_backend=backend) as store:
+    with KVStore.open(tmp_path / "kv", io_backend=backend, **SMALL_SETTINGS) as store:
         store.put(b"k", b"v")
         hash_ = key_hash(b"k")
         head = store._index.find(hash_)
@@ -187,9 +193,10 @@ def test_a_damaged_frame_on_disk_raises_corruption(tmp_path: Path, backend: str)
     path = tmp_path / "kv"
     with KVStore.open(path, io_backend=backend, **COLD_SETTINGS) as store:
         store.put(b"victim", b"value-of-the-victim")
-        store.put_many([(os.urandom(16), os.urandom(200)) for _ in range(2000)])  # push it out
+        for _ in range(100):  # push it out of the ring, in batches well below the ring's size
+            store.put_many([(os.urandom(16), os.urandom(200)) for _ in range(20)])
         address = store._index.find(key_hash(b"victim"))
-    segment = sorted(path.glob("segment-*"))[0]
+    segment = min(path.glob("segment-*"))
     with open(segment, "r+b") as file:
         file.seek(address % COLD_SETTINGS["segment_size_bytes"] + 12 + 20)
         file.write(b"\xff")
@@ -199,7 +206,8 @@ def test_a_damaged_frame_on_disk_raises_corruption(tmp_path: Path, backend: str)
 
 def test_a_value_larger_than_the_read_buffer(tmp_path: Path) -> None:
     big = os.urandom(200 << 10)
-    with KVStore.open(tmp_path / "kv", page_size_bytes=1 << 20) as store:
+    with KVStore.open(tmp_path / "kv", page_size_bytes=1 << 20,
+                      memory_size_bytes=4 << 20, segment_size_bytes=4 << 20) as store:
         store.put(b"big", big)
         assert store.get(b"big") == big
         assert store.get_many([b"small", b"big"]) == [None, big]
