@@ -184,8 +184,11 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
         made = store.checkpoint()  # step 3
         assert made.position >= until, (made, until)
         _reached("after-checkpoint")
-        log.truncate_until(until, force=force)  # step 4
+        # The floor goes up before the truncation (store rule 6): the copies are in the index,
+        # so no live key's newest record is below it, and a reader that loaded the old floor
+        # and then reads a truncated record retries with this one.
         store._chain_floor = max(store._chain_floor, until)
+        log.truncate_until(until, force=force)  # step 4
         store._checkpoints = [kept for kept in store._checkpoints if kept.position >= until]
         _reached("after-truncate")
         store._commit_locked()

@@ -75,9 +75,7 @@ def _rebuild(store: KVStore) -> int:
                     read_only=True, follow=False, _scan_for_markers=True)
     logger.info("follower of %s: the log was truncated past it; rebuilt from %s",
                 store._log.path, fresh.recovered_from or "a full replay")
-    store._chain_floor = fresh._chain_floor
-    fresh._index._chain_floor = lambda: store._chain_floor
-    store._index = fresh._index
+    store._index = fresh._index  # with its own chain floor (store rule 6)
     store._live_count = fresh._live_count
     store._checkpoints = fresh._checkpoints
     store._base = fresh._base

@@ -40,6 +40,7 @@ Rules and invariants:
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import struct
@@ -50,8 +51,9 @@ from typing import Any
 
 from fasterlog import FasterLog
 from fasterlog._fasterlog_c import ffi, lib
-from fasterlog.errors import EntryTooLarge, TruncatedError
+from fasterlog.errors import TruncatedError
 
+from . import _fast
 from . import checkpoint as checkpoint_files
 from .checkpoint import Checkpoint
 from .errors import (
@@ -93,6 +95,13 @@ checkpoints_kept_count_default = 3
 _TAG_SHIFT = 48
 _TAG_MASK = (1 << 14) - 1
 _RESOLVE_SIGNATURE = "int(void *, uint64_t, uint64_t *, uint32_t, uint64_t *)"
+_GET_MANY_BUFFER_BYTES = 1 << 20
+_GET_MANY_FORMAT_ENTRIES = 4096
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
+# Hot functions bound once: an attribute lookup on `lib` costs about 25 ns per call.
+_kv_get = lib.fl_kv_get
+_unpack = ffi.unpack
+_ABSENT = lib.FL_KV_ABSENT
 
 
 def key_hash(key: bytes) -> int:
@@ -193,10 +202,12 @@ def _as_value(value: object, operation: str) -> bytes:
 
 
 class _HashIndex:
-    """The C index plus the resolver grow needs (it reads records back from the log)."""
+    """The C index plus the resolver grow needs (it reads records back from the log). With
+    `log`, grow and the store's hot paths run in C (fl_kv.c) through `kv`; without, grow
+    resolves records through `read_payload` in Python."""
 
     def __init__(self, buckets_count_log2: int, read_payload: Callable[[int], bytes],
-                 chain_floor: Callable[[], int] = lambda: 0) -> None:
+                 log: FasterLog | None = None) -> None:
         out = ffi.new("fl_index **")
         rc = lib.fl_index_create(buckets_count_log2, out)
         if rc < 0:
@@ -204,13 +215,16 @@ class _HashIndex:
                           f"buckets (code {rc})")
         self.handle = ffi.gc(out[0], lib.fl_index_free)
         self._read_payload = read_payload
-        self._chain_floor = chain_floor
+        self.chain_floor = 0  # store rule 6; kept here so it travels with a swapped index
         self._resolve_error: BaseException | None = None
         self._resolve = ffi.callback(_RESOLVE_SIGNATURE, self._resolve_record)
+        self._log = log  # kept: `kv` borrows the log's and the index's handles
+        self.kv: Any = None if log is None else _fast.create(log._log, self.handle)
+        self.readers: Any = None if log is None else _fast.Readers(self.kv)
 
     def _resolve_record(self, context: Any, address: int, hashes: Any, capacity: int,
                         previous_out: Any) -> int:
-        if address < self._chain_floor():  # compacted away (store rule 6): the chain ends
+        if address < self.chain_floor:  # compacted away (store rule 6): the chain ends
             previous_out[0] = 0
             return 0
         try:
@@ -228,6 +242,12 @@ class _HashIndex:
             hashes[position] = op.hash
         previous_out[0] = previous
         return len(ops)
+
+    def set_chain_floor(self, address: int) -> None:
+        """Store rule 6: walks (here and in fl_kv.c) end below `address`."""
+        self.chain_floor = address
+        if self.kv is not None:
+            lib.fl_kv_set_chain_floor(self.kv, address)
 
     def find(self, hash_: int) -> int:
         """The head of the hash's chain, or 0."""
@@ -247,6 +267,9 @@ class _HashIndex:
         assert rc == 0, f"index upsert failed with code {rc}"
 
     def grow(self) -> None:
+        if self.kv is not None:
+            self._grow_c(self.buckets_count_log2() + 1, False)
+            return
         self._resolve_error = None
         rc = lib.fl_index_grow(self.handle, self._resolve, ffi.NULL)
         if self._resolve_error is not None:
@@ -255,11 +278,27 @@ class _HashIndex:
             raise MemoryError("index grow failed: out of memory")
         assert rc == 0, f"index grow failed with code {rc}"
 
+    def _grow_c(self, buckets_count_log2: int, if_loaded: bool) -> None:
+        info = ffi.new("fl_error_info *")
+        rc = lib.fl_kv_grow(self.kv, buckets_count_log2, if_loaded, info)
+        if rc == lib.FL_E_NOMEM:
+            raise MemoryError("index grow failed: out of memory")
+        if rc < 0:
+            _fast.fail(rc, "index grow", info)
+
     def grow_to(self, buckets_count_log2: int) -> None:
+        if self.kv is not None:
+            if self.buckets_count_log2() < buckets_count_log2:
+                self._grow_c(buckets_count_log2, False)
+            return
         while self.buckets_count_log2() < buckets_count_log2:
             self.grow()
 
     def grow_if_loaded(self) -> None:
+        if self.kv is not None:
+            if lib.fl_index_should_grow(self.handle):
+                self._grow_c(0, True)
+            return
         while lib.fl_index_should_grow(self.handle):
             self.grow()
 
@@ -276,7 +315,7 @@ class KVStore:
                  read_only: bool = False, follow: bool = True,
                  _scan_for_markers: bool = False) -> None:
         self._log = log
-        self._index = _HashIndex(index_buckets_count_log2, log.read, lambda: self._chain_floor)
+        self._index = _HashIndex(index_buckets_count_log2, log.read, log)
         self._write_lock = threading.RLock()
         self._live_count = 0
         self._closed = False
@@ -360,6 +399,15 @@ class KVStore:
     def log(self) -> FasterLog:
         return self._log
 
+    @property
+    def _chain_floor(self) -> int:
+        """Rule 6. Held by the index, so a follower's rebuilt index brings its own."""
+        return self._index.chain_floor
+
+    @_chain_floor.setter
+    def _chain_floor(self, address: int) -> None:
+        self._index.set_chain_floor(address)
+
     def index_stats(self) -> dict[str, int]:
         stats = self._index.stats()
         return {name: int(getattr(stats, name)) for name in (
@@ -379,16 +427,35 @@ class KVStore:
         """The value of `key`, or `default` when it is not live. With `at` (a log address, such
         as one a writer's put returned), first waits until this store has applied the log up
         to and including `at` (WaitTimeoutError after `timeout` seconds)."""
-        key = _as_key(key, "get")
-        self._check_open("get")
+        # The hot read: one C call (hash, index lookup, chain walk) and one copy out of this
+        # thread's buffer; the checks of _as_key and _check_open inlined for bytes keys.
+        if type(key) is not bytes or len(key) > key_size_max_bytes:
+            key = _as_key(key, "get")
+        if self._closed:
+            raise StoreClosedError("get failed: the store is closed")
         if at is not None:
             self._wait_for_or_raise(at, timeout, "get")
-        hash_ = key_hash(key)
-        try:
-            value = self._value_from(self._index.find(hash_), key, hash_)
-        except TruncatedError:  # a compaction moved the begin address under this walk
-            value = self._value_after_truncation(key, hash_)
-        return default if value is None else value
+        readers = self._index.readers
+        size = _kv_get(readers.reader, key, len(key))
+        if size >= 0:
+            return _unpack(readers.buffer, size)  # type: ignore[no-any-return]
+        if size == _ABSENT:
+            return default
+        return self._get_slow(key, size, default)
+
+    def _get_slow(self, key: bytes, size: int, default: bytes | None) -> bytes | None:
+        readers = self._index.readers
+        if size == lib.FL_E_BUFFER:  # a value larger than the thread's buffer: grow it, retry
+            readers.resize(int(readers.reader.error.size_needed))
+            size = _kv_get(readers.reader, key, len(key))
+        if size == _ABSENT:
+            return default
+        if size == lib.FL_E_TRUNCATED:  # a compaction moved the begin address under this walk
+            value = self._value_after_truncation(key, key_hash(key))
+            return default if value is None else value
+        if size < 0:
+            _fast.fail(size, "get", readers.reader.error)
+        return _unpack(readers.buffer, size)  # type: ignore[no-any-return]
 
     def __getitem__(self, key: BytesLike) -> bytes:
         value = self.get(key)
@@ -404,26 +471,67 @@ class KVStore:
         return self._live_count
 
     def get_many(self, keys: Iterable[BytesLike]) -> list[bytes | None]:
-        """Values of many keys (None where not live), with one batched index lookup."""
+        """Values of many keys (None where not live), with one C call per buffer-full (hashes,
+        batched index lookups and chain walks in C)."""
         self._check_open("get_many")
-        items = [_as_key(key, "get_many") for key in keys]
-        hashes = [key_hash(key) for key in items]
-        heads = ffi.new("uint64_t[]", len(items))
-        lib.fl_index_find_many(self._index.handle, ffi.new("uint64_t[]", hashes), len(items),
-                               heads)
+        items = [key if type(key) is bytes and len(key) <= key_size_max_bytes
+                 else _as_key(key, "get_many") for key in keys]
+        count = len(items)
         values: list[bytes | None] = []
-        for key, hash_, head in zip(items, hashes, heads):
-            try:
-                values.append(self._value_from(head, key, hash_))
-            except TruncatedError:  # a compaction moved the begin address under this walk
-                values.append(self._value_after_truncation(key, hash_))
+        if count == 0:
+            return values
+        joined = b"".join(items)
+        key_sizes = array.array("I", map(len, items))
+        capacity = max(_GET_MANY_BUFFER_BYTES, 2 * self._log.entry_size_max)
+        buffer = _new_uncleared("char[]", capacity)
+        view = ffi.buffer(buffer)
+        offsets = _new_uncleared("uint32_t[]", count)
+        sizes = _new_uncleared("uint32_t[]", count)
+        missing = _new_uncleared("uint32_t[]", count)
+        missing_count = ffi.new("uint64_t *")
+        layout_capacity = 24 * min(count, _GET_MANY_FORMAT_ENTRIES) + 24
+        layout = _new_uncleared("char[]", layout_capacity)
+        info = ffi.new("fl_error_info *")
+        sizes_view = ffi.from_buffer("uint32_t[]", key_sizes)
+        done = key_offset = 0
+        while done < count:
+            got = lib.fl_kv_get_many(self._index.kv, ffi.from_buffer(joined) + key_offset,
+                                     sizes_view + done, count - done, buffer, capacity,
+                                     offsets, sizes, missing, missing_count, info)
+            if got == lib.FL_E_TRUNCATED:  # a compaction moved the begin address: rule 6, per key
+                values.extend(self.get(key) for key in items[done:])
+                return values
+            if got < 0:
+                _fast.fail(got, "get_many", info)
+            for start in range(0, got, _GET_MANY_FORMAT_ENTRIES):  # one struct call per chunk
+                stop = min(got, start + _GET_MANY_FORMAT_ENTRIES)
+                layout_size = lib.fl_scan_format(offsets + start, sizes + start, stop - start,
+                                                 layout, layout_capacity)
+                values.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:], view))
+            for position in ffi.unpack(missing, int(missing_count[0])):
+                values[done + position] = None
+            key_offset += sum(key_sizes[done:done + got])
+            done += got
         return values
 
     def _value_from(self, address: int, key: bytes, hash_: int) -> bytes | None:
         """Walks the chain from `address` to the newest operation on `key`: its value, or None
         when that is a delete or there is none (rule 2 says the walk cannot miss it). The walk
         ends at the chain floor (rule 6): records below it were compacted away."""
-        while address >= self._chain_floor:
+        if not address:
+            return None
+        readers = self._index.readers
+        if readers is not None:  # in C (fl_kv.c); below is the reference it is tested against
+            size = lib.fl_kv_value_from(readers.reader, address, hash_, key, len(key))
+            if size == lib.FL_E_BUFFER:
+                readers.resize(int(readers.reader.error.size_needed))
+                size = lib.fl_kv_value_from(readers.reader, address, hash_, key, len(key))
+            if size == _ABSENT:
+                return None
+            if size < 0:
+                _fast.fail(size, "read", readers.reader.error)
+            return ffi.unpack(readers.buffer, size)  # type: ignore[no-any-return]
+        while address and address >= self._chain_floor:
             payload = self._log.read(address)
             single = _single_op(payload, address)
             if single is not None:  # the common record: no _Op objects
@@ -506,9 +614,25 @@ class KVStore:
                  commit: bool = True) -> list[int]:
         """Sets many keys atomically (after a crash all or none) with one commit. A key given
         twice takes its last value. Returns the addresses of the records written."""
-        pairs = items.items() if isinstance(items, Mapping) else items
+        if isinstance(items, Mapping):
+            keys, values = list(items.keys()), list(items.values())
+        else:
+            pairs = list(items)
+            keys, values = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        # Bytes keys and values (the common case) go to C as they are; it keeps the last value
+        # of a key given twice. Anything else takes the checked path.
+        if ({type(key) for key in keys} | {type(value) for value in values}) <= {bytes} and (
+                not keys or max(map(len, keys)) <= key_size_max_bytes):
+            with self._write_lock:
+                self._check_open("put_many")
+                addresses = self._write_columns(keys, values, "put_many") if keys else []
+                if commit:
+                    self._commit_locked()
+                if 0 < self._checkpoint_every_bytes <= self._bytes_since_checkpoint:
+                    self.checkpoint()
+                return addresses
         checked = [(_as_key(key, "put_many"), _as_value(value, "put_many"))
-                   for key, value in pairs]
+                   for key, value in zip(keys, values)]
         return self.write_batch(checked, commit=commit, _operation="put_many")
 
     def write_batch(self, operations: Iterable[tuple[BytesLike, BytesLike | None]], *,
@@ -534,32 +658,44 @@ class KVStore:
             return addresses
 
     def _write_locked(self, latest: dict[bytes, bytes | None], operation: str) -> list[int]:
-        index_bits = self._index.buckets_count_log2()
-        mask = (1 << index_bits) - 1
-        chains: dict[tuple[int, int], list[_Op]] = {}
-        live_change = 0
-        for key, value in latest.items():
-            hash_ = key_hash(key)
-            was_live = self._value_from(self._index.find(hash_), key, hash_) is not None
-            live_change += (value is not None) - was_live
-            op = _Op(OP_DELETE, key, b"", hash_) if value is None else _Op(OP_PUT, key, value,
-                                                                            hash_)
-            chains.setdefault((hash_ & mask, (hash_ >> _TAG_SHIFT) & _TAG_MASK), []).append(op)
-        groups = list(chains.values())
-        heads = [self._index.find(group[0].hash) for group in groups]
-        records = [encode_record(index_bits, head, group) for head, group in zip(heads, groups)]
-        try:
-            addresses = self._log.append_many(records)
-        except EntryTooLarge:
-            raise ValueTooLarge(f"{operation} failed: a record of "
-                                f"{max(map(len, records))} bytes exceeds the log's "
-                                f"entry_size_max ({self._log.entry_size_max})") from None
-        self._bytes_since_checkpoint += sum(map(len, records))
-        for group, head, address in zip(groups, heads, addresses):
-            self._index.upsert(group[0].hash, head, address)
-        self._live_count += live_change
-        self._index.grow_if_loaded()
-        return addresses
+        keys = list(latest)
+        return self._write_columns(keys, list(latest.values()), operation)
+
+    def _write_columns(self, keys: list[bytes], values: list[bytes | None],
+                       operation: str) -> list[int]:
+        """Appends a batch of checked keys and values (None: delete) as one record per chain
+        and applies it to the index, in one C call (fl_kv_write: it hashes, checks liveness,
+        groups, encodes, appends, upserts and grows). A key given twice takes its last value;
+        the write lock is held."""
+        count = len(keys)
+        key_sizes = array.array("I", map(len, keys))
+        if None in values:
+            value_sizes = array.array("I", [_fast.VALUE_DELETE if value is None else len(value)
+                                            for value in values])
+            joined_values = b"".join([value for value in values if value is not None])
+        else:
+            puts: list[bytes] = values  # type: ignore[assignment]
+            value_sizes = array.array("I", map(len, puts))
+            joined_values = b"".join(puts)
+        addresses = _new_uncleared("uint64_t[]", count)
+        result = ffi.new("fl_kv_write_result *")
+        info = ffi.new("fl_error_info *")
+        records = lib.fl_kv_write(self._index.kv, b"".join(keys),
+                                  ffi.from_buffer("uint32_t[]", key_sizes), joined_values,
+                                  ffi.from_buffer("uint32_t[]", value_sizes), count, addresses,
+                                  result, info)
+        if records < 0:
+            if records == lib.FL_E_TOO_LARGE:
+                raise ValueTooLarge(f"{operation} failed: a record of {int(info.size_needed)} "
+                                    f"bytes exceeds the log's entry_size_max "
+                                    f"({self._log.entry_size_max})")
+            if records == lib.FL_E_KV_BATCH:
+                raise ValueTooLarge(f"{operation} failed: {int(info.size_needed)} keys exceed "
+                                    f"batch_ops_count_max ({batch_ops_count_max})")
+            _fast.fail(records, operation, info)
+        self._bytes_since_checkpoint += int(result.bytes_count)
+        self._live_count += int(result.live_change)
+        return ffi.unpack(addresses, records)  # type: ignore[no-any-return]
 
     def commit(self) -> int:
         """Makes every write so far durable (for writes made with commit=False)."""
@@ -727,43 +863,35 @@ class KVStore:
             bits += 1
         self._index.grow_to(min(bits, lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX))
         assert self._index.stats().entries_count == 0, "restore needs an empty index"
-        upsert, find = lib.fl_index_upsert, lib.fl_index_find
-        handle = self._index.handle
-        address_mask = checkpoint_files.ENTRY_ADDRESS_MASK
-        conflict = lib.FL_E_INDEX_CONFLICT
-        for hash_, word in zip(snapshot.hashes, snapshot.words):
-            address = word & address_mask
-            rc = upsert(handle, hash_, 0, address)  # almost always a chain of its own
-            if rc == conflict:  # a chain mate came first: keep the newer address
-                head = find(handle, hash_)
-                rc = upsert(handle, hash_, head, address) if head < address else 0
-            assert rc == 0, f"index upsert failed with code {rc}"
+        count = len(snapshot.hashes)
+        if count:  # one C call: a chain mate that came first keeps the newer address
+            rc = lib.fl_index_load(self._index.handle,
+                                   ffi.from_buffer("uint64_t[]", snapshot.hashes),
+                                   ffi.from_buffer("uint64_t[]", snapshot.words), count,
+                                   checkpoint_files.ENTRY_ADDRESS_MASK)
+            if rc == lib.FL_E_NOMEM:
+                raise MemoryError("restore failed: out of memory")
+            assert rc == 0, f"index load failed with code {rc}"
         self._live_count = snapshot.live_count
         self._index.grow_if_loaded()
 
     def _replay(self, begin: int | None = None, end: int | None = None) -> None:
         """Rebuilds the index and the live count from the log from `begin` (default: all of
-        it) up to `end` (default: committed-until) (rule 2 of the module)."""
-        index = self._index
-        for addresses, payloads in self._log.scan_columns(begin, end):
-            # The suffix counts toward the next automatic checkpoint, and makes one worth taking.
-            self._bytes_since_checkpoint += sum(map(len, payloads))
-            for address, payload in zip(addresses, payloads):
-                single = _single_op(payload, address)
-                if single is not None:  # the common record, without _Op objects
-                    _, kind, key_size, hash_ = single
-                    if payload[1] > index.buckets_count_log2():
-                        index.grow_to(payload[1])
-                    head = index.find(hash_)
-                    key = payload[_SINGLE.size:_SINGLE.size + key_size]
-                    was_live = head != 0 and self._value_from(head, key, hash_) is not None
-                    self._live_count += (kind == OP_PUT) - was_live
-                    index.upsert(hash_, head, address)
-                else:
-                    self._replay_record(address, payload)
-                index.grow_if_loaded()
+        it) up to `end` (default: committed-until) (rule 2 of the module), in one C call
+        (fl_kv_replay)."""
+        position = self._log.begin_address if begin is None else begin
+        result = ffi.new("fl_kv_replay_result *")
+        info = ffi.new("fl_error_info *")
+        until = self._log.committed_until_address if end is None else end
+        rc = lib.fl_kv_replay(self._index.kv, position, until, result, info)
+        # The suffix counts toward the next automatic checkpoint, and makes one worth taking.
+        self._bytes_since_checkpoint += int(result.bytes_count)
+        self._live_count += int(result.live_change)
+        if rc < 0:
+            _fast.fail(rc, f"replay at {int(result.next_address)}", info)
 
     def _replay_record(self, address: int, payload: bytes) -> None:
+        """The Python reference of one record's replay (fl_kv.c's replay_record does this)."""
         index_bits, _, ops = decode_record(payload, address)
         self._index.grow_to(index_bits)
         live_change = 0
@@ -844,20 +972,28 @@ class KVStore:
 
     def _value_after_truncation(self, key: bytes, hash_: int) -> bytes | None:
         """Rule 6: a walk read a record a compaction truncated meanwhile. The index already
-        points at the copies (the writer applies them before truncating; a follower catches up
-        first), so the walk is retried from the index with the new floor."""
+        points at the copies (the writer applies them before raising the floor and truncating;
+        a follower catches up first), so the read starts again from the index: fl_kv_get loads
+        the floor before its lookup, so it never mistakes a stale head for an empty chain."""
         from . import follower
 
+        del hash_  # fl_kv_get hashes again: the retry is rare
         for _ in range(truncated_read_retries_max):
             self._check_open("get")
             if self._read_only:
                 follower.catch_up(self)
-            else:
-                self._chain_floor = max(self._chain_floor, self._log.begin_address)
-            try:
-                return self._value_from(self._index.find(hash_), key, hash_)
-            except TruncatedError:
+            readers = self._index.readers
+            size = _kv_get(readers.reader, key, len(key))
+            if size == lib.FL_E_BUFFER:
+                readers.resize(int(readers.reader.error.size_needed))
+                size = _kv_get(readers.reader, key, len(key))
+            if size == _ABSENT:
+                return None
+            if size == lib.FL_E_TRUNCATED:
                 continue
+            if size < 0:
+                _fast.fail(size, "get", readers.reader.error)
+            return _unpack(readers.buffer, size)  # type: ignore[no-any-return]
         raise KVError(f"get failed: {truncated_read_retries_max} compactions in a row "
                       f"truncated the records this read was walking")
 

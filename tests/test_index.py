@@ -359,3 +359,27 @@ def test_a_table_of_long_chains_does_not_grow_without_insertions() -> None:
     assert grows <= 3
     for tag in range(1, 21):
         assert index.lookup(tag << 48, (tag, 0)) != 0
+
+
+def test_chains_split_for_real_count_as_load_after_a_grow() -> None:
+    # A grow that finds keys of both halves in one chain makes two real entries; only the
+    # copies a bounded walk leaves in both halves are not load. Counting every new entry as a
+    # copy left this table (80 single-key chains in 2 buckets) at 40 entries per bucket.
+    index = Index(0)
+    for tag in range(1, 41):
+        for bucket in (0, 1):  # the same chain at 1 bucket, different buckets at 2
+            key_hash = make_hash(bucket, tag)
+            previous = lib.fl_index_find(index.handle, key_hash)
+            address = first_address + record_stride_bytes * len(index.records)
+            index.records.append((key_hash, (bucket, tag), previous))
+            assert lib.fl_index_upsert(index.handle, key_hash, previous, address) == 0
+    index.grow()  # by hand: 40 entries in 1 bucket become 80 in 2
+    assert index.stats().entries_count == 80
+    assert lib.fl_index_should_grow(index.handle)
+    while lib.fl_index_should_grow(index.handle):
+        index.grow()
+    stats = index.stats()
+    assert stats.entries_count <= lib.FL_INDEX_ENTRIES_PER_BUCKET_GROW * stats.buckets_count
+    for tag in range(1, 41):
+        for bucket in (0, 1):
+            assert index.lookup(make_hash(bucket, tag), (bucket, tag)) != 0

@@ -265,3 +265,94 @@ int fl_index_should_grow(fl_index *index);
 /* Doubles the table, splitting each chain by walking its records through `resolve` (at most
  * FL_INDEX_SPLIT_WALK_MAX records per entry: past that, both halves keep a candidate). */
 int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context);
+
+/* ==================================================================== KV fast path (fl_kv.c)
+ *
+ * kvlayer's hot paths in one C call each, over a log and an index the caller owns (the fl_kv
+ * context only borrows them: free it before either). Records are FORMAT.md "KV records";
+ * key hashes are BLAKE2b with an 8-byte digest read little-endian, as kvlayer.key_hash.
+ *
+ * - Reads take no lock of their own: the index is read lock-free and records are copied out
+ *   of the page ring under the log's mutex (or read from the segment files, then without the
+ *   GIL). Writes (fl_kv_write, fl_kv_replay, fl_kv_grow, fl_index_load) are the one index
+ *   writer: the caller serializes them (kvlayer's write lock).
+ * - A malformed record gives FL_E_KV_RECORD with error->address and a reason in
+ *   error->message; a bad frame gives FL_E_CORRUPT as fl_read does. Never data. */
+
+typedef struct fl_kv fl_kv;
+
+enum fl_kv_status {
+    FL_KV_ABSENT = -100201,       /* get: the key is not live (not a failure) */
+    FL_E_KV_RECORD = -100202,     /* a log entry is not a well-formed KV record */
+    FL_E_KV_KEY_SIZE = -100203,   /* a key above FL_KV_KEY_SIZE_MAX; error->address: its index */
+    FL_E_KV_BATCH = -100204,      /* more distinct keys than FL_KV_BATCH_OPS_MAX (size_needed) */
+    FL_E_KV_INDEX = -100205       /* an index upsert conflicted: the one-writer rule broke */
+};
+
+enum fl_kv_limits {
+    FL_KV_KEY_SIZE_MAX = 65535,
+    FL_KV_BATCH_OPS_MAX = 65535
+};
+
+/* A reader's scratch: one per thread (values are copied into `buffer`). */
+typedef struct fl_kv_reader {
+    fl_kv *kv;
+    char *buffer;
+    uint64_t capacity;
+    fl_error_info error;
+} fl_kv_reader;
+
+typedef struct fl_kv_write_result {
+    int64_t live_change;      /* keys that became live minus keys that stopped being live */
+    uint64_t records_count;   /* records appended (their addresses are in addresses_out) */
+    uint64_t bytes_count;     /* payload bytes appended */
+} fl_kv_write_result;
+
+typedef struct fl_kv_replay_result {
+    uint64_t next_address;    /* where the replay stopped (the committed-until address) */
+    uint64_t records_count;
+    uint64_t bytes_count;     /* payload bytes replayed */
+    int64_t live_change;
+} fl_kv_replay_result;
+
+uint64_t fl_kv_hash(const char *key, size_t size);
+void fl_kv_hash_many(const char *keys, const uint32_t *sizes, size_t count,
+                     uint64_t *hashes_out);
+int fl_kv_create(fl_log *log, fl_index *index, fl_kv **kv_out);
+void fl_kv_free(fl_kv *kv);
+/* Walks and grows end below `address` (kvlayer's chain floor: compacted away). Raise it
+ * after the copies are in the index and before truncating (fl_kv.c, struct fl_kv). */
+void fl_kv_set_chain_floor(fl_kv *kv, uint64_t address);
+/* The value of a key into reader->buffer: its size, FL_KV_ABSENT, FL_E_BUFFER (with
+ * reader->error.size_needed) or a failure code. */
+int64_t fl_kv_get(fl_kv_reader *reader, const char *key, size_t key_size);
+/* As fl_kv_get, walking the chain from `address` for a key whose hash is known. For the
+ * writer (its lookups cannot race a compaction); readers use fl_kv_get. */
+int64_t fl_kv_value_from(fl_kv_reader *reader, uint64_t address, uint64_t hash, const char *key,
+                         size_t key_size);
+/* Values of `count` keys (joined in `keys`, sizes in key_sizes) into `buffer`: value i is
+ * sizes_out[i] bytes at offsets_out[i]; the positions of absent keys go to missing_out (their
+ * size is 0). Returns how many keys were done, fewer than `count` when the buffer filled up
+ * (FL_E_BUFFER with error->size_needed when not even the first fits). */
+int64_t fl_kv_get_many(fl_kv *kv, const char *keys, const uint32_t *key_sizes, size_t count,
+                       char *buffer, size_t capacity, uint32_t *offsets_out, uint32_t *sizes_out,
+                       uint32_t *missing_out, uint64_t *missing_count_out,
+                       fl_error_info *error);
+/* Appends one batch (a key given twice takes its last value; a value size of 0xFFFFFFFF
+ * writes a tombstone) as one record per index chain, upserts the index and grows it when
+ * loaded. addresses_out needs room for `count`. Returns the records count. */
+int64_t fl_kv_write(fl_kv *kv, const char *keys, const uint32_t *key_sizes, const char *values,
+                    const uint32_t *value_sizes, size_t count, uint64_t *addresses_out,
+                    fl_kv_write_result *result_out, fl_error_info *error);
+/* Applies the records in [from_address, until_address) (clamped to committed-until) to the
+ * index, growing it as the records ask (kvlayer rule 2) and when loaded. */
+int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
+                 fl_kv_replay_result *result_out, fl_error_info *error);
+/* Grows the index to at least 2^buckets_count_log2_min buckets, then (if_loaded) while it is
+ * loaded; records are read back through the log. */
+int fl_kv_grow(fl_kv *kv, uint32_t buckets_count_log2_min, int32_t if_loaded,
+               fl_error_info *error);
+/* Bulk restore (fl_index.c): for each i, the chain of hashes[i] gets the address
+ * words[i] & address_mask unless it already holds a newer one. */
+int fl_index_load(fl_index *index, const uint64_t *hashes, const uint64_t *words, size_t count,
+                  uint64_t address_mask);

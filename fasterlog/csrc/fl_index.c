@@ -67,10 +67,11 @@ struct fl_index {
     pthread_mutex_t writer_mutex;  /* rule 2 */
     fl_index_table *table;
     _Atomic uint64_t grow_count;
-    /* Entries that grows added by keeping a long chain in both halves (rule 4). They do not
-     * count towards the load: otherwise a table of long chains, whose entries double with its
-     * buckets, would grow again and again with no insertion in between (until memory ran out:
-     * a hypothesis test found it). */
+    /* Entries that grows added by keeping a long chain in both halves without finding both
+     * (rule 4: the bound guessed). They do not count towards the load: otherwise a table of
+     * long chains, whose entries double with its buckets, would grow again and again with no
+     * insertion in between (until memory ran out: a hypothesis test found it). Entries of
+     * chains found to span both halves do count: they are real. */
     _Atomic uint64_t split_extra_count;
 };
 
@@ -327,18 +328,24 @@ int fl_index_delete(fl_index *index, uint64_t hash, uint64_t expected_address) {
 
 /* Finds, for the entry (bucket, tag) -> head of the old table, the newest record of each half
  * of the doubled table (half 0 keeps bucket `bucket`, half 1 moves to bucket + old count).
- * heads_out[h] is 0 when the chain holds no record of half h. */
+ * heads_out[h] is 0 when the chain holds no record of half h. *guessed_out counts the halves
+ * given an address by the bound rather than found (rule 4): possibly entries of no key. */
 static int split_chain(const fl_index_table *old, uint64_t bucket, uint64_t tag, uint64_t head,
-                       fl_index_resolve_fn resolve, void *context, uint64_t heads_out[2]) {
+                       fl_index_resolve_fn resolve, void *context, uint64_t heads_out[2],
+                       int *guessed_out) {
     uint64_t hashes[FL_INDEX_RESOLVE_HASHES_MAX];
     uint64_t new_mask = (old->buckets_count << 1) - 1;
     heads_out[0] = heads_out[1] = 0;
+    *guessed_out = 0;
     uint64_t address = head;
     for (int walked = 0; address != 0 && (heads_out[0] == 0 || heads_out[1] == 0); walked++) {
         if (walked == FL_INDEX_SPLIT_WALK_MAX) {
             /* Bound reached: the halves not found yet keep the rest of the chain (rule 4). */
             for (int half = 0; half < 2; half++)
-                if (heads_out[half] == 0) heads_out[half] = address;
+                if (heads_out[half] == 0) {
+                    heads_out[half] = address;
+                    (*guessed_out)++;
+                }
             return 0;
         }
         uint64_t previous = 0;
@@ -347,7 +354,10 @@ static int split_chain(const fl_index_table *old, uint64_t bucket, uint64_t tag,
         if (count > FL_INDEX_RESOLVE_HASHES_MAX) {
             /* Some hashes were left out: the record may belong to either half. */
             for (int half = 0; half < 2; half++)
-                if (heads_out[half] == 0) heads_out[half] = address;
+                if (heads_out[half] == 0) {
+                    heads_out[half] = address;
+                    (*guessed_out)++;
+                }
         }
         for (int i = 0; i < count && i < FL_INDEX_RESOLVE_HASHES_MAX; i++) {
             uint64_t new_bucket = hashes[i] & new_mask;
@@ -379,8 +389,11 @@ static int place_entry(fl_index_table *table, uint64_t bucket, uint64_t entry) {
     return insert_entry(table, &search, entry);
 }
 
+/* Splits every entry of `bucket`; *guessed_out and *dropped_out add up the halves the bound
+ * guessed and the entries that left no half (split_chain). */
 static int split_bucket(const fl_index_table *old, fl_index_table *grown, uint64_t bucket,
-                        fl_index_resolve_fn resolve, void *context) {
+                        fl_index_resolve_fn resolve, void *context, uint64_t *guessed_out,
+                        uint64_t *dropped_out) {
     const fl_index_bucket *at = &old->buckets[bucket];
     for (;;) {
         for (int i = 0; i < FL_INDEX_ENTRIES_PER_BUCKET; i++) {
@@ -388,7 +401,13 @@ static int split_bucket(const fl_index_table *old, fl_index_table *grown, uint64
             if (entry == 0) continue;
             uint64_t heads[2];
             uint64_t tag = entry_tag(entry);
-            int rc = split_chain(old, bucket, tag, entry & ADDRESS_MASK, resolve, context, heads);
+            int guessed = 0;
+            int rc = split_chain(old, bucket, tag, entry & ADDRESS_MASK, resolve, context, heads,
+                                 &guessed);
+            /* A guessed half is no load only when the other half holds the chain's keys; with
+             * both guessed, one of the two stands for them. */
+            *guessed_out += guessed == 2 ? 1 : (uint64_t)guessed;
+            *dropped_out += heads[0] == 0 && heads[1] == 0;
             for (int half = 0; rc == 0 && half < 2; half++)
                 if (heads[half] != 0)
                     rc = place_entry(grown, bucket + (uint64_t)half * old->buckets_count,
@@ -408,19 +427,51 @@ int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context) {
     fl_index_table *grown = NULL;
     if (old->buckets_count_log2 >= FL_INDEX_BUCKETS_COUNT_LOG2_MAX) rc = FL_E_SETTINGS;
     if (rc == 0 && (grown = table_create(old->buckets_count_log2 + 1)) == NULL) rc = FL_E_NOMEM;
+    uint64_t guessed = 0, dropped = 0;
     for (uint64_t bucket = 0; rc == 0 && bucket < old->buckets_count; bucket++)
-        rc = split_bucket(old, grown, bucket, resolve, context);
+        rc = split_bucket(old, grown, bucket, resolve, context, &guessed, &dropped);
     if (rc == 0) {
         pthread_rwlock_wrlock(&index->table_lock);
         index->table = grown;
         pthread_rwlock_unlock(&index->table_lock);
         atomic_fetch_add(&index->grow_count, 1);
-        uint64_t before = atomic_load(&old->entries_count);
-        uint64_t after = atomic_load(&grown->entries_count);
-        if (after > before) atomic_fetch_add(&index->split_extra_count, after - before);
+        /* Only the halves the bound guessed are not load: a chain found to hold keys of both
+         * halves is two real entries. An entry that left no half was such a guess before. */
+        uint64_t extra = atomic_load(&index->split_extra_count) + guessed;
+        atomic_store(&index->split_extra_count, extra > dropped ? extra - dropped : 0);
         table_free(old);
     } else {
         table_free(grown);
+    }
+    pthread_mutex_unlock(&index->writer_mutex);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ bulk load */
+
+/* Restoring a checkpoint: one call instead of one upsert (and one cffi crossing) per key.
+ * Each chain's head becomes the newest address among its entries (kvlayer rule 5). */
+int fl_index_load(fl_index *index, const uint64_t *hashes, const uint64_t *words, size_t count,
+                  uint64_t address_mask) {
+    if (pthread_mutex_trylock(&index->writer_mutex) != 0) return FL_E_INDEX_BUSY;
+    fl_index_table *table = index->table;
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        uint64_t address = words[i] & address_mask;
+        if (address == 0 || address > ADDRESS_MASK) {
+            rc = FL_E_ADDRESS;
+            break;
+        }
+        if (i + 8 < count)
+            __builtin_prefetch(&table->buckets[hashes[i + 8] & (table->buckets_count - 1)]);
+        slot_search search = search_chain(table, hashes[i]);
+        uint64_t entry = make_entry(tag_of(hashes[i]), address);
+        if (search.found == NULL) {
+            rc = insert_entry(table, &search, entry);
+        } else if ((atomic_load_explicit(search.found, memory_order_relaxed) & ADDRESS_MASK) <
+                   address) {
+            atomic_store_explicit(search.found, entry, memory_order_release);
+        }
     }
     pthread_mutex_unlock(&index->writer_mutex);
     return rc;

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -37,6 +38,7 @@
 #define FL_DEFAULT_MEMORY_SIZE_BYTES (16u << 20)
 #define FL_DEFAULT_SEGMENT_SIZE_BYTES (1ull << 30)
 #define FL_PAGES_COUNT_MAX 65536
+#define FL_HUGE_PAGE_BYTES (2u << 20)
 /* Scans with at least this much left ask the kernel to read ahead, up to FL_READAHEAD_BYTES. */
 #define FL_READAHEAD_MIN_BYTES (1u << 20)
 #define FL_READAHEAD_BYTES (64u << 20)
@@ -1625,9 +1627,15 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     log->entry_size_max = log->page_size_bytes - FL_FRAME_HEADER_SIZE_BYTES;
     log->meta_recovery_start = meta.recovery_start_address;
     log->meta_committed_until = meta.committed_until_address;
-    if (posix_memalign((void **)&log->memory, FL_SECTOR_SIZE_BYTES,
-                       log->pages_count * log->page_size_bytes) != 0)
+    uint64_t ring_bytes = log->pages_count * log->page_size_bytes;
+    /* A large ring on 2 MiB pages: KV reads land at random places in it, and with 4 KiB pages
+     * most of them also missed the TLB (a hint only; the kernel may refuse). */
+    uint64_t ring_alignment = ring_bytes >= FL_HUGE_PAGE_BYTES ? FL_HUGE_PAGE_BYTES
+                                                               : FL_SECTOR_SIZE_BYTES;
+    if (posix_memalign((void **)&log->memory, ring_alignment, ring_bytes) != 0)
         return FL_E_NOMEM;
+    if (ring_alignment == FL_HUGE_PAGE_BYTES)
+        madvise(log->memory, FL_ALIGN_DOWN(ring_bytes, FL_HUGE_PAGE_BYTES), MADV_HUGEPAGE);
     if (!log->readonly) {
         rc = fl_device_init(&log->device, log->settings.io_backend, &log->io_uring_refused);
         if (rc < 0) {
