@@ -1,6 +1,10 @@
 """Writes RELIABILITY.md from the figures a run of the suite recorded (results.jsonl).
 
 Usage: python3 -m tests.reliability.report OUTPUT_MD RESULTS_JSONL... [--command TEXT]
+           [--keep PREVIOUS_MD] [--note TEXT]
+
+--keep starts from the figures table of an earlier RELIABILITY.md, so a partial run (one test
+in long mode, say) updates its rows and keeps the others, each with its own date.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 
 PROMISES = """\
 ## What is promised
@@ -59,14 +64,34 @@ PROMISES = """\
 """
 
 
+def rows_of(markdown_path: str) -> list[dict[str, str]]:
+    """The figures table of an earlier RELIABILITY.md, as entries (escaped pipes undone)."""
+    entries = []
+    with open(markdown_path) as file:
+        for line in file:
+            if not line.startswith("| ") or line.startswith(("| test ", "|---")):
+                continue
+            cells = [cell.strip().replace("\\|", "|")
+                     for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if len(cells) != 6:
+                continue
+            test, figure, mode, backend, date, reproduce = cells
+            entries.append({"test": test, "figure": figure, "mode": mode, "backend": backend,
+                            "date": date, "reproduce": reproduce.strip("`")})
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("output")
     parser.add_argument("results", nargs="+", help="results.jsonl files, later ones win")
     parser.add_argument("--command", default="bash scripts/reliability.sh")
     parser.add_argument("--note", default="", help="a paragraph about this run (shortened?)")
+    parser.add_argument("--keep", default=None, help="an earlier RELIABILITY.md to update")
     arguments = parser.parse_args()
     entries_by_key: dict[tuple[str, str, str], dict[str, object]] = {}
+    for entry in rows_of(arguments.keep) if arguments.keep else []:
+        entries_by_key[(entry["test"], entry["mode"], entry["backend"])] = dict(entry)
     for path in arguments.results:
         with open(path) as file:
             for line in file:
@@ -124,6 +149,9 @@ def main() -> None:
         ("- **fuzz_resp**: `tests/test_reliability_fuzz.py` runs `tests/fuzz_resp.py` "
          "(atheris); hypothesis strategies, hiredis agreement and every-offset splits are in "
          "`tests/test_resp.py`."),
+        ("- **fuzz_resp_mutations**: `tests/test_reliability_fuzz.py`, seeded mutations of "
+         "valid RESP2/RESP3 frames through the same property (`tests/resp_fuzz_check.py`), "
+         "without coverage feedback: the volume beside atheris's guidance."),
         "",
     ]
     with open(arguments.output, "w") as file:
