@@ -130,8 +130,10 @@ class _Committer:
     commit that started after it called, and callers that arrive while a commit runs share the
     next one. One commit at a time per log, in a worker thread (the sync releases the GIL)."""
 
-    def __init__(self, commit: Callable[[], object]) -> None:
+    def __init__(self, commit: Callable[[], object],
+                 prepare: Callable[[], object] = lambda: None) -> None:
         self._commit = commit
+        self._prepare = prepare  # on the event loop, just before each commit: the append
         self._waiters: list[asyncio.Future[None]] = []
         self._running = False
         # Callers served and syncs run: requests_count / commits_count is the group size.
@@ -160,6 +162,8 @@ class _Committer:
                 waiters, self._waiters = self._waiters, []
                 self.commits_count += 1
                 try:
+                    # Every connection's pending records in one append, then one sync.
+                    self._prepare()
                     await loop.run_in_executor(None, self._commit)
                 except Exception as error:  # a failed commit fences the log: tell everyone
                     for waiter in waiters:
@@ -264,6 +268,7 @@ class _Connection(asyncio.Protocol):
                 break
             replies: list[bytes] = []
             client.wrote = False
+            marks = (server.streams.writes_count, server.kv.writes_count)
             index, close, blocked = server._run_sync(client, commands, 0, replies)
             codec.authentication_required = not client.authenticated
             if blocked is not None or (index < len(commands) and not close):
@@ -272,7 +277,7 @@ class _Connection(asyncio.Protocol):
                     self._go_on(commands, index, replies, blocked))
                 return
             try:
-                waits = server._flush_batch(client)
+                waits = server._flush_batch(client, marks)
             except Exception as error:  # noqa: BLE001 - the append failed: answered as such
                 self._send([server._batch_committed(client, error)], True)  # type: ignore[list-item]
                 return
@@ -389,8 +394,8 @@ class Server:
                 name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
                                                "segment_size_bytes")})
         self.kv = KeyValues(kv_store)
-        self._log_committer = _Committer(log.commit)
-        self._kv_committer = _Committer(kv_store.log.commit)
+        self._log_committer = _Committer(log.commit, self.streams.flush)
+        self._kv_committer = _Committer(kv_store.log.commit, self.kv.flush)
         # WATCH: per key, the clients watching it (a write marks them dirty).
         self._watchers: dict[bytes, set[Client]] = {}
         # Blocked readers: per stream key, the futures a commit of a write to it resolves.
@@ -507,6 +512,17 @@ class Server:
                     client.written_keys.add(arguments[1])
                     replies.append(b"$%d\r\n%s\r\n" % (len(stream_id), stream_id))
                     continue
+            if len(arguments) == 2 and client.multi is None and client.authenticated and \
+                    arguments[0].upper() == b"GET" and arguments[1] not in streams.streams:
+                # The hot read, GET: no dispatch, no reply objects.
+                index += 1
+                found = self.kv.get(arguments[1])
+                if found is None:
+                    replies.append(b"_\r\n" if client.protocol == 3 else b"$-1\r\n")
+                else:
+                    value = found[0]
+                    replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+                continue
             if (client.wrote or streams.pending_count) and client.multi is None and \
                     arguments[0].upper() in _READS_AFTER_COMMIT:
                 # Readers see only committed entries: commit this batch's writes first so a
@@ -522,12 +538,20 @@ class Server:
                 return index, True, None
         return index, False, None
 
-    def _flush_batch(self, client: Client) -> list[asyncio.Future[None]]:
-        """The end of a batch: appends its pending records (one atomic batch per log) and
-        starts the commits its replies must wait for (none with fsync everysec, unless
-        WAITAOF asked). Raises if the append fails."""
-        wrote_streams = self.streams.flush()
-        wrote_kv = self.kv.flush()
+    def _flush_batch(self, client: Client,
+                     marks: tuple[int, int] | None = None) -> list[asyncio.Future[None]]:
+        """The end of a batch: starts the commits its replies must wait for (none with fsync
+        everysec, unless WAITAOF asked). With `marks` (the logs' writes counts when the batch
+        started) and a commit to wait for, the records stay pending: the committer appends
+        those of every connection that waits with one call just before its next commit
+        (group commit of the appends too). Otherwise they are appended now (one atomic batch
+        per log). Raises if an append fails."""
+        if marks is None or (self.settings.fsync != "always" and not client.sync_required):
+            wrote_streams = self.streams.flush()
+            wrote_kv = self.kv.flush()
+        else:
+            wrote_streams = self.streams.writes_count != marks[0]
+            wrote_kv = self.kv.writes_count != marks[1]
         waits: list[asyncio.Future[None]] = []
         if self.settings.fsync == "always" or client.sync_required:
             # Both committers run in threads, so other connections keep being served.
@@ -880,8 +904,8 @@ def _mget(server: Server, client: Client, arguments: list[bytes]) -> Any:
 def _put(server: Server, client: Client, key: bytes, value: bytes,
          expire_at_ms: int | None) -> None:
     """SET's write: any other kind of value at `key` is replaced, as Redis does."""
+    server.kv.put(key, value, expire_at_ms)  # first: it refuses a value too big for a record
     _delete_stream(server, client, key)
-    server.kv.put(key, value, expire_at_ms)
     server.touch(key)
 
 

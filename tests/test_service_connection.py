@@ -199,3 +199,17 @@ def test_blocked_reader_that_disconnects_stops_waiting(running: LoopServer) -> N
     while running.server._waiters.get(b"q") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not running.server._waiters.get(b"q")  # noticed at once, not at the next XADD
+
+
+def test_a_value_too_big_for_a_record_is_refused_alone(running: LoopServer) -> None:
+    """Pending KV writes of many connections share one write_batch: a value that cannot fit a
+    record is refused when it is SET, so it cannot fail the others' batch."""
+    client = redis.Redis(port=running.port)
+    pipe = client.pipeline(transaction=False)
+    pipe.set("small", "1")
+    pipe.set("huge", b"x" * (1 << 20))
+    pipe.set("after", "2")
+    ok, refused, after = pipe.execute(raise_on_error=False)
+    assert ok is True and after is True
+    assert isinstance(refused, redis.ResponseError) and "entry_size_max" in str(refused)
+    assert client.mget("small", "huge", "after") == [b"1", None, b"2"]
