@@ -42,6 +42,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +140,14 @@ class _Committer:
         # Callers served and syncs run: requests_count / commits_count is the group size.
         self.requests_count = 0
         self.commits_count = 0
+        self.commit_seconds_total = 0.0  # inside the worker: the append's write and sync
+
+    def _timed_commit(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._commit()
+        finally:
+            self.commit_seconds_total += time.perf_counter() - started
 
     def request(self) -> asyncio.Future[None]:
         """A future resolved by the next commit that starts after this call (no task: the
@@ -164,7 +173,7 @@ class _Committer:
                 try:
                     # Every connection's pending records in one append, then one sync.
                     self._prepare()
-                    await loop.run_in_executor(None, self._commit)
+                    await loop.run_in_executor(None, self._timed_commit)
                 except Exception as error:  # a failed commit fences the log: tell everyone
                     for waiter in waiters:
                         if not waiter.done():
@@ -948,7 +957,9 @@ def _set(server: Server, client: Client, arguments: list[bytes]) -> Any:
     is_stream = key in server.streams.streams
     if is_stream and get:
         raise CommandError(WRONGTYPE)
-    old = None if is_stream else server.kv.get(key, now)
+    # The old value is read only when an option needs it (a plain SET skips the lookup).
+    needs_old = get or keep_ttl or condition is not None
+    old = None if is_stream or not needs_old else server.kv.get(key, now)
     exists = is_stream or old is not None
     if (condition == b"NX" and exists) or (condition == b"XX" and not exists):
         return None if not get or old is None else old[0]
@@ -1317,7 +1328,15 @@ def _log_info(server: Server, client: Client, arguments: list[bytes]) -> Any:
     log = server.log
     return resp.Map({b"begin_address": log.begin_address, b"tail_address": log.tail_address,
                      b"committed_until_address": log.committed_until_address,
-                     b"io_backend": log.io_backend.encode()})
+                     b"io_backend": log.io_backend.encode(),
+                     # Group commit at work: syncs run vs replies they answered, per log.
+                     **{b"%s_%s" % (name, field): value
+                        for name, committer in ((b"log", server._log_committer),
+                                                (b"kv", server._kv_committer))
+                        for field, value in ((b"commits", committer.commits_count),
+                                             (b"commit_requests", committer.requests_count),
+                                             (b"commit_time_us",
+                                              int(committer.commit_seconds_total * 1e6)))}})
 
 
 # ---------------------------------------------------------------------- blocking reads
