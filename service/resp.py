@@ -354,6 +354,8 @@ class RespReader(_Buffer):
         self.authentication_required = authentication_required
         self._arguments: list[bytes] = []
         self._arguments_remaining_count = 0  # Bulk strings still due in the current array.
+        self._fast_tables = (_fast_counts(limits.arguments_count_max),
+                             _fast_headers(limits.bulk_size_max_bytes))
 
     def next_command(self) -> list[bytes] | Literal[NeedMore.NEED_MORE]:
         """The next whole command, or NEED_MORE. Empty commands (blank lines, `*0`) are skipped.
@@ -431,9 +433,7 @@ class RespReader(_Buffer):
         # so a huge bulk arriving in pieces is not copied again at every read.
         tokens = bytes(buffer[position:position + _FAST_WINDOW_BYTES]).split(b"\r\n")
         last = len(tokens) - 1  # tokens[last] has no CRLF after it: not usable
-        limits = self._limits
-        counts = _fast_counts(limits.arguments_count_max)
-        headers = _fast_headers(limits.bulk_size_max_bytes)
+        counts, headers = self._fast_tables
         taken = 0  # bytes of whole commands taken
         index = 0
         while index < last:
