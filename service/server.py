@@ -5,7 +5,11 @@ Rules:
    survives kill -9 and power loss. `fsync="everysec"` answers at once and commits every second:
    for comparison with redis-server's default, documented as not durable per reply.
 2. A connection's commands are answered in order; the writes of one pipelined read share one
-   commit, and commits of concurrent connections share syncs (the log's group commit).
+   commit, and the writes of every connection that arrive while a commit runs share the next
+   one: one append and one sync for all of them (`_Committer`, in a worker thread).
+   Connections are asyncio Protocols (`_Connection`): commands run inside `data_received`,
+   so a read is answered without a task switch; a batch that must wait (its commit, a
+   blocking read) holds the connection's later input until it is answered.
 3. Every buffer is bounded: the codec's limits (bulk length, arguments, inline size, query
    buffer), the commands taken from one read (`pipeline_depth_max`), and a slow reader's
    output buffer (`output_buffer_size_max_bytes`): past it the client is disconnected.
@@ -20,10 +24,11 @@ Rules:
    noticed when its wait ends (BLOCK 0: at the next write to one of its keys).
 7. Two logs: streams and consumer groups in the log the server is given, Redis strings in a
    kvlayer KVStore in its `kv` subdirectory (keyvalues.py). Commands change in-memory state at
-   once and leave their records pending; the end of a pipelined read (or anything that must
-   see the log) appends each log's pending records as one atomic batch and commits both logs
-   (one group committer per log, `_Committer`), then answers. So a pipeline, and a MULTI/EXEC
-   inside it, is all-or-nothing per log after a crash.
+   once and leave their records pending; at the end of a pipelined read (or before anything
+   that must see the log) the connection asks the logs it wrote for a commit, and each log's
+   committer appends all pending records (of every connection waiting) as one atomic batch
+   just before its sync, then answers them all. So a pipeline, and a MULTI/EXEC inside it, is
+   all-or-nothing per log after a crash. (With fsync everysec the batch appends at once.)
 8. Transactions: MULTI queues (arity and unknown commands are refused at queue time and make
    EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
    dirty on any write to a watched key, of either kind, by anyone (itself included, as Redis);
@@ -267,7 +272,7 @@ class _Connection(asyncio.Protocol):
         per batch), until the buffer holds none or a batch must wait."""
         server, client, codec = self.server, self.client, self.codec
         depth_max = server.settings.pipeline_depth_max
-        while not self._closed and not self._writing_paused:
+        while not self._closed and not self._writing_paused and not server.closing:
             try:
                 commands = codec.next_commands(depth_max)
             except RemoteProtocolError as error:
@@ -414,6 +419,7 @@ class Server:
         self._commit_task: asyncio.Task[None] | None = None
         self._expire_task: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
+        self.closing = False
         self.port = settings.port
 
     async def start(self) -> None:
@@ -430,6 +436,7 @@ class Server:
         the KV store it opened (the caller closes the stream log it passed in)."""
         if self._server is not None:
             self._server.close()
+        self.closing = True  # no command runs from here on; replies already due still go out
         for task in (self._commit_task, self._expire_task):
             if task is not None:
                 task.cancel()
