@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fnmatch
+import functools
 import hmac
 import ipaddress
 import itertools
@@ -300,7 +301,7 @@ class _Connection(asyncio.Protocol):
                 self._busy = True
                 waited = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
                 waited.add_done_callback(
-                    lambda future: self._committed(future, replies, close))
+                    functools.partial(self._committed, replies=replies, close=close))
                 return
             server._batch_committed(client, None)
             if not self._send(replies, close):
