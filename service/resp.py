@@ -431,11 +431,11 @@ class RespReader(_Buffer):
             return
         # One copy of a bounded window; a command that does not fit goes to the slow path,
         # so a huge bulk arriving in pieces is not copied again at every read.
-        tokens = bytes(buffer[position:position + _FAST_WINDOW_BYTES]).split(b"\r\n")
+        with memoryview(buffer) as view:  # one copy, not a bytearray slice and then bytes
+            tokens = bytes(view[position:position + _FAST_WINDOW_BYTES]).split(b"\r\n")
         last = len(tokens) - 1  # tokens[last] has no CRLF after it: not usable
         counts, headers = self._fast_tables
-        taken = 0  # bytes of whole commands taken
-        index = 0
+        index = 0  # tokens[:index] are whole commands taken
         while index < last:
             count = counts.get(tokens[index])
             if count is None:
@@ -451,11 +451,11 @@ class RespReader(_Buffer):
             except IndexError:  # a payload longer than the table: the slow path checks it
                 break
             commands.append(arguments)
-            taken += len(tokens[index]) + sum(map(len, tokens[first:end])) + 2 * (end - index)
             index = end
             if len(commands) >= count_max:
                 break
-        if taken:
+        if index:
+            taken = sum(map(len, tokens[:index])) + 2 * index  # each token had its CRLF
             self._position = position + taken
             self._scan_position = self._position
             self._start_item()
