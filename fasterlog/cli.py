@@ -884,16 +884,14 @@ def command_kv(arguments: argparse.Namespace) -> int:
 
 def command_serve(arguments: argparse.Namespace) -> int:
     # The service is the top layer: imported only when asked for, so the log never loads it.
-    import asyncio
-
-    from service.server import ServerSettings, serve
+    from service.server import ServerSettings, run
 
     try:
         settings = ServerSettings(host=arguments.bind, port=arguments.port,
                                   requirepass=arguments.requirepass, fsync=arguments.fsync)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    asyncio.run(serve(arguments.dir, settings))
+    run(arguments.dir, settings)  # on uvloop when it is installed, else asyncio's own loop
     return EXIT_OK
 
 

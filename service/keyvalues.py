@@ -15,8 +15,10 @@ the server's expiry sweep or by the next write to it.
 
 Pending writes: `put` and `delete` go to an in-memory overlay that reads consult, and `flush()`
 writes the overlay with one `KVStore.write_batch(commit=False)` (atomic), so a pipeline's KV
-writes cost one batch and one commit. The server flushes before every commit, and never awaits
-while the overlay holds anything, so the overlay only ever holds the running batch's writes.
+writes cost one batch and one commit. The server's group committer flushes right before each
+commit, so the overlay holds the writes of every connection waiting for the next commit, and
+they share one batch (writes of one connection's pipeline or MULTI/EXEC are always in the same
+batch, so each stays atomic).
 Only KVStore's public API is used.
 """
 
@@ -27,6 +29,9 @@ import time
 from collections.abc import Iterator
 
 from kvlayer import KVStore
+from kvlayer.store import OP_HEADER_SIZE_BYTES, RECORD_HEADER_SIZE_BYTES
+
+from .streams import StreamError
 
 ENVELOPE_PLAIN = 0
 ENVELOPE_EXPIRING = 1
@@ -56,6 +61,8 @@ class KeyValues:
     def __init__(self, store: KVStore) -> None:
         self.store = store
         self._pending: dict[bytes, bytes | None] = {}
+        self.writes_count = 0  # puts and deletes ever made: the server tells a batch's writes
+        self._record_size_max_bytes = store.log.entry_size_max
         # Every live key that has an expiry -> its expire-at ms (rebuilt at open: the sweep
         # and DBSIZE need them without reading every value).
         self.expires: dict[bytes, int] = {}
@@ -83,7 +90,16 @@ class KeyValues:
         return self.get(key) is not None
 
     def put(self, key: bytes, value: bytes, expire_at_ms: int | None = None) -> None:
-        self._pending[key] = pack(value, expire_at_ms)
+        """Refuses (StreamError, an error reply) a key and value too big for one log record
+        before anything changes: pending writes of many connections share one write_batch,
+        which must not fail for one of them."""
+        envelope = pack(value, expire_at_ms)
+        size = RECORD_HEADER_SIZE_BYTES + OP_HEADER_SIZE_BYTES + len(key) + len(envelope)
+        if size > self._record_size_max_bytes:
+            raise StreamError(f"ERR string of {size} bytes exceeds the log's entry_size_max "
+                              f"({self._record_size_max_bytes})")
+        self.writes_count += 1
+        self._pending[key] = envelope
         if expire_at_ms is None:
             self.expires.pop(key, None)
         else:
@@ -91,6 +107,7 @@ class KeyValues:
 
     def delete(self, key: bytes) -> None:
         """Deletes the key (a tombstone even if it is already gone: cheap and harmless)."""
+        self.writes_count += 1
         self._pending[key] = None
         self.expires.pop(key, None)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -353,6 +354,8 @@ class RespReader(_Buffer):
         self.authentication_required = authentication_required
         self._arguments: list[bytes] = []
         self._arguments_remaining_count = 0  # Bulk strings still due in the current array.
+        self._fast_tables = (_fast_counts(limits.arguments_count_max),
+                             _fast_headers(limits.bulk_size_max_bytes))
 
     def next_command(self) -> list[bytes] | Literal[NeedMore.NEED_MORE]:
         """The next whole command, or NEED_MORE. Empty commands (blank lines, `*0`) are skipped.
@@ -405,8 +408,8 @@ class RespReader(_Buffer):
         while len(commands) < count_max:
             if self._arguments_remaining_count == 0 and self._failure is None:
                 self._take_whole_arrays(commands, count_max)
-                if len(commands) >= count_max:
-                    break
+                if len(commands) >= count_max or not self._buffer:
+                    break  # enough, or everything fed is taken (compacted away)
             command = self.next_command()
             if command is NEED_MORE:
                 break
@@ -414,48 +417,45 @@ class RespReader(_Buffer):
         return commands
 
     def _take_whole_arrays(self, commands: list[list[bytes]], count_max: int) -> None:
-        """The fast path of next_commands: whole arrays of bulk strings at _position."""
+        """The fast path of next_commands: whole arrays of bulk strings at _position.
+
+        One split of a bounded window at every CRLF gives the headers and payloads as
+        alternate tokens; a command is taken when its count header is canonical and every
+        bulk header is exactly `$` and its payload's length (which also proves that the
+        payload holds no CRLF and that the CRLF after it is in place). The first token that
+        does not fit (a payload holding CRLF, a partial command, anything odd) ends the fast
+        path there, and `next_command` takes over."""
         buffer = self._buffer
         position = self._position
         if position >= len(buffer) or buffer[position] != 42:  # not '*'
             return
-        # One copy of a bounded window (slices of bytes are then the arguments); a command
-        # that does not fit goes to the slow path, so a huge bulk arriving in pieces is not
-        # copied again at every read.
-        data = bytes(buffer[position:position + _FAST_WINDOW_BYTES])
-        end = len(data)
-        match_count, match_size = _FAST_COUNT.match, _FAST_SIZE.match
-        arguments_max = self._limits.arguments_count_max
-        bulk_max = self._limits.bulk_size_max_bytes
-        taken = 0  # where the last whole command ends, within data
-        while taken < end:
-            header = match_count(data, taken)
-            if header is None:
+        # One copy of a bounded window; a command that does not fit goes to the slow path,
+        # so a huge bulk arriving in pieces is not copied again at every read.
+        with memoryview(buffer) as view:  # one copy, not a bytearray slice and then bytes
+            tokens = bytes(view[position:position + _FAST_WINDOW_BYTES]).split(b"\r\n")
+        last = len(tokens) - 1  # tokens[last] has no CRLF after it: not usable
+        counts, headers = self._fast_tables
+        index = 0  # tokens[:index] are whole commands taken
+        while index < last:
+            count = counts.get(tokens[index])
+            if count is None:
                 break
-            count = int(header[1])
-            if count > arguments_max:
+            first = index + 1
+            end = first + 2 * count
+            if end > last:
                 break
-            here = header.end()
-            arguments = []
-            for _ in range(count):
-                bulk = match_size(data, here)
-                if bulk is None:
+            arguments = tokens[first + 1:end:2]
+            try:
+                if tokens[first:end:2] != [headers[len(argument)] for argument in arguments]:
                     break
-                size = int(bulk[1])
-                start = bulk.end()
-                stop = start + size
-                if size > bulk_max or data[stop:stop + 2] != b"\r\n":
-                    break
-                arguments.append(data[start:stop])
-                here = stop + 2
-            else:
-                commands.append(arguments)
-                taken = here
-                if len(commands) >= count_max:
-                    break
-                continue
-            break
-        if taken:
+            except IndexError:  # a payload longer than the table: the slow path checks it
+                break
+            commands.append(arguments)
+            index = end
+            if len(commands) >= count_max:
+                break
+        if index:
+            taken = sum(map(len, tokens[:index])) + 2 * index  # each token had its CRLF
             self._position = position + taken
             self._scan_position = self._position
             self._start_item()
@@ -522,8 +522,20 @@ class RespReader(_Buffer):
 # The fast path's frames: `*N` and `$N` with canonical N (no sign, no leading zero), short
 # enough that the limits are checked after the match (at most 10 digits).
 _FAST_WINDOW_BYTES: Final = 256 * _KIB
-_FAST_COUNT: Final = re.compile(rb"\*([1-9][0-9]{0,9})\r\n")
-_FAST_SIZE: Final = re.compile(rb"\$(0|[1-9][0-9]{0,9})\r\n")
+_FAST_ARGUMENTS_MAX: Final = 1024
+_FAST_BULK_SIZE_MAX_BYTES: Final = 4096
+
+
+@functools.lru_cache(maxsize=8)
+def _fast_counts(arguments_count_max: int) -> dict[bytes, int]:
+    """Canonical `*N` headers the fast path takes, within the limit, to their N."""
+    return {b"*%d" % n: n for n in range(1, min(arguments_count_max, _FAST_ARGUMENTS_MAX) + 1)}
+
+
+@functools.lru_cache(maxsize=8)
+def _fast_headers(bulk_size_max_bytes: int) -> list[bytes]:
+    """The canonical `$N` header of a payload of N bytes, for N within the limit."""
+    return [b"$%d" % n for n in range(min(bulk_size_max_bytes, _FAST_BULK_SIZE_MAX_BYTES) + 1)]
 
 # The unquoted word of sdssplitargs: C isspace() is skipped before a word, but only space, tab,
 # CR and LF end one (a vertical tab or form feed inside a word is kept).

@@ -5,7 +5,11 @@ Rules:
    survives kill -9 and power loss. `fsync="everysec"` answers at once and commits every second:
    for comparison with redis-server's default, documented as not durable per reply.
 2. A connection's commands are answered in order; the writes of one pipelined read share one
-   commit, and commits of concurrent connections share syncs (the log's group commit).
+   commit, and the writes of every connection that arrive while a commit runs share the next
+   one: one append and one sync for all of them (`_Committer`, in a worker thread).
+   Connections are asyncio Protocols (`_Connection`): commands run inside `data_received`,
+   so a read is answered without a task switch; a batch that must wait (its commit, a
+   blocking read) holds the connection's later input until it is answered.
 3. Every buffer is bounded: the codec's limits (bulk length, arguments, inline size, query
    buffer), the commands taken from one read (`pipeline_depth_max`), and a slow reader's
    output buffer (`output_buffer_size_max_bytes`): past it the client is disconnected.
@@ -20,10 +24,11 @@ Rules:
    noticed when its wait ends (BLOCK 0: at the next write to one of its keys).
 7. Two logs: streams and consumer groups in the log the server is given, Redis strings in a
    kvlayer KVStore in its `kv` subdirectory (keyvalues.py). Commands change in-memory state at
-   once and leave their records pending; the end of a pipelined read (or anything that must
-   see the log) appends each log's pending records as one atomic batch and commits both logs
-   (one group committer per log, `_Committer`), then answers. So a pipeline, and a MULTI/EXEC
-   inside it, is all-or-nothing per log after a crash.
+   once and leave their records pending; at the end of a pipelined read (or before anything
+   that must see the log) the connection asks the logs it wrote for a commit, and each log's
+   committer appends all pending records (of every connection waiting) as one atomic batch
+   just before its sync, then answers them all. So a pipeline, and a MULTI/EXEC inside it, is
+   all-or-nothing per log after a crash. (With fsync everysec the batch appends at once.)
 8. Transactions: MULTI queues (arity and unknown commands are refused at queue time and make
    EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
    dirty on any write to a watched key, of either kind, by anyone (itself included, as Redis);
@@ -37,11 +42,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fnmatch
+import functools
 import hmac
 import ipaddress
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +66,10 @@ __all__ = ["Server", "ServerSettings"]
 
 _logger = logging.getLogger("fasterlog.service")
 REDIS_VERSION = b"7.4.0"
-READ_SIZE_BYTES = 64 << 10
+READ_SIZE_BYTES = 64 << 10  # buffered input past which a busy connection stops reading
+# The output buffer past which commands stop running until the client reads (back-pressure);
+# the hard limit, past which it is disconnected, is output_buffer_size_max_bytes.
+OUTPUT_HIGH_WATER_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -127,27 +137,49 @@ class _Committer:
     commit that started after it called, and callers that arrive while a commit runs share the
     next one. One commit at a time per log, in a worker thread (the sync releases the GIL)."""
 
-    def __init__(self, commit: Callable[[], object]) -> None:
+    def __init__(self, commit: Callable[[], object],
+                 prepare: Callable[[], object] = lambda: None) -> None:
         self._commit = commit
+        self._prepare = prepare  # on the event loop, just before each commit: the append
         self._waiters: list[asyncio.Future[None]] = []
         self._running = False
+        # Callers served and syncs run: requests_count / commits_count is the group size.
+        self.requests_count = 0
+        self.commits_count = 0
+        self.commit_seconds_total = 0.0  # inside the worker: the append's write and sync
 
-    async def commit(self) -> None:
+    def _timed_commit(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._commit()
+        finally:
+            self.commit_seconds_total += time.perf_counter() - started
+
+    def request(self) -> asyncio.Future[None]:
+        """A future resolved by the next commit that starts after this call (no task: the
+        connection path waits on it with a callback)."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        self.requests_count += 1
         if not self._running:
             self._running = True
             loop.create_task(self._run())
-        await waiter
+        return waiter
+
+    async def commit(self) -> None:
+        await self.request()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._waiters:
                 waiters, self._waiters = self._waiters, []
+                self.commits_count += 1
                 try:
-                    await loop.run_in_executor(None, self._commit)
+                    # Every connection's pending records in one append, then one sync.
+                    self._prepare()
+                    await loop.run_in_executor(None, self._timed_commit)
                 except Exception as error:  # a failed commit fences the log: tell everyone
                     for waiter in waiters:
                         if not waiter.done():
@@ -158,6 +190,193 @@ class _Committer:
                         waiter.set_result(None)
         finally:
             self._running = False
+
+
+class _Connection(asyncio.Protocol):
+    """One client: bytes in through `data_received`, replies out through `transport.write`.
+
+    Commands run synchronously inside `data_received` for as long as none needs an await:
+    reads are answered there, without a task switch. A batch that must wait (for its commit,
+    or in a blocking read) hands over to a future callback or a task; until it is done,
+    further input is only buffered (past READ_SIZE_BYTES reading pauses), so replies keep
+    their order and a connection never has two batches in flight. Back-pressure: while the
+    transport's output buffer is over its high-water mark no command runs; past
+    `output_buffer_size_max_bytes` the slow reader is disconnected."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.client = Client(next(server._client_ids),
+                             authenticated=not server.settings.requirepass)
+        self.codec = resp.RespReader(server.settings.limits,
+                                     authentication_required=not self.client.authenticated)
+        self.transport: asyncio.Transport | None = None
+        self._busy = False  # a batch waits for its commit or in a blocking read
+        self._blocked_task: asyncio.Task[None] | None = None  # ... in a blocking read
+        self._closed = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._eof = False
+
+    # ------------------------------------------------------------ transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER_BYTES)  # type: ignore[union-attr]
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.unwatch(self.client)
+        self.server._connections.discard(self)
+        if self._blocked_task is not None:  # a blocked reader that left stops waiting now
+            self._blocked_task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.codec.feed(data)
+        except RemoteProtocolError as error:
+            self._protocol_error(error)
+            return
+        if self._busy or self._writing_paused:
+            if not self._reading_paused and \
+                    self.codec.buffered_size_bytes >= READ_SIZE_BYTES:
+                self._reading_paused = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        # The client will send no more: answer what it sent (a batch may still be waiting
+        # for its commit), then close.
+        # A blocked reader that hangs up is gone (as in Redis): stop waiting at once.
+        self._eof = True
+        if not self._busy or self._blocked_task is not None:
+            self.close()
+        return True
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if not self._busy and not self._closed:
+            self._pump()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------ running commands
+
+    def _pump(self) -> None:
+        """Runs the whole commands buffered, batch by batch (`pipeline_depth_max` commands
+        per batch), until the buffer holds none or a batch must wait."""
+        server, client, codec = self.server, self.client, self.codec
+        depth_max = server.settings.pipeline_depth_max
+        while not self._closed and not self._writing_paused and not server.closing:
+            try:
+                commands = codec.next_commands(depth_max)
+            except RemoteProtocolError as error:
+                self._protocol_error(error)
+                return
+            if not commands:
+                break
+            replies: list[bytes] = []
+            client.wrote = False
+            marks = (server.streams.writes_count, server.kv.writes_count)
+            index, close, blocked = server._run_sync(client, commands, 0, replies)
+            codec.authentication_required = not client.authenticated
+            if blocked is not None or (index < len(commands) and not close):
+                self._busy = True
+                asyncio.get_running_loop().create_task(
+                    self._go_on(commands, index, replies, blocked))
+                return
+            try:
+                waits = server._flush_batch(client, marks)
+            except Exception as error:  # noqa: BLE001 - the append failed: answered as such
+                self._send([server._batch_committed(client, error)], True)  # type: ignore[list-item]
+                return
+            if waits:
+                # Wait for the group commit with a callback, not a task: the common write.
+                self._busy = True
+                waited = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
+                waited.add_done_callback(
+                    functools.partial(self._committed, replies=replies, close=close))
+                return
+            server._batch_committed(client, None)
+            if not self._send(replies, close):
+                return
+        if self._busy or self._writing_paused or self._closed:
+            return
+        if self._eof:
+            self.close()
+        elif self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _committed(self, future: asyncio.Future[Any], replies: list[bytes],
+                   close: bool) -> None:
+        self._busy = False
+        error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        failure = self.server._batch_committed(self.client, error)
+        if failure is not None:
+            self._send([failure], True)
+        elif self._send(replies, close):
+            self._pump()
+
+    async def _go_on(self, commands: list[list[bytes]], index: int, replies: list[bytes],
+                     blocked: Blocked | None) -> None:
+        """The rest of a batch that must wait: before a read that must see the batch's
+        writes (commit first), or in a blocking read (commit what came before, then wait)."""
+        server, client = self.server, self.client
+        close = False
+        try:
+            while True:
+                failure = await server._commit_batch(client)
+                if failure is not None:
+                    replies, close = [failure], True
+                    break
+                if blocked is not None:
+                    self._blocked_task = asyncio.current_task()  # type: ignore[assignment]
+                    reply = await server._wait(client, blocked)
+                    self._blocked_task = None
+                    replies.append(resp.encode(reply, client.protocol))
+                index, close, blocked = server._run_sync(client, commands, index, replies)
+                self.codec.authentication_required = not client.authenticated
+                if close or (blocked is None and index == len(commands)):
+                    break
+            failure = await server._commit_batch(client)
+            if failure is not None:
+                replies, close = [failure], True
+        except asyncio.CancelledError:
+            return  # the client left while blocked
+        finally:
+            self._busy = False
+            self._blocked_task = None
+        if self._send(replies, close):
+            self._pump()
+
+    def _send(self, replies: list[bytes], close: bool) -> bool:
+        """Writes the replies; False when the connection is done (closed, or a slow reader
+        over its output buffer limit, disconnected)."""
+        transport = self.transport
+        if self._closed or transport is None or transport.is_closing():
+            return False
+        if replies:
+            transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
+        if transport.get_write_buffer_size() > self.server.settings.output_buffer_size_max_bytes:
+            _logger.warning("client %d: output buffer over its limit, closing", self.client.id)
+            transport.abort()
+            return False
+        if close:
+            transport.close()
+            return False
+        return True
+
+    def _protocol_error(self, error: RemoteProtocolError) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(resp.encode(resp.ErrorReply(b"ERR " + str(error).encode()), 2))
+            self.transport.close()
 
 
 Handler = Callable[["Server", Client, list[bytes]], Any]
@@ -190,8 +409,8 @@ class Server:
                 name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
                                                "segment_size_bytes")})
         self.kv = KeyValues(kv_store)
-        self._log_committer = _Committer(log.commit)
-        self._kv_committer = _Committer(kv_store.log.commit)
+        self._log_committer = _Committer(log.commit, self.streams.flush)
+        self._kv_committer = _Committer(kv_store.log.commit, self.kv.flush)
         # WATCH: per key, the clients watching it (a write marks them dirty).
         self._watchers: dict[bytes, set[Client]] = {}
         # Blocked readers: per stream key, the futures a commit of a write to it resolves.
@@ -200,12 +419,14 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._expire_task: asyncio.Task[None] | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[_Connection] = set()
+        self.closing = False
         self.port = settings.port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.settings.host,
-                                                  self.settings.port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), self.settings.host,
+                                                self.settings.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._expire_task = asyncio.create_task(self._expire_periodically())
         if self.settings.fsync == "everysec":
@@ -216,6 +437,7 @@ class Server:
         the KV store it opened (the caller closes the stream log it passed in)."""
         if self._server is not None:
             self._server.close()
+        self.closing = True  # no command runs from here on; replies already due still go out
         for task in (self._commit_task, self._expire_task):
             if task is not None:
                 task.cancel()
@@ -228,8 +450,8 @@ class Server:
             self.kv.store.close()
         if self._server is not None:
             # After the commits: wait_closed waits for open connections on Python 3.12+.
-            for writer in list(self._writers):
-                writer.close()
+            for connection in list(self._connections):
+                connection.close()
             await self._server.wait_closed()
 
     async def _commit_every_second(self) -> None:
@@ -278,119 +500,112 @@ class Server:
         client.watched.clear()
         client.dirty = False
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = Client(next(self._client_ids), authenticated=not self.settings.requirepass)
-        codec = resp.RespReader(self.settings.limits,
-                                authentication_required=not client.authenticated)
-        self._writers.add(writer)
-        try:
-            while True:
-                data = await reader.read(READ_SIZE_BYTES)
-                if not data:
-                    return
-                codec.feed(data)
-                while True:
-                    replies, close = await self._run_batch(client, codec)
-                    writer.write(b"".join(replies))
-                    if writer.transport.get_write_buffer_size() > \
-                            self.settings.output_buffer_size_max_bytes:
-                        _logger.warning("client %d: output buffer over its limit, closing",
-                                        client.id)
-                        return
-                    await writer.drain()
-                    if close:
-                        return
-                    # Whole commands may still be buffered: those past pipeline_depth_max,
-                    # and those after an AUTH (parsed one at a time before it): run them
-                    # now, not at the next read (which may never come).
-                    if not replies or codec.buffered_size_bytes == 0:
-                        break
-        except RemoteProtocolError as error:
-            writer.write(resp.encode(resp.ErrorReply(b"ERR " + str(error).encode()), 2))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.unwatch(client)
-            self._writers.discard(writer)
-            writer.close()
+    def _run_sync(self, client: Client, commands: list[list[bytes]], index: int,
+                  replies: list[bytes]) -> tuple[int, bool, Blocked | None]:
+        """Runs `commands[index:]` while none needs an await, appending encoded replies.
 
-    async def _run_batch(self, client: Client,
-                         codec: resp.RespReader) -> tuple[list[bytes], bool]:
-        replies: list[bytes] = []
-        close = False
-        client.wrote = False
+        Returns (next index, close, blocked): it stops before a read that must first see this
+        batch's writes committed (XREAD after XADD: the caller commits, then calls again at
+        the same index), after a command that blocks (the caller commits, waits, and appends
+        its reply), after a command that closes the connection, or at the end."""
         streams = self.streams
-        for arguments in codec.next_commands(self.settings.pipeline_depth_max):
+        codec_protocol = client.protocol
+        count = len(commands)
+        while index < count:
+            arguments = commands[index]
             if len(arguments) == 5 and arguments[2] == b"*" and client.multi is None and \
                     client.authenticated and arguments[0].upper() == b"XADD":
                 # The hot path, `XADD key * field value` on an existing stream: no dispatch,
                 # no reply objects (rule 2: the record joins the batch's one append).
                 stream = streams.streams.get(arguments[1])
                 if stream is not None:
+                    index += 1
                     try:
                         stream_id = streams.add_now(arguments[1], stream, arguments[3:])
                     except StreamError as error:
                         replies.append(resp.encode(resp.ErrorReply(str(error)),
-                                                   client.protocol))
+                                                   codec_protocol))
                         continue
                     client.written_keys.add(arguments[1])
                     replies.append(b"$%d\r\n%s\r\n" % (len(stream_id), stream_id))
                     continue
+            if len(arguments) == 2 and client.multi is None and client.authenticated and \
+                    arguments[0].upper() == b"GET" and arguments[1] not in streams.streams:
+                # The hot read, GET: no dispatch, no reply objects.
+                index += 1
+                found = self.kv.get(arguments[1])
+                if found is None:
+                    replies.append(b"_\r\n" if client.protocol == 3 else b"$-1\r\n")
+                else:
+                    value = found[0]
+                    replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+                continue
             if (client.wrote or streams.pending_count) and client.multi is None and \
                     arguments[0].upper() in _READS_AFTER_COMMIT:
                 # Readers see only committed entries: commit this batch's writes first so a
                 # pipelined XADD then XREAD reads its own write, as with Redis.
-                failure = await self._commit_batch(client)
-                if failure is not None:
-                    return [failure], True
+                return index, False, None
             reply, close = self._dispatch(client, arguments)
+            index += 1
             if isinstance(reply, Blocked):
-                # Commit what came before, so the writes this reader may wait for are not
-                # held back by its own batch, then wait.
-                failure = await self._commit_batch(client)
-                if failure is not None:
-                    return [failure], True
-                reply = await self._wait(client, reply)
-            codec.authentication_required = not client.authenticated
+                return index, close, reply
             replies.append(resp.encode(reply, client.protocol))
+            codec_protocol = client.protocol
             if close:
-                break
-        failure = await self._commit_batch(client)
-        if failure is not None:
-            return [failure], True
-        return replies, close
+                return index, True, None
+        return index, False, None
 
-    async def _commit_batch(self, client: Client) -> bytes | None:
-        """Appends the batch's pending records (one atomic batch per log) and commits them
-        (durable acknowledgement), then wakes the readers of the streams it wrote. Returns an
-        error reply if the append or the commit failed."""
-        try:
+    def _flush_batch(self, client: Client,
+                     marks: tuple[int, int] | None = None) -> list[asyncio.Future[None]]:
+        """The end of a batch: starts the commits its replies must wait for (none with fsync
+        everysec, unless WAITAOF asked). With `marks` (the logs' writes counts when the batch
+        started) and a commit to wait for, the records stay pending: the committer appends
+        those of every connection that waits with one call just before its next commit
+        (group commit of the appends too). Otherwise they are appended now (one atomic batch
+        per log). Raises if an append fails."""
+        if marks is None or (self.settings.fsync != "always" and not client.sync_required):
             wrote_streams = self.streams.flush()
             wrote_kv = self.kv.flush()
-            if self.settings.fsync == "always" or client.sync_required:
-                # Both committers run in threads, so other connections keep being served.
-                waits = []
-                if wrote_streams or client.wrote or client.sync_required:
-                    waits.append(self._log_committer.commit())
-                if wrote_kv or client.sync_required:
-                    waits.append(self._kv_committer.commit())
-                if len(waits) == 1:
-                    await waits[0]
-                elif waits:
-                    await asyncio.gather(*waits)
-        except Exception as error:  # a failed commit fences the log: answer every write
+        else:
+            wrote_streams = self.streams.writes_count != marks[0]
+            wrote_kv = self.kv.writes_count != marks[1]
+        waits: list[asyncio.Future[None]] = []
+        if self.settings.fsync == "always" or client.sync_required:
+            # Both committers run in threads, so other connections keep being served.
+            if wrote_streams or client.wrote or client.sync_required:
+                waits.append(self._log_committer.request())
+            if wrote_kv or client.sync_required:
+                waits.append(self._kv_committer.request())
+        return waits
+
+    def _batch_committed(self, client: Client, error: BaseException | None) -> bytes | None:
+        """After the batch's commits: wakes the readers of the streams it wrote, or returns
+        the error reply of a failed append or commit (which fences the log)."""
+        client.wrote = client.sync_required = False
+        if error is not None:
             _logger.error("commit failed: %s", error)
-            client.wrote = client.sync_required = False
             return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
                                                " ".join(str(error).split()).encode()),
                                client.protocol)
-        client.wrote = client.sync_required = False
-        for key in client.written_keys:
-            for waiter in self._waiters.pop(key, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
-        client.written_keys.clear()
+        if client.written_keys:
+            for key in client.written_keys:
+                for waiter in self._waiters.pop(key, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
+            client.written_keys.clear()
         return None
+
+    async def _commit_batch(self, client: Client) -> bytes | None:
+        """`_flush_batch`, awaits the commits, then `_batch_committed`."""
+        try:
+            waits = self._flush_batch(client)
+            if len(waits) == 1:
+                await waits[0]
+            elif waits:
+                await asyncio.gather(*waits)
+        except Exception as error:  # a failed commit fences the log: answer every write
+            return self._batch_committed(client, error)
+        return self._batch_committed(client, None)
 
     def visible_until_address(self) -> int:
         """Entries below this address are shown to XREAD and XREADGROUP: committed ones, or
@@ -706,8 +921,8 @@ def _mget(server: Server, client: Client, arguments: list[bytes]) -> Any:
 def _put(server: Server, client: Client, key: bytes, value: bytes,
          expire_at_ms: int | None) -> None:
     """SET's write: any other kind of value at `key` is replaced, as Redis does."""
+    server.kv.put(key, value, expire_at_ms)  # first: it refuses a value too big for a record
     _delete_stream(server, client, key)
-    server.kv.put(key, value, expire_at_ms)
     server.touch(key)
 
 
@@ -750,7 +965,9 @@ def _set(server: Server, client: Client, arguments: list[bytes]) -> Any:
     is_stream = key in server.streams.streams
     if is_stream and get:
         raise CommandError(WRONGTYPE)
-    old = None if is_stream else server.kv.get(key, now)
+    # The old value is read only when an option needs it (a plain SET skips the lookup).
+    needs_old = get or keep_ttl or condition is not None
+    old = None if is_stream or not needs_old else server.kv.get(key, now)
     exists = is_stream or old is not None
     if (condition == b"NX" and exists) or (condition == b"XX" and not exists):
         return None if not get or old is None else old[0]
@@ -1119,7 +1336,15 @@ def _log_info(server: Server, client: Client, arguments: list[bytes]) -> Any:
     log = server.log
     return resp.Map({b"begin_address": log.begin_address, b"tail_address": log.tail_address,
                      b"committed_until_address": log.committed_until_address,
-                     b"io_backend": log.io_backend.encode()})
+                     b"io_backend": log.io_backend.encode(),
+                     # Group commit at work: syncs run vs replies they answered, per log.
+                     **{b"%s_%s" % (name, field): value
+                        for name, committer in ((b"log", server._log_committer),
+                                                (b"kv", server._kv_committer))
+                        for field, value in ((b"commits", committer.commits_count),
+                                             (b"commit_requests", committer.requests_count),
+                                             (b"commit_time_us",
+                                              int(committer.commit_seconds_total * 1e6)))}})
 
 
 # ---------------------------------------------------------------------- blocking reads

@@ -119,6 +119,7 @@ class StreamStore:
         self.streams: dict[bytes, Stream] = {}
         self.appliers: dict[bytes, Callable[[int, list[Any]], None]] = {}
         self._pending: list[bytes] = []  # packed records not yet appended, in order
+        self.writes_count = 0  # records ever made pending: the server tells a batch's writes
         self._entry_size_max = log.entry_size_max
         self._pending_streams: set[bytes] = set()  # streams holding placeholder addresses
         # Called with the key every record changes (the server's WATCH bookkeeping).
@@ -178,6 +179,7 @@ class StreamStore:
                               f"entry_size_max ({self.log.entry_size_max})")
         address = PENDING_ADDRESS_BASE + len(self._pending)
         self._pending.append(payload)
+        self.writes_count += 1
         self._pending_streams.add(record[1])
         self._apply(address, record)
         self.on_write(record[1])
@@ -248,6 +250,7 @@ class StreamStore:
         pending = self._pending
         stream.addresses.append(PENDING_ADDRESS_BASE + len(pending))
         pending.append(payload)
+        self.writes_count += 1
         self._pending_streams.add(name)
         stream_id = (ms, seq)
         stream.ids.append(stream_id)

@@ -719,3 +719,29 @@ def test_feeding_one_byte_at_a_time_takes_linear_time(name: str) -> None:
         timings.append(best)
     # Four times the input: linear work takes about 4x, a quadratic rescan 16x.
     assert timings[1] < 8 * timings[0], timings
+
+
+# The fast path splits at CRLFs and checks each `$N` against its payload: payloads made of
+# CRLFs, `$`, `*` and digits (which split into header lookalikes) must parse as the reference.
+tricky_payload_st = st.text(alphabet="\r\n$*019a", max_size=10).map(str.encode)
+
+
+def outcome(function: Any) -> Any:
+    try:
+        return function()
+    except RemoteProtocolError as error:
+        return ("error", str(error))
+
+
+@QUICK
+@given(st.lists(st.lists(tricky_payload_st, min_size=1, max_size=5), min_size=1, max_size=4),
+       st.integers(1, 3), st.sampled_from(["default", "small", "tiny bulk"]))
+def test_fast_path_agrees_on_payloads_holding_crlf_and_header_lookalikes(
+        commands: list[list[bytes]], count_max: int, limits_name: str) -> None:
+    limits = {"default": RespLimits(), "small": SMALL,
+              "tiny bulk": RespLimits(bulk_size_max_bytes=3, arguments_count_max=3)}[limits_name]
+    data = b"".join(command_bytes(c) for c in commands)
+    expected = outcome(lambda: read_commands([data], limits))
+    for offset in (0, len(data) // 2, len(data)):
+        pieces = [data[:offset], data[offset:]]
+        assert outcome(lambda: read_commands_batched(pieces, count_max, limits)) == expected
