@@ -1824,6 +1824,9 @@ async def serve(directory: str, settings: ServerSettings,
     """Runs the server until SIGTERM or SIGINT, then commits and closes (the CLI's job)."""
     import signal
 
+    # The default directory is ./data/server: on a fresh checkout ./data does not exist yet.
+    # FasterLog.open creates (and syncs into its parent) the last component only.
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
     log = FasterLog.open(directory)
     server = Server(log, settings)
     await server.start()
