@@ -4,7 +4,8 @@
 #
 #   bash scripts/reliability.sh            long mode (hours: 10,000 kills, 10^8 fuzz inputs)
 #   bash scripts/reliability.sh --short    the CI counts, a few minutes
-#   FASTERLOG_KILL_CHAINS=20 FASTERLOG_FUZZ_SECONDS=600 bash scripts/reliability.sh
+#   FASTERLOG_KILL_CHAINS=20 FASTERLOG_FUZZ_SECONDS=600 FASTERLOG_MUTATION_INPUTS=10000000 \
+#       bash scripts/reliability.sh
 #                                          long mode with fewer kills and a shorter fuzz run
 # Extra arguments go to pytest. Exit status: non-zero when a test failed (RELIABILITY.md is
 # still written, so the failing figure is visible).
