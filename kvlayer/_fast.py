@@ -17,10 +17,14 @@ from typing import Any, NoReturn
 from fasterlog import errors as log_errors
 from fasterlog._fasterlog_c import ffi, lib
 
-from .errors import KVError, RecordCorruptError
+from .errors import KVError, RecordCorruptError, StoreVersionError
 
 READ_BUFFER_BYTES = 64 << 10
 VALUE_DELETE = 0xFFFFFFFF
+# fl_kv.c's reason for a version-1 record (BLAKE2b hashes): a StoreVersionError, not corruption.
+VERSION_1_WHY = ("record version 1 (BLAKE2b key hashes, an older kvlayer): this kvlayer reads "
+                 "version 2 stores only")
+_VERSION_1_PREFIX = "record version 1 "
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
@@ -29,6 +33,8 @@ def fail(code: int, operation: str, info: Any) -> NoReturn:
     if code == lib.FL_E_KV_RECORD:
         address = int(info.address)
         why = ffi.string(info.message).decode(errors="replace")
+        if why.startswith(_VERSION_1_PREFIX):
+            raise StoreVersionError(f"read record at {address} failed: {VERSION_1_WHY}", address)
         raise RecordCorruptError(f"read record at {address} failed: {why}", address)
     if code == lib.FL_E_KV_INDEX:
         raise KVError(f"{operation} failed: an index update conflicted (two writers?)")

@@ -67,7 +67,7 @@ logger = logging.getLogger("kvlayer.checkpoint")
 CHECKPOINT_DIRECTORY_NAME = "kv-checkpoints"
 SNAPSHOT_SUFFIX = ".snap"
 SNAPSHOT_MAGIC = b"FLKVSNAP"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 1: BLAKE2b key hashes (skipped as unusable)
 # magic, version, index_bits, reserved u8, reserved u16, position, entries_count, live_count,
 # body_crc32c, header_crc32c (of the 44 bytes before it)
 _SNAPSHOT_HEADER = struct.Struct("<8sIBBHQQQII")

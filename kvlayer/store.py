@@ -67,16 +67,17 @@ from .errors import (
     StoreClosedError,
     StoreReadOnlyError,
     StoreSettingsError,
+    StoreVersionError,
     ValueTooLarge,
     ValueTypeError,
     WaitTimeoutError,
 )
 
-__all__ = ["BytesLike", "KVStore", "key_hash"]
+__all__ = ["BytesLike", "KVStore", "key_hash", "siphash13"]
 
 BytesLike = bytes | bytearray | memoryview
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 1 had BLAKE2b key hashes: refused with StoreVersionError (FORMAT.md)
 OP_PUT = 1
 OP_DELETE = 2
 _HEADER = struct.Struct("<BBHQ")  # version, index bits, ops count, previous address
@@ -104,9 +105,58 @@ _unpack = ffi.unpack
 _ABSENT = lib.FL_KV_ABSENT
 
 
-def key_hash(key: bytes) -> int:
-    """The stable 64-bit hash of a key (BLAKE2b, 8-byte digest, little-endian)."""
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+_HASH_KEY1_TWEAK = 0x6B766C6179657232  # "kvlayer2"; fl_kv.c SIP_KEY1_TWEAK
+_MASK64 = (1 << 64) - 1
+_siphash13_c = lib.fl_kv_siphash13
+
+
+def key_hash(key: bytes, salt: int = 0) -> int:
+    """The 64-bit hash of a key in a store whose log has this salt (FORMAT.md "KV records"):
+    SipHash-1-3 with the key (salt, salt ^ "kvlayer2"). KVStore.key_hash(key) is a store's
+    own; with the default salt 0 it is a fixed hash, stable across processes and stores (for
+    orderings such as a SCAN cursor), but not the one any store's records carry."""
+    return _siphash13_c(salt, salt ^ _HASH_KEY1_TWEAK, key, len(key))  # type: ignore[no-any-return]
+
+
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (64 - n))) & _MASK64
+
+
+def siphash13(k0: int, k1: int, data: bytes, c_rounds: int = 1, d_rounds: int = 3) -> int:
+    """The Python reference of fl_kv_siphash13 (tests compare them; with rounds 2 and 4 it is
+    the SipHash-2-4 of the paper, checked against its test vector)."""
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+
+    def rounds(count: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(count):
+            v0 = (v0 + v1) & _MASK64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _MASK64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _MASK64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _MASK64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    full = len(data) - len(data) % 8
+    for position in range(0, full, 8):
+        m = int.from_bytes(data[position:position + 8], "little")
+        v3 ^= m
+        rounds(c_rounds)
+        v0 ^= m
+    last = (len(data) & 0xFF) << 56 | int.from_bytes(data[full:], "little")
+    v3 ^= last
+    rounds(c_rounds)
+    v0 ^= last
+    v2 ^= 0xFF
+    rounds(d_rounds)
+    return v0 ^ v1 ^ v2 ^ v3
 
 
 class _Op:
@@ -136,6 +186,9 @@ def decode_record(payload: bytes, address: int) -> tuple[int, int, list[_Op]]:
     if len(payload) < RECORD_HEADER_SIZE_BYTES:
         raise corrupt(f"{len(payload)} bytes is shorter than a record header")
     version, index_bits, ops_count, previous = _HEADER.unpack_from(payload)
+    if version == 1:
+        raise StoreVersionError(f"read record at {address} failed: {_fast.VERSION_1_WHY}",
+                                address)
     if version != RECORD_VERSION:
         raise corrupt(f"unknown record version {version}")
     if ops_count == 0 or index_bits > lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX:
@@ -408,6 +461,12 @@ class KVStore:
     def _chain_floor(self, address: int) -> None:
         self._index.set_chain_floor(address)
 
+    def key_hash(self, key: BytesLike) -> int:
+        """The 64-bit hash this store's records and checkpoints carry for `key`: SipHash-1-3
+        keyed from the log's salt (FORMAT.md "KV records"), so it differs between stores."""
+        key = _as_key(key, "key_hash")
+        return lib.fl_kv_hash(self._index.kv, key, len(key))  # type: ignore[no-any-return]
+
     def index_stats(self) -> dict[str, int]:
         stats = self._index.stats()
         return {name: int(getattr(stats, name)) for name in (
@@ -451,7 +510,7 @@ class KVStore:
         if size == _ABSENT:
             return default
         if size == lib.FL_E_TRUNCATED:  # a compaction moved the begin address under this walk
-            value = self._value_after_truncation(key, key_hash(key))
+            value = self._value_after_truncation(key, 0)
             return default if value is None else value
         if size < 0:
             _fast.fail(size, "get", readers.reader.error)

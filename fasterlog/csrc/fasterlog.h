@@ -270,7 +270,7 @@ int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context);
  *
  * kvlayer's hot paths in one C call each, over a log and an index the caller owns (the fl_kv
  * context only borrows them: free it before either). Records are FORMAT.md "KV records";
- * key hashes are BLAKE2b with an 8-byte digest read little-endian, as kvlayer.key_hash.
+ * key hashes are SipHash-1-3 keyed from the log's salt (fl_kv_hash), as kvlayer.key_hash.
  *
  * - Reads take no lock of their own: the index is read lock-free and records are copied out
  *   of the page ring under the log's mutex (or read from the segment files, then without the
@@ -315,8 +315,11 @@ typedef struct fl_kv_replay_result {
     int64_t live_change;
 } fl_kv_replay_result;
 
-uint64_t fl_kv_hash(const char *key, size_t size);
-void fl_kv_hash_many(const char *keys, const uint32_t *sizes, size_t count,
+/* SipHash-1-3 with the key (k0, k1), 64-bit output (kvlayer.store.siphash13 in Python). */
+uint64_t fl_kv_siphash13(uint64_t k0, uint64_t k1, const char *key, size_t size);
+/* A key's hash in this store: SipHash-1-3 keyed from the log's salt (FORMAT.md "KV records"). */
+uint64_t fl_kv_hash(const fl_kv *kv, const char *key, size_t size);
+void fl_kv_hash_many(const fl_kv *kv, const char *keys, const uint32_t *sizes, size_t count,
                      uint64_t *hashes_out);
 int fl_kv_create(fl_log *log, fl_index *index, fl_kv **kv_out);
 void fl_kv_free(fl_kv *kv);
