@@ -41,7 +41,6 @@ Rules and invariants:
 from __future__ import annotations
 
 import array
-import hashlib
 import os
 import struct
 import threading
@@ -115,7 +114,7 @@ def key_hash(key: bytes, salt: int = 0) -> int:
     SipHash-1-3 with the key (salt, salt ^ "kvlayer2"). KVStore.key_hash(key) is a store's
     own; with the default salt 0 it is a fixed hash, stable across processes and stores (for
     orderings such as a SCAN cursor), but not the one any store's records carry."""
-    return _siphash13_c(salt, salt ^ _HASH_KEY1_TWEAK, key, len(key))  # type: ignore[no-any-return]
+    return _siphash13_c(salt, salt ^ _HASH_KEY1_TWEAK, key, len(key))
 
 
 def _rotl(x: int, n: int) -> int:

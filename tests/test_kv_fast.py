@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fasterlog._fasterlog_c import lib
-from fasterlog.errors import CorruptionError
 from fasterlog.cursors import log_salt
+from fasterlog.errors import CorruptionError
 from kvlayer import KVStore, key_hash
 from kvlayer.errors import RecordCorruptError, StoreVersionError
 from kvlayer.store import OP_PUT, _Op, decode_record, encode_record, siphash13
