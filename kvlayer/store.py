@@ -95,8 +95,7 @@ checkpoints_kept_count_default = 3
 _TAG_SHIFT = 48
 _TAG_MASK = (1 << 14) - 1
 _RESOLVE_SIGNATURE = "int(void *, uint64_t, uint64_t *, uint32_t, uint64_t *)"
-_GET_MANY_BUFFER_BYTES = 1 << 20
-_GET_MANY_FORMAT_ENTRIES = 4096
+_GET_MANY_FORMAT_ENTRIES = _fast.GET_MANY_WINDOW
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 # Hot functions bound once: an attribute lookup on `lib` costs about 25 ns per call.
 _kv_get = lib.fl_kv_get
@@ -435,7 +434,17 @@ class KVStore:
             if self._closed:
                 return
             self._closed = True
-            self._log.close()
+            try:
+                # The log's own closing commit keeps the old cookie: write the index size now,
+                # or the next open replays with a small index and grows it on the way (each
+                # grow reads every chain head back: 200k records/s instead of millions).
+                state = (self._index.buckets_count_log2(),
+                         tuple(checkpoint.marker_address for checkpoint in self._checkpoints))
+                if (not self._read_only and state != self._cookie_written
+                        and not self._log._snapshot().fenced_error):
+                    self._commit_locked()
+            finally:
+                self._log.close()
 
     def __enter__(self) -> KVStore:  # noqa: PYI034 - KVStore is not meant to be subclassed
         return self
@@ -532,43 +541,48 @@ class KVStore:
         """Values of many keys (None where not live), with one C call per buffer-full (hashes,
         batched index lookups and chain walks in C)."""
         self._check_open("get_many")
-        items = [key if type(key) is bytes and len(key) <= key_size_max_bytes
-                 else _as_key(key, "get_many") for key in keys]
+        items = keys if type(keys) is list else list(keys)
         count = len(items)
-        values: list[bytes | None] = []
         if count == 0:
-            return values
-        joined = b"".join(items)
-        key_sizes = array.array("I", map(len, items))
-        capacity = max(_GET_MANY_BUFFER_BYTES, 2 * self._log.entry_size_max)
-        buffer = _new_uncleared("char[]", capacity)
-        view = ffi.buffer(buffer)
-        offsets = _new_uncleared("uint32_t[]", count)
-        sizes = _new_uncleared("uint32_t[]", count)
-        missing = _new_uncleared("uint32_t[]", count)
-        missing_count = ffi.new("uint64_t *")
-        layout_capacity = 24 * min(count, _GET_MANY_FORMAT_ENTRIES) + 24
-        layout = _new_uncleared("char[]", layout_capacity)
-        info = ffi.new("fl_error_info *")
+            return []
+        # The common case checked in bulk: bytes-like keys join, and each key's len() is its
+        # byte count unless a memoryview has wider items (then the joined size differs).
+        try:
+            joined = b"".join(items)
+            key_sizes = array.array("I", map(len, items))
+        except (TypeError, OverflowError):
+            joined = b""
+            key_sizes = array.array("I")
+        if (len(key_sizes) != count or len(joined) != sum(key_sizes)
+                or max(key_sizes) > key_size_max_bytes):
+            items = [_as_key(key, "get_many") for key in items]
+            joined = b"".join(items)
+            key_sizes = array.array("I", map(len, items))
+        scratch = self._index.readers.get_many_scratch(self._log.entry_size_max)
+        buffer, capacity, view, offsets, sizes, missing, missing_count, layout, info = scratch
+        window = _GET_MANY_FORMAT_ENTRIES  # keys per C call: bounds the scratch arrays
+        joined_pointer = ffi.from_buffer(joined)
         sizes_view = ffi.from_buffer("uint32_t[]", key_sizes)
+        values: list[bytes | None] = []
         done = key_offset = 0
         while done < count:
-            got = lib.fl_kv_get_many(self._index.kv, ffi.from_buffer(joined) + key_offset,
-                                     sizes_view + done, count - done, buffer, capacity,
+            asked = min(window, count - done)
+            got = lib.fl_kv_get_many(self._index.kv, joined_pointer + key_offset,
+                                     sizes_view + done, asked, buffer, capacity,
                                      offsets, sizes, missing, missing_count, info)
             if got == lib.FL_E_TRUNCATED:  # a compaction moved the begin address: rule 6, per key
                 values.extend(self.get(key) for key in items[done:])
                 return values
             if got < 0:
                 _fast.fail(got, "get_many", info)
-            for start in range(0, got, _GET_MANY_FORMAT_ENTRIES):  # one struct call per chunk
-                stop = min(got, start + _GET_MANY_FORMAT_ENTRIES)
-                layout_size = lib.fl_scan_format(offsets + start, sizes + start, stop - start,
-                                                 layout, layout_capacity)
-                values.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:], view))
-            for position in ffi.unpack(missing, int(missing_count[0])):
-                values[done + position] = None
-            key_offset += sum(key_sizes[done:done + got])
+            layout_size = lib.fl_scan_format(offsets, sizes, got, layout, len(layout))
+            values.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:], view))
+            absent = int(missing_count[0])
+            if absent:
+                for position in ffi.unpack(missing, absent):
+                    values[done + position] = None
+            if done + got < count:
+                key_offset += sum(key_sizes[done:done + got])
             done += got
         return values
 
@@ -829,10 +843,10 @@ class KVStore:
                     self._checkpoints[0] is self._base):
                 return self._checkpoints[0]
             position = self._log.committed_until_address
-            entries = self._snapshot_entries(position)
-            self._drop_compacted_entries(entries)
+            hashes, words, live_count = self._snapshot_entries(position)
             bits = self._index.buckets_count_log2()
-            data = checkpoint_files.encode_snapshot(position, bits, entries)
+            data = checkpoint_files.encode_snapshot_arrays(position, bits, hashes, words,
+                                                           live_count)
             crc = checkpoint_files.crc32c(data)
             try:
                 file_name = checkpoint_files.write_snapshot(self._checkpoint_directory,
@@ -851,30 +865,37 @@ class KVStore:
                 self._checkpoint_directory, (kept.file_name for kept in self._checkpoints))
             return made
 
-    def _snapshot_entries(self, position: int) -> dict[int, int]:
-        """The snapshot entries at `position` (checkpoint.py, rule 1): the last usable
-        snapshot folded forward with the records since, or the whole log folded."""
-        entries: dict[int, int] = {}
-        begin = None
+    def _snapshot_entries(self, position: int) -> tuple[array.array[int], array.array[int], int]:
+        """The snapshot entries at `position` (checkpoint.py, rule 1) as sorted hashes, their
+        words and the live count: the last usable snapshot folded forward with the records
+        since, or the whole log folded, in one C call (fl_kv_snapshot_fold). Entries below the
+        begin address are tombstones of keys deleted before a compaction (a live key's newest
+        record is never below it: rule 6): they are left out."""
+        base_hashes, base_words = array.array("Q"), array.array("Q")
+        begin = self._log.begin_address
         if self._base is not None:
             try:
-                entries = checkpoint_files.read_snapshot(self._checkpoint_directory,
-                                                    self._base).entries()
-                begin = self._base.position
+                base = checkpoint_files.read_snapshot(self._checkpoint_directory, self._base)
+                base_hashes, base_words = base.hashes, base.words
+                begin = max(begin, self._base.position)
             except CheckpointError as error:
                 checkpoint_files.logger.warning(
                     "checkpoint of %s: %s; folding the whole log instead", self._log.path, error)
-                entries = {}
-        deleted = checkpoint_files.ENTRY_DELETED
-        for addresses, payloads in self._log.scan_columns(begin, position):
-            for address, payload in zip(addresses, payloads):
-                single = _single_op(payload, address)
-                if single is not None:  # the common record, without _Op objects
-                    entries[single[3]] = address | (deleted if single[1] == OP_DELETE else 0)
-                    continue
-                for op in decode_record(payload, address)[2]:
-                    entries[op.hash] = address | (deleted if op.kind == OP_DELETE else 0)
-        return entries
+        # Every operation is at least 16 bytes of log: a bound on the entries the fold adds.
+        capacity = len(base_hashes) + max(0, position - begin) // OP_HEADER_SIZE_BYTES + 1
+        hashes = array.array("Q", bytes(8 * capacity))
+        words = array.array("Q", bytes(8 * capacity))
+        live = ffi.new("uint64_t *")
+        info = ffi.new("fl_error_info *")
+        count = lib.fl_kv_snapshot_fold(
+            self._index.kv, ffi.from_buffer("uint64_t[]", base_hashes),
+            ffi.from_buffer("uint64_t[]", base_words), len(base_hashes), begin, position,
+            self._log.begin_address, ffi.from_buffer("uint64_t[]", hashes),
+            ffi.from_buffer("uint64_t[]", words), capacity, live, info)
+        if count < 0:
+            _fast.fail(count, "checkpoint", info)
+        del hashes[count:], words[count:]
+        return hashes, words, int(live[0])
 
     # ------------------------------------------------------------------ recovery
 
@@ -1019,14 +1040,6 @@ class KVStore:
     def _checkpoint_due(self) -> bool:
         return bool(self._checkpoint_every_ms) and (
             time.monotonic() - self._last_checkpoint_s) * 1000 >= self._checkpoint_every_ms
-
-    def _drop_compacted_entries(self, entries: dict[int, int]) -> None:
-        """Snapshot entries below the begin address are tombstones of keys deleted before a
-        compaction (a live key's newest record is never below it: rule 6): they can go."""
-        floor = self._log.begin_address
-        mask = checkpoint_files.ENTRY_ADDRESS_MASK
-        for hash_ in [hash_ for hash_, word in entries.items() if word & mask < floor]:
-            del entries[hash_]
 
     def _value_after_truncation(self, key: bytes, hash_: int) -> bytes | None:
         """Rule 6: a walk read a record a compaction truncated meanwhile. The index already

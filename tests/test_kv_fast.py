@@ -32,6 +32,7 @@ from fasterlog._fasterlog_c import lib
 from fasterlog.cursors import log_salt
 from fasterlog.errors import CorruptionError
 from kvlayer import KVStore, key_hash
+from kvlayer.checkpoint import decode_cookie
 from kvlayer.errors import RecordCorruptError, StoreVersionError
 from kvlayer.store import OP_PUT, _Op, decode_record, encode_record, siphash13
 
@@ -260,3 +261,17 @@ def test_a_value_larger_than_the_read_buffer(tmp_path: Path) -> None:
         store.put(b"big", big)
         assert store.get(b"big") == big
         assert store.get_many([b"small", b"big"]) == [None, big]
+
+
+def test_close_writes_the_index_size_so_the_reopen_does_not_grow(tmp_path: Path) -> None:
+    # Writes with commit=False then close(): the log's closing commit would keep the old
+    # cookie, and the replay would grow the index on the way (reading every chain head back).
+    path = tmp_path / "kv"
+    with KVStore.open(path, index_buckets_count_log2=1, **SMALL_SETTINGS) as store:
+        store.put_many([(b"key-%d" % number, b"v") for number in range(3000)], commit=False)
+        bits = store.index_stats()["buckets_count_log2"]
+        assert bits > 1
+    with KVStore.open(path, index_buckets_count_log2=1, **SMALL_SETTINGS) as store:
+        assert decode_cookie(store.log.cookie).index_bits == bits  # sized before the replay
+        assert store.index_stats()["buckets_count_log2"] == bits
+        assert len(store) == 3000 and store.get(b"key-2999") == b"v"

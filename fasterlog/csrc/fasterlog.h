@@ -355,6 +355,19 @@ int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
  * loaded; records are read back through the log. */
 int fl_kv_grow(fl_kv *kv, uint32_t buckets_count_log2_min, int32_t if_loaded,
                fl_error_info *error);
+/* A checkpoint snapshot's entries (FORMAT.md "KV checkpoints"): the base (sorted by hash,
+ * distinct) folded with the records in [from_address, until_address), the newest operation
+ * per hash winning; entries whose address is below drop_below are left out. Writes sorted
+ * hashes and words (address | bit 63 for a delete) and returns how many, FL_E_BUFFER when
+ * more than `capacity`, or a failure code (FL_E_KV_RECORD for a malformed record). */
+int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64_t *base_words,
+                            size_t base_count, uint64_t from_address, uint64_t until_address,
+                            uint64_t drop_below, uint64_t *hashes_out, uint64_t *words_out,
+                            size_t capacity, uint64_t *live_count_out, fl_error_info *error);
+/* Checks a snapshot body of interleaved (hash, word) pairs: the live count, or -1 (hashes not
+ * strictly increasing at *bad_index_out) or -2 (a bad word there). */
+int64_t fl_kv_snapshot_check(const uint64_t *pairs, size_t count, uint64_t position,
+                             uint64_t *bad_index_out);
 /* Bulk restore (fl_index.c): for each i, the chain of hashes[i] gets the address
  * words[i] & address_mask unless it already holds a newer one. */
 int fl_index_load(fl_index *index, const uint64_t *hashes, const uint64_t *words, size_t count,

@@ -799,3 +799,136 @@ int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
     free(sizes);
     return rc;
 }
+
+/* ------------------------------------------------------------------ checkpoint snapshots */
+
+#define ENTRY_DELETED (UINT64_C(1) << 63)
+#define ENTRY_ADDRESS_MASK ((UINT64_C(1) << 48) - 1)
+
+typedef struct fold_entry {
+    uint64_t hash;
+    uint64_t word;
+    uint64_t sequence; /* log order: of two operations on one hash the later wins */
+} fold_entry;
+
+static int fold_entry_compare(const void *a, const void *b) {
+    const fold_entry *x = a, *y = b;
+    if (x->hash != y->hash) return x->hash < y->hash ? -1 : 1;
+    return x->sequence < y->sequence ? 1 : x->sequence > y->sequence ? -1 : 0; /* newest first */
+}
+
+static int fold_push(fold_entry **entries, size_t *count, size_t *capacity, uint64_t hash,
+                     uint64_t word) {
+    if (*count == *capacity) {
+        size_t grown = *capacity ? *capacity * 2 : 65536;
+        fold_entry *bigger = realloc(*entries, grown * sizeof **entries);
+        if (bigger == NULL) return FL_E_NOMEM;
+        *entries = bigger;
+        *capacity = grown;
+    }
+    (*entries)[*count] = (fold_entry){hash, word, *count};
+    (*count)++;
+    return 0;
+}
+
+int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64_t *base_words,
+                            size_t base_count, uint64_t from_address, uint64_t until_address,
+                            uint64_t drop_below, uint64_t *hashes_out, uint64_t *words_out,
+                            size_t capacity, uint64_t *live_count_out, fl_error_info *error) {
+    enum { entries_max = 4096 };
+    *live_count_out = 0;
+    if (error != NULL) error->message[0] = 0;
+    size_t buffer_capacity = (size_t)kv->log->entry_size_max + 64;
+    if (buffer_capacity < (4u << 20)) buffer_capacity = 4u << 20;
+    uint8_t *buffer = malloc(buffer_capacity);
+    uint64_t *addresses = malloc(entries_max * sizeof(uint64_t));
+    uint32_t *offsets = malloc(entries_max * sizeof(uint32_t));
+    uint32_t *sizes = malloc(entries_max * sizeof(uint32_t));
+    fold_entry *news = NULL;
+    size_t news_count = 0, news_capacity = 0;
+    int64_t rc = 0;
+    if (buffer == NULL || addresses == NULL || offsets == NULL || sizes == NULL) rc = FL_E_NOMEM;
+    /* The operations of the records since the base, in log order (checked as replay checks
+     * them: rule 1). */
+    uint64_t position = from_address;
+    while (rc == 0 && position < until_address) {
+        uint64_t next = position;
+        int64_t count = fl_scan(kv->log, position, until_address, 0, buffer, buffer_capacity,
+                                addresses, offsets, sizes, NULL, entries_max, &next, error);
+        if (count < 0) {
+            rc = count;
+            break;
+        }
+        for (int64_t i = 0; i < count && rc == 0; i++) {
+            record_view view;
+            op_view op;
+            int r = record_open(buffer + offsets[i], sizes[i], addresses[i], &view, error);
+            while (r == 0 && (r = record_next(&view, addresses[i], &op, error)) == 1)
+                r = fold_push(&news, &news_count, &news_capacity, op.hash,
+                              addresses[i] | (op.kind == OP_DELETE ? ENTRY_DELETED : 0));
+            if (r < 0) rc = r;
+        }
+        if (count == 0 && next == position) break;
+        position = next;
+    }
+    free(buffer);
+    free(addresses);
+    free(offsets);
+    free(sizes);
+    if (rc < 0) {
+        free(news);
+        return rc;
+    }
+    if (news_count) qsort(news, news_count, sizeof *news, fold_entry_compare);
+    /* Merge the base (sorted, distinct) with the newest operation per hash; an entry below
+     * drop_below is a tombstone compaction left behind (a live key's newest record is never
+     * below the begin address: store.py rule 6), so it goes. */
+    size_t out = 0, b = 0, n = 0;
+    uint64_t live = 0;
+    while (b < base_count || n < news_count) {
+        uint64_t hash, word;
+        if (n < news_count && (b == base_count || news[n].hash <= base_hashes[b])) {
+            hash = news[n].hash;
+            word = news[n].word;
+            if (b < base_count && base_hashes[b] == hash) b++;
+            n++;
+            while (n < news_count && news[n].hash == hash) n++; /* older operations */
+        } else {
+            hash = base_hashes[b];
+            word = base_words[b];
+            b++;
+        }
+        if ((word & ENTRY_ADDRESS_MASK) < drop_below) continue;
+        if (out == capacity) {
+            free(news);
+            return FL_E_BUFFER;
+        }
+        hashes_out[out] = hash;
+        words_out[out] = word;
+        live += !(word & ENTRY_DELETED);
+        out++;
+    }
+    free(news);
+    *live_count_out = live;
+    return (int64_t)out;
+}
+
+int64_t fl_kv_snapshot_check(const uint64_t *pairs, size_t count, uint64_t position,
+                             uint64_t *bad_index_out) {
+    uint64_t live = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t hash = pairs[2 * i], word = pairs[2 * i + 1];
+        if (i > 0 && pairs[2 * (i - 1)] >= hash) {
+            *bad_index_out = i;
+            return -1;
+        }
+        uint64_t address = word & ENTRY_ADDRESS_MASK;
+        if ((word & ~(ENTRY_ADDRESS_MASK | ENTRY_DELETED)) != 0 || address < FL_FIRST_ADDRESS ||
+            address >= position) {
+            *bad_index_out = i;
+            return -2;
+        }
+        live += !(word & ENTRY_DELETED);
+    }
+    return (int64_t)live;
+}
