@@ -368,6 +368,8 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
  * strictly increasing at *bad_index_out) or -2 (a bad word there). */
 int64_t fl_kv_snapshot_check(const uint64_t *pairs, size_t count, uint64_t position,
                              uint64_t *bad_index_out);
+/* Asks the memory system for the bucket of `hash` (a hint; the index writer only). */
+void fl_index_prefetch(fl_index *index, uint64_t hash);
 /* Bulk restore (fl_index.c): for each i, the chain of hashes[i] gets the address
  * words[i] & address_mask unless it already holds a newer one. */
 int fl_index_load(fl_index *index, const uint64_t *hashes, const uint64_t *words, size_t count,

@@ -612,6 +612,8 @@ int64_t fl_kv_write(fl_kv *kv, const char *keys, const uint32_t *key_sizes, cons
     for (uint32_t d = 0; d < distinct_count; d++) {
         uint32_t i = distinct[d];
         uint64_t hash = hashes[i];
+        if (d + 8 < distinct_count) /* independent misses: as in fl_kv_replay */
+            fl_index_prefetch(kv->index, hashes[distinct[d + 8]]);
         uint64_t head = fl_index_find(kv->index, hash);
         int live = is_live(kv, head, hash, (const uint8_t *)keys + key_offsets[i], key_sizes[i],
                            error);
@@ -780,7 +782,14 @@ int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
             rc = (int)count;
             break;
         }
+        /* The index lookups of a replay are independent cache misses: ask for the bucket of
+         * each record's first operation a few records ahead (the hash sits at offset 20 of a
+         * record; a malformed record only costs a useless prefetch, record_open rejects it). */
+        enum { prefetch_distance = 8 };
         for (int64_t i = 0; i < count && rc == 0; i++) {
+            if (i + prefetch_distance < count && sizes[i + prefetch_distance] >= 28)
+                fl_index_prefetch(kv->index,
+                                  fl_load64(buffer + offsets[i + prefetch_distance] + 20));
             rc = replay_record(kv, addresses[i], buffer + offsets[i], sizes[i],
                                &result_out->live_change, error);
             /* Growth for load is checked every 256 records (a check takes the table lock):
