@@ -17,10 +17,16 @@ from typing import Any, NoReturn
 from fasterlog import errors as log_errors
 from fasterlog._fasterlog_c import ffi, lib
 
-from .errors import KVError, RecordCorruptError
+from .errors import KVError, RecordCorruptError, StoreVersionError
 
 READ_BUFFER_BYTES = 64 << 10
+GET_MANY_BUFFER_BYTES = 1 << 20
+GET_MANY_WINDOW = 4096  # keys per fl_kv_get_many call (store._GET_MANY_FORMAT_ENTRIES)
 VALUE_DELETE = 0xFFFFFFFF
+# fl_kv.c's reason for a version-1 record (BLAKE2b hashes): a StoreVersionError, not corruption.
+VERSION_1_WHY = ("record version 1 (BLAKE2b key hashes, an older kvlayer): this kvlayer reads "
+                 "version 2 stores only")
+_VERSION_1_PREFIX = "record version 1 "
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
@@ -29,6 +35,8 @@ def fail(code: int, operation: str, info: Any) -> NoReturn:
     if code == lib.FL_E_KV_RECORD:
         address = int(info.address)
         why = ffi.string(info.message).decode(errors="replace")
+        if why.startswith(_VERSION_1_PREFIX):
+            raise StoreVersionError(f"read record at {address} failed: {VERSION_1_WHY}", address)
         raise RecordCorruptError(f"read record at {address} failed: {why}", address)
     if code == lib.FL_E_KV_INDEX:
         raise KVError(f"{operation} failed: an index update conflicted (two writers?)")
@@ -52,6 +60,21 @@ class Readers(threading.local):
         self.kv = kv
         self.reader = ffi.new("fl_kv_reader *")
         self.resize(READ_BUFFER_BYTES)
+
+    def get_many_scratch(self, entry_size_max: int) -> tuple[Any, ...]:
+        """This thread's get_many arrays, made once: a fresh 1 MiB buffer per call cost a
+        page fault per 4 KiB touched. (buffer, capacity, its ffi.buffer, offsets, sizes,
+        missing, missing_count, layout, error info), for up to GET_MANY_WINDOW keys."""
+        scratch: tuple[Any, ...] | None = self.__dict__.get("many")
+        if scratch is None or scratch[1] < 2 * entry_size_max:
+            capacity = max(GET_MANY_BUFFER_BYTES, 2 * entry_size_max)
+            buffer = _new_uncleared("char[]", capacity)
+            scratch = self.many = (
+                buffer, capacity, ffi.buffer(buffer), _new_uncleared("uint32_t[]", GET_MANY_WINDOW),
+                _new_uncleared("uint32_t[]", GET_MANY_WINDOW),
+                _new_uncleared("uint32_t[]", GET_MANY_WINDOW), ffi.new("uint64_t *"),
+                _new_uncleared("char[]", 24 * GET_MANY_WINDOW + 24), ffi.new("fl_error_info *"))
+        return scratch
 
     def resize(self, capacity: int) -> None:
         self.buffer = _new_uncleared("char[]", capacity)

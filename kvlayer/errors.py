@@ -17,6 +17,7 @@
         │                                     checkpoint marker names cannot be used
         └── RecordCorruptError (CorruptionError)  a log entry is not a well-formed KV record
                                               (.address)
+            └── StoreVersionError             a record of an older format (version 1)
 
 Errors of the log itself (LogFencedError, LogIOError, CorruptionError of a frame) come from
 fasterlog.errors unchanged. Messages start with the operation that failed:
@@ -38,6 +39,7 @@ __all__ = [
     "StoreClosedError",
     "StoreReadOnlyError",
     "StoreSettingsError",
+    "StoreVersionError",
     "ValueTooLarge",
     "ValueTypeError",
     "WaitTimeoutError",
@@ -102,3 +104,9 @@ class CheckpointError(KVError):
 
 class RecordCorruptError(KVError, CorruptionError):
     """A log entry passed the log's checksum but is not a well-formed KV record."""
+
+
+class StoreVersionError(RecordCorruptError):
+    """The store was written by an older kvlayer whose records this one does not read (record
+    version 1, BLAKE2b key hashes: FORMAT.md "KV records"). Its bytes are intact; export it
+    with that kvlayer and import it into a new store."""

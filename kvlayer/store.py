@@ -41,7 +41,6 @@ Rules and invariants:
 from __future__ import annotations
 
 import array
-import hashlib
 import os
 import struct
 import threading
@@ -67,16 +66,17 @@ from .errors import (
     StoreClosedError,
     StoreReadOnlyError,
     StoreSettingsError,
+    StoreVersionError,
     ValueTooLarge,
     ValueTypeError,
     WaitTimeoutError,
 )
 
-__all__ = ["BytesLike", "KVStore", "key_hash"]
+__all__ = ["BytesLike", "KVStore", "key_hash", "siphash13"]
 
 BytesLike = bytes | bytearray | memoryview
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 1 had BLAKE2b key hashes: refused with StoreVersionError (FORMAT.md)
 OP_PUT = 1
 OP_DELETE = 2
 _HEADER = struct.Struct("<BBHQ")  # version, index bits, ops count, previous address
@@ -95,8 +95,7 @@ checkpoints_kept_count_default = 3
 _TAG_SHIFT = 48
 _TAG_MASK = (1 << 14) - 1
 _RESOLVE_SIGNATURE = "int(void *, uint64_t, uint64_t *, uint32_t, uint64_t *)"
-_GET_MANY_BUFFER_BYTES = 1 << 20
-_GET_MANY_FORMAT_ENTRIES = 4096
+_GET_MANY_FORMAT_ENTRIES = _fast.GET_MANY_WINDOW
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 # Hot functions bound once: an attribute lookup on `lib` costs about 25 ns per call.
 _kv_get = lib.fl_kv_get
@@ -104,9 +103,58 @@ _unpack = ffi.unpack
 _ABSENT = lib.FL_KV_ABSENT
 
 
-def key_hash(key: bytes) -> int:
-    """The stable 64-bit hash of a key (BLAKE2b, 8-byte digest, little-endian)."""
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+_HASH_KEY1_TWEAK = 0x6B766C6179657232  # "kvlayer2"; fl_kv.c SIP_KEY1_TWEAK
+_MASK64 = (1 << 64) - 1
+_siphash13_c = lib.fl_kv_siphash13
+
+
+def key_hash(key: bytes, salt: int = 0) -> int:
+    """The 64-bit hash of a key in a store whose log has this salt (FORMAT.md "KV records"):
+    SipHash-1-3 with the key (salt, salt ^ "kvlayer2"). KVStore.key_hash(key) is a store's
+    own; with the default salt 0 it is a fixed hash, stable across processes and stores (for
+    orderings such as a SCAN cursor), but not the one any store's records carry."""
+    return _siphash13_c(salt, salt ^ _HASH_KEY1_TWEAK, key, len(key))
+
+
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (64 - n))) & _MASK64
+
+
+def siphash13(k0: int, k1: int, data: bytes, c_rounds: int = 1, d_rounds: int = 3) -> int:
+    """The Python reference of fl_kv_siphash13 (tests compare them; with rounds 2 and 4 it is
+    the SipHash-2-4 of the paper, checked against its test vector)."""
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+
+    def rounds(count: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(count):
+            v0 = (v0 + v1) & _MASK64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _MASK64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _MASK64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _MASK64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    full = len(data) - len(data) % 8
+    for position in range(0, full, 8):
+        m = int.from_bytes(data[position:position + 8], "little")
+        v3 ^= m
+        rounds(c_rounds)
+        v0 ^= m
+    last = (len(data) & 0xFF) << 56 | int.from_bytes(data[full:], "little")
+    v3 ^= last
+    rounds(c_rounds)
+    v0 ^= last
+    v2 ^= 0xFF
+    rounds(d_rounds)
+    return v0 ^ v1 ^ v2 ^ v3
 
 
 class _Op:
@@ -136,6 +184,9 @@ def decode_record(payload: bytes, address: int) -> tuple[int, int, list[_Op]]:
     if len(payload) < RECORD_HEADER_SIZE_BYTES:
         raise corrupt(f"{len(payload)} bytes is shorter than a record header")
     version, index_bits, ops_count, previous = _HEADER.unpack_from(payload)
+    if version == 1:
+        raise StoreVersionError(f"read record at {address} failed: {_fast.VERSION_1_WHY}",
+                                address)
     if version != RECORD_VERSION:
         raise corrupt(f"unknown record version {version}")
     if ops_count == 0 or index_bits > lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX:
@@ -383,7 +434,17 @@ class KVStore:
             if self._closed:
                 return
             self._closed = True
-            self._log.close()
+            try:
+                # The log's own closing commit keeps the old cookie: write the index size now,
+                # or the next open replays with a small index and grows it on the way (each
+                # grow reads every chain head back: 200k records/s instead of millions).
+                state = (self._index.buckets_count_log2(),
+                         tuple(checkpoint.marker_address for checkpoint in self._checkpoints))
+                if (not self._read_only and state != self._cookie_written
+                        and not self._log._snapshot().fenced_error):
+                    self._commit_locked()
+            finally:
+                self._log.close()
 
     def __enter__(self) -> KVStore:  # noqa: PYI034 - KVStore is not meant to be subclassed
         return self
@@ -407,6 +468,12 @@ class KVStore:
     @_chain_floor.setter
     def _chain_floor(self, address: int) -> None:
         self._index.set_chain_floor(address)
+
+    def key_hash(self, key: BytesLike) -> int:
+        """The 64-bit hash this store's records and checkpoints carry for `key`: SipHash-1-3
+        keyed from the log's salt (FORMAT.md "KV records"), so it differs between stores."""
+        key = _as_key(key, "key_hash")
+        return lib.fl_kv_hash(self._index.kv, key, len(key))  # type: ignore[no-any-return]
 
     def index_stats(self) -> dict[str, int]:
         stats = self._index.stats()
@@ -451,7 +518,7 @@ class KVStore:
         if size == _ABSENT:
             return default
         if size == lib.FL_E_TRUNCATED:  # a compaction moved the begin address under this walk
-            value = self._value_after_truncation(key, key_hash(key))
+            value = self._value_after_truncation(key, 0)
             return default if value is None else value
         if size < 0:
             _fast.fail(size, "get", readers.reader.error)
@@ -474,43 +541,48 @@ class KVStore:
         """Values of many keys (None where not live), with one C call per buffer-full (hashes,
         batched index lookups and chain walks in C)."""
         self._check_open("get_many")
-        items = [key if type(key) is bytes and len(key) <= key_size_max_bytes
-                 else _as_key(key, "get_many") for key in keys]
+        items = keys if type(keys) is list else list(keys)
         count = len(items)
-        values: list[bytes | None] = []
         if count == 0:
-            return values
-        joined = b"".join(items)
-        key_sizes = array.array("I", map(len, items))
-        capacity = max(_GET_MANY_BUFFER_BYTES, 2 * self._log.entry_size_max)
-        buffer = _new_uncleared("char[]", capacity)
-        view = ffi.buffer(buffer)
-        offsets = _new_uncleared("uint32_t[]", count)
-        sizes = _new_uncleared("uint32_t[]", count)
-        missing = _new_uncleared("uint32_t[]", count)
-        missing_count = ffi.new("uint64_t *")
-        layout_capacity = 24 * min(count, _GET_MANY_FORMAT_ENTRIES) + 24
-        layout = _new_uncleared("char[]", layout_capacity)
-        info = ffi.new("fl_error_info *")
+            return []
+        # The common case checked in bulk: bytes-like keys join, and each key's len() is its
+        # byte count unless a memoryview has wider items (then the joined size differs).
+        try:
+            joined = b"".join(items)
+            key_sizes = array.array("I", map(len, items))
+        except (TypeError, OverflowError):
+            joined = b""
+            key_sizes = array.array("I")
+        if (len(key_sizes) != count or len(joined) != sum(key_sizes)
+                or max(key_sizes) > key_size_max_bytes):
+            items = [_as_key(key, "get_many") for key in items]
+            joined = b"".join(items)
+            key_sizes = array.array("I", map(len, items))
+        scratch = self._index.readers.get_many_scratch(self._log.entry_size_max)
+        buffer, capacity, view, offsets, sizes, missing, missing_count, layout, info = scratch
+        window = _GET_MANY_FORMAT_ENTRIES  # keys per C call: bounds the scratch arrays
+        joined_pointer = ffi.from_buffer(joined)
         sizes_view = ffi.from_buffer("uint32_t[]", key_sizes)
+        values: list[bytes | None] = []
         done = key_offset = 0
         while done < count:
-            got = lib.fl_kv_get_many(self._index.kv, ffi.from_buffer(joined) + key_offset,
-                                     sizes_view + done, count - done, buffer, capacity,
+            asked = min(window, count - done)
+            got = lib.fl_kv_get_many(self._index.kv, joined_pointer + key_offset,
+                                     sizes_view + done, asked, buffer, capacity,
                                      offsets, sizes, missing, missing_count, info)
             if got == lib.FL_E_TRUNCATED:  # a compaction moved the begin address: rule 6, per key
                 values.extend(self.get(key) for key in items[done:])
                 return values
             if got < 0:
                 _fast.fail(got, "get_many", info)
-            for start in range(0, got, _GET_MANY_FORMAT_ENTRIES):  # one struct call per chunk
-                stop = min(got, start + _GET_MANY_FORMAT_ENTRIES)
-                layout_size = lib.fl_scan_format(offsets + start, sizes + start, stop - start,
-                                                 layout, layout_capacity)
-                values.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:], view))
-            for position in ffi.unpack(missing, int(missing_count[0])):
-                values[done + position] = None
-            key_offset += sum(key_sizes[done:done + got])
+            layout_size = lib.fl_scan_format(offsets, sizes, got, layout, len(layout))
+            values.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:], view))
+            absent = int(missing_count[0])
+            if absent:
+                for position in ffi.unpack(missing, absent):
+                    values[done + position] = None
+            if done + got < count:
+                key_offset += sum(key_sizes[done:done + got])
             done += got
         return values
 
@@ -771,10 +843,10 @@ class KVStore:
                     self._checkpoints[0] is self._base):
                 return self._checkpoints[0]
             position = self._log.committed_until_address
-            entries = self._snapshot_entries(position)
-            self._drop_compacted_entries(entries)
+            hashes, words, live_count = self._snapshot_entries(position)
             bits = self._index.buckets_count_log2()
-            data = checkpoint_files.encode_snapshot(position, bits, entries)
+            data = checkpoint_files.encode_snapshot_arrays(position, bits, hashes, words,
+                                                           live_count)
             crc = checkpoint_files.crc32c(data)
             try:
                 file_name = checkpoint_files.write_snapshot(self._checkpoint_directory,
@@ -793,30 +865,37 @@ class KVStore:
                 self._checkpoint_directory, (kept.file_name for kept in self._checkpoints))
             return made
 
-    def _snapshot_entries(self, position: int) -> dict[int, int]:
-        """The snapshot entries at `position` (checkpoint.py, rule 1): the last usable
-        snapshot folded forward with the records since, or the whole log folded."""
-        entries: dict[int, int] = {}
-        begin = None
+    def _snapshot_entries(self, position: int) -> tuple[array.array[int], array.array[int], int]:
+        """The snapshot entries at `position` (checkpoint.py, rule 1) as sorted hashes, their
+        words and the live count: the last usable snapshot folded forward with the records
+        since, or the whole log folded, in one C call (fl_kv_snapshot_fold). Entries below the
+        begin address are tombstones of keys deleted before a compaction (a live key's newest
+        record is never below it: rule 6): they are left out."""
+        base_hashes, base_words = array.array("Q"), array.array("Q")
+        begin = self._log.begin_address
         if self._base is not None:
             try:
-                entries = checkpoint_files.read_snapshot(self._checkpoint_directory,
-                                                    self._base).entries()
-                begin = self._base.position
+                base = checkpoint_files.read_snapshot(self._checkpoint_directory, self._base)
+                base_hashes, base_words = base.hashes, base.words
+                begin = max(begin, self._base.position)
             except CheckpointError as error:
                 checkpoint_files.logger.warning(
                     "checkpoint of %s: %s; folding the whole log instead", self._log.path, error)
-                entries = {}
-        deleted = checkpoint_files.ENTRY_DELETED
-        for addresses, payloads in self._log.scan_columns(begin, position):
-            for address, payload in zip(addresses, payloads):
-                single = _single_op(payload, address)
-                if single is not None:  # the common record, without _Op objects
-                    entries[single[3]] = address | (deleted if single[1] == OP_DELETE else 0)
-                    continue
-                for op in decode_record(payload, address)[2]:
-                    entries[op.hash] = address | (deleted if op.kind == OP_DELETE else 0)
-        return entries
+        # Every operation is at least 16 bytes of log: a bound on the entries the fold adds.
+        capacity = len(base_hashes) + max(0, position - begin) // OP_HEADER_SIZE_BYTES + 1
+        hashes = array.array("Q", bytes(8 * capacity))
+        words = array.array("Q", bytes(8 * capacity))
+        live = ffi.new("uint64_t *")
+        info = ffi.new("fl_error_info *")
+        count = lib.fl_kv_snapshot_fold(
+            self._index.kv, ffi.from_buffer("uint64_t[]", base_hashes),
+            ffi.from_buffer("uint64_t[]", base_words), len(base_hashes), begin, position,
+            self._log.begin_address, ffi.from_buffer("uint64_t[]", hashes),
+            ffi.from_buffer("uint64_t[]", words), capacity, live, info)
+        if count < 0:
+            _fast.fail(count, "checkpoint", info)
+        del hashes[count:], words[count:]
+        return hashes, words, int(live[0])
 
     # ------------------------------------------------------------------ recovery
 
@@ -961,14 +1040,6 @@ class KVStore:
     def _checkpoint_due(self) -> bool:
         return bool(self._checkpoint_every_ms) and (
             time.monotonic() - self._last_checkpoint_s) * 1000 >= self._checkpoint_every_ms
-
-    def _drop_compacted_entries(self, entries: dict[int, int]) -> None:
-        """Snapshot entries below the begin address are tombstones of keys deleted before a
-        compaction (a live key's newest record is never below it: rule 6): they can go."""
-        floor = self._log.begin_address
-        mask = checkpoint_files.ENTRY_ADDRESS_MASK
-        for hash_ in [hash_ for hash_, word in entries.items() if word & mask < floor]:
-            del entries[hash_]
 
     def _value_after_truncation(self, key: bytes, hash_: int) -> bytes | None:
         """Rule 6: a walk read a record a compaction truncated meanwhile. The index already

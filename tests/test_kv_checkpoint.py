@@ -29,6 +29,7 @@ import random
 import shutil
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvlayer import KVStore, errors, key_hash
+from kvlayer import KVStore, errors
 from kvlayer import checkpoint as checkpoints
 
 from .kv_kill import run_kill_rounds
@@ -172,8 +173,9 @@ def test_random_writes_checkpoints_and_reopens_match_a_dict_model(
         assert digest(reopened, universe) == model_digest(model, universe)
 
 
-def keys_sharing_a_tag() -> tuple[bytes, bytes]:
-    """Two keys whose hashes share the 14-bit tag: one chain in an index of one bucket."""
+def keys_sharing_a_tag(key_hash: Callable[[bytes], int]) -> tuple[bytes, bytes]:
+    """Two keys whose hashes (the store's: keyed by its salt) share the 14-bit tag: one chain
+    in an index of one bucket."""
     seen: dict[int, bytes] = {}
     for number in range(1 << 20):
         key = b"c%d" % number
@@ -188,9 +190,9 @@ def test_a_delete_newer_than_its_chain_mates_put_stays_deleted_after_a_restore(
         tmp_path: Path) -> None:
     # The chain head restored from the snapshot must be the delete, not the chain mate's put
     # below it: walking back from that put would find the deleted key's older put.
-    deleted, kept = keys_sharing_a_tag()
     path = tmp_path / "kv"
     with open_store(path, index_buckets_count_log2=0) as store:
+        deleted, kept = keys_sharing_a_tag(store.key_hash)
         store.put(deleted, b"old")
         store.put(kept, b"k")
         store.delete(deleted)
@@ -292,7 +294,7 @@ def test_snapshot_bytes_are_pinned() -> None:
     data = checkpoints.encode_snapshot(4096, 10, {0x1122334455667788: 64,
                                                   0x99: 200 | checkpoints.ENTRY_DELETED})
     header = data[:checkpoints.SNAPSHOT_HEADER_SIZE_BYTES]
-    assert header[:44] == (b"FLKVSNAP" + struct.pack("<IBBH", 1, 10, 0, 0)
+    assert header[:44] == (b"FLKVSNAP" + struct.pack("<IBBH", 2, 10, 0, 0)
                            + struct.pack("<QQQ", 4096, 2, 1)
                            + struct.pack("<I", checkpoints.crc32c(data[48:])))
     assert data[48:] == bytes.fromhex(

@@ -1,11 +1,13 @@
 """Tests of kvlayer's C fast path (fasterlog/csrc/fl_kv.c) against the Python reference.
 
 Goal: the C path returns exactly what the Python reference of store.py (decode_record, the
-chain walk through log.read, hashlib's BLAKE2b) returns, writes the same records, keeps len()
+chain walk through log.read, the SipHash-1-3 reference) returns, writes the same records, keeps len()
 exact, and never returns data from a malformed record or a damaged frame.
 
 Method:
-- The C hash is compared with hashlib.blake2b on keys of every size around the 128-byte block.
+- The C hash (SipHash-1-3) is compared with the Python reference on keys of every size around
+  the 8-byte block, and the reference with the SipHash paper's SipHash-2-4 vector; a store's
+  hash is keyed by its log's salt (two stores differ; reopen and recovery keep it).
 - Random batches (duplicates, deletes, tombstones of dead keys) with a tiny index, so chains
   collide and records hold several operations, and a page ring much smaller than the data, so
   most reads go to the segment files; after each phase every key is compared between get,
@@ -18,19 +20,21 @@ Method:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fasterlog._fasterlog_c import lib
+from fasterlog.cursors import log_salt
 from fasterlog.errors import CorruptionError
 from kvlayer import KVStore, key_hash
-from kvlayer.errors import RecordCorruptError
-from kvlayer.store import OP_PUT, _Op, decode_record, encode_record
+from kvlayer.checkpoint import decode_cookie
+from kvlayer.errors import RecordCorruptError, StoreVersionError
+from kvlayer.store import OP_PUT, _Op, decode_record, encode_record, siphash13
 
 COLD_SETTINGS: dict[str, Any] = {
     "page_size_bytes": 16 << 10,
@@ -49,7 +53,7 @@ BACKENDS = ["io_uring", "plain"]
 
 def reference_value(store: KVStore, key: bytes) -> bytes | None:
     """The chain walk of store.py before the C path, through log.read and decode_record."""
-    hash_ = key_hash(key)
+    hash_ = store.key_hash(key)
     address = store._index.find(hash_)
     while address:
         _, previous, ops = decode_record(store.log.read(address), address)
@@ -70,12 +74,56 @@ def check_state(store: KVStore, model: dict[bytes, bytes], universe: list[bytes]
     assert len(store) == len(model)
 
 
-def test_c_hash_equals_hashlib_blake2b() -> None:
+def test_siphash_reference_matches_the_papers_vector() -> None:
+    # SipHash-2-4, key 00..0f, message 00..0e (Aumasson & Bernstein, appendix A).
+    k0 = int.from_bytes(bytes(range(8)), "little")
+    k1 = int.from_bytes(bytes(range(8, 16)), "little")
+    assert siphash13(k0, k1, bytes(range(15)), 2, 4) == 0xA129CA6149BE45E5
+    assert lib.fl_kv_siphash13(k0, k1, bytes(range(15)), 15) != 0xA129CA6149BE45E5  # 1-3
+
+
+def test_c_hash_equals_the_python_siphash13() -> None:
     rng = random.Random(1)
-    for size in [*range(300), 1000, 4096, 65535]:
+    for size in [*range(70), 255, 256, 1000, 4096, 65535]:
         key = rng.randbytes(size)
-        expected = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-        assert lib.fl_kv_hash(key, size) == expected == key_hash(key)
+        k0, k1 = rng.getrandbits(64), rng.getrandbits(64)
+        assert lib.fl_kv_siphash13(k0, k1, key, size) == siphash13(k0, k1, key)
+        salt = rng.getrandbits(64)
+        assert key_hash(key, salt) == siphash13(salt, salt ^ 0x6B766C6179657232, key)
+
+
+def test_the_hash_is_keyed_per_store_and_survives_reopen_and_recovery(tmp_path: Path) -> None:
+    keys = [b"key-%d" % number for number in range(50)]
+    hashes = {}
+    for name in ("a", "b"):
+        path = tmp_path / name
+        with KVStore.open(path, **SMALL_SETTINGS) as store:
+            salt = log_salt(path)
+            hashes[name] = [store.key_hash(key) for key in keys]
+            assert hashes[name] == [key_hash(key, salt) for key in keys]
+            store.put_many([(key, key * 2) for key in keys])
+            address = store.put(b"extra", b"1")
+            assert decode_record(store.log.read(address), address)[2][0].hash == \
+                key_hash(b"extra", salt)
+            if name == "b":
+                store.checkpoint()
+        with KVStore.open(path, **SMALL_SETTINGS) as store:  # a: full replay; b: checkpoint
+            assert (store.recovered_from is not None) == (name == "b")
+            assert [store.key_hash(key) for key in keys] == hashes[name]
+            assert store.get_many(keys) == [key * 2 for key in keys]
+            assert all(store._index.find(hash_) for hash_ in hashes[name])
+    assert all(a != b for a, b in zip(hashes["a"], hashes["b"]))
+
+
+def test_a_version_1_record_is_refused_with_store_version_error(tmp_path: Path) -> None:
+    path = tmp_path / "kv"
+    with KVStore.open(path, **SMALL_SETTINGS) as store:
+        record = bytearray(encode_record(10, 0, [_Op(OP_PUT, b"k", b"v", 1)]))
+        record[0] = 1  # what the BLAKE2b kvlayer wrote
+        store.log.append(bytes(record))
+        store.log.commit()
+    with pytest.raises(StoreVersionError, match="version 1"):
+        KVStore.open(path, **SMALL_SETTINGS)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,8 +169,9 @@ def test_c_path_matches_the_python_reference_on_random_batches(tmp_path: Path,
         check_state(store, model, universe)
 
 
-def same_chain_keys(count: int) -> list[bytes]:
-    """Keys whose hashes share one tag, so with one bucket they share one chain."""
+def same_chain_keys(count: int, key_hash: Callable[[bytes], int]) -> list[bytes]:
+    """Keys whose hashes (the store's) share one tag, so with one bucket they share one
+    chain."""
     by_tag: dict[int, list[bytes]] = {}
     number = 0
     while True:
@@ -135,8 +184,9 @@ def same_chain_keys(count: int) -> list[bytes]:
 
 
 def test_c_records_decode_to_the_batch_that_wrote_them(tmp_path: Path) -> None:
-    a, b, c = same_chain_keys(3)
     with KVStore.open(tmp_path / "kv", index_buckets_count_log2=0, **SMALL_SETTINGS) as store:
+        key_hash = store.key_hash
+        a, b, c = same_chain_keys(3, key_hash)
         first = store.put(a, b"0")
         addresses = store.put_many([(a, b"1"), (b, b"2"), (a, b"3"), (c, b"")])
         assert len(addresses) == 1  # one chain: one record, the last value of a key wins
@@ -159,7 +209,7 @@ def test_c_encoding_equals_encode_record(tmp_path: Path) -> None:
             payload = store.log.read(address)
             bits, previous, _ = decode_record(payload, address)
             assert payload == encode_record(bits, previous,
-                                            [_Op(OP_PUT, key, value, key_hash(key))])
+                                            [_Op(OP_PUT, key, value, store.key_hash(key))])
 
 
 def test_len_stays_exact_with_dead_tombstones_and_duplicates(tmp_path: Path) -> None:
@@ -175,7 +225,7 @@ def test_a_malformed_record_in_a_chain_raises_record_corrupt(tmp_path: Path,
                                                              backend: str) -> None:
     with KVStore.open(tmp_path / "kv", io_backend=backend, **SMALL_SETTINGS) as store:
         store.put(b"k", b"v")
-        hash_ = key_hash(b"k")
+        hash_ = store.key_hash(b"k")
         head = store._index.find(hash_)
         bad = bytearray(encode_record(10, head, [_Op(OP_PUT, b"k", b"w", hash_)]))
         bad[13] = 1  # the reserved byte of the operation
@@ -195,7 +245,7 @@ def test_a_damaged_frame_on_disk_raises_corruption(tmp_path: Path, backend: str)
         store.put(b"victim", b"value-of-the-victim")
         for _ in range(100):  # push it out of the ring, in batches well below the ring's size
             store.put_many([(os.urandom(16), os.urandom(200)) for _ in range(20)])
-        address = store._index.find(key_hash(b"victim"))
+        address = store._index.find(store.key_hash(b"victim"))
     segment = min(path.glob("segment-*"))
     with open(segment, "r+b") as file:
         file.seek(address % COLD_SETTINGS["segment_size_bytes"] + 12 + 20)
@@ -211,3 +261,17 @@ def test_a_value_larger_than_the_read_buffer(tmp_path: Path) -> None:
         store.put(b"big", big)
         assert store.get(b"big") == big
         assert store.get_many([b"small", b"big"]) == [None, big]
+
+
+def test_close_writes_the_index_size_so_the_reopen_does_not_grow(tmp_path: Path) -> None:
+    # Writes with commit=False then close(): the log's closing commit would keep the old
+    # cookie, and the replay would grow the index on the way (reading every chain head back).
+    path = tmp_path / "kv"
+    with KVStore.open(path, index_buckets_count_log2=1, **SMALL_SETTINGS) as store:
+        store.put_many([(b"key-%d" % number, b"v") for number in range(3000)], commit=False)
+        bits = store.index_stats()["buckets_count_log2"]
+        assert bits > 1
+    with KVStore.open(path, index_buckets_count_log2=1, **SMALL_SETTINGS) as store:
+        assert decode_cookie(store.log.cookie).index_bits == bits  # sized before the replay
+        assert store.index_stats()["buckets_count_log2"] == bits
+        assert len(store) == 3000 and store.get(b"key-2999") == b"v"

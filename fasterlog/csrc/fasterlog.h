@@ -270,7 +270,7 @@ int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context);
  *
  * kvlayer's hot paths in one C call each, over a log and an index the caller owns (the fl_kv
  * context only borrows them: free it before either). Records are FORMAT.md "KV records";
- * key hashes are BLAKE2b with an 8-byte digest read little-endian, as kvlayer.key_hash.
+ * key hashes are SipHash-1-3 keyed from the log's salt (fl_kv_hash), as kvlayer.key_hash.
  *
  * - Reads take no lock of their own: the index is read lock-free and records are copied out
  *   of the page ring under the log's mutex (or read from the segment files, then without the
@@ -315,8 +315,11 @@ typedef struct fl_kv_replay_result {
     int64_t live_change;
 } fl_kv_replay_result;
 
-uint64_t fl_kv_hash(const char *key, size_t size);
-void fl_kv_hash_many(const char *keys, const uint32_t *sizes, size_t count,
+/* SipHash-1-3 with the key (k0, k1), 64-bit output (kvlayer.store.siphash13 in Python). */
+uint64_t fl_kv_siphash13(uint64_t k0, uint64_t k1, const char *key, size_t size);
+/* A key's hash in this store: SipHash-1-3 keyed from the log's salt (FORMAT.md "KV records"). */
+uint64_t fl_kv_hash(const fl_kv *kv, const char *key, size_t size);
+void fl_kv_hash_many(const fl_kv *kv, const char *keys, const uint32_t *sizes, size_t count,
                      uint64_t *hashes_out);
 int fl_kv_create(fl_log *log, fl_index *index, fl_kv **kv_out);
 void fl_kv_free(fl_kv *kv);
@@ -352,6 +355,21 @@ int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
  * loaded; records are read back through the log. */
 int fl_kv_grow(fl_kv *kv, uint32_t buckets_count_log2_min, int32_t if_loaded,
                fl_error_info *error);
+/* A checkpoint snapshot's entries (FORMAT.md "KV checkpoints"): the base (sorted by hash,
+ * distinct) folded with the records in [from_address, until_address), the newest operation
+ * per hash winning; entries whose address is below drop_below are left out. Writes sorted
+ * hashes and words (address | bit 63 for a delete) and returns how many, FL_E_BUFFER when
+ * more than `capacity`, or a failure code (FL_E_KV_RECORD for a malformed record). */
+int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64_t *base_words,
+                            size_t base_count, uint64_t from_address, uint64_t until_address,
+                            uint64_t drop_below, uint64_t *hashes_out, uint64_t *words_out,
+                            size_t capacity, uint64_t *live_count_out, fl_error_info *error);
+/* Checks a snapshot body of interleaved (hash, word) pairs: the live count, or -1 (hashes not
+ * strictly increasing at *bad_index_out) or -2 (a bad word there). */
+int64_t fl_kv_snapshot_check(const uint64_t *pairs, size_t count, uint64_t position,
+                             uint64_t *bad_index_out);
+/* Asks the memory system for the bucket of `hash` (a hint; the index writer only). */
+void fl_index_prefetch(fl_index *index, uint64_t hash);
 /* Bulk restore (fl_index.c): for each i, the chain of hashes[i] gets the address
  * words[i] & address_mask unless it already holds a newer one. */
 int fl_index_load(fl_index *index, const uint64_t *hashes, const uint64_t *words, size_t count,

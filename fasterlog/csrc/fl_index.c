@@ -246,6 +246,13 @@ int64_t fl_index_find_many(fl_index *index, const uint64_t *hashes, size_t count
     return found_count;
 }
 
+void fl_index_prefetch(fl_index *index, uint64_t hash) {
+    /* Without the table lock: only the index writer calls this (it is the one that swaps
+     * tables), and a prefetch is a hint that never faults. */
+    const fl_index_table *table = index->table;
+    __builtin_prefetch(&table->buckets[hash & (table->buckets_count - 1)]);
+}
+
 uint64_t fl_index_count(fl_index *index) {
     pthread_rwlock_rdlock(&index->table_lock);
     uint64_t count = atomic_load(&index->table->entries_count);
