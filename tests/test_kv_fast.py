@@ -247,9 +247,14 @@ def test_a_damaged_frame_on_disk_raises_corruption(tmp_path: Path, backend: str)
             store.put_many([(os.urandom(16), os.urandom(200)) for _ in range(20)])
         address = store._index.find(store.key_hash(b"victim"))
     segment = min(path.glob("segment-*"))
+    offset = address % COLD_SETTINGS["segment_size_bytes"] + 12 + 20
     with open(segment, "r+b") as file:
-        file.seek(address % COLD_SETTINGS["segment_size_bytes"] + 12 + 20)
-        file.write(b"\xff")
+        # Flip the byte rather than write a constant: the byte there is part of a key hash,
+        # which was 0xff about once in 256 runs (the test then damaged nothing).
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0xFF]))
     with pytest.raises(CorruptionError):
         KVStore.open(path, io_backend=backend, **COLD_SETTINGS)
 
