@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +40,14 @@ def small_log(log_dir: Path) -> Iterator[FasterLog]:
 def io_backend_expected() -> str:
     forced = os.environ.get("FASTERLOG_IO_BACKEND", "")
     return forced or "auto"
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Any]:
+    """A RESP server (tests/test_service.py's RunningServer) on a fresh log, for the service
+    tests; imported here, not at the top, so the log's own tests never load the service."""
+    from tests.test_service import RunningServer
+
+    server = RunningServer(tmp_path / "data")
+    yield server
+    server.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,13 +47,6 @@ class RunningServer:
         self.thread.join(30)
         self.log.close()
         self.loop.close()
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[RunningServer]:
-    server = RunningServer(tmp_path / "data")
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("protocol", [2, 3])

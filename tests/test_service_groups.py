@@ -13,7 +13,6 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ redis_asyncio = pytest.importorskip("redis.asyncio")
 from tests.test_service import RunningServer
 
 PROTOCOLS = [2, 3]
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[RunningServer]:
-    server = RunningServer(tmp_path / "data")
-    yield server
-    server.stop()
 
 
 def by_key(reply: Any) -> dict[bytes, list[Any]]:

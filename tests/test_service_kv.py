@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ redis_asyncio = pytest.importorskip("redis.asyncio")
 from tests.test_service import RunningServer  # noqa: E402
 
 PROTOCOLS = [2, 3]
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[RunningServer]:
-    server = RunningServer(tmp_path / "data")
-    yield server
-    server.stop()
 
 
 def client_for(running: RunningServer, protocol: int = 2) -> Any:

@@ -759,25 +759,54 @@ static int replay_record(fl_kv *kv, uint64_t address, const uint8_t *payload, ui
     return 0;
 }
 
+/* The buffers of a full-log pass through fl_scan (replay, snapshot folding): a batch of up to
+ * SCAN_ENTRIES_MAX entries, and room for at least the largest entry. */
+enum { SCAN_ENTRIES_MAX = 4096 };
+
+typedef struct scan_buffers {
+    uint8_t *data;
+    size_t capacity;
+    uint64_t *addresses;
+    uint32_t *offsets;
+    uint32_t *sizes;
+} scan_buffers;
+
+static void scan_buffers_free(scan_buffers *scan) {
+    free(scan->data);
+    free(scan->addresses);
+    free(scan->offsets);
+    free(scan->sizes);
+    memset(scan, 0, sizeof *scan);
+}
+
+/* 0, or FL_E_NOMEM with nothing left allocated; scan_buffers_free is safe after either. */
+static int scan_buffers_alloc(const fl_kv *kv, scan_buffers *scan) {
+    scan->capacity = (size_t)kv->log->entry_size_max + 64;
+    if (scan->capacity < (4u << 20)) scan->capacity = 4u << 20;
+    scan->data = malloc(scan->capacity);
+    scan->addresses = malloc(SCAN_ENTRIES_MAX * sizeof(uint64_t));
+    scan->offsets = malloc(SCAN_ENTRIES_MAX * sizeof(uint32_t));
+    scan->sizes = malloc(SCAN_ENTRIES_MAX * sizeof(uint32_t));
+    if (scan->data && scan->addresses && scan->offsets && scan->sizes) return 0;
+    scan_buffers_free(scan);
+    return FL_E_NOMEM;
+}
+
 int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
                  fl_kv_replay_result *result_out, fl_error_info *error) {
-    enum { entries_max = 4096 };
     memset(result_out, 0, sizeof *result_out);
     result_out->next_address = from_address;
     if (error != NULL) error->message[0] = 0;
-    size_t capacity = (size_t)kv->log->entry_size_max + 64;
-    if (capacity < (4u << 20)) capacity = 4u << 20;
-    uint8_t *buffer = malloc(capacity);
-    uint64_t *addresses = malloc(entries_max * sizeof(uint64_t));
-    uint32_t *offsets = malloc(entries_max * sizeof(uint32_t));
-    uint32_t *sizes = malloc(entries_max * sizeof(uint32_t));
-    int rc = 0;
-    if (buffer == NULL || addresses == NULL || offsets == NULL || sizes == NULL) rc = FL_E_NOMEM;
+    scan_buffers scan;
+    int rc = scan_buffers_alloc(kv, &scan);
+    uint8_t *buffer = scan.data;
+    uint64_t *addresses = scan.addresses;
+    uint32_t *offsets = scan.offsets, *sizes = scan.sizes;
     uint64_t position = from_address;
     while (rc == 0 && position < until_address) {
         uint64_t next = position;
-        int64_t count = fl_scan(kv->log, position, until_address, 0, buffer, capacity, addresses,
-                                offsets, sizes, NULL, entries_max, &next, error);
+        int64_t count = fl_scan(kv->log, position, until_address, 0, buffer, scan.capacity,
+                                addresses, offsets, sizes, NULL, SCAN_ENTRIES_MAX, &next, error);
         if (count < 0) {
             rc = (int)count;
             break;
@@ -802,10 +831,7 @@ int fl_kv_replay(fl_kv *kv, uint64_t from_address, uint64_t until_address,
         position = next;
     }
     result_out->next_address = position;
-    free(buffer);
-    free(addresses);
-    free(offsets);
-    free(sizes);
+    scan_buffers_free(&scan);
     return rc;
 }
 
@@ -844,26 +870,22 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
                             size_t base_count, uint64_t from_address, uint64_t until_address,
                             uint64_t drop_below, uint64_t *hashes_out, uint64_t *words_out,
                             size_t capacity, uint64_t *live_count_out, fl_error_info *error) {
-    enum { entries_max = 4096 };
     *live_count_out = 0;
     if (error != NULL) error->message[0] = 0;
-    size_t buffer_capacity = (size_t)kv->log->entry_size_max + 64;
-    if (buffer_capacity < (4u << 20)) buffer_capacity = 4u << 20;
-    uint8_t *buffer = malloc(buffer_capacity);
-    uint64_t *addresses = malloc(entries_max * sizeof(uint64_t));
-    uint32_t *offsets = malloc(entries_max * sizeof(uint32_t));
-    uint32_t *sizes = malloc(entries_max * sizeof(uint32_t));
+    scan_buffers scan;
+    int64_t rc = scan_buffers_alloc(kv, &scan);
+    uint8_t *buffer = scan.data;
+    uint64_t *addresses = scan.addresses;
+    uint32_t *offsets = scan.offsets, *sizes = scan.sizes;
     fold_entry *news = NULL;
     size_t news_count = 0, news_capacity = 0;
-    int64_t rc = 0;
-    if (buffer == NULL || addresses == NULL || offsets == NULL || sizes == NULL) rc = FL_E_NOMEM;
     /* The operations of the records since the base, in log order (checked as replay checks
      * them: rule 1). */
     uint64_t position = from_address;
     while (rc == 0 && position < until_address) {
         uint64_t next = position;
-        int64_t count = fl_scan(kv->log, position, until_address, 0, buffer, buffer_capacity,
-                                addresses, offsets, sizes, NULL, entries_max, &next, error);
+        int64_t count = fl_scan(kv->log, position, until_address, 0, buffer, scan.capacity,
+                                addresses, offsets, sizes, NULL, SCAN_ENTRIES_MAX, &next, error);
         if (count < 0) {
             rc = count;
             break;
@@ -880,10 +902,7 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
         if (count == 0 && next == position) break;
         position = next;
     }
-    free(buffer);
-    free(addresses);
-    free(offsets);
-    free(sizes);
+    scan_buffers_free(&scan);
     if (rc < 0) {
         free(news);
         return rc;
