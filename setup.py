@@ -1,5 +1,16 @@
-"""Exists only because setuptools takes cffi_modules from setup() (pyproject.toml has the rest)."""
+"""Exists because setuptools takes cffi_modules and ext_modules from setup() (pyproject.toml has
+the rest): the log core through cffi, the service's RESP fast path as a small C extension."""
 
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup(cffi_modules=["fasterlog/_build.py:ffibuilder"])
+setup(
+    cffi_modules=["fasterlog/_build.py:ffibuilder"],
+    ext_modules=[
+        Extension(
+            "service._resp_speedups",
+            sources=["service/csrc/resp_speedups.c", "service/csrc/resp_split.c"],
+            include_dirs=["service/csrc"],
+            extra_compile_args=["-std=c11", "-O2", "-UNDEBUG", "-Wall", "-Wextra", "-Werror"],
+        ),
+    ],
+)

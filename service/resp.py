@@ -45,6 +45,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
+from ._resp_speedups import split as _split
 from .errors import LocalProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -349,13 +350,17 @@ class RespReader(_Buffer):
     """
 
     def __init__(self, limits: RespLimits = DEFAULT_LIMITS, *,
-                 authentication_required: bool = False) -> None:
+                 authentication_required: bool = False, accelerated: bool = True) -> None:
         super().__init__(limits)
         self.authentication_required = authentication_required
         self._arguments: list[bytes] = []
         self._arguments_remaining_count = 0  # Bulk strings still due in the current array.
+        self._deferred_failure: RemoteProtocolError | None = None  # see next_commands
         self._fast_tables = (_fast_counts(limits.arguments_count_max),
                              _fast_headers(limits.bulk_size_max_bytes))
+        # accelerated: whole arrays are split in C (csrc/resp_split.c); False keeps the pure
+        # Python fast path, the reference the tests compare the C one against.
+        self._take = self._take_whole_arrays_c if accelerated else self._take_whole_arrays
 
     def next_command(self) -> list[bytes] | Literal[NeedMore.NEED_MORE]:
         """The next whole command, or NEED_MORE. Empty commands (blank lines, `*0`) are skipped.
@@ -397,20 +402,32 @@ class RespReader(_Buffer):
         The fast path takes only input it can check completely (canonical lengths within the
         limits, CRLFs in place); anything else, including every malformed or partial frame,
         goes to `next_command`, which gives the reference result and error. So the results are
-        the same as calling `next_command` `count_max` times. While `authentication_required`
+        the same as calling `next_command` `count_max` times; commands before a malformed frame
+        are returned first and its error comes from the next call. While `authentication_required`
         it returns one command at a time: an AUTH in a pipeline lifts the tighter limits for
         the commands after it only once it has run.
         """
         commands: list[list[bytes]] = []
+        if self._deferred_failure is not None:
+            failure, self._deferred_failure = self._deferred_failure, None
+            raise failure
         if self.authentication_required:
             command = self.next_command()
             return [] if command is NEED_MORE else [command]  # type: ignore[list-item]
         while len(commands) < count_max:
             if self._arguments_remaining_count == 0 and self._failure is None:
-                self._take_whole_arrays(commands, count_max)
+                self._take(commands, count_max)
                 if len(commands) >= count_max or not self._buffer:
                     break  # enough, or everything fed is taken (compacted away)
-            command = self.next_command()
+            try:
+                command = self.next_command()
+            except RemoteProtocolError as failure:
+                # The commands before a malformed frame still run, as in Redis (and as with
+                # next_command): they are returned now and the error on the next call.
+                if not commands:
+                    raise
+                self._deferred_failure = failure
+                break
             if command is NEED_MORE:
                 break
             commands.append(command)  # type: ignore[arg-type]
@@ -457,6 +474,24 @@ class RespReader(_Buffer):
         if index:
             taken = sum(map(len, tokens[:index])) + 2 * index  # each token had its CRLF
             self._position = position + taken
+            self._scan_position = self._position
+            self._start_item()
+            self._compact()
+
+    def _take_whole_arrays_c(self, commands: list[list[bytes]], count_max: int) -> None:
+        """_take_whole_arrays with the split done in C (csrc/resp_split.c), which takes the
+        same frames under the same rules (anything else ends it and `next_command` decides),
+        without a window: one call takes every whole command in the buffer, up to 1,024."""
+        buffer = self._buffer
+        position = self._position
+        if position >= len(buffer) or buffer[position] != 42:  # not '*'
+            return
+        limits = self._limits
+        taken, size = _split(buffer, position, limits.bulk_size_max_bytes,
+                             limits.arguments_count_max, count_max - len(commands))
+        if size:
+            commands += taken
+            self._position = position + size
             self._scan_position = self._position
             self._start_item()
             self._compact()

@@ -154,6 +154,16 @@ def test_malformed_frame_gets_an_error_and_a_closed_connection(running: RunningS
     assert redis.Redis(port=running.port).ping() is True  # the server lives on
 
 
+def test_commands_before_a_malformed_frame_run_and_are_answered_first(
+        running: RunningServer) -> None:
+    # As in Redis: the pipeline's whole commands before the bad frame run (the SET is durable
+    # and answered), then the error, then the connection closes.
+    reply = raw_exchange(running.port, b"*3\r\n$3\r\nSET\r\n$6\r\nbefore\r\n$1\r\n1\r\n"
+                                       b"*1\r\n$x\r\nPING\r\n")
+    assert reply.startswith(b"+OK\r\n-ERR Protocol error"), reply
+    assert redis.Redis(port=running.port).get("before") == b"1"
+
+
 def test_oversized_bulk_is_refused_before_its_payload(running: RunningServer) -> None:
     reply = raw_exchange(running.port, b"*2\r\n$4\r\nECHO\r\n$999999999999\r\n")
     assert reply.startswith(b"-ERR Protocol error")
