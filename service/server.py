@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fnmatch
-import functools
 import hmac
 import ipaddress
 import itertools
@@ -141,7 +140,8 @@ class _Committer:
                  prepare: Callable[[], object] = lambda: None) -> None:
         self._commit = commit
         self._prepare = prepare  # on the event loop, just before each commit: the append
-        self._waiters: list[asyncio.Future[None]] = []
+        # Futures (request) and connections (enlist), answered in arrival order.
+        self._waiters: list[Any] = []
         self._running = False
         # Callers served and syncs run: requests_count / commits_count is the group size.
         self.requests_count = 0
@@ -156,8 +156,7 @@ class _Committer:
             self.commit_seconds_total += time.perf_counter() - started
 
     def request(self) -> asyncio.Future[None]:
-        """A future resolved by the next commit that starts after this call (no task: the
-        connection path waits on it with a callback)."""
+        """A future resolved by the next commit that starts after this call."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
@@ -167,8 +166,30 @@ class _Committer:
             loop.create_task(self._run())
         return waiter
 
+    def enlist(self, connection: _Connection) -> None:
+        """As `request`, for the connection path's common write: the next commit calls
+        `connection._commit_done(error)` directly, with no future, done callback or extra
+        loop iteration per request (a group commit answers dozens of connections)."""
+        self._waiters.append(connection)
+        self.requests_count += 1
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._run())
+
     async def commit(self) -> None:
         await self.request()
+
+    @staticmethod
+    def _answer(waiters: list[Any], error: BaseException | None) -> None:
+        for waiter in waiters:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    if error is None:
+                        waiter.set_result(None)
+                    else:
+                        waiter.set_exception(error)
+            else:
+                waiter._commit_done(error)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,13 +202,9 @@ class _Committer:
                     self._prepare()
                     await loop.run_in_executor(None, self._timed_commit)
                 except Exception as error:  # a failed commit fences the log: tell everyone
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(error)
+                    self._answer(waiters, error)
                     continue
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self._answer(waiters, None)
         finally:
             self._running = False
 
@@ -211,6 +228,10 @@ class _Connection(asyncio.Protocol):
                                      authentication_required=not self.client.authenticated)
         self.transport: asyncio.Transport | None = None
         self._busy = False  # a batch waits for its commit or in a blocking read
+        # While a batch waits for its commits: how many are due, the first error, the replies.
+        self._commit_waits_count = 0
+        self._commit_error: BaseException | None = None
+        self._held: tuple[Any, bool] = ((), False)
         self._blocked_task: asyncio.Task[None] | None = None  # ... in a blocking read
         self._closed = False
         self._reading_paused = False
@@ -292,16 +313,15 @@ class _Connection(asyncio.Protocol):
                     self._go_on(commands, index, replies, blocked))
                 return
             try:
-                waits = server._flush_batch(client, marks)
+                waits_count = server._enlist_batch(self, marks)
             except Exception as error:  # noqa: BLE001 - the append failed: answered as such
                 self._send([server._batch_committed(client, error)], True)  # type: ignore[list-item]
                 return
-            if waits:
-                # Wait for the group commit with a callback, not a task: the common write.
+            if waits_count:
+                # The common write: the group commits call _commit_done, no task or future.
                 self._busy = True
-                waited = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
-                waited.add_done_callback(
-                    functools.partial(self._committed, replies=replies, close=close))
+                self._commit_waits_count = waits_count
+                self._held = (replies, close)
                 return
             server._batch_committed(client, None)
             if not self._send(replies, close):
@@ -314,14 +334,21 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def _committed(self, future: asyncio.Future[Any], replies: list[bytes],
-                   close: bool) -> None:
+    def _commit_done(self, error: BaseException | None) -> None:
+        """Called by a committer this connection's batch enlisted with (one or two: the stream
+        log's and the KV log's); the batch is answered when the last of them is done."""
+        if error is not None and self._commit_error is None:
+            self._commit_error = error
+        self._commit_waits_count -= 1
+        if self._commit_waits_count:
+            return
+        error, self._commit_error = self._commit_error, None
+        (replies, close), self._held = self._held, ((), False)
         self._busy = False
-        error = future.exception() if not future.cancelled() else asyncio.CancelledError()
         failure = self.server._batch_committed(self.client, error)
         if failure is not None:
             self._send([failure], True)
-        elif self._send(replies, close):
+        elif self._send(replies, close):  # type: ignore[arg-type]
             self._pump()
 
     async def _go_on(self, commands: list[list[bytes]], index: int, replies: list[bytes],
@@ -577,6 +604,25 @@ class Server:
             if wrote_kv or client.sync_required:
                 waits.append(self._kv_committer.request())
         return waits
+
+    def _enlist_batch(self, connection: _Connection, marks: tuple[int, int]) -> int:
+        """_flush_batch for the connection path: enlists the connection with the commits its
+        batch waits for (its records stay pending, for the committer's one append) and
+        returns how many; 0 when none is due (fsync everysec, or a batch that wrote nothing).
+        Raises if an append fails."""
+        client = connection.client
+        if self.settings.fsync != "always" and not client.sync_required:
+            self.streams.flush()
+            self.kv.flush()
+            return 0
+        count = 0
+        if self.streams.writes_count != marks[0] or client.wrote or client.sync_required:
+            self._log_committer.enlist(connection)
+            count += 1
+        if self.kv.writes_count != marks[1] or client.sync_required:
+            self._kv_committer.enlist(connection)
+            count += 1
+        return count
 
     def _batch_committed(self, client: Client, error: BaseException | None) -> bytes | None:
         """After the batch's commits: wakes the readers of the streams it wrote, or returns
