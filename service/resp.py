@@ -360,6 +360,7 @@ class RespReader(_Buffer):
                              _fast_headers(limits.bulk_size_max_bytes))
         # accelerated: whole arrays are split in C (csrc/resp_split.c); False keeps the pure
         # Python fast path, the reference the tests compare the C one against.
+        self._accelerated = accelerated
         self._take = self._take_whole_arrays_c if accelerated else self._take_whole_arrays
 
     def next_command(self) -> list[bytes] | Literal[NeedMore.NEED_MORE]:
@@ -432,6 +433,34 @@ class RespReader(_Buffer):
                 break
             commands.append(command)  # type: ignore[arg-type]
         return commands
+
+    def feed_and_take(self, data: bytes, count_max: int) -> list[list[bytes]]:
+        """`feed(data)` then `next_commands(count_max)`, with the same results, but without
+        copying `data` into the buffer when nothing is buffered and it starts with whole
+        arrays of bulk strings (the common read: one command, or a pipeline that arrived
+        whole): they are split straight from `data` in C, and only the rest is buffered."""
+        if self._buffer or self.authentication_required or not self._accelerated or \
+                self._failure is not None or self._deferred_failure is not None or \
+                self._arguments_remaining_count or not data or data[0] != 42:
+            self.feed(data)
+            return self.next_commands(count_max)
+        limits = self._limits
+        commands, size = _split(data, 0, limits.bulk_size_max_bytes,
+                                limits.arguments_count_max, count_max)
+        # The taken bytes count as fed and consumed (buffered_size_bytes stays exact).
+        self._buffer_offset += size
+        self._item_offset = self._buffer_offset
+        if size == len(data):
+            return commands  # type: ignore[no-any-return]
+        try:
+            self.feed(memoryview(data)[size:])
+            if len(commands) < count_max:
+                commands += self.next_commands(count_max - len(commands))
+        except RemoteProtocolError as failure:
+            if not commands:
+                raise
+            self._deferred_failure = failure  # the commands before it run first
+        return commands  # type: ignore[no-any-return]
 
     def _take_whole_arrays(self, commands: list[list[bytes]], count_max: int) -> None:
         """The fast path of next_commands: whole arrays of bulk strings at _position.

@@ -253,18 +253,24 @@ class _Connection(asyncio.Protocol):
             self._blocked_task.cancel()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.codec.feed(data)
-        except RemoteProtocolError as error:
-            self._protocol_error(error)
-            return
         if self._busy or self._writing_paused:
+            try:
+                self.codec.feed(data)
+            except RemoteProtocolError as error:
+                self._protocol_error(error)
+                return
             if not self._reading_paused and \
                     self.codec.buffered_size_bytes >= READ_SIZE_BYTES:
                 self._reading_paused = True
                 self.transport.pause_reading()  # type: ignore[union-attr]
             return
-        self._pump()
+        try:
+            # The common read: whole commands, split straight from `data` (resp.py).
+            commands = self.codec.feed_and_take(data, self.server.settings.pipeline_depth_max)
+        except RemoteProtocolError as error:
+            self._protocol_error(error)
+            return
+        self._pump(commands)
 
     def eof_received(self) -> bool | None:
         # The client will send no more: answer what it sent (a batch may still be waiting
@@ -289,19 +295,24 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ running commands
 
-    def _pump(self) -> None:
-        """Runs the whole commands buffered, batch by batch (`pipeline_depth_max` commands
-        per batch), until the buffer holds none or a batch must wait."""
+    def _pump(self, commands: list[list[bytes]] | None = None) -> None:
+        """Runs `commands` (a batch already taken from the reader), then the whole commands
+        buffered, batch by batch (`pipeline_depth_max` commands per batch), until the buffer
+        holds none or a batch must wait."""
         server, client, codec = self.server, self.client, self.codec
         depth_max = server.settings.pipeline_depth_max
         while not self._closed and not self._writing_paused and not server.closing:
-            try:
-                commands = codec.next_commands(depth_max)
-            except RemoteProtocolError as error:
-                self._protocol_error(error)
-                return
-            if not commands:
-                break
+            if commands is None:
+                try:
+                    commands = codec.next_commands(depth_max)
+                except RemoteProtocolError as error:
+                    self._protocol_error(error)
+                    return
+                if not commands:
+                    break
+            elif not commands:
+                commands = None
+                continue
             replies: list[bytes] = []
             client.wrote = False
             marks = (server.streams.writes_count, server.kv.writes_count)
@@ -326,6 +337,7 @@ class _Connection(asyncio.Protocol):
             server._batch_committed(client, None)
             if not self._send(replies, close):
                 return
+            commands = None
         if self._busy or self._writing_paused or self._closed:
             return
         if self._eof:
@@ -566,6 +578,18 @@ class Server:
                 else:
                     value = found[0]
                     replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+                continue
+            if len(arguments) == 3 and client.multi is None and client.authenticated and \
+                    arguments[0].upper() == b"SET" and arguments[1] not in streams.streams:
+                # The hot write, plain SET on a string or missing key: _set without options.
+                index += 1
+                try:
+                    self.kv.put(arguments[1], arguments[2], None)
+                except StreamError as error:
+                    replies.append(resp.encode(resp.ErrorReply(str(error)), codec_protocol))
+                    continue
+                self.touch(arguments[1])
+                replies.append(b"+OK\r\n")
                 continue
             if (client.wrote or streams.pending_count) and client.multi is None and \
                     arguments[0].upper() in _READS_AFTER_COMMIT:

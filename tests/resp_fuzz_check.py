@@ -29,10 +29,16 @@ def run(reader: RespReader | RespParser, data: bytes, piece_size_bytes: int,
     outcome: list[object] = []
     try:
         for start in range(0, len(data), piece_size_bytes):
-            reader.feed(data[start : start + piece_size_bytes])
+            piece = data[start : start + piece_size_bytes]
+            fed = False
+            if not (isinstance(reader, RespReader) and batched):
+                reader.feed(piece)
+                fed = True
             while True:
                 if isinstance(reader, RespReader) and batched:
-                    commands = reader.next_commands(8)
+                    # As the server reads: feed_and_take first, then next_commands.
+                    commands = reader.next_commands(8) if fed else reader.feed_and_take(piece, 8)
+                    fed = True
                     assert reader.buffered_size_bytes <= LIMITS.query_buffer_size_max_bytes
                     for command in commands:
                         _check_command(command)

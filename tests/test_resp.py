@@ -327,9 +327,10 @@ def batches_or_error(data: bytes, piece_size_bytes: int, accelerated: bool,
     got: list[Any] = []
     try:
         for start in range(0, len(data), piece_size_bytes):
-            reader.feed(data[start:start + piece_size_bytes])
-            while batch := reader.next_commands(count_max):
+            batch = reader.feed_and_take(data[start:start + piece_size_bytes], count_max)
+            while batch:
                 got += batch
+                batch = reader.next_commands(count_max)
     except RemoteProtocolError as error:
         got.append(str(error))
     return got
