@@ -316,7 +316,8 @@ class FasterLog:
 
     @property
     def commit_eventfd(self) -> int:
-        """An eventfd that becomes readable whenever a commit completes (for event loops)."""
+        """An eventfd that becomes readable whenever a commit completes, or the log is fenced
+        (for event loops)."""
         fd = int(lib.fl_commit_eventfd(self._log))
         if fd < 0:
             self._fail(fd, "commit_eventfd")
@@ -560,6 +561,12 @@ class FasterLog:
     @property
     def closed(self) -> bool:
         return bool(self._snapshot().closed)
+
+    @property
+    def fenced(self) -> bool:
+        """True once a failed write or sync fenced the log (every later write and commit
+        raises LogFencedError; durable data stays readable)."""
+        return bool(self._snapshot().fenced_error)
 
     @property
     def path(self) -> str:

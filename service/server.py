@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import fnmatch
 import hmac
 import ipaddress
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fasterlog import FasterLog
+from fasterlog.errors import FasterLogError
 from kvlayer import KVStore, key_hash
 
 from . import resp
@@ -207,6 +209,94 @@ class _Committer:
                 self._answer(waiters, None)
         finally:
             self._running = False
+
+
+class _EventCommitter:
+    """Group commit by the log's own commit thread, for `fsync always` (the log is opened with
+    auto_commit_bytes=1, see `open_log`): the C core commits whenever something appended is not
+    yet committed, one commit at a time, and what is appended during a commit goes into the
+    next. The event loop only appends and watches the log's commit eventfd, so a commit costs
+    it one callback: no Python thread, no hand-over of the GIL, no futures per commit (an
+    executor round trip cost the loop about 40 us of CPU and 230 us of latency per commit).
+
+    The records waiters wrote are appended once per loop iteration, for every connection that
+    enlisted in it (one append, then one commit answers them all); each waiter is answered once
+    the committed-until address passes the tail after that append, or with the error if the log
+    is fenced first. Same interface as _Committer."""
+
+    def __init__(self, log: FasterLog, prepare: Callable[[], object]) -> None:
+        self._log = log
+        self._prepare = prepare
+        self._event_fd = log.commit_eventfd
+        self._watching: asyncio.AbstractEventLoop | None = None
+        self._enlisted: list[Any] = []  # this iteration's waiters, before their append
+        self._flush_scheduled = False
+        # (tail address after the append, its waiters), in address order.
+        self._appended: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self.requests_count = 0
+        self.commits_count = 0  # commits (and fences) signalled through the eventfd
+        self.commit_seconds_total = 0.0  # not seen from here: the commits run in C
+
+    def request(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.enlist(waiter)
+        return waiter
+
+    async def commit(self) -> None:
+        await self.request()
+
+    def enlist(self, waiter: Any) -> None:
+        self._enlisted.append(waiter)
+        self.requests_count += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = asyncio.get_running_loop()
+            if self._watching is None:
+                loop.add_reader(self._event_fd, self._committed)
+                self._watching = loop
+            loop.call_soon(self._append)
+
+    def close(self) -> None:
+        if self._watching is not None:
+            self._watching.remove_reader(self._event_fd)
+            self._watching = None
+
+    def _append(self) -> None:
+        self._flush_scheduled = False
+        waiters, self._enlisted = self._enlisted, []
+        try:
+            self._prepare()  # the append wakes the log's commit thread
+        except Exception as error:  # noqa: BLE001 - the append failed: answered as such
+            _Committer._answer(waiters, error)
+            return
+        self._appended.append((self._log.tail_address, waiters))
+        self._committed()  # nothing to wait for when everything was committed already
+
+    def _committed(self) -> None:
+        try:
+            self.commits_count += int.from_bytes(os.read(self._event_fd, 8), "little")
+        except BlockingIOError:
+            pass
+        appended = self._appended
+        if not appended:
+            return
+        committed = self._log.committed_until_address
+        while appended and appended[0][0] <= committed:
+            _Committer._answer(appended.popleft()[1], None)
+        if appended and self._log.fenced:
+            try:
+                self._log.commit()  # raises the fence's LogFencedError, with its reason
+            except Exception as error:  # noqa: BLE001 - every waiter gets it
+                while appended:
+                    _Committer._answer(appended.popleft()[1], error)
+
+
+def open_log(directory: str, settings: ServerSettings, **log_settings: Any) -> FasterLog:
+    """The stream log as the server wants it: with `fsync always`, committed by the log's own
+    thread whenever anything is appended (auto_commit_bytes=1; see _EventCommitter)."""
+    if settings.fsync == "always":
+        log_settings.setdefault("auto_commit_bytes", 1)
+    return FasterLog.open(directory, **log_settings)
 
 
 class _Connection(asyncio.Protocol):
@@ -446,10 +536,20 @@ class Server:
             sizes = log.settings
             kv_store = KVStore.open(os.path.join(log.path, KV_DIRECTORY_NAME), **{
                 name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
-                                               "segment_size_bytes")})
+                                               "segment_size_bytes", "auto_commit_bytes")})
         self.kv = KeyValues(kv_store)
-        self._log_committer = _Committer(log.commit, self.streams.flush)
-        self._kv_committer = _Committer(kv_store.log.commit, self.kv.flush)
+        # Group commit: by the logs' own commit threads when they were opened for it (open_log),
+        # else by a worker thread here.
+        self._log_committer: _Committer | _EventCommitter
+        self._kv_committer: _Committer | _EventCommitter
+        if settings.fsync == "always" and log.settings["auto_commit_bytes"] == 1:
+            self._log_committer = _EventCommitter(log, self.streams.flush)
+        else:
+            self._log_committer = _Committer(log.commit, self.streams.flush)
+        if settings.fsync == "always" and kv_store.log.settings["auto_commit_bytes"] == 1:
+            self._kv_committer = _EventCommitter(kv_store.log, self.kv.flush)
+        else:
+            self._kv_committer = _Committer(kv_store.log.commit, self.kv.flush)
         # WATCH: per key, the clients watching it (a write marks them dirty).
         self._watchers: dict[bytes, set[Client]] = {}
         # Blocked readers: per stream key, the futures a commit of a write to it resolves.
@@ -480,11 +580,19 @@ class Server:
         for task in (self._commit_task, self._expire_task):
             if task is not None:
                 task.cancel()
-        self.streams.flush()
-        self.kv.flush()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.log.commit)
-        await loop.run_in_executor(None, self.kv.store.commit)
+        for flush, commit in ((self.streams.flush, self.log.commit),
+                              (self.kv.flush, self.kv.store.commit)):
+            try:
+                flush()
+                await loop.run_in_executor(None, commit)
+            except FasterLogError as error:
+                # A fenced log: what it refused was answered with an error, never acknowledged;
+                # a restart recovers the rest. Closing goes on.
+                _logger.error("closing: %s", error)
+        for committer in (self._log_committer, self._kv_committer):
+            if isinstance(committer, _EventCommitter):
+                committer.close()
         if self._owns_kv_store:
             self.kv.store.close()
         if self._server is not None:
@@ -1897,7 +2005,7 @@ async def serve(directory: str, settings: ServerSettings,
     # The default directory is ./data/server: on a fresh checkout ./data does not exist yet.
     # FasterLog.open creates (and syncs into its parent) the last component only.
     os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
-    log = FasterLog.open(directory)
+    log = open_log(directory, settings)
     server = Server(log, settings)
     await server.start()
     stop = asyncio.Event()

@@ -102,8 +102,9 @@ int64_t fl_commit(fl_log *log);
 int fl_set_cookie(fl_log *log, const void *cookie, size_t size);
 int64_t fl_get_cookie(fl_log *log, void *buffer, size_t capacity);
 int fl_wait_for_commit(fl_log *log, uint64_t address, int64_t timeout_us);
-/* An eventfd that becomes readable after commits (on read-only logs: the writer's commits,
- * seen through fasterlog.shm by a helper thread started on first call). */
+/* An eventfd that becomes readable after commits and when the log is fenced (on read-only
+ * logs: the writer's commits, seen through fasterlog.shm by a helper thread started on first
+ * call). */
 int fl_commit_eventfd(fl_log *log);
 /* Ends every wait in progress on this log (they return FL_E_WOKEN): how a tail is stopped. */
 void fl_wake(fl_log *log);

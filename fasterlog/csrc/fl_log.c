@@ -197,10 +197,15 @@ static void segments_delete_below(fl_log *log, uint64_t begin_address) {
 
 /* ------------------------------------------------------------------ device driving */
 
+static void signal_commit_event(fl_log *log);
+
 static void fence_locked(fl_log *log, int error) {
     if (log->fenced_error == 0) log->fenced_error = error;
     pthread_cond_broadcast(&log->commit_cond);
     pthread_cond_broadcast(&log->flush_cond);
+    /* Event-loop waiters (commit_eventfd) learn of the fence too: a commit that failed in the
+     * auto-commit thread has no caller to tell. */
+    signal_commit_event(log);
 }
 
 static int reap_io_locked(fl_log *log, uint32_t wait_count) {
