@@ -6,10 +6,13 @@ Rules:
    for comparison with redis-server's default, documented as not durable per reply.
 2. A connection's commands are answered in order; the writes of one pipelined read share one
    commit, and the writes of every connection that arrive while a commit runs share the next
-   one: one append and one sync for all of them (`_Committer`, in a worker thread).
-   Connections are asyncio Protocols (`_Connection`): commands run inside `data_received`,
-   so a read is answered without a task switch; a batch that must wait (its commit, a
-   blocking read) holds the connection's later input until it is answered.
+   one: one append and one sync for all of them. With fsync always the logs commit in their
+   own C thread (opened with auto_commit_bytes=1 by `open_log`) and the loop watches their
+   commit eventfd (`_EventCommitter`); otherwise a worker thread here commits (`_Committer`).
+   Connections are asyncio Protocols (`_Connection`): commands run inside `data_received`
+   (whole commands split from the received bytes in C, service/csrc/resp_split.c), so a read
+   is answered without a task switch; a batch that must wait (its commit, a blocking read)
+   holds the connection's later input until it is answered.
 3. Every buffer is bounded: the codec's limits (bulk length, arguments, inline size, query
    buffer), the commands taken from one read (`pipeline_depth_max`), and a slow reader's
    output buffer (`output_buffer_size_max_bytes`): past it the client is disconnected.
@@ -27,7 +30,7 @@ Rules:
    once and leave their records pending; at the end of a pipelined read (or before anything
    that must see the log) the connection asks the logs it wrote for a commit, and each log's
    committer appends all pending records (of every connection waiting) as one atomic batch
-   just before its sync, then answers them all. So a pipeline, and a MULTI/EXEC inside it, is
+   (once per loop iteration, or just before its sync), then answers them all. So a pipeline, and a MULTI/EXEC inside it, is
    all-or-nothing per log after a crash. (With fsync everysec the batch appends at once.)
 8. Transactions: MULTI queues (arity and unknown commands are refused at queue time and make
    EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
