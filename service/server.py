@@ -222,10 +222,12 @@ class _EventCommitter:
     it one callback: no Python thread, no hand-over of the GIL, no futures per commit (an
     executor round trip cost the loop about 40 us of CPU and 230 us of latency per commit).
 
-    The records waiters wrote are appended once per loop iteration, for every connection that
-    enlisted in it (one append, then one commit answers them all); each waiter is answered once
-    the committed-until address passes the tail after that append, or with the error if the log
-    is fenced first. Same interface as _Committer."""
+    The records waiters wrote are appended with one call for every connection that enlisted
+    while no commit of ours was running (at the end of the loop iteration), or that enlisted
+    during one (as soon as it ends): an append never overlaps a commit, which made appends
+    three times slower here and sometimes milliseconds late. Each waiter is answered once the
+    committed-until address passes the tail after its append, or with the error if the log is
+    fenced first. Same interface as _Committer."""
 
     def __init__(self, log: FasterLog, prepare: Callable[[], object]) -> None:
         self._log = log
@@ -251,7 +253,7 @@ class _EventCommitter:
     def enlist(self, waiter: Any) -> None:
         self._enlisted.append(waiter)
         self.requests_count += 1
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._appended:
             self._flush_scheduled = True
             loop = asyncio.get_running_loop()
             if self._watching is None:
@@ -292,6 +294,8 @@ class _EventCommitter:
             except Exception as error:  # noqa: BLE001 - every waiter gets it
                 while appended:
                     _Committer._answer(appended.popleft()[1], error)
+        if not appended and self._enlisted and not self._flush_scheduled:
+            self._append()  # those who enlisted during the commit: the next one
 
 
 def open_log(directory: str, settings: ServerSettings, **log_settings: Any) -> FasterLog:
