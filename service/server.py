@@ -361,12 +361,25 @@ class _Connection(asyncio.Protocol):
                 self._reading_paused = True
                 self.transport.pause_reading()  # type: ignore[union-attr]
             return
+        server = self.server
         try:
             # The common read: whole commands, split straight from `data` (resp.py).
-            commands = self.codec.feed_and_take(data, self.server.settings.pipeline_depth_max)
+            commands = self.codec.feed_and_take(data, server.settings.pipeline_depth_max)
         except RemoteProtocolError as error:
             self._protocol_error(error)
             return
+        if len(commands) == 1:
+            # The commonest read of all, one GET of a string (redis-benchmark -c 50, a cache
+            # lookup): answered here, as _pump would answer it, with none of its bookkeeping
+            # for batches that write or wait.
+            command = commands[0]
+            client = self.client
+            if len(command) == 2 and command[0].upper() == b"GET" and client.multi is None and \
+                    client.authenticated and not server.closing and \
+                    command[1] not in server.streams.streams and \
+                    not self.codec.buffered_size_bytes and not self._eof:
+                self._send([server.get_reply(client, command[1])], False)
+                return
         self._pump(commands)
 
     def eof_received(self) -> bool | None:
@@ -687,12 +700,7 @@ class Server:
                     arguments[0].upper() == b"GET" and arguments[1] not in streams.streams:
                 # The hot read, GET: no dispatch, no reply objects.
                 index += 1
-                found = self.kv.get(arguments[1])
-                if found is None:
-                    replies.append(b"_\r\n" if client.protocol == 3 else b"$-1\r\n")
-                else:
-                    value = found[0]
-                    replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+                replies.append(self.get_reply(client, arguments[1]))
                 continue
             if len(arguments) == 3 and client.multi is None and client.authenticated and \
                     arguments[0].upper() == b"SET" and arguments[1] not in streams.streams:
@@ -720,6 +728,14 @@ class Server:
             if close:
                 return index, True, None
         return index, False, None
+
+    def get_reply(self, client: Client, key: bytes) -> bytes:
+        """GET's encoded reply for a key that is not a stream (the hot paths' GET)."""
+        found = self.kv.get(key)
+        if found is None:
+            return b"_\r\n" if client.protocol == 3 else b"$-1\r\n"
+        value = found[0]
+        return b"$%d\r\n%s\r\n" % (len(value), value)
 
     def _flush_batch(self, client: Client,
                      marks: tuple[int, int] | None = None) -> list[asyncio.Future[None]]:
