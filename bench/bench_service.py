@@ -8,7 +8,8 @@ on a private temporary directory and port and is stopped by its pid. Rows (issue
   XADD 100 B, 50 clients, no pipelining      -c 50 -P 1
   SET and GET (redis-benchmark -t set,get),  -c 50 -P 1
 Each row is the median of --reps runs (min..max), with the ratios fasterlog / always and
-fasterlog / everysec. Targets: >= 1.0 of always on every row, >= 0.5 of everysec.
+fasterlog / everysec. Targets: >= 1.0 of always on every row, >= 0.5 of everysec. A second
+table gives each server's CPU per request (from /proc/PID/stat around each run).
 
   python3 bench/bench_service.py [--quick] [--reps 3] [--report]
 --report writes bench/RESULTS_SERVICE.md. Needs redis-server and redis-tools
@@ -53,6 +54,17 @@ def rows(quick: bool) -> list[tuple[str, list[str], list[str]]]:
         ("GET  -c 50 -P 1", ["-n", str(100_000 // scale), "-c", "50", "-P", "1", "-t", "get"],
          []),
     ]
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process and all its threads so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def requests_count(arguments: list[str]) -> int:
+    return int(arguments[arguments.index("-n") + 1])
 
 
 def run_benchmark(port: int, arguments: list[str], command: list[str]) -> float:
@@ -124,6 +136,9 @@ def replies_per_sync(port: int) -> float:
 
 
 group_sizes: dict[str, list[float]] = {}
+# Server CPU (all threads, user + system) per request: steadier than rates on a shared machine,
+# and what decides the rate once the machine is quiet.
+cpu_us: dict[tuple[str, str], list[float]] = {}
 
 
 def per_sync(values: list[float]) -> str:
@@ -141,7 +156,11 @@ def measure(reps: int, quick: bool) -> dict[tuple[str, str], list[float]]:
                 port = free_port()
                 process = start(peer, directory, port)
                 try:
+                    cpu_before = server_cpu_seconds(process.pid)
                     rate = run_benchmark(port, arguments, command)
+                    cpu_us.setdefault((peer, label), []).append(
+                        (server_cpu_seconds(process.pid) - cpu_before) * 1e6
+                        / requests_count(arguments))
                     if peer == "fasterlog":
                         group_sizes.setdefault(label, []).append(replies_per_sync(port))
                 finally:
@@ -168,6 +187,11 @@ def table(results: dict[tuple[str, str], list[float]], quick: bool) -> list[str]
                      f"{ours / medians['redis always']:.2f}x | "
                      f"{ours / medians['redis everysec']:.2f}x | "
                      f"{per_sync(group_sizes.get(label, []))} |")
+    lines += ["", "Server CPU per request (µs, user + system, every thread; median of the reps):",
+              "", "| row | fasterlog | redis always | redis everysec |", "|---|---|---|---|"]
+    for label, _, _ in rows(quick):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{statistics.median(cpu_us[(peer, label)]):.1f}" for peer in PEERS) + " |")
     return lines
 
 
