@@ -43,7 +43,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import fnmatch
 import hmac
