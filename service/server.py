@@ -261,6 +261,11 @@ class _EventCommitter:
             loop.call_soon(self._append)
 
     def close(self) -> None:
+        """After the server's last commit: answers every waiter it covered (replies already
+        due still go out), then stops watching the eventfd."""
+        if self._enlisted:
+            self._append()  # their records were flushed and committed by that last commit
+        self._committed()
         if self._watching is not None:
             self._watching.remove_reader(self._event_fd)
             self._watching = None
@@ -268,6 +273,8 @@ class _EventCommitter:
     def _append(self) -> None:
         self._flush_scheduled = False
         waiters, self._enlisted = self._enlisted, []
+        if not waiters:
+            return  # close() took them
         try:
             self._prepare()  # the append wakes the log's commit thread
         except Exception as error:  # noqa: BLE001 - the append failed: answered as such
