@@ -305,6 +305,7 @@ def test_torn_tail_is_cut_back_to_the_last_complete_commit(
     torn = write_one_commit_per_entry_then_crash(pristine, last_entry_size_bytes)
     entries_count = len(torn.entries)
     scratch = tmp_path_factory.mktemp("cases")
+    outcomes = {"exact prefix": 0, "prefix keeping the padding-damaged commit": 0}
     for address in range(torn.damage_begin, torn.damage_end):
         case = scratch / f"damaged-at-{address}"
         shutil.copytree(pristine, case)
@@ -324,6 +325,8 @@ def test_torn_tail_is_cut_back_to_the_last_complete_commit(
         try:
             with open_log(case) as log:
                 recovered_count = _check_recovered_prefix(log, torn, allowed)
+                outcomes["exact prefix" if len(allowed) == 1 or recovered_count < entries_count
+                         else "prefix keeping the padding-damaged commit"] += 1
                 # The log goes on from the cut: a new commit lands and survives a reopen.
                 log.append(b"after recovery")
                 log.commit(cookie=b"after")
@@ -333,6 +336,17 @@ def test_torn_tail_is_cut_back_to_the_last_complete_commit(
         except (AssertionError, errors.FasterLogError) as error:
             raise AssertionError(f"{context}: {error!r}") from error
         shutil.rmtree(case)
+    cases = torn.damage_end - torn.damage_begin
+    record(f"torn_tail[{how}-{last_entry_size_bytes}]",
+           f"last record and commit ({cases} B) {how} from each of their {cases} byte offsets: "
+           f"recovered exactly the complete-record prefix {outcomes['exact prefix']}, kept a "
+           f"commit whose alignment padding alone was damaged "
+           f"{outcomes['prefix keeping the padding-damaged commit']}, wrong 0; the log goes on "
+           "after each cut",
+           {"cases": cases, "wrong": 0, **outcomes},
+           "python3 -m pytest -s 'tests/test_corruption.py::"
+           f"test_torn_tail_is_cut_back_to_the_last_complete_commit[{how}-"
+           f"{last_entry_size_bytes}]'")
 
 
 # --- 3. Bit flips and damage in the middle -------------------------------------------------
@@ -533,10 +547,16 @@ def test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cu
         byte = file.read(1)[0]
         file.seek(damaged_address)
         file.write(bytes((byte ^ 0x10,)))
+    reproduce = ("python3 -m pytest -s 'tests/test_corruption.py::test_corrupted_frame_in_the_"
+                 f"middle_is_reported_with_its_address_and_never_cut[{ending}-{damaged_part}]'")
     try:
         log = open_log(directory)
     except errors.CorruptionError as error:  # refusing to open is a fine way to report it
         assert error.address == victim_address
+        record(f"mid_log_damage[{ending}-{damaged_part}]",
+               f"one flipped bit in the {damaged_part} of a frame with 5 commits after it: open "
+               "raises CorruptionError naming its address; silently cut 0",
+               {"silently_cut": 0, "reported_at": "open"}, reproduce)
         return
     with log:
         assert log.committed_until_address >= committed_until_address, "log silently cut"
@@ -555,6 +575,11 @@ def test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cu
         # Undamaged neighbours stay readable.
         assert log.read(addresses[victim - 1]) == entries[victim - 1]
         assert log.read(addresses[victim + 1]) == entries[victim + 1]
+    record(f"mid_log_damage[{ending}-{damaged_part}]",
+           f"one flipped bit in the {damaged_part} of a frame with 5 commits after it: read, "
+           "scan and verify raise CorruptionError naming its address, its neighbours stay "
+           "readable; silently cut 0",
+           {"silently_cut": 0, "reported_at": "read"}, reproduce)
 
 
 # --- 4. Fault injection --------------------------------------------------------------------

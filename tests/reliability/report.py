@@ -146,12 +146,20 @@ def main() -> None:
          "with SIGKILL at random moments, or kills itself at a named point in the C core "
          "(`FASTERLOG_CRASH_AT=name:count`)."),
         "- **bit_flips / random_corruptions**: `tests/test_corruption.py`.",
+        ("- **torn_tail / mid_log_damage**: `tests/test_corruption.py`. The last entry and its "
+         "commit record cut, zeroed or garbled from every byte offset (each case a fresh copy "
+         "of the log, reopened, then written to and reopened again); one flipped bit in a "
+         "frame that later commits follow, after a clean close and after a crash. These run "
+         "whole in CI: they have no long mode."),
         ("- **fuzz_resp**: `tests/test_reliability_fuzz.py` runs `tests/fuzz_resp.py` "
          "(atheris); hypothesis strategies, hiredis agreement and every-offset splits are in "
          "`tests/test_resp.py`."),
         ("- **fuzz_resp_mutations**: `tests/test_reliability_fuzz.py`, seeded mutations of "
          "valid RESP2/RESP3 frames through the same property (`tests/resp_fuzz_check.py`), "
-         "without coverage feedback: the volume beside atheris's guidance."),
+         "without coverage feedback: the volume beside atheris's guidance. The property also "
+         "checks that the server's fast paths (the C split of whole arrays, `feed_and_take`, "
+         "and the pure-Python split) return exactly what `next_command` returns one command "
+         "at a time."),
         "",
     ]
     with open(arguments.output, "w") as file:
