@@ -29,6 +29,9 @@ tests=(
     "tests/test_corruption.py::test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected"
     "tests/test_crash.py::test_kill_at_named_crash_point_keeps_every_acknowledged_entry"
     "tests/test_crash.py::test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing"
+    "tests/test_corruption.py::test_torn_tail_is_cut_back_to_the_last_complete_commit"
+    "tests/test_corruption.py::test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cut"
+    "tests/test_service.py::test_limits_and_auth_attacked_with_raw_sockets_figure"
     tests/test_reliability_fuzz.py
 )
 status=0

@@ -238,3 +238,43 @@ def test_a_failed_group_commit_is_answered_as_an_error_never_as_ok(tmp_path: Pat
         client.close()
     finally:
         restarted.stop()
+
+
+def test_limits_and_auth_attacked_with_raw_sockets_figure(tmp_path: Path) -> None:
+    # Issue 6 item 8, in one figure: raw sockets against a password-protected server.
+    from tests.reliability import record
+
+    quit_ = b"*1\r\n$4\r\nQUIT\r\n"  # ends the exchanges that keep the line open
+
+    server = RunningServer(tmp_path / "data", requirepass="s3cret")
+    try:
+        attacks = {
+            # a header announcing more than bulk_size_max_bytes: refused from the header alone
+            "oversized bulk length": (b"*2\r\n$4\r\nAUTH\r\n$999999999999\r\n",
+                                      b"-ERR Protocol error: invalid bulk length"),
+            "oversized multibulk count": (b"*99999999\r\n", b"-ERR Protocol error"),
+            "unauthenticated bulk over 16 KiB": (b"*2\r\n$4\r\nECHO\r\n$20000\r\n",
+                                                 b"-ERR Protocol error: unauthenticated bulk"),
+            "unauthenticated multibulk over 10": (b"*11\r\n",
+                                                  b"-ERR Protocol error: unauthenticated multi"),
+            "command before AUTH": (b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" + quit_, b"-NOAUTH"),
+            "wrong password": (b"*2\r\n$4\r\nAUTH\r\n$5\r\nwrong\r\n" + quit_, b"-WRONGPASS"),
+            "inline line over the limit": (b"A" * 70000, b"-ERR Protocol error: too big inline"),
+        }
+        refused = 0
+        for name, (payload, expected) in attacks.items():
+            reply = raw_exchange(server.port, payload)
+            assert reply.startswith(expected), (name, reply[:80])
+            refused += 1
+        with pytest.raises(ValueError, match="needs --requirepass"):
+            ServerSettings(host="0.0.0.0")
+        assert redis.Redis(port=server.port, password="s3cret").ping() is True  # still serving
+    finally:
+        server.stop()
+    record("limits_and_auth",
+           f"{refused} of {len(attacks)} raw-socket attacks refused as Redis refuses them "
+           f"({', '.join(attacks)}); non-loopback bind without a password refused; the server "
+           "kept serving",
+           {"attacks": len(attacks), "refused": refused},
+           "python3 -m pytest -s tests/test_service.py::"
+           "test_limits_and_auth_attacked_with_raw_sockets_figure")

@@ -151,6 +151,8 @@ def main() -> None:
          "of the log, reopened, then written to and reopened again); one flipped bit in a "
          "frame that later commits follow, after a clean close and after a crash. These run "
          "whole in CI: they have no long mode."),
+        ("- **limits_and_auth**: `tests/test_service.py`; raw sockets against a server with "
+         "a password: headers over the limits are refused before any payload is sent."),
         ("- **fuzz_resp**: `tests/test_reliability_fuzz.py` runs `tests/fuzz_resp.py` "
          "(atheris); hypothesis strategies, hiredis agreement and every-offset splits are in "
          "`tests/test_resp.py`."),
