@@ -281,25 +281,29 @@ def kill_rounds(tmp_path: Path, rounds: int) -> None:
     history: dict[int, list[int]] = {}
     for round_number in range(rounds):
         server = ServerProcess(directory)
-        if writers_all:
-            check_recovered(server.port, writers_all, history)
-        writers = [Writer(server.port, 4 * round_number + i, pipeline_size=(1, 1, 5, 20)[i])
-                   for i in range(4)]
-        for writer in writers:
-            writer.start()
-        time.sleep(0.03 + 0.03 * (round_number % 3))
-        os.kill(server.process.pid, signal.SIGKILL)
-        server.wait()
+        try:  # a failing check or a timeout must not leave the server running
+            if writers_all:
+                check_recovered(server.port, writers_all, history)
+            writers = [Writer(server.port, 4 * round_number + i,
+                              pipeline_size=(1, 1, 5, 20)[i]) for i in range(4)]
+            for writer in writers:
+                writer.start()
+            time.sleep(0.03 + 0.03 * (round_number % 3))
+            os.kill(server.process.pid, signal.SIGKILL)
+        finally:
+            server.kill()
         for writer in writers:
             writer.join(10)
         writers_all += writers
     server = ServerProcess(directory)
-    check_recovered(server.port, writers_all, history)
+    try:
+        check_recovered(server.port, writers_all, history)
+    finally:
+        server.kill()
     acked = sum(len(writer.acked) for writer in writers_all)
     print(f"kill -9 rounds: {rounds}, acknowledged XADDs: {acked}, lost: 0, duplicated: 0, "
           "out of order: 0")
     assert acked > rounds  # the rounds did write
-    server.kill()
 
 
 def test_kill_9_during_concurrent_xadds_loses_no_acknowledged_write(tmp_path: Path) -> None:
