@@ -224,8 +224,8 @@ def main() -> int:
             "Produced by `python3 bench/bench_service.py --report"
             f"{' --quick' if arguments.quick else ''} --reps {arguments.reps}` on "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-            f"{os.cpu_count()} cores, load average {load[0]:.1f} at the end "
-            "(other work was running: read the ratios, not the absolute rates).",
+            f"{os.cpu_count()} cores, load average {load[0]:.1f} at the end (the benchmark's "
+            "own included; on a shared machine read the ratios, not the absolute rates).",
             f"Peer: {version}, appendonly yes, private directory and port per run.",
             "fasterlog serve answers every write after the group commit that syncs it "
             "(the same promise as appendfsync always); everysec answers before syncing. "
