@@ -713,11 +713,10 @@ class Server:
                 # The hot write, plain SET on a string or missing key: _set without options.
                 index += 1
                 try:
-                    self.kv.put(arguments[1], arguments[2], None)
+                    _put(self, client, arguments[1], arguments[2], None)
                 except StreamError as error:
                     replies.append(resp.encode(resp.ErrorReply(str(error)), codec_protocol))
                     continue
-                self.touch(arguments[1])
                 replies.append(b"+OK\r\n")
                 continue
             if (client.wrote or streams.pending_count) and client.multi is None and \

@@ -22,6 +22,7 @@ import pytest
 from kvlayer import KVStore
 
 from .kv_kill import CRASH_SETTINGS
+from .test_cli_consumers import assert_one_error_line
 
 cli_timeout_s = 60
 
@@ -30,15 +31,6 @@ def run_cli(*arguments: str | Path | int,
             stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "fasterlog", "kv", *map(str, arguments)],
                           capture_output=True, timeout=cli_timeout_s, check=False, input=stdin)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[bytes], status: int = 1) -> str:
-    stderr = result.stderr.decode()
-    assert result.returncode == status, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fasterlog: error: "), stderr
-    return lines[0]
 
 
 @pytest.fixture

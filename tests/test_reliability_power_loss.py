@@ -28,7 +28,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -171,6 +171,46 @@ def check_state(state: CrashState, directory: str, appended: list[bytes],
         log.close()
 
 
+def unique_index(appended: list[bytes]) -> dict[bytes, int]:
+    """Index of each entry that occurs once (only those locate a recovered run; short entries
+    repeat)."""
+    seen: dict[bytes, int] = {}
+    for index, entry in enumerate(appended):
+        seen[entry] = -1 if entry in seen else index
+    return {entry: index for entry, index in seen.items() if index >= 0}
+
+
+def acknowledged_entries_kept(_: int, state: CrashState, directory: str, appended: list[bytes],
+                              index_of: dict[bytes, int]) -> str:
+    return check_state(state, directory, appended, index_of, reopen=False)
+
+
+class StateTally:
+    """The crash states checked so far, the failures, and the first five problems described."""
+
+    def __init__(self) -> None:
+        self.checked = self.failures = 0
+        self.problems: list[str] = []
+
+    def check(self, states: CrashStates, rng: random.Random, count: int, directory: str,
+              seed: int, check: Callable[..., str], *context: Any) -> None:
+        """Materialises `count` states of one trace in `directory`, one after the other, and
+        tallies what `check(number, state, directory, *context)` finds ("" when sound)."""
+        for number, state in enumerate(states.states(rng, count)):
+            state.materialise(directory)
+            problem = check(number, state, directory, *context)
+            self.checked += 1
+            if problem:
+                self.failures += 1
+                if len(self.problems) < 5:
+                    self.problems.append(f"seed {seed} state {number} crash point "
+                                         f"{state.crash_point}/{len(states.ops)} "
+                                         f"({'; '.join(state.notes[:4])}): {problem}")
+
+    def assert_sound(self) -> None:
+        assert self.failures == 0, "\n".join(self.problems)
+
+
 @pytest.fixture
 def scratch() -> Iterator[str]:
     # tmpfs keeps thousands of opens (each writes and syncs the meta file) fast; real-disk
@@ -194,7 +234,7 @@ def test_power_loss_crash_states_keep_every_acknowledged_entry(
     checked = failures = recovery_errors = 0
     trace_ops = 0
     recovery_seconds: list[float] = []
-    problems: list[str] = []
+    tally = StateTally()
     for trace_index in range(traces_count):
         seed = 1000 * (kind == "batches") + trace_index
         # The traced writer runs on the real disk (O_DIRECT writes where it allows them); the
@@ -203,28 +243,22 @@ def test_power_loss_crash_states_keep_every_acknowledged_entry(
         with IOTrace() as trace:
             appended = run_workload(traced, seed, entries_count, kind)
         trace_ops += len(trace.ops)
-        # Only entries that occur once locate a recovered run (short ones repeat).
-        seen: dict[bytes, int] = {}
-        for index, entry in enumerate(appended):
-            seen[entry] = -1 if entry in seen else index
-        index_of = {entry: index for entry, index in seen.items() if index >= 0}
-        states = CrashStates(trace.ops, traced)
-        rng = random.Random(seed)
+        index_of = unique_index(appended)
         state_directory = os.path.join(scratch, "state")
-        for number, state in enumerate(states.states(rng, states_per_trace)):
-            state.materialise(state_directory)
+
+        def check(number: int, state: CrashState, directory: str, appended: list[bytes],
+                  index_of: dict[bytes, int]) -> str:
+            nonlocal recovery_errors
             started = time.perf_counter()
-            problem = check_state(state, state_directory, appended, index_of,
+            problem = check_state(state, directory, appended, index_of,
                                   reopen=number % 10 == 0 and kind != "auto-commit")
             recovery_seconds.append(time.perf_counter() - started)
-            checked += 1
-            if problem:
-                failures += 1
-                recovery_errors += problem.startswith("recovery raised")
-                if len(problems) < 5:
-                    problems.append(f"seed {seed} state {number} crash point "
-                                    f"{state.crash_point}/{len(states.ops)} "
-                                    f"({'; '.join(state.notes[:4])}): {problem}")
+            recovery_errors += problem.startswith("recovery raised")
+            return problem
+
+        tally.check(CrashStates(trace.ops, traced), random.Random(seed), states_per_trace,
+                    state_directory, seed, check, appended, index_of)
+    checked, failures = tally.checked, tally.failures
     recovery_seconds.sort()
     p99_ms = 1000 * recovery_seconds[int(0.99 * (len(recovery_seconds) - 1))]
     record(f"power_loss[{kind}]",
@@ -236,7 +270,7 @@ def test_power_loss_crash_states_keep_every_acknowledged_entry(
            f"FASTERLOG_LONG=1 python3 -m pytest -s "
            f"'tests/test_reliability_power_loss.py::"
            f"test_power_loss_crash_states_keep_every_acknowledged_entry[{kind}]'")
-    assert failures == 0, "\n".join(problems)
+    tally.assert_sound()
 
 
 def run_restart_workload(directory: str, seed: int, rng: random.Random) -> list[bytes]:
@@ -293,36 +327,24 @@ def test_power_loss_after_a_restart_keeps_what_the_restarted_writer_acknowledged
     # on it; a power cut then must not lose what the new writer acknowledged.
     traces_count = scaled(20, 400)
     states_per_trace = scaled(50, 250)
-    checked = failures = 0
-    problems: list[str] = []
+    tally = StateTally()
     for trace_index in range(traces_count):
         seed = 5000 + trace_index
         traced = os.path.join(scratch, f"restart-{trace_index}")
         with IOTrace() as trace:
             appended = run_restart_workload(traced, seed, random.Random(seed))
-        seen: dict[bytes, int] = {}
-        for index, entry in enumerate(appended):
-            seen[entry] = -1 if entry in seen else index
-        index_of = {entry: index for entry, index in seen.items() if index >= 0}
-        states = CrashStates(trace.ops, traced)
+        index_of = unique_index(appended)
         state_directory = os.path.join(scratch, "state")
-        for number, state in enumerate(states.states(random.Random(seed), states_per_trace)):
-            state.materialise(state_directory)
-            problem = check_state(state, state_directory, appended, index_of, reopen=False)
-            checked += 1
-            if problem:
-                failures += 1
-                if len(problems) < 5:
-                    problems.append(f"seed {seed} state {number} crash point "
-                                    f"{state.crash_point}/{len(states.ops)} "
-                                    f"({'; '.join(state.notes[:4])}): {problem}")
+        tally.check(CrashStates(trace.ops, traced), random.Random(seed), states_per_trace,
+                    state_directory, seed, acknowledged_entries_kept, appended, index_of)
+    checked, failures = tally.checked, tally.failures
     record("power_loss[restart-after-failed-sync]",
            f"{checked} crash states from {traces_count} traces of a writer restarted over "
            f"unsynced commits: failures {failures}",
            {"states": checked, "failures": failures, "traces": traces_count},
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_after_a_restart_keeps_what_the_restarted_writer_acknowledged")
-    assert failures == 0, "\n".join(problems)
+    tally.assert_sound()
 
 
 CURSOR_ACKED = 4
@@ -339,8 +361,7 @@ def test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position(
 
     traces_count = scaled(4, 40)
     states_per_trace = scaled(150, 1500)
-    checked = failures = 0
-    problems: list[str] = []
+    tally = StateTally()
     for trace_index in range(traces_count):
         seed = 7000 + trace_index
         rng = random.Random(seed)
@@ -367,33 +388,28 @@ def test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position(
         states = CrashStates(trace.ops, traced)
         assert any(op.op == "link" for op in states.ops), "the cursor's creation was not traced"
         state_directory = os.path.join(scratch, "state")
-        for number, state in enumerate(states.states(rng, states_per_trace)):
-            state.materialise(state_directory)
+
+        def check(_: int, state: CrashState, directory: str, written_positions: set[int]) -> str:
             acked = [v & ((1 << KIND_SHIFT) - 1) for v in state.marks
                      if v >> KIND_SHIFT == CURSOR_ACKED]
-            problem = ""
             try:
-                with FasterLog.open(state_directory, **settings):
+                with FasterLog.open(directory, **settings):
                     pass
                 try:
-                    position = cursors.read(state_directory, "reader")
+                    position = cursors.read(directory, "reader")
                 except KeyError:
-                    if acked:
-                        problem = f"cursor missing, acknowledged at {acked[-1]}"
-                else:
-                    if position not in written_positions:
-                        problem = f"cursor at {position}, never written"
-                    elif acked and position < acked[-1]:
-                        problem = f"cursor at {position}, acknowledged at {acked[-1]}"
+                    return f"cursor missing, acknowledged at {acked[-1]}" if acked else ""
+                if position not in written_positions:
+                    return f"cursor at {position}, never written"
+                if acked and position < acked[-1]:
+                    return f"cursor at {position}, acknowledged at {acked[-1]}"
+                return ""
             except Exception as error:  # noqa: BLE001 - any failure is the finding
-                problem = f"{type(error).__name__}: {error}"
-            checked += 1
-            if problem:
-                failures += 1
-                if len(problems) < 5:
-                    problems.append(f"seed {seed} state {number} crash point "
-                                    f"{state.crash_point}/{len(states.ops)} "
-                                    f"({'; '.join(state.notes[:4])}): {problem}")
+                return f"{type(error).__name__}: {error}"
+
+        tally.check(states, rng, states_per_trace, state_directory, seed, check,
+                    written_positions)
+    checked, failures = tally.checked, tally.failures
     record("power_loss[named-cursor]",
            f"{checked} crash states from {traces_count} traces with a named cursor (created, "
            f"then rewritten after commits): cursor behind its acknowledged position or "
@@ -401,7 +417,7 @@ def test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position(
            {"states": checked, "failures": failures, "traces": traces_count},
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position")
-    assert failures == 0, "\n".join(problems)
+    tally.assert_sound()
 
 
 @pytest.mark.timeout(600)
@@ -418,8 +434,7 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
     checkpoint_logger = logging.getLogger("kvlayer.checkpoint")
     traces_count = scaled(3, 30)
     states_per_trace = scaled(120, 1200)
-    checked = failures = 0
-    problems: list[str] = []
+    tally = StateTally()
     for trace_index in range(traces_count):
         seed = 9000 + trace_index
         rng = random.Random(seed)
@@ -442,10 +457,10 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
                 if rng.random() < 0.12:
                     kv.checkpoint()
             kv.close()
-        states = CrashStates(trace.ops, traced)
         state_directory = os.path.join(scratch, "state")
-        for number, state in enumerate(states.states(rng, states_per_trace)):
-            state.materialise(state_directory)
+
+        def check(_: int, state: CrashState, directory: str,
+                  models: list[dict[Any, Any]]) -> str:
             acked = max([v & ((1 << KIND_SHIFT) - 1) for v in state.marks
                          if v >> KIND_SHIFT == ACKED] or [0])
             problem = ""
@@ -454,7 +469,7 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
             handler.emit = caught.append  # type: ignore[method-assign]
             checkpoint_logger.addHandler(handler)
             try:
-                with KVStore.open(state_directory, checkpoint_every_bytes=0,
+                with KVStore.open(directory, checkpoint_every_bytes=0,
                                   **settings) as recovered_kv:
                     recovered = dict(recovered_kv.items())
                 if caught:
@@ -465,13 +480,11 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
                 problem = f"{type(error).__name__}: {error}"
             finally:
                 checkpoint_logger.removeHandler(handler)
-            checked += 1
-            if problem:
-                failures += 1
-                if len(problems) < 5:
-                    problems.append(f"seed {seed} state {number} crash point "
-                                    f"{state.crash_point}/{len(states.ops)} "
-                                    f"({'; '.join(state.notes[:4])}): {problem}")
+            return problem
+
+        tally.check(CrashStates(trace.ops, traced), rng, states_per_trace, state_directory,
+                    seed, check, models)
+    checked, failures = tally.checked, tally.failures
     record("power_loss[kv-checkpoints]",
            f"{checked} crash states from {traces_count} traces of KV puts, deletes and "
            f"checkpoints: state behind its acknowledged write, unrecoverable or falling back "
@@ -479,7 +492,7 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
            {"states": checked, "failures": failures, "traces": traces_count},
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write")
-    assert failures == 0, "\n".join(problems)
+    tally.assert_sound()
 
 
 @pytest.mark.timeout(600)
@@ -492,8 +505,7 @@ def test_power_loss_never_takes_back_what_a_reader_was_handed(scratch: str) -> N
 
     traces_count = scaled(10, 200)
     states_per_trace = scaled(60, 300)
-    checked = failures = 0
-    problems: list[str] = []
+    tally = StateTally()
     for trace_index in range(traces_count):
         seed = 8000 + trace_index
         rng = random.Random(seed)
@@ -517,25 +529,15 @@ def test_power_loss_never_takes_back_what_a_reader_was_handed(scratch: str) -> N
                 handed = [entry for _, entry in reader.scan()]
             mark(ACKED, len(handed))  # what the reader handed out counts as acknowledged
         assert handed == appended[:len(handed)]
-        seen: dict[bytes, int] = {}
-        for index, entry in enumerate(appended):
-            seen[entry] = -1 if entry in seen else index
-        index_of = {entry: index for entry, index in seen.items() if index >= 0}
-        states = CrashStates(trace.ops, traced)
+        index_of = unique_index(appended)
         state_directory = os.path.join(scratch, "state")
-        for number, state in enumerate(states.states(rng, states_per_trace)):
-            state.materialise(state_directory)
-            problem = check_state(state, state_directory, appended, index_of, reopen=False)
-            checked += 1
-            if problem:
-                failures += 1
-                if len(problems) < 5:
-                    problems.append(f"seed {seed} state {number} crash point "
-                                    f"{state.crash_point}/{len(states.ops)}: {problem}")
+        tally.check(CrashStates(trace.ops, traced), rng, states_per_trace, state_directory,
+                    seed, acknowledged_entries_kept, appended, index_of)
+    checked, failures = tally.checked, tally.failures
     record("power_loss[reader-after-failed-sync]",
            f"{checked} crash states from {traces_count} traces where a reader recovered a "
            f"commit whose fsync had failed: entries handed out then lost {failures}",
            {"states": checked, "failures": failures, "traces": traces_count},
            "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_power_loss.py::"
            "test_power_loss_never_takes_back_what_a_reader_was_handed")
-    assert failures == 0, "\n".join(problems)
+    tally.assert_sound()
