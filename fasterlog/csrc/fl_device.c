@@ -4,6 +4,7 @@
  * - io_uring: operations are queued as SQEs and run in the kernel while the caller goes on;
  *   a write linked to a sync (IOSQE_IO_LINK) costs one system call for both.
  * - plain: pwrite and fdatasync run at once in the caller; completions are queued for reap.
+ *   A write that carries its own sync (RWF_DSYNC) runs this way on both backends.
  *   Used when the kernel refuses io_uring (sysctl kernel.io_uring_disabled, seccomp filters
  *   such as Docker's default) or when asked for.
  * A fault layer sits in front of both: when armed, the chosen operation fails with the chosen
@@ -97,7 +98,10 @@ int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size
         }
     }
     if (shorten) size = FL_ALIGN_DOWN(size / 2, FL_SECTOR_SIZE_BYTES);
-    if (device->backend == FL_IO_PLAIN) {
+    if (device->backend == FL_IO_PLAIN || dsync) {
+        /* A dsync write (a commit's one write) runs here on both backends: through io_uring
+         * an O_DIRECT write with RWF_DSYNC completes in a kernel worker, which a busy machine
+         * schedules late (see flush_and_sync_io_locked). */
         struct iovec vector = {(void *)buffer, (size_t)size};
         ssize_t written = pwritev2(fd, &vector, 1, (off_t)offset, dsync ? RWF_DSYNC : 0);
         if (written > 0) trace_device_write(fd, buffer, (uint64_t)written, offset, dsync);
