@@ -190,10 +190,10 @@ def test_non_loopback_bind_without_password_is_refused() -> None:
 @pytest.mark.parametrize("kind", ["stream", "string"])
 def test_a_failed_group_commit_is_answered_as_an_error_never_as_ok(tmp_path: Path,
                                                                    kind: str) -> None:
-    # The commit runs in the log's own thread (fsync always): when its sync fails, every
+    # With fsync always the commit runs on the event loop's thread: when its sync fails, every
     # waiting write gets the error and its connection closes, the log is fenced (later writes
     # refused), reads and the server go on, closing works, and a restart recovers what was
-    # acknowledged. (Before the commit thread signalled fences, these writes waited forever.)
+    # acknowledged.
     from fasterlog import testing as fault_testing
 
     server = RunningServer(tmp_path / "data")

@@ -213,3 +213,112 @@ def test_a_value_too_big_for_a_record_is_refused_alone(running: LoopServer) -> N
     assert ok is True and after is True
     assert isinstance(refused, redis.ResponseError) and "entry_size_max" in str(refused)
     assert client.mget("small", "huge", "after") == [b"1", None, b"2"]
+
+
+@pytest.mark.parametrize("kind", ["set", "xadd"])
+def test_a_lone_write_too_big_for_a_record_is_refused(running: LoopServer, kind: str) -> None:
+    """One SET or XADD alone in its read takes the connection's fast lane (data_received):
+    a value too big for a record still gets the error reply, writes nothing and leaves the
+    connection usable."""
+    client = redis.Redis(port=running.port)
+    client.xadd("s", {"f": "first"})
+    with pytest.raises(redis.ResponseError, match="entry_size_max"):
+        if kind == "set":
+            client.set("huge", b"x" * (1 << 20))
+        else:
+            client.xadd("s", {"f": b"x" * (1 << 20)})
+    assert client.get("huge") is None
+    assert client.xlen("s") == 1
+    assert client.set("after", "1") is True
+    assert client.xadd("s", {"f": "after"})
+    assert client.xlen("s") == 2
+
+
+def test_a_lone_client_commits_each_write_at_once(running: LoopServer) -> None:
+    """Gathering (service/server.py _LoopCommitter) waits only while more writers arrive: a
+    lone client's every write is its own commit, answered without waiting for anyone."""
+    client = redis.Redis(port=running.port)
+    client.xadd("s", {"n": 0})
+    log_commits = running.server._log_committer.commits_count
+    kv_commits = running.server._kv_committer.commits_count
+    for number in range(50):
+        client.xadd("s", {"n": number})
+        client.set("k", number)
+    assert running.server._log_committer.commits_count - log_commits == 50
+    assert running.server._kv_committer.commits_count - kv_commits == 50
+
+
+class _CountingLog:
+    """What _LoopCommitter needs of a log: commit(), failing with `error` when given."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.commits_count = 0
+        self.error = error
+
+    def commit(self) -> int:
+        self.commits_count += 1
+        if self.error is not None:
+            raise self.error
+        return 0
+
+
+def _commit_sizes(arrivals_count: int, error: Exception | None = None,
+                  ) -> tuple[list[int], list[list[Exception | None]]]:
+    """Enlists one waiter per loop iteration, each arriving before the commit's check of that
+    iteration (as requests read in the same poll do); returns how many waiters each commit
+    answered and what each waiter was told."""
+    from service.server import _LoopCommitter
+
+    async def main() -> tuple[list[int], list[list[Exception | None]]]:
+        loop = asyncio.get_running_loop()
+        committer = _LoopCommitter(_CountingLog(error), lambda: None)  # type: ignore[arg-type]
+        told: list[list[Exception | None]] = [[] for _ in range(arrivals_count)]
+        answered_by: list[int] = []
+
+        class Waiter:
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def _commit_done(self, failure: Exception | None) -> None:
+                told[self.index].append(failure)
+                answered_by.append(committer.commits_count)
+
+        def arrive(index: int) -> None:
+            if index + 1 < arrivals_count:
+                loop.call_soon(arrive, index + 1)
+            committer.enlist(Waiter(index))
+
+        arrive(0)
+        for _ in range(4 * arrivals_count):
+            await asyncio.sleep(0)
+        return [answered_by.count(number) for number in sorted(set(answered_by))], told
+
+    return asyncio.run(main())
+
+
+def test_loop_committer_gathers_writers_that_keep_arriving_within_bounds() -> None:
+    from service.server import COMMIT_GATHER_ITERATIONS_MAX
+
+    sizes, told = _commit_sizes(40)
+    assert all(outcome == [None] for outcome in told)  # every waiter answered once
+    assert sum(sizes) == 40
+    # While each iteration brings a new writer the commit waits, up to the iteration bound.
+    assert sizes[0] == COMMIT_GATHER_ITERATIONS_MAX + 2
+    assert max(sizes) <= COMMIT_GATHER_ITERATIONS_MAX + 2
+
+
+def test_loop_committer_stops_gathering_at_its_time_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.server
+
+    monkeypatch.setattr(service.server, "COMMIT_GATHER_MAX_S", 0.0)
+    sizes, told = _commit_sizes(10)
+    assert all(outcome == [None] for outcome in told)
+    assert max(sizes) <= 2  # the first waiter and the one read beside it, no more
+
+
+def test_loop_committer_answers_every_waiter_of_a_failed_commit_with_its_error() -> None:
+    failure = RuntimeError("sync failed")
+    sizes, told = _commit_sizes(12, failure)
+    assert sum(sizes) == 12
+    assert all(outcome == [failure] for outcome in told)

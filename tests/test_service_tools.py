@@ -311,5 +311,6 @@ def test_kill_9_during_concurrent_xadds_loses_no_acknowledged_write(tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # each round checks the whole stream so far: 200 rounds take minutes
 def test_kill_9_during_concurrent_xadds_many_rounds(tmp_path: Path) -> None:
     kill_rounds(tmp_path, 200)
