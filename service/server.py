@@ -310,6 +310,9 @@ def open_log(directory: str, settings: ServerSettings, **log_settings: Any) -> F
     return FasterLog.open(directory, **log_settings)
 
 
+_NOTHING_HELD: tuple[Any, bool] = ((), False)
+
+
 class _Connection(asyncio.Protocol):
     """One client: bytes in through `data_received`, replies out through `transport.write`.
 
@@ -332,7 +335,7 @@ class _Connection(asyncio.Protocol):
         # While a batch waits for its commits: how many are due, the first error, the replies.
         self._commit_waits_count = 0
         self._commit_error: BaseException | None = None
-        self._held: tuple[Any, bool] = ((), False)
+        self._held: tuple[Any, bool] = _NOTHING_HELD
         self._blocked_task: asyncio.Task[None] | None = None  # ... in a blocking read
         self._closed = False
         self._reading_paused = False
@@ -510,13 +513,13 @@ class _Connection(asyncio.Protocol):
         if self._commit_waits_count:
             return
         error, self._commit_error = self._commit_error, None
-        (replies, close), self._held = self._held, ((), False)
+        (replies, close), self._held = self._held, _NOTHING_HELD
         self._busy = False
         failure = self.server._batch_committed(self.client, error)
         if failure is not None:
             self._send([failure], True)
         elif self._send(replies, close) and (  # type: ignore[arg-type]
-                self.codec.buffered_size_bytes or self._eof or self._reading_paused):
+                self._eof or self._reading_paused or self.codec.buffered_size_bytes):
             self._pump()  # input came while the batch waited (else _pump would find none)
 
     async def _go_on(self, commands: list[list[bytes]], index: int, replies: list[bytes],
@@ -831,12 +834,14 @@ class Server:
             return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
                                                " ".join(str(error).split()).encode()),
                                client.protocol)
-        if client.written_keys:
-            for key in client.written_keys:
-                for waiter in self._waiters.pop(key, ()):
-                    if not waiter.done():
-                        waiter.set_result(None)
-            client.written_keys.clear()
+        written_keys = client.written_keys
+        if written_keys:
+            if self._waiters:  # a blocked reader
+                for key in written_keys:
+                    for waiter in self._waiters.pop(key, ()):
+                        if not waiter.done():
+                            waiter.set_result(None)
+            written_keys.clear()
         return None
 
     async def _commit_batch(self, client: Client) -> bytes | None:

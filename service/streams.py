@@ -198,12 +198,11 @@ class StreamStore:
             stream = self.streams.get(name)
             if stream is None:
                 continue
+            # A stream's addresses ascend, its placeholders last (above any log address).
             stream_addresses = stream.addresses
-            index = len(stream_addresses) - 1
-            while index >= 0 and stream_addresses[index] >= PENDING_ADDRESS_BASE:
-                stream_addresses[index] = addresses[stream_addresses[index] -
-                                                    PENDING_ADDRESS_BASE]
-                index -= 1
+            first = bisect.bisect_left(stream_addresses, PENDING_ADDRESS_BASE)
+            stream_addresses[first:] = [addresses[placeholder - PENDING_ADDRESS_BASE]
+                                        for placeholder in stream_addresses[first:]]
         self._pending.clear()
         self._pending_streams.clear()
         return True
