@@ -660,23 +660,38 @@ def _print_tail(log: FasterLog, tail: Any, output_format: str) -> None:
 def _follow(log: FasterLog, start: int, output_format: str) -> int:
     """Prints entries as commits land until Ctrl-C or a completed log. The tail runs in a
     worker thread: a follower's wait in the core does not return to Python on a signal, while
-    the main thread's join does, and then stops the tail cleanly."""
+    the main thread's wait does, and then stops the tail cleanly.
+
+    The main thread waits on an Event the worker sets as its last step, not on join(): on
+    Python 3.11 a join() interrupted by Ctrl-C marks the thread stopped while it still runs
+    (threading's bpo-45274 cleanup releases the lock the running thread holds), so the next
+    join() returned at once, the log was closed under a worker still inside the core's wait,
+    and the process died of SIGSEGV about once in a hundred Ctrl-Cs."""
     tail = log.tail(start)
     failure: list[BaseException] = []
+    finished = threading.Event()
 
     def run() -> None:
         try:
             _print_tail(log, tail, output_format)
         except BaseException as error:  # noqa: BLE001 - the main thread re-raises it
             failure.append(error)
+        finally:
+            finished.set()  # nothing below touches the log
 
     worker = threading.Thread(target=run, name="fasterlog-tail", daemon=True)
     worker.start()
     try:
-        worker.join()
+        finished.wait()
     except KeyboardInterrupt:
         tail.stop()
-        worker.join()
+        while True:  # the tail ends within milliseconds; the log must not close under it
+            try:
+                finished.wait()
+                break
+            except KeyboardInterrupt:
+                continue
+    worker.join()
     if failure:
         raise failure[0]
     sys.stdout.flush()

@@ -144,6 +144,48 @@ def test_follow_prints_commits_as_they_land_and_ctrl_c_ends_cleanly(log_dir: Pat
     assert out == b"" and err == b""
 
 
+def test_follow_after_ctrl_c_returns_only_once_the_tail_thread_has_left_the_log() -> None:
+    """The log is closed when `_follow` returns, so by then the tail thread must be out of the
+    core. On Python 3.11 a Thread.join() interrupted by Ctrl-C marks the thread stopped while it
+    still runs, and `fasterlog tail --follow` then died of SIGSEGV about once in a hundred
+    Ctrl-Cs (found by a loop of the test above). Here the tail takes 0.3 s to end after stop(),
+    and Ctrl-C reaches the main thread while it waits."""
+    import threading
+
+    from fasterlog import cli
+
+    left_the_log = threading.Event()
+
+    class SlowToStopTail:
+        position = 0
+
+        def __init__(self) -> None:
+            self.stopped = threading.Event()
+
+        def __iter__(self) -> SlowToStopTail:
+            return self
+
+        def __next__(self) -> tuple[int, bytes]:
+            time.sleep(0.2)  # the main thread is waiting by now
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C
+            self.stopped.wait(10)
+            time.sleep(0.3)  # still inside the log for a while after stop()
+            left_the_log.set()
+            raise StopIteration
+
+        def stop(self) -> None:
+            self.stopped.set()
+
+    class FakeLog:
+        committed_until_address = 0
+
+        def tail(self, start: int) -> SlowToStopTail:
+            return SlowToStopTail()
+
+    assert cli._follow(FakeLog(), 0, "text") == cli.EXIT_OK  # type: ignore[arg-type]
+    assert left_the_log.is_set()
+
+
 def test_follow_ends_by_itself_when_the_log_is_completed(log_dir: Path) -> None:
     with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
         follower = start_follow(log_dir, "--format", "json")
