@@ -254,3 +254,43 @@ def test_follower_reading_below_a_truncated_begin_gets_truncated_error(log_dir: 
                 follower.read(addresses[10])
             assert caught.value.begin_address == addresses[2000]
             assert follower.read(addresses[2500]) == bytes(1000)
+
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writer", "follower"])
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["no-timeout", "timeout"])
+def test_close_ends_a_wait_for_commit_in_another_thread_and_waits_for_it_to_leave(
+        log_dir: Path, readonly: bool, timeout: float | None) -> None:
+    # A follower's wait sleeps on the shared page's futex, which only the writer bumps: close
+    # used to unmap the page under it and leave the waiter asleep for good (or, woken later,
+    # reading the unmapped page). Now close wakes every waiter and returns once they are out.
+    for _ in range(10):
+        with FasterLog.open(log_dir, **SMALL_SETTINGS) as writer:
+            writer.append(b"first")
+            writer.commit()
+            log = FasterLog.open(log_dir, readonly=True) if readonly else writer
+            outcomes: list[BaseException | bool] = []
+            started = threading.Barrier(4)
+
+            def wait(log: FasterLog = log, outcomes: list[BaseException | bool] = outcomes,
+                     started: threading.Barrier = started) -> None:
+                started.wait()
+                try:
+                    outcomes.append(log.wait_for_commit(1 << 40, timeout=timeout))
+                except BaseException as error:  # noqa: BLE001 - the test looks at it
+                    outcomes.append(error)
+
+            waiters = [threading.Thread(target=wait, daemon=True) for _ in range(3)]
+            for waiter in waiters:
+                waiter.start()
+            started.wait()
+            time.sleep(0.02)  # into the core's wait
+            closing_at = time.monotonic()
+            log.close()
+            for waiter in waiters:
+                waiter.join(5.0)
+                assert not waiter.is_alive(), "a waiter slept on after close"
+            assert time.monotonic() - closing_at < 2.0
+            assert len(outcomes) == 3
+            assert all(isinstance(outcome, errors.LogClosedError) for outcome in outcomes), \
+                outcomes

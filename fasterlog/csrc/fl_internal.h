@@ -182,6 +182,9 @@ struct fl_log {
     pthread_t follow_thread;      /* read-only logs with an eventfd: futex to eventfd */
     int32_t follow_running;
     uint64_t wake_generation;     /* fl_wake bumps it: waiters return FL_E_WOKEN */
+    /* Threads inside fl_wait_for_commit: close wakes them and waits until none is left before
+     * it releases what they read (the shared page of a read-only log, the segments). */
+    uint32_t waiters_count;
     int32_t completed;            /* fl_complete was called: no more appends */
     int32_t completion_durable;   /* ... and its commit landed: tails end at the end */
 

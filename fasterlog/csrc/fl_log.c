@@ -818,8 +818,11 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
     pthread_mutex_lock(&log->mutex);
     uint64_t generation = log->wake_generation;
     int rc = log->closed ? FL_E_CLOSED : 0;
+    log->waiters_count++;
     while (rc == 0) {
         uint32_t sequence = 0;
+        /* Before the shared page is touched: close may be about to unmap it. */
+        if (log->closed) { rc = FL_E_CLOSED; break; }
         if (log->readonly) {
             /* Read the sequence before looking, so a publish in between is never missed. */
             sequence = fl_shared_sequence(log);
@@ -851,6 +854,8 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
             }
         }
     }
+    /* The last waiter out lets a waiting close go on (log_shutdown). */
+    if (--log->waiters_count == 0 && log->closed) pthread_cond_broadcast(&log->commit_cond);
     pthread_mutex_unlock(&log->mutex);
     return rc;
 }
@@ -1499,6 +1504,21 @@ static int log_shutdown(fl_log *log, int clean) {
     pthread_cond_broadcast(&log->commit_cond);
     pthread_cond_broadcast(&log->flush_cond);
     while (log->commit_active) pthread_cond_wait(&log->commit_cond, &log->mutex);
+    /* Another thread may still be inside fl_wait_for_commit: it sees `closed` as soon as it
+     * runs, but nothing it reads may be released before it has left. A read-only waiter sleeps
+     * on the shared page's futex, which nobody else bumps; wake it until it is gone (a wake
+     * can land just before it goes to sleep, hence the loop and the short timed wait). */
+    while (log->waiters_count > 0) {
+        if (log->readonly) fl_shared_wake_local(log);
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += 1000000;
+        if (deadline.tv_nsec >= 1000000000) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&log->commit_cond, &log->mutex, &deadline);
+    }
     int fenced = log->fenced_error;
     pthread_mutex_unlock(&log->mutex);
 
