@@ -8,7 +8,8 @@ setup(
     ext_modules=[
         Extension(
             "service._resp_speedups",
-            sources=["service/csrc/resp_speedups.c", "service/csrc/resp_split.c"],
+            sources=["service/csrc/resp_speedups.c", "service/csrc/resp_split.c",
+                     "service/csrc/xadd_lane.c"],
             include_dirs=["service/csrc"],
             extra_compile_args=["-std=c11", "-O2", "-UNDEBUG", "-Wall", "-Wextra", "-Werror"],
         ),

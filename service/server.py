@@ -10,8 +10,9 @@ Rules:
    commits, after the loop iteration that brought the writes (`_LoopCommitter`, as
    redis-server's appendfsync always); otherwise a worker thread here commits (`_Committer`).
    Connections are asyncio Protocols (`_Connection`): commands run inside `data_received`
-   (whole commands split from the received bytes in C, service/csrc/resp_split.c), so a read
-   is answered without a task switch; a batch that must wait (its commit, a blocking read)
+   (whole commands split from the received bytes in C, service/csrc/resp_split.c; a lone
+   `XADD key * field value ...` goes straight to its pending record, service/csrc/xadd_lane.c),
+   so a read is answered without a task switch; a batch that must wait (its commit, a blocking read)
    holds the connection's later input until it is answered.
 3. Every buffer is bounded: the codec's limits (bulk length, arguments, inline size, query
    buffer), the commands taken from one read (`pipeline_depth_max`), and a slow reader's
@@ -369,24 +370,37 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()  # type: ignore[union-attr]
             return
         server = self.server
+        client = self.client
+        # The commonest requests of all, one GET, SET or `XADD key * field value ...` from a
+        # client that waits for its reply (redis-benchmark -c 50, a cache, a producer), run
+        # here as _pump would run them, without its bookkeeping for batches of any shape. A
+        # write waits for its commit like any batch (fsync always only: with everysec _pump
+        # replies at once).
+        lone = client.multi is None and client.authenticated and not server.closing and \
+            not self._eof and not client.sync_required and not self.codec.buffered_size_bytes
+        if lone and server.fsync_always and server.xadd_lane_enabled and (
+                data.startswith(b"$4\r\n", 4) or data.startswith(b"$4\r\n", 5)):
+            # An XADD with `*` (and up to 32 field-value pairs) from the received bytes to its
+            # pending record in one C call (StreamStore.add_lone); None when it is not exactly
+            # that frame alone. (Above: a command of four letters, checked in C.)
+            limits = server.settings.limits
+            taken = server.streams.add_lone(data, limits.bulk_size_max_bytes,
+                                            limits.arguments_count_max)
+            if taken is not None:
+                client.written_keys.add(taken[0])  # wakes its blocked readers once committed
+                self._busy = True
+                self._commit_waits_count = 1
+                self._held = ([taken[1]], False)
+                server._log_committer.enlist(self)
+                return
         try:
             # The common read: whole commands, split straight from `data` (resp.py).
             commands = self.codec.feed_and_take(data, server.settings.pipeline_depth_max)
         except RemoteProtocolError as error:
             self._protocol_error(error)
             return
-        if len(commands) == 1:
-            # The commonest requests of all, one GET, SET or `XADD key * field value` from a
-            # client that waits for its reply (redis-benchmark -c 50, a cache, a producer):
-            # run here as _pump would run them, without its bookkeeping for batches of any
-            # shape. A write waits for its commit like any batch (fsync always only: with
-            # everysec _pump replies at once).
-            command = commands[0]
-            client = self.client
-            if client.multi is None and client.authenticated and not server.closing and \
-                    not self.codec.buffered_size_bytes and not self._eof and \
-                    not client.sync_required and self._fast_lane(command):
-                return
+        if lone and len(commands) == 1 and self._fast_lane(commands[0]):
+            return
         self._pump(commands)
 
     def _fast_lane(self, command: list[bytes]) -> bool:
@@ -596,6 +610,8 @@ class Server:
         self.log = log
         self.settings = settings
         self.fsync_always = settings.fsync == "always"  # read per request by the fast lane
+        # The lone XADD's C path (StreamStore.add_lone); tests turn it off to compare.
+        self.xadd_lane_enabled = True
         self.streams = StreamStore(log, replay=False)
         self.groups = GroupStore(self.streams)
         self.streams.replay()

@@ -1,4 +1,5 @@
-/* service._resp_speedups: rs_split (resp_split.c) returning Python objects directly.
+/* service._resp_speedups: rs_split (resp_split.c) returning Python objects directly, and the
+ * lone XADD's whole path to its pending record (xadd_lane.c).
  *
  * Why a CPython extension and not cffi like the log core: the result is a list of lists of
  * bytes, and building it in Python from offsets cost more than the split itself (about 1.1 us
@@ -8,6 +9,9 @@
 #include <Python.h>
 
 #include "resp_split.h"
+
+PyObject *xadd_lone(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+int xadd_lane_init(void);
 
 enum { COMMANDS_MAX = 1024, ARGUMENTS_MAX = 8192 };
 
@@ -76,13 +80,20 @@ static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(buffer, start, bulk_size_max_bytes, arguments_count_max, commands_max)"
      " -> (commands, consumed_bytes)"},
+    {"xadd_lone", (PyCFunction)(void (*)(void))xadd_lone, METH_FASTCALL,
+     "xadd_lone(data, bulk_size_max_bytes, arguments_count_max, streams, pending,"
+     " entry_size_max) -> (key, reply) or None"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "service._resp_speedups",
-    "The RESP reader's fast path in C (csrc/resp_split.c).", -1, methods,
+    "The server's fast paths in C (csrc/resp_split.c, csrc/xadd_lane.c).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__resp_speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__resp_speedups(void) {
+    if (xadd_lane_init() < 0)
+        return NULL;
+    return PyModule_Create(&module);
+}
