@@ -451,7 +451,7 @@ class RespReader(_Buffer):
         self._buffer_offset += size
         self._item_offset = self._buffer_offset
         if size == len(data):
-            return commands  # type: ignore[no-any-return]
+            return commands
         try:
             self.feed(memoryview(data)[size:])
             if len(commands) < count_max:
@@ -460,7 +460,7 @@ class RespReader(_Buffer):
             if not commands:
                 raise
             self._deferred_failure = failure  # the commands before it run first
-        return commands  # type: ignore[no-any-return]
+        return commands
 
     def _take_whole_arrays(self, commands: list[list[bytes]], count_max: int) -> None:
         """The fast path of next_commands: whole arrays of bulk strings at _position.

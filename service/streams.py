@@ -274,7 +274,7 @@ class StreamStore:
             self.writes_count += 1
             self._pending_streams.add(key)
             self.on_write(key)
-        return taken  # type: ignore[no-any-return]
+        return taken
 
     def add(self, name: bytes, stream_id: StreamId, fields: list[bytes]) -> int:
         return self._write([b"xadd", name, stream_id[0], stream_id[1], fields])
