@@ -207,8 +207,8 @@ PyObject *xadd_lone(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     if (_PyBytes_Resize(&payload, payload_size) < 0) goto release;
 
-    /* Applied as add_now applies it: placeholder address, record, id, last id, count. Every
-     * step that can fail comes before the first change to the stream. */
+    /* Applied as add_now applies it: record, placeholder address, id, last id, count. Every
+     * step that can fail short of memory comes before the first change. */
     id = Py_BuildValue("(KK)", (unsigned long long)ms, (unsigned long long)seq);
     address = PyLong_FromUnsignedLongLong(PENDING_ADDRESS_BASE + (uint64_t)PyList_GET_SIZE(pending));
     PyObject *entries_added = PyObject_GetAttr(stream, name_entries_added);
@@ -227,14 +227,16 @@ PyObject *xadd_lone(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
                                        (unsigned long long)seq),
                               (unsigned long long)ms, (unsigned long long)seq);
     PyObject *reply_bytes = PyBytes_FromStringAndSize(reply, reply_size);
-    if (reply_bytes == NULL || list_attribute_append(stream, name_addresses, address) < 0) {
+    if (reply_bytes == NULL || PyList_Append(pending, payload) < 0) {
         Py_XDECREF(reply_bytes);
         Py_DECREF(entries_added_next);
         goto release;
     }
-    /* From here on a failure (no memory) leaves a half-applied record, as a failure in the
-     * middle of add_now would; the appends below do not fail short of that. */
-    if (PyList_Append(pending, payload) < 0 ||
+    /* From here on only running out of memory can fail, and it would leave the record
+     * pending but the index short of it: the log, the truth, still gets the record, and the
+     * next open's replay indexes it. (Never the other way round: a placeholder address
+     * without its pending record would break flush's fix-up.) */
+    if (list_attribute_append(stream, name_addresses, address) < 0 ||
         list_attribute_append(stream, name_ids, id) < 0 ||
         PyObject_SetAttr(stream, name_last_id, id) < 0 ||
         PyObject_SetAttr(stream, name_entries_added, entries_added_next) < 0) {
