@@ -388,10 +388,7 @@ class _Connection(asyncio.Protocol):
                                             limits.arguments_count_max)
             if taken is not None:
                 client.written_keys.add(taken[0])  # wakes its blocked readers once committed
-                self._busy = True
-                self._commit_waits_count = 1
-                self._held = ([taken[1]], False)
-                server._log_committer.enlist(self)
+                self._answer_after_commit(taken[1], server._log_committer)
                 return
         try:
             # The common read: whole commands, split straight from `data` (resp.py).
@@ -438,11 +435,16 @@ class _Connection(asyncio.Protocol):
             committer = server._kv_committer
         else:
             return False
+        self._answer_after_commit(reply, committer)
+        return True
+
+    def _answer_after_commit(self, reply: bytes, committer: Any) -> None:
+        """A lone write's wait: `reply` goes out when `committer`'s commit calls
+        _commit_done, as for any batch (which meanwhile holds further input)."""
         self._busy = True
         self._commit_waits_count = 1
         self._held = ([reply], False)
         committer.enlist(self)
-        return True
 
     def eof_received(self) -> bool | None:
         # The client will send no more: answer what it sent (a batch may still be waiting

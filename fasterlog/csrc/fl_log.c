@@ -804,17 +804,22 @@ int64_t fl_get_cookie(fl_log *log, void *buffer, size_t capacity) {
     return rc;
 }
 
-static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_us) {
+/* The CLOCK_REALTIME time `timeout_us` from now, as pthread_cond_timedwait takes it. */
+static struct timespec deadline_after_us(int64_t timeout_us) {
     struct timespec deadline;
-    if (timeout_us >= 0) {
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_sec += timeout_us / 1000000;
-        deadline.tv_nsec += (timeout_us % 1000000) * 1000;
-        if (deadline.tv_nsec >= 1000000000) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000;
-        }
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_us / 1000000;
+    deadline.tv_nsec += (long)(timeout_us % 1000000) * 1000;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
     }
+    return deadline;
+}
+
+static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_us) {
+    struct timespec deadline = {0, 0};
+    if (timeout_us >= 0) deadline = deadline_after_us(timeout_us);
     pthread_mutex_lock(&log->mutex);
     uint64_t generation = log->wake_generation;
     int rc = log->closed ? FL_E_CLOSED : 0;
@@ -1310,14 +1315,7 @@ static void *auto_commit_main(void *argument) {
         int timed_out = 0;
         if (!threshold_bytes || pending < threshold_bytes) {
             if (interval_ms) {
-                struct timespec deadline;
-                clock_gettime(CLOCK_REALTIME, &deadline);
-                deadline.tv_sec += interval_ms / 1000;
-                deadline.tv_nsec += (long)(interval_ms % 1000) * 1000000L;
-                if (deadline.tv_nsec >= 1000000000L) {
-                    deadline.tv_sec++;
-                    deadline.tv_nsec -= 1000000000L;
-                }
+                struct timespec deadline = deadline_after_us((int64_t)interval_ms * 1000);
                 timed_out = pthread_cond_timedwait(&log->auto_commit_cond, &log->mutex,
                                                    &deadline) == ETIMEDOUT;
             } else {
@@ -1510,13 +1508,7 @@ static int log_shutdown(fl_log *log, int clean) {
      * can land just before it goes to sleep, hence the loop and the short timed wait). */
     while (log->waiters_count > 0) {
         if (log->readonly) fl_shared_wake_local(log);
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_nsec += 1000000;
-        if (deadline.tv_nsec >= 1000000000) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000;
-        }
+        struct timespec deadline = deadline_after_us(1000);
         pthread_cond_timedwait(&log->commit_cond, &log->mutex, &deadline);
     }
     int fenced = log->fenced_error;
