@@ -7,10 +7,10 @@ setup(
     cffi_modules=["fasterlog/_build.py:ffibuilder"],
     ext_modules=[
         Extension(
-            "service._resp_speedups",
-            sources=["service/csrc/resp_speedups.c", "service/csrc/resp_split.c",
-                     "service/csrc/xadd_lane.c"],
-            include_dirs=["service/csrc"],
+            "fasterlog_server._resp_speedups",
+            sources=["fasterlog_server/csrc/resp_speedups.c", "fasterlog_server/csrc/resp_split.c",
+                     "fasterlog_server/csrc/xadd_lane.c"],
+            include_dirs=["fasterlog_server/csrc"],
             extra_compile_args=["-std=c11", "-O2", "-UNDEBUG", "-Wall", "-Wextra", "-Werror"],
         ),
     ],

@@ -899,7 +899,7 @@ def command_kv(arguments: argparse.Namespace) -> int:
 
 def command_serve(arguments: argparse.Namespace) -> int:
     # The service is the top layer: imported only when asked for, so the log never loads it.
-    from service.server import ServerSettings, run
+    from fasterlog_server.server import ServerSettings, run
 
     try:
         settings = ServerSettings(host=arguments.bind, port=arguments.port,

@@ -1,4 +1,4 @@
-"""Fuzzing harness for the RESP codec (service.resp) with atheris (libFuzzer for Python).
+"""Fuzzing harness for the RESP codec (fasterlog_server.resp) with atheris (libFuzzer for Python).
 
 Goal: on any bytes, fed in any pieces, RespReader and RespParser only ever return commands or
 replies, say NEED_MORE, or raise RemoteProtocolError; they never crash, hang or hold more than

@@ -2,7 +2,7 @@
 mutation fuzzer in tests/test_reliability_fuzz.py): on any bytes, fed in any pieces,
 RespReader and RespParser only return commands or replies, say NEED_MORE or raise
 RemoteProtocolError, and never buffer more than their limit; and the reader's C fast path
-(service/csrc/resp_split.c) gives exactly what the pure-Python reader gives: the same commands
+(fasterlog_server/csrc/resp_split.c) gives exactly what the pure-Python reader gives: the same commands
 in the same batches, the same error.
 
 The first input byte chooses the piece size (so splits are fuzzed too); the reader is drained
@@ -11,8 +11,8 @@ pipeline path), and the three must agree."""
 
 from __future__ import annotations
 
-from service.errors import RemoteProtocolError
-from service.resp import NEED_MORE, RespLimits, RespParser, RespReader
+from fasterlog_server.errors import RemoteProtocolError
+from fasterlog_server.resp import NEED_MORE, RespLimits, RespParser, RespReader
 
 LIMITS = RespLimits(bulk_size_max_bytes=4096, arguments_count_max=64, inline_size_max_bytes=1024,
                     query_buffer_size_max_bytes=16384, nesting_depth_max=16)

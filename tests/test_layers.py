@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-LAYERS = ["fasterlog", "consumers", "kvlayer", "service"]
+LAYERS = ["fasterlog", "consumers", "kvlayer", "fasterlog_server"]
 
 
 @pytest.mark.parametrize("position", range(len(LAYERS)))
@@ -23,7 +23,7 @@ def test_a_layer_loads_no_layer_above_it(position: int) -> None:
                             "consumers.events",
                "kvlayer": "kvlayer, kvlayer.store, kvlayer.checkpoint, kvlayer.compaction, "
                           "kvlayer.follower, kvlayer.cli",
-               "service": "service, service.server, service.resp"}[layer]
+               "fasterlog_server": "fasterlog_server, fasterlog_server.server, fasterlog_server.resp"}[layer]
     code = (f"import sys, {modules}; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(above)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""The RESP codec (service.resp): commands in, replies out, replies in.
+"""The RESP codec (fasterlog_server.resp): commands in, replies out, replies in.
 
 Goal: the server reads exactly what Redis reads, refuses what Redis refuses (and a little more,
 where Redis is lax), never buffers more than its named limits, and writes replies that redis-py,
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import LocalProtocolError, RemoteProtocolError
-from service.resp import (
+from fasterlog_server.errors import LocalProtocolError, RemoteProtocolError
+from fasterlog_server.resp import (
     NEED_MORE,
     NULL_ARRAY,
     BigNumber,

@@ -17,7 +17,7 @@ import pytest
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
-from service.server import Server, ServerSettings, open_log  # noqa: E402
+from fasterlog_server.server import Server, ServerSettings, open_log  # noqa: E402
 
 
 class RunningServer:

@@ -1,4 +1,4 @@
-"""The server's connection path (service/server.py `_Connection`): group commit across
+"""The server's connection path (fasterlog_server/server.py `_Connection`): group commit across
 connections, replies in order when reads are answered synchronously, back-pressure and the
 slow-reader limit, on asyncio's own loop and on uvloop (when installed).
 
@@ -235,7 +235,7 @@ def test_a_lone_write_too_big_for_a_record_is_refused(running: LoopServer, kind:
 
 
 def test_a_lone_client_commits_each_write_at_once(running: LoopServer) -> None:
-    """Gathering (service/server.py _LoopCommitter) waits only while more writers arrive: a
+    """Gathering (fasterlog_server/server.py _LoopCommitter) waits only while more writers arrive: a
     lone client's every write is its own commit, answered without waiting for anyone."""
     client = redis.Redis(port=running.port)
     client.xadd("s", {"n": 0})
@@ -267,7 +267,7 @@ def _commit_sizes(arrivals_count: int, error: Exception | None = None,
     """Enlists one waiter per loop iteration, each arriving before the commit's check of that
     iteration (as requests read in the same poll do); returns how many waiters each commit
     answered and what each waiter was told."""
-    from service.server import _LoopCommitter
+    from fasterlog_server.server import _LoopCommitter
 
     async def main() -> tuple[list[int], list[list[Exception | None]]]:
         loop = asyncio.get_running_loop()
@@ -297,7 +297,7 @@ def _commit_sizes(arrivals_count: int, error: Exception | None = None,
 
 
 def test_loop_committer_gathers_writers_that_keep_arriving_within_bounds() -> None:
-    from service.server import COMMIT_GATHER_ITERATIONS_MAX
+    from fasterlog_server.server import COMMIT_GATHER_ITERATIONS_MAX
 
     sizes, told = _commit_sizes(40)
     assert all(outcome == [None] for outcome in told)  # every waiter answered once
@@ -309,9 +309,9 @@ def test_loop_committer_gathers_writers_that_keep_arriving_within_bounds() -> No
 
 def test_loop_committer_stops_gathering_at_its_time_bound(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.server
+    import fasterlog_server.server
 
-    monkeypatch.setattr(service.server, "COMMIT_GATHER_MAX_S", 0.0)
+    monkeypatch.setattr(fasterlog_server.server, "COMMIT_GATHER_MAX_S", 0.0)
     sizes, told = _commit_sizes(10)
     assert all(outcome == [None] for outcome in told)
     assert max(sizes) <= 2  # the first waiter and the one read beside it, no more

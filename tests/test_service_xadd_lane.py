@@ -1,4 +1,4 @@
-"""The lone XADD's C path (service/csrc/xadd_lane.c via StreamStore.add_lone) against its
+"""The lone XADD's C path (fasterlog_server/csrc/xadd_lane.c via StreamStore.add_lone) against its
 reference, StreamStore.add_now.
 
 Method: two stores on two real logs receive the same requests, one through add_lone (the
@@ -22,8 +22,8 @@ import msgpack
 import pytest
 
 from fasterlog import FasterLog
-from service.resp import RespReader
-from service.streams import StreamStore
+from fasterlog_server.resp import RespReader
+from fasterlog_server.streams import StreamStore
 
 from .reliability import LONG, record, scaled
 from .test_service import RunningServer

@@ -163,7 +163,7 @@ def main() -> None:
          "and the pure-Python split) return exactly what `next_command` returns one command "
          "at a time."),
         ("- **fuzz_xadd_lane**: `tests/test_service_xadd_lane.py`, seeded mutations of XADD "
-         "frames through the server's C path for a lone XADD (`service/csrc/xadd_lane.c`): "
+         "frames through the server's C path for a lone XADD (`fasterlog_server/csrc/xadd_lane.c`): "
          "whenever it takes a frame, the pure-Python reference reader must read exactly that "
          "one XADD from it and `StreamStore.add_now` must make the same record, to the byte, "
          "and the same index changes."),

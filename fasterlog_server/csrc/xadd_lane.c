@@ -1,4 +1,4 @@
-/* service._resp_speedups.xadd_lone: the server's commonest write, one `XADD key * field value
+/* fasterlog_server._resp_speedups.xadd_lone: the server's commonest write, one `XADD key * field value
  * [field value ...]` that arrived alone and whole, from the received bytes to the pending record
  * in one call.
  *
@@ -10,7 +10,7 @@
  * declines (returns None, having changed nothing) for anything else, which then takes the
  * Python path: another shape or command, more or less than one whole frame, a stream that
  * does not exist yet, a record over entry_size_max (the Python path answers the error).
- * The stream index stays Python objects (service/streams.py's Stream): this only appends to
+ * The stream index stays Python objects (fasterlog_server/streams.py's Stream): this only appends to
  * its lists, so every other command keeps reading them as before. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

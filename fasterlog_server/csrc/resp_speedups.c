@@ -1,4 +1,4 @@
-/* service._resp_speedups: rs_split (resp_split.c) returning Python objects directly, and the
+/* fasterlog_server._resp_speedups: rs_split (resp_split.c) returning Python objects directly, and the
  * lone XADD's whole path to its pending record (xadd_lane.c).
  *
  * Why a CPython extension and not cffi like the log core: the result is a list of lists of
@@ -87,7 +87,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "service._resp_speedups",
+    PyModuleDef_HEAD_INIT, "fasterlog_server._resp_speedups",
     "The server's fast paths in C (csrc/resp_split.c, csrc/xadd_lane.c).", -1, methods,
     NULL, NULL, NULL, NULL,
 };

@@ -1,4 +1,4 @@
-# Types of the C extension built from service/csrc (resp_speedups.c, xadd_lane.c).
+# Types of the C extension built from fasterlog_server/csrc (resp_speedups.c, xadd_lane.c).
 from typing import Any
 
 def split(buffer: bytes | bytearray | memoryview, start: int, bulk_size_max_bytes: int,

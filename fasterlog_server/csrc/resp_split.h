@@ -2,7 +2,7 @@
  *
  * A client's command is almost always an array of bulk strings that has fully arrived:
  * "*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n". rs_split takes such commands from the start of a buffer
- * and reports where each argument is; service/resp.py turns them into bytes. It takes only
+ * and reports where each argument is; fasterlog_server/resp.py turns them into bytes. It takes only
  * input it can check completely: a canonical "*N" (1 <= N <= arguments_count_max, no sign, no
  * leading zero), then N canonical "$L" headers (L <= bulk_size_max_bytes), each followed by
  * exactly L bytes and CRLF. The first byte that does not fit that shape (an inline command,

@@ -1,6 +1,6 @@
 """The fasterlog network service: a RESP (Redis protocol) front end to the log.
 
-Layering: this package sits above `fasterlog`, `consumers` and `kvlayer`. `service.resp` is the
+Layering: this package sits above `fasterlog`, `consumers` and `kvlayer`. `fasterlog_server.resp` is the
 sans-IO codec (bytes in, commands out; values in, bytes out); only the server module touches
 sockets or asyncio streams.
 """

@@ -10,8 +10,8 @@ Rules:
    commits, after the loop iteration that brought the writes (`_LoopCommitter`, as
    redis-server's appendfsync always); otherwise a worker thread here commits (`_Committer`).
    Connections are asyncio Protocols (`_Connection`): commands run inside `data_received`
-   (whole commands split from the received bytes in C, service/csrc/resp_split.c; a lone
-   `XADD key * field value ...` goes straight to its pending record, service/csrc/xadd_lane.c),
+   (whole commands split from the received bytes in C, fasterlog_server/csrc/resp_split.c; a lone
+   `XADD key * field value ...` goes straight to its pending record, fasterlog_server/csrc/xadd_lane.c),
    so a read is answered without a task switch; a batch that must wait (its commit, a blocking read)
    holds the connection's later input until it is answered.
 3. Every buffer is bounded: the codec's limits (bulk length, arguments, inline size, query
