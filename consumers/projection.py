@@ -48,7 +48,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from consumers.errors import ConsumerError
-from fasterlog import FasterLog, errors
+from fasterlog import EntryKind, FasterLog, errors
 from fasterlog._fasterlog_c import lib
 from fasterlog._format import frame_size
 from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
@@ -143,24 +143,17 @@ def _parse_marker(address: int, payload: bytes, name: str) -> Checkpoint | None:
     return checkpoint
 
 
-def _is_data_entry(log: FasterLog, address: int) -> bool:
-    """Whether the frame at `address` is a data entry (an ordinary scan yields it) rather than
-    a marker. Scans do not report an entry's kind, so this asks with a one-frame scan."""
-    return any(True for _ in log.scan_columns(address, address + 1))
-
-
 def find_checkpoints(log: FasterLog, name: str, begin: int | None = None,
                      end: int | None = None) -> Iterator[Checkpoint]:
     """Yields the checkpoint markers of `name` in [begin, end) (default: the committed log),
     oldest first."""
     end = log.committed_until_address if end is None else end
-    for addresses, entries in log.scan_columns(begin, end, include_markers=True):
-        for address, entry in zip(addresses, entries):
-            if _CHECKPOINT_NEEDLE not in entry:
-                continue
-            checkpoint = _parse_marker(address, entry, name)
-            if checkpoint is not None and not _is_data_entry(log, address):
-                yield checkpoint
+    for address, kind, entry in log.scan(begin, end, include_markers=True, kinds=True):
+        if kind is not EntryKind.MARKER or _CHECKPOINT_NEEDLE not in entry:
+            continue
+        checkpoint = _parse_marker(address, entry, name)
+        if checkpoint is not None:
+            yield checkpoint
 
 
 def load_checkpoint(checkpoint: Checkpoint, directory: str) -> bytes:
@@ -292,7 +285,7 @@ class ProjectionRunner(Generic[S]):
             checkpoint = _parse_marker(address, self._log.read(address), self._name)
         except errors.FasterLogError:
             return None
-        if checkpoint is None or _is_data_entry(self._log, address):
+        if checkpoint is None or self._log.entry_kind(address) is not EntryKind.MARKER:
             return None
         return checkpoint
 

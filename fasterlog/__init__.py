@@ -7,6 +7,7 @@
 """
 
 from . import errors
+from ._format import EntryKind
 from ._format import check_constants as _check_constants
 from .errors import (
     CorruptionError,
@@ -23,6 +24,7 @@ _check_constants()
 
 __version__ = "0.1.0"
 __all__ = [
+    "EntryKind",
     "FasterLog",
     "errors",
     "FasterLogError",

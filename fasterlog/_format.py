@@ -6,6 +6,8 @@ import and fails loudly if they drift from the compiled C values.
 
 from __future__ import annotations
 
+import enum
+
 FORMAT_VERSION = 1
 FIRST_ADDRESS = 64
 FRAME_ALIGNMENT_BYTES = 8
@@ -22,6 +24,16 @@ META_SIZE_BYTES = 4096
 META_CHECKSUMMED_FROM = 16
 SECTOR_SIZE_BYTES = 4096
 NO_COOKIE = 0xFFFFFFFF
+
+
+class EntryKind(enum.IntEnum):
+    """What a frame holds (FORMAT.md, "Frames"): what `FasterLog.scan(kinds=True)` and
+    `FasterLog.entry_kind` report. Padding fills a page's end and is never reported."""
+
+    DATA = KIND_DATA
+    MARKER = KIND_MARKER
+    COMMIT = KIND_COMMIT
+    PADDING = KIND_PADDING
 
 
 def frame_size(payload_size: int) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import itertools
 import json
 import os
 import random
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import __version__, errors
-from ._fasterlog_c import ffi, lib
 from ._format import KIND_COMMIT, KIND_DATA, KIND_MARKER, KIND_PADDING
 from .log import FasterLog
 
@@ -54,8 +54,6 @@ EXIT_INTERRUPTED = 130
 
 KIND_NAMES = {KIND_DATA: "data", KIND_MARKER: "marker", KIND_COMMIT: "commit",
               KIND_PADDING: "padding"}
-# scan_batches' _include bits: markers (1) and commit records (2). Padding (4) is not dumped.
-_INCLUDE_MARKERS_AND_COMMITS = 1 | 2
 
 # verify checks the log this many bytes per call, so that progress can be drawn between calls.
 verify_chunk_size_bytes = 16 << 20
@@ -238,38 +236,13 @@ def command_info(arguments: argparse.Namespace) -> int:
 
 
 def scan_frames(log: FasterLog, begin: int, end: int,
-                include: int) -> Iterator[list[tuple[int, int, bytes]]]:
-    """Like log.scan_batches(begin, end, _include=include), with each frame's kind:
-    yields lists of (address, kind, payload).
-
-    A stopgap that reaches under the typed layer: FasterLog.scan_batches drops the kinds that
-    fl_scan reports, and dump needs them to label markers and commit records. Replace this with
-    the core's API once it yields kinds.
-    """
-    capacity = max(scan_buffer_size_bytes_min, log.entry_size_max + 64)
-    buffer = ffi.new("char[]", capacity)
-    addresses = ffi.new("uint64_t[]", scan_entries_count_max)
-    offsets = ffi.new("uint32_t[]", scan_entries_count_max)
-    sizes = ffi.new("uint32_t[]", scan_entries_count_max)
-    kinds = ffi.new("int32_t[]", scan_entries_count_max)
-    next_address = ffi.new("uint64_t *")
-    info = ffi.new("fl_error_info *")
-    position = begin
-    while position < end:
-        count = lib.fl_scan(log._log, position, end, include, buffer, capacity, addresses,
-                            offsets, sizes, kinds, scan_entries_count_max, next_address, info)
-        if count < 0:
-            errors.raise_for(count, f"scan at {position}", lib, info, position)
-        advanced = int(next_address[0])
-        if count > 0:
-            starts = ffi.unpack(offsets, count)
-            lengths = ffi.unpack(sizes, count)
-            data = ffi.buffer(buffer, starts[-1] + lengths[-1])[:]
-            yield list(zip(ffi.unpack(addresses, count), ffi.unpack(kinds, count),
-                           [data[s:s + n] for s, n in zip(starts, lengths)]))
-        if advanced == position:
-            return
-        position = advanced
+                markers: bool) -> Iterator[list[tuple[int, int, bytes]]]:
+    """Lists of (address, kind, payload), up to scan_entries_count_max at a time; with
+    `markers`, markers and commit records too."""
+    frames = log.scan(begin, end, kinds=True, include_markers=markers,
+                      include_commit_records=markers)
+    while batch := list(itertools.islice(frames, scan_entries_count_max)):
+        yield batch
 
 
 def _hexdump_lines(address: int, kind: int, payload: bytes) -> Iterator[str]:
@@ -281,17 +254,13 @@ def _hexdump_lines(address: int, kind: int, payload: bytes) -> Iterator[str]:
 
 
 def _check_entry_start(log: FasterLog, address: int) -> None:
-    """Raises InvalidAddressError unless a frame starts at `address`.
-
-    fl_scan reports any frame that fails its checks as corrupt, so a --from inside an entry
-    would read as damage. fl_read tells the two apart (as truncate_until's probe does): with
-    no room for the payload it answers FL_E_BUFFER for a good frame of any kind.
-    """
-    kind = ffi.new("int32_t *")
-    info = ffi.new("fl_error_info *")
-    size = lib.fl_read(log._log, address, ffi.new("char[1]"), 0, kind, info)
-    if size < 0 and size != lib.FL_E_BUFFER:
-        errors.raise_for(size, f"dump --from {address}", lib, info, address)
+    """Raises InvalidAddressError unless a frame starts at `address`: a scan reports any frame
+    that fails its checks as corrupt, so a --from inside an entry would read as damage."""
+    try:
+        log.entry_kind(address)
+    except (errors.InvalidAddressError, errors.CorruptionError) as error:
+        reason = str(error).partition(" failed: ")[2] or str(error)  # the core's reason
+        raise CliError(f"dump --from {address} failed: {reason}") from None
 
 
 def _dump_range(log: FasterLog, arguments: argparse.Namespace) -> tuple[int, int]:
@@ -314,9 +283,8 @@ def command_dump(arguments: argparse.Namespace) -> int:
         raise UsageError(f"dump: --from {arguments.begin} is above --to {arguments.end}")
     with _open_readonly(arguments.directory) as log:
         begin, end = _dump_range(log, arguments)
-        include = _INCLUDE_MARKERS_AND_COMMITS if arguments.markers else 0
         binary = sys.stdout.buffer
-        for batch in scan_frames(log, begin, end, include):
+        for batch in scan_frames(log, begin, end, arguments.markers):
             if arguments.format == "raw":
                 binary.write(b"".join(payload for _, _, payload in batch))
                 continue

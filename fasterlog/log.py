@@ -21,6 +21,7 @@ from typing import Any, Literal, overload
 
 from . import errors
 from ._fasterlog_c import ffi, lib
+from ._format import EntryKind
 from .tail import AsyncTail, Tail, wait_for_commit_async
 
 __all__ = ["FasterLog"]
@@ -37,6 +38,9 @@ _SCAN_ENTRIES_MAX = 4096
 _SCAN_FORMAT_BYTES = _SCAN_ENTRIES_MAX * 24
 _SCAN_BUFFER_MIN_BYTES = 1 << 20
 _READ_BUFFER_BYTES = 64 << 10
+# The members by value: an indexed lookup per scanned frame is about ten times cheaper than
+# calling EntryKind(kind).
+_ENTRY_KINDS = {kind.value: kind for kind in EntryKind}
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 # Hot functions bound once: an attribute lookup on `lib` costs about 25 ns per call here.
 _append_entry = lib.fl_append_entry
@@ -353,6 +357,20 @@ class FasterLog:
         entry: bytes = ffi.buffer(buffer, size)[:]
         return entry
 
+    def entry_kind(self, address: int) -> EntryKind:
+        """The kind of the frame that starts at `address` (a data entry, a marker or a commit
+        record), without copying its payload. Raises InvalidAddressError where no frame
+        starts (inside an entry, past the end) and CorruptionError for a damaged frame."""
+        address = self._check_address(address, "entry_kind")
+        kind = ffi.new("int32_t *")
+        info = ffi.new("fl_error_info *")
+        # With no room for the payload the core answers FL_E_BUFFER for a good frame of any
+        # kind, and sets the kind; every other answer is the frame's error.
+        size = lib.fl_read(self._log, address, ffi.new("char[1]"), 0, kind, info)
+        if size < 0 and size != lib.FL_E_BUFFER:
+            self._fail(size, f"entry_kind at {address}", address, info)
+        return EntryKind(kind[0])
+
     def read_many(self, addresses: Iterable[int]) -> list[bytes]:
         """Returns the entries (or markers) at these addresses, in order: one call into the core
         per buffer-full rather than one per entry."""
@@ -390,68 +408,86 @@ class FasterLog:
 
     @overload
     def scan(self, begin: int | None = None, end: int | None = None, *,
-             include_markers: bool = False, uncommitted: bool = False,
-             zero_copy: Literal[False] = False) -> Iterator[tuple[int, bytes]]: ...
+             include_markers: bool = False, include_commit_records: bool = False,
+             uncommitted: bool = False, zero_copy: Literal[False] = False,
+             kinds: Literal[False] = False) -> Iterator[tuple[int, bytes]]: ...
 
     @overload
     def scan(self, begin: int | None = None, end: int | None = None, *,
-             include_markers: bool = False, uncommitted: bool = False,
-             zero_copy: Literal[True]) -> Iterator[tuple[int, memoryview]]: ...
+             include_markers: bool = False, include_commit_records: bool = False,
+             uncommitted: bool = False, zero_copy: Literal[True],
+             kinds: Literal[False] = False) -> Iterator[tuple[int, memoryview]]: ...
+
+    @overload
+    def scan(self, begin: int | None = None, end: int | None = None, *,
+             include_markers: bool = False, include_commit_records: bool = False,
+             uncommitted: bool = False, zero_copy: Literal[False] = False,
+             kinds: Literal[True]) -> Iterator[tuple[int, EntryKind, bytes]]: ...
 
     def scan(
         self, begin: int | None = None, end: int | None = None, *,
-        include_markers: bool = False, uncommitted: bool = False, zero_copy: bool = False,
-    ) -> Iterator[tuple[int, bytes]] | Iterator[tuple[int, memoryview]]:
+        include_markers: bool = False, include_commit_records: bool = False,
+        uncommitted: bool = False, zero_copy: bool = False, kinds: bool = False,
+    ) -> (Iterator[tuple[int, bytes]] | Iterator[tuple[int, memoryview]]
+          | Iterator[tuple[int, EntryKind, bytes]]):
         """Yields (address, entry) for the committed entries with begin <= address < end.
         `end` defaults to committed-until when the scan starts. With `uncommitted` (the writer
         only), entries appended but not yet committed are included and `end` defaults to the
         tail. With zero_copy, entries are memoryviews into a buffer that the scan reuses:
-        valid only until the next entry."""
+        valid only until the next entry. With `kinds`, yields (address, kind, entry) with the
+        frame's EntryKind; `include_markers` and `include_commit_records` add those frames
+        (a commit record's payload is its raw bytes, FORMAT.md "Commit records")."""
+        include = ((_SCAN_MARKERS if include_markers else 0)
+                   | (_SCAN_COMMITS if include_commit_records else 0))
         if uncommitted:
+            include |= _SCAN_UNCOMMITTED
             if end is None:
                 end = self.tail_address
-            chunks = self._scan_chunks(begin, end, include_markers, _SCAN_UNCOMMITTED)
-            return itertools.chain.from_iterable(itertools.starmap(zip, chunks))
-        if zero_copy:
-            return self._scan_views(begin, end, include_markers)
-        return self._scan_pairs(begin, end, include_markers)
-
-    def _scan_pairs(self, begin: int | None, end: int | None,
-                    include_markers: bool) -> Iterator[tuple[int, bytes]]:
+        if kinds:
+            if zero_copy:
+                raise ValueError("scan failed: kinds=True gives bytes entries; it cannot be "
+                                 "combined with zero_copy=True")
+            return self._scan_kinds(begin, end, include)
+        if zero_copy and not uncommitted:
+            return self._scan_views(begin, end, include)
         # chain.from_iterable pulls the pairs straight from each zip in C: no Python frame is
         # resumed per entry.
-        chunks = self._scan_chunks(begin, end, include_markers, 0)
+        chunks = self._scan_chunks(begin, end, include)
         return itertools.chain.from_iterable(itertools.starmap(zip, chunks))
 
     def _scan_views(self, begin: int | None, end: int | None,
-                    include_markers: bool) -> Iterator[tuple[int, memoryview]]:
-        chunks = self._scan_chunks(begin, end, include_markers, 0, views=True)
+                    include: int) -> Iterator[tuple[int, memoryview]]:
+        chunks = self._scan_chunks(begin, end, include, views=True)
         for addresses, (view, starts, lengths) in chunks:
-            for address, start, length in zip(addresses, starts, lengths):
+            for address, start, length in zip(addresses, starts, lengths, strict=True):
                 yield address, view[start:start + length]
 
+    def _scan_kinds(self, begin: int | None, end: int | None,
+                    include: int) -> Iterator[tuple[int, EntryKind, bytes]]:
+        for addresses, (entries, kinds) in self._scan_chunks(begin, end, include, kinds=True):
+            yield from zip(addresses, map(_ENTRY_KINDS.__getitem__, kinds), entries, strict=True)
+
     def scan_batches(self, begin: int | None = None, end: int | None = None, *,
-                     include_markers: bool = False,
-                     _include: int = 0) -> Iterator[list[tuple[int, bytes]]]:
+                     include_markers: bool = False) -> Iterator[list[tuple[int, bytes]]]:
         """Yields lists of (address, entry), up to 4096 at a time."""
-        for addresses, entries in self._scan_chunks(begin, end, include_markers, _include):
-            yield list(zip(addresses, entries))
+        include = _SCAN_MARKERS if include_markers else 0
+        for addresses, entries in self._scan_chunks(begin, end, include):
+            yield list(zip(addresses, entries, strict=True))
 
     def scan_columns(
         self, begin: int | None = None, end: int | None = None, *, include_markers: bool = False
     ) -> Iterator[tuple[list[int], tuple[bytes, ...]]]:
         """The fastest read: yields (addresses, entries) pairs of equal-length sequences, up to
         4096 entries each, without building a tuple per entry."""
-        return self._scan_chunks(begin, end, include_markers, 0)
+        return self._scan_chunks(begin, end, _SCAN_MARKERS if include_markers else 0)
 
-    def _scan_chunks(self, begin: int | None, end: int | None, include_markers: bool,
-                     include: int, views: bool = False) -> Iterator[tuple[list[int], Any]]:
+    def _scan_chunks(self, begin: int | None, end: int | None, include: int,
+                     views: bool = False, kinds: bool = False) -> Iterator[tuple[list[int], Any]]:
         # One C call fills a buffer with up to 4096 checked frames; one struct.unpack_from
         # turns all their payloads into bytes objects (the per-entry cost is then in C).
         state = self._snapshot()
         position = state.begin_address if begin is None else self._check_address(begin, "scan")
         limit = state.committed_until_address if end is None else self._check_address(end, "scan")
-        include |= _SCAN_MARKERS if include_markers else 0
         capacity = max(_SCAN_BUFFER_MIN_BYTES, self._entry_size_max + 64)
         buffer = _new_uncleared("char[]", capacity)
         view = ffi.buffer(buffer)
@@ -459,12 +495,14 @@ class FasterLog:
         addresses = _new_uncleared("uint64_t[]", _SCAN_ENTRIES_MAX)
         offsets = _new_uncleared("uint32_t[]", _SCAN_ENTRIES_MAX)
         sizes = _new_uncleared("uint32_t[]", _SCAN_ENTRIES_MAX)
+        kinds_out = _new_uncleared("int32_t[]", _SCAN_ENTRIES_MAX) if kinds else ffi.NULL
         layout = _new_uncleared("char[]", _SCAN_FORMAT_BYTES)
         next_address = ffi.new("uint64_t *")
         info = ffi.new("fl_error_info *")
         while position < limit:
             count = lib.fl_scan(self._log, position, limit, include, buffer, capacity, addresses,
-                                offsets, sizes, ffi.NULL, _SCAN_ENTRIES_MAX, next_address, info)
+                                offsets, sizes, kinds_out, _SCAN_ENTRIES_MAX, next_address,
+                                info)
             if count < 0:
                 errors.raise_for(count, f"scan at {position}", lib, info, position)
             advanced = next_address[0]
@@ -475,7 +513,10 @@ class FasterLog:
                 layout_size = lib.fl_scan_format(offsets, sizes, count, layout,
                                                  _SCAN_FORMAT_BYTES)
                 entries = struct.unpack_from(ffi.buffer(layout, layout_size)[:], view)
-                yield ffi.unpack(addresses, count), entries
+                if kinds:
+                    yield ffi.unpack(addresses, count), (entries, ffi.unpack(kinds_out, count))
+                else:
+                    yield ffi.unpack(addresses, count), entries
             elif advanced == position:
                 return
             position = advanced
@@ -503,12 +544,14 @@ class FasterLog:
         cursor (RetentionError names the slowest) unless `force` is true."""
         address = self._check_address(address, "truncate_until")
         if not force:
-            self._check_retention(address)
+            self.check_retention(address)
         rc = lib.fl_truncate_until(self._log, address)
         if rc < 0:
             self._fail(rc, f"truncate_until {address}", address)
 
-    def _check_retention(self, address: int) -> None:
+    def check_retention(self, address: int) -> None:
+        """Raises RetentionError if truncating the log until `address` would pass the durable
+        position of a named cursor (the slowest is named); what truncate_until checks first."""
         if not os.path.isdir(os.path.join(self._path, "cursors")):
             return
         from . import cursors  # the cursor files are part of the log's on-disk format

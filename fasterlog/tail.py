@@ -62,8 +62,8 @@ class _TailBase:
         committed = self._log.committed_until_address
         if self._position >= committed:
             return
-        for addresses, entries in self._log._scan_chunks(self._position, committed,
-                                                         self._include_markers, 0):
+        for addresses, entries in self._log.scan_columns(
+                self._position, committed, include_markers=self._include_markers):
             for address, entry in zip(addresses, entries):
                 # The next frame starts right after this one (scans skip padding and commit
                 # records from there), so position is always a place to resume.

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
-from fasterlog import FasterLog
+from fasterlog import EntryKind, FasterLog
 from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
 
@@ -260,11 +260,6 @@ def parse_marker(address: int, payload: bytes) -> Checkpoint | None:
     return checkpoint
 
 
-def _is_data_entry(log: FasterLog, address: int) -> bool:
-    # Scans do not report an entry's kind; a one-frame scan without markers yields data only.
-    return any(True for _ in log.scan_columns(address, address + 1))
-
-
 def marker_at(log: FasterLog, address: int) -> Checkpoint | None:
     """The checkpoint whose marker is at `address`, or None (rule 4: hints are checked)."""
     if not log.begin_address <= address < log.committed_until_address:
@@ -274,7 +269,7 @@ def marker_at(log: FasterLog, address: int) -> Checkpoint | None:
     except Exception:  # noqa: BLE001 - a bad hint is not an error, just no checkpoint
         return None
     checkpoint = parse_marker(address, payload)
-    if checkpoint is None or _is_data_entry(log, address):
+    if checkpoint is None or log.entry_kind(address) is not EntryKind.MARKER:
         return None
     return checkpoint
 
@@ -282,13 +277,12 @@ def marker_at(log: FasterLog, address: int) -> Checkpoint | None:
 def find_markers(log: FasterLog) -> list[Checkpoint]:
     """Every KV checkpoint marker in the committed log, oldest first (a full scan)."""
     found = []
-    for addresses, entries in log.scan_columns(include_markers=True):
-        for address, entry in zip(addresses, entries):
-            if entry[:1] == b"\x01":
-                continue  # a KV record (version 1); a marker is a msgpack map
-            checkpoint = parse_marker(address, entry)
-            if checkpoint is not None and not _is_data_entry(log, address):
-                found.append(checkpoint)
+    for address, kind, entry in log.scan(include_markers=True, kinds=True):
+        if kind is not EntryKind.MARKER:
+            continue  # a KV record
+        checkpoint = parse_marker(address, entry)
+        if checkpoint is not None:
+            found.append(checkpoint)
     return found
 
 

@@ -159,7 +159,7 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
     if until <= max(begin, lib.FL_FIRST_ADDRESS):
         return CompactionResult(begin, begin, 0, 0, 0, None)
     if not force:
-        log._check_retention(until)  # the log's own check, before any work is done
+        log.check_retention(until)  # the log's own check, before any work is done
     total = until - begin
     scanned = copied = copied_bytes = 0
     for chunk_addresses, chunk_payloads in log.scan_columns(begin, until):  # step 2

@@ -275,6 +275,9 @@ def test_truncate_until_stops_at_the_slowest_cursor_unless_forced(log_dir: Path)
         log.truncate_until(addresses[5])  # no cursor: nothing holds it back
         cursors.write(log_dir, "fast", addresses[9])
         cursors.write(log_dir, "slow", addresses[7])
+        log.check_retention(addresses[7])  # the check alone, as truncate_until makes it
+        with pytest.raises(errors.RetentionError):
+            log.check_retention(addresses[8])
         with pytest.raises(errors.RetentionError) as caught:
             log.truncate_until(addresses[8])
         assert (caught.value.cursor, caught.value.position) == ("slow", addresses[7])

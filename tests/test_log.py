@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fasterlog import FasterLog, errors
+from fasterlog import EntryKind, FasterLog, errors
 from fasterlog._format import FIRST_ADDRESS, frame_size
 
 from .conftest import SMALL_SETTINGS
@@ -294,6 +294,28 @@ def test_zero_copy_scan_yields_views_of_the_same_entries(small_log: FasterLog) -
     columns = [(a, e) for addrs, ents in small_log.scan_columns() for a, e in zip(addrs, ents)]
     assert columns == got
     assert [pair for batch in small_log.scan_batches() for pair in batch] == got
+
+
+def test_scan_with_kinds_labels_every_frame_and_entry_kind_agrees(small_log: FasterLog) -> None:
+    data = small_log.append_many([b"a", b"b" * 5000])
+    marker = small_log.append_marker(b"m")
+    small_log.commit()
+    last = small_log.append(b"c")
+    small_log.commit()
+    assert list(small_log.scan(kinds=True)) == [
+        (data[0], EntryKind.DATA, b"a"), (data[1], EntryKind.DATA, b"b" * 5000),
+        (last, EntryKind.DATA, b"c")]
+    with_markers = list(small_log.scan(kinds=True, include_markers=True))
+    assert (marker, EntryKind.MARKER, b"m") in with_markers
+    frames = list(small_log.scan(kinds=True, include_markers=True, include_commit_records=True))
+    commits = [address for address, kind, _ in frames if kind is EntryKind.COMMIT]
+    assert len(commits) == 2 and marker < commits[0] < last < commits[1]
+    for address, kind, _ in frames:
+        assert small_log.entry_kind(address) is kind
+    with pytest.raises(errors.InvalidAddressError, match=f"entry_kind at {data[1] + 8} failed"):
+        small_log.entry_kind(data[1] + 8)  # inside an entry
+    with pytest.raises(ValueError, match="zero_copy"):
+        small_log.scan(kinds=True, zero_copy=True)  # type: ignore[call-overload]
 
 
 def test_truncate_until_a_page_end_keeps_that_address_as_begin(small_log: FasterLog) -> None:

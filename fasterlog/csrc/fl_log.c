@@ -1040,6 +1040,9 @@ static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t cap
     if (rc == 0 && (view.kind == FL_KIND_PADDING || view.kind == 0)) {
         rc = FL_E_ADDRESS; /* a frame start, but not an entry */
     } else if (rc == 0 && view.payload_size > capacity) {
+        /* A good frame with no room for it: the kind is known (FasterLog.entry_kind asks
+         * this way), the payload is not copied. */
+        if (kind_out) *kind_out = (int32_t)view.kind;
         if (error) error->size_needed = view.payload_size;
         free(allocated);
         return FL_E_BUFFER;
