@@ -42,15 +42,24 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import __version__, errors
-from ._format import KIND_COMMIT, KIND_DATA, KIND_MARKER, KIND_PADDING
+from ._format import KIND_COMMIT, KIND_DATA, KIND_MARKER, KIND_PADDING, EntryKind
+from .cli_support import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ArgumentParser,
+    CliError,
+    ProgressBar,
+    UsageError,
+    address_argument,
+    error_line,
+    escape_text,
+    size_text,
+)
 from .log import FasterLog
 
-__all__ = ["ProgressBar", "demo_writer", "main", "run_demo"]
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+__all__ = ["demo_writer", "main", "run_demo"]
 
 KIND_NAMES = {KIND_DATA: "data", KIND_MARKER: "marker", KIND_COMMIT: "commit",
               KIND_PADDING: "padding"}
@@ -60,36 +69,6 @@ verify_chunk_size_bytes = 16 << 20
 hexdump_line_size_bytes = 16
 cookie_shown_size_bytes_max = 32
 scan_entries_count_max = 4096
-scan_buffer_size_bytes_min = 1 << 20
-
-
-class CliError(Exception):
-    """An expected failure of our own making; main prints it as one line and exits 1."""
-
-
-class UsageError(CliError):
-    """Arguments that make no sense together; main prints one line and exits 2."""
-
-
-# ---------------------------------------------------------------------- small helpers
-
-
-def _size_text(size_bytes: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size_bytes >= 1 << shift:
-            return f"{size_bytes / (1 << shift):.4g} {unit}"
-    return f"{size_bytes} bytes"
-
-
-def _address(text: str) -> int:
-    """An address argument: decimal or 0x-prefixed hexadecimal, not negative."""
-    value = int(text, 0)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_address.__name__ = "address"  # argparse names the type in "invalid address value: 'x'"
 
 
 def _open_readonly(directory: str) -> FasterLog:
@@ -98,50 +77,6 @@ def _open_readonly(directory: str) -> FasterLog:
     if not os.path.isdir(directory):
         raise CliError(f"{directory}: not a directory")
     return FasterLog.open(directory, readonly=True)
-
-
-class ProgressBar:
-    """One line on a terminal, redrawn in place: "verify  42% [#####.....] 1.2 GiB of 3 GiB".
-
-    It draws nothing unless enabled (the caller passes stream.isatty()) and nothing until
-    `delay_s` has passed, so short runs stay quiet; close() wipes the line it drew.
-    """
-
-    width_chars = 30
-    redraw_interval_s = 0.1
-
-    def __init__(self, stream: TextIO, total: int, label: str, *, enabled: bool,
-                 delay_s: float = 0.5) -> None:
-        self._stream = stream
-        self._total = max(total, 1)
-        self._label = label
-        self._enabled = enabled
-        self._started_s = time.monotonic()
-        self._delay_s = delay_s
-        self._drawn_s: float | None = None
-        self._line_size = 0
-
-    def update(self, done: int) -> None:
-        now_s = time.monotonic()
-        if not self._enabled or now_s - self._started_s < self._delay_s:
-            return
-        if self._drawn_s is not None and now_s - self._drawn_s < self.redraw_interval_s \
-                and done < self._total:
-            return
-        fraction = min(done / self._total, 1.0)
-        filled = int(fraction * self.width_chars)
-        line = (f"{self._label} {fraction:4.0%} [{'#' * filled}{'.' * (self.width_chars - filled)}]"
-                f" {_size_text(done)} of {_size_text(self._total)}")
-        self._stream.write("\r" + line.ljust(self._line_size))
-        self._stream.flush()
-        self._drawn_s = now_s
-        self._line_size = len(line)
-
-    def close(self) -> None:
-        if self._drawn_s is not None:
-            self._stream.write("\r" + " " * self._line_size + "\r")
-            self._stream.flush()
-            self._drawn_s = None
 
 
 # ---------------------------------------------------------------------- info
@@ -192,7 +127,7 @@ def format_info(info: dict[str, Any]) -> list[str]:
     if info["cookie_hex"] is not None:
         cut = "..." if info["cookie_size_bytes"] > cookie_shown_size_bytes_max else ""
         cookie = f"{info['cookie_hex']}{cut} ({info['cookie_size_bytes']} bytes)"
-    memory = _size_text(info["memory_size_bytes"])
+    memory = size_text(info["memory_size_bytes"])
     if info["readonly"]:
         # The memory size is not stored with the log: a read-only open reports its own.
         memory += " (this read-only reader's; not stored with the log)"
@@ -207,11 +142,11 @@ def format_info(info: dict[str, Any]) -> list[str]:
         ("epoch", info["epoch"]),
         ("cookie", cookie),
         ("io backend", info["io_backend"]),
-        ("page size", _size_text(info["page_size_bytes"])),
-        ("segment size", _size_text(info["segment_size_bytes"])),
+        ("page size", size_text(info["page_size_bytes"])),
+        ("segment size", size_text(info["segment_size_bytes"])),
         ("memory size", memory),
         ("entry size max", f"{info['entry_size_max']} bytes"),
-        ("segment files", f"{len(info['segments'])}, {_size_text(segments_size_bytes)}"),
+        ("segment files", f"{len(info['segments'])}, {size_text(segments_size_bytes)}"),
     ]
     lines = [f"{name:<24} {value}" for name, value in rows]
     for segment in info["segments"]:
@@ -236,7 +171,7 @@ def command_info(arguments: argparse.Namespace) -> int:
 
 
 def scan_frames(log: FasterLog, begin: int, end: int,
-                markers: bool) -> Iterator[list[tuple[int, int, bytes]]]:
+                markers: bool) -> Iterator[list[tuple[int, EntryKind, bytes]]]:
     """Lists of (address, kind, payload), up to scan_entries_count_max at a time; with
     `markers`, markers and commit records too."""
     frames = log.scan(begin, end, kinds=True, include_markers=markers,
@@ -331,7 +266,7 @@ def command_verify(arguments: argparse.Namespace) -> int:
                            f"{error.address}") from None
         finally:
             progress.close()
-    print(f"verified {_size_text(good - begin)} from {begin} to {good}: every checksum is "
+    print(f"verified {size_text(good - begin)} from {begin} to {good}: every checksum is "
           f"good; last good address {good} (committed-until)")
     return EXIT_OK
 
@@ -582,11 +517,6 @@ def command_demo(arguments: argparse.Namespace) -> int:
 
 # tail --follow prints as entries arrive; it flushes stdout whenever it has caught up with
 # committed-until, so a burst is written in large pieces and a trickle line by line.
-# Text output escapes control characters and the backslash; bytes that are not UTF-8 arrive as
-# surrogates (surrogateescape) and are shown as \xNN.
-_TEXT_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
-_TEXT_ESCAPES.update({0xDC00 + byte: f"\\x{byte:02x}" for byte in range(128, 256)})
-_TEXT_ESCAPES.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r", ord("\\"): "\\\\"})
 
 
 def _entry_line(address: int, entry: bytes, output_format: str) -> str:
@@ -594,8 +524,7 @@ def _entry_line(address: int, entry: bytes, output_format: str) -> str:
         return json.dumps({"address": address, "kind": "data", "size": len(entry),
                            "data_base64": base64.b64encode(entry).decode()})
     # One line per entry whatever its bytes: undecodable bytes and control characters escaped.
-    text = entry.decode("utf-8", errors="surrogateescape").translate(_TEXT_ESCAPES)
-    return f"{address} {text}"
+    return f"{address} {escape_text(entry)}"
 
 
 def _tail_start(log: FasterLog, begin: int | None) -> int:
@@ -673,7 +602,7 @@ def command_tail(arguments: argparse.Namespace) -> int:
             return _follow(log, start, arguments.format)
         for addresses, entries in log.scan_columns(start):
             sys.stdout.write("".join(_entry_line(address, entry, arguments.format) + "\n"
-                                     for address, entry in zip(addresses, entries)))
+                                     for address, entry in zip(addresses, entries, strict=True)))
         sys.stdout.flush()
     return EXIT_OK
 
@@ -693,7 +622,7 @@ def cursors_info(log: FasterLog) -> dict[str, Any]:
         except KeyError:
             continue  # deleted while we looked
         except (errors.FasterLogError, OSError) as error:
-            row["error"] = _error_line(error)
+            row["error"] = error_line(error)
         else:
             row.update(position=position, lag_entries=0, lag_bytes=max(0, committed - position),
                        truncated=position < begin)
@@ -744,31 +673,21 @@ def command_cursors(arguments: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parsing and main
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """Reports usage errors in one line, "fasterlog: error: ...", and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("fasterlog").strip()
-        where = f"{command}: " if command else ""
-        hint = f"fasterlog {command} --help" if command else "fasterlog --help"
-        self.exit(EXIT_USAGE, f"fasterlog: error: {where}{message} (see '{hint}')\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="fasterlog", description="Inspect, check and demonstrate "
+    parser = ArgumentParser(prog="fasterlog", description="Inspect, check and demonstrate "
                              "fasterlog append-only logs.")
     parser.add_argument("--version", action="version", version=f"fasterlog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=_ArgumentParser)
+                                     parser_class=ArgumentParser)
     info = commands.add_parser("info", help="positions, settings and segment files of a log")
     info.add_argument("directory", metavar="DIR")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=command_info)
     dump = commands.add_parser("dump", help="print the entries in the committed range")
     dump.add_argument("directory", metavar="DIR")
-    dump.add_argument("--from", dest="begin", type=_address, metavar="A",
+    dump.add_argument("--from", dest="begin", type=address_argument, metavar="A",
                       help="first address (an entry start; default: the begin address)")
-    dump.add_argument("--to", dest="end", type=_address, metavar="A",
+    dump.add_argument("--to", dest="end", type=address_argument, metavar="A",
                       help="stop before this address (default: committed-until)")
     dump.add_argument("--format", choices=("hex", "raw", "json"), default="hex",
                       help="hex: address, kind, size and a hex dump; raw: the payloads "
@@ -787,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=command_demo)
     tail = commands.add_parser("tail", help="print the committed entries; --follow: as they land")
     tail.add_argument("directory", metavar="DIR")
-    tail.add_argument("--from", dest="begin", type=_address, metavar="A",
+    tail.add_argument("--from", dest="begin", type=address_argument, metavar="A",
                       help="first address (an entry start; default: the begin address)")
     tail.add_argument("--follow", action="store_true",
                       help="keep printing entries as commits land, until Ctrl-C or complete()")
@@ -819,7 +738,7 @@ def _add_kv_parser(commands: Any) -> None:
     kv = commands.add_parser("kv", help="the KV store (kvlayer) in a directory: get, put, del, "
                              "scan, checkpoint, compact")
     actions = kv.add_subparsers(dest="kv_command", required=True, metavar="KV_COMMAND",
-                                parser_class=_ArgumentParser)
+                                parser_class=ArgumentParser)
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
@@ -844,7 +763,7 @@ def _add_kv_parser(commands: Any) -> None:
     action("checkpoint", "write a checkpoint now (prints it as JSON)")
     compact = action("compact", "copy the live records forward and truncate the log; "
                      "prints a JSON report")
-    compact.add_argument("--until", type=_address, metavar="A",
+    compact.add_argument("--until", type=address_argument, metavar="A",
                          help="compact below this address only (default: all of the log)")
     compact.add_argument("--force", action="store_true",
                          help="truncate even past named cursors")
@@ -878,16 +797,6 @@ def command_serve(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _error_line(error: BaseException) -> str:
-    if isinstance(error, errors.LogIOError) and error.strerror:
-        text = error.strerror  # our messages already name the operation and the path
-    elif isinstance(error, OSError) and error.strerror:
-        text = error.strerror + (f": {error.filename}" if error.filename else "")
-    else:
-        text = str(error) or type(error).__name__
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
@@ -898,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
     except (errors.FasterLogError, OSError, CliError) as error:
-        print(f"fasterlog: error: {_error_line(error)}", file=sys.stderr)
+        print(f"fasterlog: error: {error_line(error)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILURE
     except KeyboardInterrupt:
         print("fasterlog: interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """`fasterlog kv ...`: the KV store from the command line.
 
 fasterlog/cli.py defines the arguments and imports this module only when a kv command runs, so
-the log layer never loads kvlayer (tests/test_layers.py).
+the log layer never loads kvlayer (tests/test_layers.py). It shares the log layer's CLI support
+(fasterlog/cli_support.py): errors, exit codes, progress bar and text escaping.
 
     fasterlog kv get DIR KEY [--format text|raw|json]
     fasterlog kv put DIR KEY VALUE          (VALUE "-": read it from stdin)
@@ -25,15 +26,18 @@ import os
 import sys
 from typing import Any
 
-from fasterlog.cli import _TEXT_ESCAPES, EXIT_FAILURE, EXIT_OK, CliError, ProgressBar, UsageError
+from fasterlog.cli_support import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    ProgressBar,
+    UsageError,
+    escape_text,
+)
 
 from .store import KVStore
 
 __all__ = ["run"]
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="surrogateescape").translate(_TEXT_ESCAPES)
 
 
 def _argument_bytes(text: str, hex_: bool, what: str) -> bytes:
@@ -58,14 +62,14 @@ def _get(arguments: argparse.Namespace) -> int:
     with _open(arguments.directory, read_only=True) as store:
         value = store.get(key)
     if value is None:
-        raise CliError(f"kv get: key {_text(key)!r} not found")
+        raise CliError(f"kv get: key {escape_text(key)!r} not found")
     if arguments.format == "raw":
         sys.stdout.buffer.write(value)
     elif arguments.format == "json":
         print(json.dumps({"key_base64": base64.b64encode(key).decode(),
                           "value_base64": base64.b64encode(value).decode()}))
     else:
-        print(_text(value))
+        print(escape_text(value))
     return EXIT_OK
 
 
@@ -85,7 +89,7 @@ def _delete(arguments: argparse.Namespace) -> int:
     key = _argument_bytes(arguments.key, arguments.hex, "KEY")
     with _open(arguments.directory, read_only=False) as store:
         if store.get(key) is None:
-            raise CliError(f"kv del: key {_text(key)!r} not found")
+            raise CliError(f"kv del: key {escape_text(key)!r} not found")
         store.delete(key)
     return EXIT_OK
 
@@ -106,7 +110,7 @@ def _scan(arguments: argparse.Namespace) -> int:
                 out.write(json.dumps({"key_base64": base64.b64encode(key).decode(),
                                       "value_base64": base64.b64encode(value).decode()}) + "\n")
             else:
-                out.write(f"{_text(key)}\t{_text(value)}\n")
+                out.write(f"{escape_text(key)}\t{escape_text(value)}\n")
             printed += 1
     sys.stdout.flush()
     return EXIT_OK

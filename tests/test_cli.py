@@ -28,7 +28,7 @@ import pytest
 
 from fasterlog import FasterLog
 from fasterlog._format import FRAME_HEADER_SIZE_BYTES
-from fasterlog.cli import ProgressBar
+from fasterlog.cli_support import ProgressBar
 from fasterlog.testing import simulate_crash
 
 from .conftest import SMALL_SETTINGS

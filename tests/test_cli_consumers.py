@@ -152,7 +152,7 @@ def test_follow_after_ctrl_c_returns_only_once_the_tail_thread_has_left_the_log(
     and Ctrl-C reaches the main thread while it waits."""
     import threading
 
-    from fasterlog import cli
+    from fasterlog import cli, cli_support
 
     left_the_log = threading.Event()
 
@@ -182,7 +182,7 @@ def test_follow_after_ctrl_c_returns_only_once_the_tail_thread_has_left_the_log(
         def tail(self, start: int) -> SlowToStopTail:
             return SlowToStopTail()
 
-    assert cli._follow(FakeLog(), 0, "text") == cli.EXIT_OK  # type: ignore[arg-type]
+    assert cli._follow(FakeLog(), 0, "text") == cli_support.EXIT_OK  # type: ignore[arg-type]
     assert left_the_log.is_set()
 
 

@@ -18,7 +18,8 @@ LAYERS = ["fasterlog", "consumers", "kvlayer", "fasterlog_server"]
 def test_a_layer_loads_no_layer_above_it(position: int) -> None:
     layer = LAYERS[position]
     above = LAYERS[position + 1:]
-    modules = {"fasterlog": "fasterlog, fasterlog.cli, fasterlog.cursors, fasterlog.tail",
+    modules = {"fasterlog": "fasterlog, fasterlog.cli, fasterlog.cli_support, fasterlog.cursors, "
+                            "fasterlog.tail",
                "consumers": "consumers, consumers.consumer, consumers.projection, "
                             "consumers.events",
                "kvlayer": "kvlayer, kvlayer.store, kvlayer.checkpoint, kvlayer.compaction, "
