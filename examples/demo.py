@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from fasterlog.cli import main
+from fasterlog_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["demo", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""The `fasterlog` command line: look into a log directory, check it, and run the demo.
+"""The log's own subcommands of `fasterlog`: look into a log directory, check it, run the demo.
 
     fasterlog info DIR [--json]          positions, commit number, settings, segment files
     fasterlog dump DIR [--from A] [--to A] [--format hex|raw|json] [--markers]
@@ -7,6 +7,11 @@
     fasterlog tail DIR [--from A] [--follow] [--format text|json]
     fasterlog cursors DIR [--json]       named cursors: positions, lag in entries and bytes
 
+Each is a `Command` (fasterlog/cli_support.py) named in pyproject.toml's "fasterlog.commands"
+entry-point group; the dispatcher above every layer (fasterlog_cli) builds the parser from
+them, next to the `kv` and `serve` commands that kvlayer and fasterlog_server register. This
+module imports nothing above the log.
+
 Rules:
 1. info, dump, verify, tail and cursors open the log with readonly=True: they never write,
    take no writer lock, and so work while a writer runs. They see the log as of its newest
@@ -14,6 +19,7 @@ Rules:
 2. Every expected failure (a FasterLogError, an OSError, a missing directory, a bad argument)
    ends the run with one line on stderr, "fasterlog: error: ...", and a non-zero exit status:
    2 for usage errors, 1 for everything else (corruption included). A traceback means a bug.
+   The commands raise; the dispatcher prints (fasterlog/cli_support.py, rule 1).
 3. Output meant for programs (dump --format json|raw, info --json) goes to stdout alone;
    progress and errors go to stderr.
 
@@ -37,19 +43,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import __version__, errors
+from . import errors
 from ._format import KIND_COMMIT, KIND_DATA, KIND_MARKER, KIND_PADDING, EntryKind
 from .cli_support import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_USAGE,
-    ArgumentParser,
     CliError,
+    Command,
     ProgressBar,
     UsageError,
     address_argument,
@@ -59,7 +62,8 @@ from .cli_support import (
 )
 from .log import FasterLog
 
-__all__ = ["demo_writer", "main", "run_demo"]
+__all__ = ["CURSORS_COMMAND", "DEMO_COMMAND", "DUMP_COMMAND", "INFO_COMMAND", "TAIL_COMMAND",
+           "VERIFY_COMMAND", "demo_writer", "run_demo"]
 
 KIND_NAMES = {KIND_DATA: "data", KIND_MARKER: "marker", KIND_COMMIT: "commit",
               KIND_PADDING: "padding"}
@@ -670,145 +674,61 @@ def command_cursors(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------- parsing and main
+# ---------------------------------------------------------------------- registration
+# The dispatcher (fasterlog_cli) finds these through pyproject.toml's "fasterlog.commands"
+# entry points; `order` keeps `fasterlog --help` in this order, before serve (70) and kv (80).
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="fasterlog", description="Inspect, check and demonstrate "
-                             "fasterlog append-only logs.")
-    parser.add_argument("--version", action="version", version=f"fasterlog {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                     parser_class=ArgumentParser)
-    info = commands.add_parser("info", help="positions, settings and segment files of a log")
-    info.add_argument("directory", metavar="DIR")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
-    info.set_defaults(run=command_info)
-    dump = commands.add_parser("dump", help="print the entries in the committed range")
-    dump.add_argument("directory", metavar="DIR")
-    dump.add_argument("--from", dest="begin", type=address_argument, metavar="A",
-                      help="first address (an entry start; default: the begin address)")
-    dump.add_argument("--to", dest="end", type=address_argument, metavar="A",
-                      help="stop before this address (default: committed-until)")
-    dump.add_argument("--format", choices=("hex", "raw", "json"), default="hex",
-                      help="hex: address, kind, size and a hex dump; raw: the payloads "
-                      "back to back (binary); json: one object per line")
-    dump.add_argument("--markers", action="store_true",
-                      help="also show markers and commit records")
-    dump.set_defaults(run=command_dump)
-    verify = commands.add_parser("verify", help="check every checksum in the committed range")
-    verify.add_argument("directory", metavar="DIR")
-    verify.add_argument("--no-progress", action="store_true",
+def _add_directory_and_json_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_dump_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--from", dest="begin", type=address_argument, metavar="A",
+                        help="first address (an entry start; default: the begin address)")
+    parser.add_argument("--to", dest="end", type=address_argument, metavar="A",
+                        help="stop before this address (default: committed-until)")
+    parser.add_argument("--format", choices=("hex", "raw", "json"), default="hex",
+                        help="hex: address, kind, size and a hex dump; raw: the payloads "
+                        "back to back (binary); json: one object per line")
+    parser.add_argument("--markers", action="store_true",
+                        help="also show markers and commit records")
+
+
+def _add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar, even on a terminal")
-    verify.set_defaults(run=command_verify)
-    demo = commands.add_parser("demo", help="append, commit, kill -9 a writer, recover, check")
-    demo.add_argument("--dir", default=os.path.join(".", "data", "demo-log"),
-                      help="log directory (default: ./data/demo-log)")
-    demo.set_defaults(run=command_demo)
-    tail = commands.add_parser("tail", help="print the committed entries; --follow: as they land")
-    tail.add_argument("directory", metavar="DIR")
-    tail.add_argument("--from", dest="begin", type=address_argument, metavar="A",
-                      help="first address (an entry start; default: the begin address)")
-    tail.add_argument("--follow", action="store_true",
-                      help="keep printing entries as commits land, until Ctrl-C or complete()")
-    tail.add_argument("--format", choices=("text", "json"), default="text",
-                      help="text: address and entry, escaped to one line; json: one object "
-                      "per line, as dump --format json")
-    tail.set_defaults(run=command_tail)
-    cursors = commands.add_parser("cursors", help="named cursors: positions and lag")
-    cursors.add_argument("directory", metavar="DIR")
-    cursors.add_argument("--json", action="store_true", help="print one JSON object")
-    cursors.set_defaults(run=command_cursors)
-    serve = commands.add_parser("serve", help="the RESP (Redis protocol) server: Streams "
-                                "commands on a log, durable acknowledgements")
-    serve.add_argument("--dir", default=os.path.join(".", "data", "server"),
-                       help="data directory (default: ./data/server)")
-    serve.add_argument("--port", type=int, default=6380)
-    serve.add_argument("--bind", default="127.0.0.1",
-                       help="address to listen on; any but loopback needs --requirepass")
-    serve.add_argument("--requirepass", default=None)
-    serve.add_argument("--fsync", choices=("always", "everysec"), default="always",
-                       help="always (default): a write is answered after its commit; "
-                       "everysec: answered at once, committed each second (NOT durable per reply)")
-    serve.set_defaults(run=command_serve)
-    _add_kv_parser(commands)
-    return parser
 
 
-def _add_kv_parser(commands: Any) -> None:
-    kv = commands.add_parser("kv", help="the KV store (kvlayer) in a directory: get, put, del, "
-                             "scan, checkpoint, compact")
-    actions = kv.add_subparsers(dest="kv_command", required=True, metavar="KV_COMMAND",
-                                parser_class=ArgumentParser)
-
-    def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
-        parser.add_argument("directory", metavar="DIR")
-        parser.set_defaults(run=command_kv)
-        return parser
-
-    get = action("get", "print the value of KEY (exit 1 when it is not live)")
-    get.add_argument("key", metavar="KEY")
-    get.add_argument("--format", choices=("text", "raw", "json"), default="text",
-                     help="text: escaped to one line; raw: the bytes; json: base64")
-    put = action("put", "set KEY to VALUE durably; prints the record's address")
-    put.add_argument("key", metavar="KEY")
-    put.add_argument("value", metavar="VALUE", help='the value, or "-" to read it from stdin')
-    delete = action("del", "delete KEY (exit 1 when it is not live)")
-    delete.add_argument("key", metavar="KEY")
-    scan = action("scan", "print the live keys and values, one pair per line")
-    scan.add_argument("--prefix", help="only keys starting with this")
-    scan.add_argument("--limit", type=int, help="at most this many pairs")
-    scan.add_argument("--format", choices=("text", "json"), default="text",
-                      help="text: KEY<tab>VALUE escaped; json: one object per line, base64")
-    action("checkpoint", "write a checkpoint now (prints it as JSON)")
-    compact = action("compact", "copy the live records forward and truncate the log; "
-                     "prints a JSON report")
-    compact.add_argument("--until", type=address_argument, metavar="A",
-                         help="compact below this address only (default: all of the log)")
-    compact.add_argument("--force", action="store_true",
-                         help="truncate even past named cursors")
-    progress = compact.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
-                          help="draw progress on stderr even when it is not a terminal")
-    progress.add_argument("--no-progress", dest="progress", action="store_false",
-                          help="no progress, even on a terminal")
-    for parser in (get, put, delete, scan):
-        parser.add_argument("--hex", action="store_true",
-                            help="KEY, VALUE and --prefix are given in hexadecimal")
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=os.path.join(".", "data", "demo-log"),
+                        help="log directory (default: ./data/demo-log)")
 
 
-def command_kv(arguments: argparse.Namespace) -> int:
-    # kvlayer sits above the log: imported only when a kv command runs (tests/test_layers.py).
-    from kvlayer.cli import run
-
-    return run(arguments)
-
-
-def command_serve(arguments: argparse.Namespace) -> int:
-    # The service is the top layer: imported only when asked for, so the log never loads it.
-    from fasterlog_server.server import ServerSettings, run
-
-    try:
-        settings = ServerSettings(host=arguments.bind, port=arguments.port,
-                                  requirepass=arguments.requirepass, fsync=arguments.fsync)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    run(arguments.dir, settings)  # on uvloop when it is installed, else asyncio's own loop
-    return EXIT_OK
+def _add_tail_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--from", dest="begin", type=address_argument, metavar="A",
+                        help="first address (an entry start; default: the begin address)")
+    parser.add_argument("--follow", action="store_true",
+                        help="keep printing entries as commits land, until Ctrl-C or complete()")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text: address and entry, escaped to one line; json: one object "
+                        "per line, as dump --format json")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
-    try:
-        return int(arguments.run(arguments))
-    except BrokenPipeError:
-        # The reader went away (`fasterlog dump DIR | head`): not an error worth a line. Point
-        # stdout at /dev/null so the interpreter's final flush does not complain again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILURE
-    except (errors.FasterLogError, OSError, CliError) as error:
-        print(f"fasterlog: error: {error_line(error)}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("fasterlog: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+INFO_COMMAND = Command(name="info", help="positions, settings and segment files of a log",
+                       order=10, add_arguments=_add_directory_and_json_arguments, run=command_info)
+DUMP_COMMAND = Command(name="dump", help="print the entries in the committed range",
+                       order=20, add_arguments=_add_dump_arguments, run=command_dump)
+VERIFY_COMMAND = Command(name="verify", help="check every checksum in the committed range",
+                         order=30, add_arguments=_add_verify_arguments, run=command_verify)
+DEMO_COMMAND = Command(name="demo", help="append, commit, kill -9 a writer, recover, check",
+                       order=40, add_arguments=_add_demo_arguments, run=command_demo)
+TAIL_COMMAND = Command(name="tail",
+                       help="print the committed entries; --follow: as they land",
+                       order=50, add_arguments=_add_tail_arguments, run=command_tail)
+CURSORS_COMMAND = Command(name="cursors", help="named cursors: positions and lag", order=60,
+                          add_arguments=_add_directory_and_json_arguments, run=command_cursors)

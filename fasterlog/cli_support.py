@@ -1,16 +1,17 @@
-"""What every `fasterlog` subcommand shares, whichever package implements it.
+"""What every `fasterlog` subcommand shares, whichever package registers it.
 
-The log's commands (fasterlog/cli.py), `kv` (kvlayer/cli.py) and `serve` use the same errors,
-exit codes, progress bar, text escaping, address arguments and argument parser. This module
-sits in the bottom layer so that all of them can use it without importing one another's private
-names; it imports nothing above `fasterlog`.
+The command line is a dispatcher (fasterlog_cli) above every layer; each package registers its
+own subcommands with it as `Command` objects, named in the "fasterlog.commands" entry-point
+group of pyproject.toml: the log's in fasterlog/cli.py, `kv` in kvlayer/cli.py, `serve` in
+fasterlog_server/cli.py. This module sits in the bottom layer so that all of them can use it
+without importing one another; it imports nothing above `fasterlog`.
 
-Rules every command keeps (main enforces the first two):
+Rules every command keeps (the dispatcher enforces the first two):
 1. An expected failure (a FasterLogError, an OSError, a CliError) ends the run with one line on
    stderr, "fasterlog: error: ..." (`error_line` makes it), and a non-zero status: EXIT_USAGE
    for usage errors (UsageError, and argparse's own through `ArgumentParser`), EXIT_FAILURE for
    everything else, corruption included. A traceback means a bug.
-2. A command returns its exit status; it raises rather than printing its own errors.
+2. A command's `run` returns its exit status; it raises rather than printing its own errors.
 3. Output meant for programs goes to stdout alone; progress and errors go to stderr. Text output
    shows any bytes on one line (`escape_text`), so one entry or pair is one line.
 """
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn, TextIO
 
 from . import errors
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "TEXT_ESCAPES",
-    "ArgumentParser", "CliError", "ProgressBar", "UsageError", "address_argument",
+    "ArgumentParser", "CliError", "Command", "ProgressBar", "UsageError", "address_argument",
     "error_line", "escape_text", "size_text",
 ]
 
@@ -36,11 +39,25 @@ EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
-    """An expected failure of our own making; main prints it as one line and exits 1."""
+    """An expected failure of our own making; the dispatcher prints it as one line, exits 1."""
 
 
 class UsageError(CliError):
-    """Arguments that make no sense together; main prints one line and exits 2."""
+    """Arguments that make no sense together; the dispatcher prints one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand, as a package registers it in the "fasterlog.commands" entry-point group
+    (the entry point's name is `name`). The dispatcher adds a parser called `name` with `help`,
+    lets `add_arguments` fill it (nested subcommands included), and calls `run` with the parsed
+    arguments. `order` places it in `fasterlog --help` (lower first; ties by name)."""
+
+    name: str
+    help: str
+    order: int
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -6,3 +6,7 @@ sockets or asyncio streams.
 """
 
 from __future__ import annotations
+
+from .server import ServerSettings, run
+
+__all__ = ["ServerSettings", "run"]

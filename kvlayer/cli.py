@@ -1,8 +1,9 @@
 """`fasterlog kv ...`: the KV store from the command line.
 
-fasterlog/cli.py defines the arguments and imports this module only when a kv command runs, so
-the log layer never loads kvlayer (tests/test_layers.py). It shares the log layer's CLI support
-(fasterlog/cli_support.py): errors, exit codes, progress bar and text escaping.
+KV_COMMAND is the `kv` subcommand, arguments and actions, as kvlayer registers it with the
+dispatcher above every layer (fasterlog_cli) through pyproject.toml's "fasterlog.commands"
+entry points. It uses the shared CLI support of the log layer (fasterlog/cli_support.py) and
+imports nothing above kvlayer.
 
     fasterlog kv get DIR KEY [--format text|raw|json]
     fasterlog kv put DIR KEY VALUE          (VALUE "-": read it from stdin)
@@ -29,15 +30,18 @@ from typing import Any
 from fasterlog.cli_support import (
     EXIT_FAILURE,
     EXIT_OK,
+    ArgumentParser,
     CliError,
+    Command,
     ProgressBar,
     UsageError,
+    address_argument,
     escape_text,
 )
 
 from .store import KVStore
 
-__all__ = ["run"]
+__all__ = ["KV_COMMAND", "run"]
 
 
 def _argument_bytes(text: str, hex_: bool, what: str) -> bytes:
@@ -156,9 +160,54 @@ _COMMANDS = {"get": _get, "put": _put, "del": _delete, "scan": _scan,
 
 
 def run(arguments: argparse.Namespace) -> int:
-    """Runs the kv subcommand fasterlog/cli.py parsed."""
+    """Runs the kv action the dispatcher parsed (KV_COMMAND's `run`)."""
     command = _COMMANDS.get(arguments.kv_command)
     if command is None:
         raise UsageError(f"kv: unknown command {arguments.kv_command!r}")
     code = command(arguments)
     return code if code is not None else EXIT_FAILURE
+
+
+def add_arguments(kv: argparse.ArgumentParser) -> None:
+    """The kv actions and their arguments (KV_COMMAND's `add_arguments`)."""
+    actions = kv.add_subparsers(dest="kv_command", required=True, metavar="KV_COMMAND",
+                                parser_class=ArgumentParser)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        parser.add_argument("directory", metavar="DIR")
+        return parser
+
+    get = action("get", "print the value of KEY (exit 1 when it is not live)")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--format", choices=("text", "raw", "json"), default="text",
+                     help="text: escaped to one line; raw: the bytes; json: base64")
+    put = action("put", "set KEY to VALUE durably; prints the record's address")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE", help='the value, or "-" to read it from stdin')
+    delete = action("del", "delete KEY (exit 1 when it is not live)")
+    delete.add_argument("key", metavar="KEY")
+    scan = action("scan", "print the live keys and values, one pair per line")
+    scan.add_argument("--prefix", help="only keys starting with this")
+    scan.add_argument("--limit", type=int, help="at most this many pairs")
+    scan.add_argument("--format", choices=("text", "json"), default="text",
+                      help="text: KEY<tab>VALUE escaped; json: one object per line, base64")
+    action("checkpoint", "write a checkpoint now (prints it as JSON)")
+    compact = action("compact", "copy the live records forward and truncate the log; "
+                     "prints a JSON report")
+    compact.add_argument("--until", type=address_argument, metavar="A",
+                         help="compact below this address only (default: all of the log)")
+    compact.add_argument("--force", action="store_true",
+                         help="truncate even past named cursors")
+    progress = compact.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="draw progress on stderr even when it is not a terminal")
+    progress.add_argument("--no-progress", dest="progress", action="store_false",
+                          help="no progress, even on a terminal")
+    for parser in (get, put, delete, scan):
+        parser.add_argument("--hex", action="store_true",
+                            help="KEY, VALUE and --prefix are given in hexadecimal")
+
+
+KV_COMMAND = Command(name="kv", help="the KV store (kvlayer) in a directory: get, put, del, "
+                     "scan, checkpoint, compact", order=80, add_arguments=add_arguments, run=run)
