@@ -67,7 +67,7 @@ def test_tail_prints_every_committed_entry_on_one_line(log_dir: Path, made_log: 
     result = run_cli("tail", log_dir)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().split("\n") == [
-        f"{address} {text}" for address, text in zip(made_log, ESCAPED)] + [""]
+        f"{address} {text}" for address, text in zip(made_log, ESCAPED, strict=True)] + [""]
 
 
 def test_tail_json_decodes_back_to_the_entries(log_dir: Path, made_log: list[int]) -> None:
@@ -75,7 +75,7 @@ def test_tail_json_decodes_back_to_the_entries(log_dir: Path, made_log: list[int
     assert result.returncode == 0, result.stderr.decode()
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["address"], base64.b64decode(r["data_base64"])) for r in records] == list(
-        zip(made_log[2:], ENTRIES[2:]))
+        zip(made_log[2:], ENTRIES[2:], strict=True))
     assert all(r["kind"] == "data" and r["size"] == len(base64.b64decode(r["data_base64"]))
                for r in records)
 
@@ -167,7 +167,9 @@ def test_follow_after_ctrl_c_returns_only_once_the_tail_thread_has_left_the_log(
 
         def __next__(self) -> tuple[int, bytes]:
             time.sleep(0.2)  # the main thread is waiting by now
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C
+            main_thread_id = threading.main_thread().ident
+            assert main_thread_id is not None
+            signal.pthread_kill(main_thread_id, signal.SIGINT)  # Ctrl-C
             self.stopped.wait(10)
             time.sleep(0.3)  # still inside the log for a while after stop()
             left_the_log.set()
