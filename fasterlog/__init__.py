@@ -6,6 +6,12 @@
         log.commit()
 """
 
+from .build_lookup import find_build
+
+# Run from a source checkout after a plain `pip install .`, the compiled core is the installed
+# copy's (build_lookup.py says when that is allowed).
+__path__ = find_build(__path__, __name__, "_fasterlog_c")
+
 from . import errors
 from ._format import EntryKind
 from ._format import check_constants as _check_constants

@@ -7,6 +7,11 @@ sockets or asyncio streams.
 
 from __future__ import annotations
 
+from fasterlog.build_lookup import find_build
+
+# From a source checkout after a plain `pip install .`: the installed copy's C extension.
+__path__ = find_build(__path__, __name__, "_resp_speedups")
+
 from .server import ServerSettings, run
 
 __all__ = ["ServerSettings", "run"]
