@@ -14,12 +14,7 @@ from typing import Any
 import pytest
 
 from fasterlog import FasterLog
-
-SMALL_SETTINGS = {
-    "page_size_bytes": 64 << 10,
-    "memory_size_bytes": 256 << 10,
-    "segment_size_bytes": 1 << 20,
-}
+from tests.support.settings import SMALL_SETTINGS
 
 
 @pytest.fixture
@@ -44,9 +39,9 @@ def io_backend_expected() -> str:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Any]:
-    """A RESP server (tests/test_service.py's RunningServer) on a fresh log, for the service
+    """A RESP server (tests.support.servers.RunningServer) on a fresh log, for the service
     tests; imported here, not at the top, so the log's own tests never load the service."""
-    from tests.test_service import RunningServer
+    from tests.support.servers import RunningServer
 
     server = RunningServer(tmp_path / "data")
     yield server

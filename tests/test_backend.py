@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from fasterlog import FasterLog, errors
-
-from .conftest import SMALL_SETTINGS
+from tests.support.settings import SMALL_SETTINGS
 
 DENY_IO_URING = textwrap.dedent(
     """

@@ -30,10 +30,9 @@ from fasterlog import FasterLog
 from fasterlog._format import FRAME_HEADER_SIZE_BYTES
 from fasterlog.cli import ProgressBar
 from fasterlog.testing import simulate_crash
-
-from .conftest import SMALL_SETTINGS
-
-cli_timeout_s = 60
+from tests.support import faults
+from tests.support.cli import assert_one_error_line, cli_timeout_s, run_cli
+from tests.support.settings import SMALL_SETTINGS
 
 
 @dataclass
@@ -44,21 +43,6 @@ class MadeLog:
     committed_until_address: int
     commit_number: int
     cookie: bytes
-
-
-def run_cli(*arguments: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "fasterlog", *map(str, arguments)],
-                          capture_output=True, timeout=cli_timeout_s, cwd=cwd, check=False)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[bytes], status: int) -> str:
-    stderr = result.stderr.decode()
-    assert result.returncode == status, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("fasterlog: error: ")
-    return lines[0]
 
 
 @pytest.fixture
@@ -87,12 +71,8 @@ def made_log(tmp_path: Path) -> MadeLog:
 
 def flip_byte(made: MadeLog, address: int, offset_in_frame: int) -> None:
     segment_size_bytes = SMALL_SETTINGS["segment_size_bytes"]
-    path = made.directory / f"segment-{address // segment_size_bytes:08d}.fl"
-    with open(path, "r+b") as file:
-        file.seek(address % segment_size_bytes + offset_in_frame)
-        original = file.read(1)
-        file.seek(-1, os.SEEK_CUR)
-        file.write(bytes([original[0] ^ 0x10]))
+    path = faults.segment_path(made.directory, address, segment_size_bytes)
+    faults.flip_bit(path, address % segment_size_bytes + offset_in_frame)
 
 
 # ---------------------------------------------------------------------- info

@@ -26,28 +26,13 @@ import pytest
 
 from fasterlog import FasterLog, cursors
 from fasterlog._format import frame_size
+from tests.support.cli import assert_one_error_line, cli_timeout_s, run_cli
+from tests.support.settings import SMALL_SETTINGS
 
-from .conftest import SMALL_SETTINGS
-
-cli_timeout_s = 60
 line_timeout_s = 10
 ENTRIES = [b"plain text", b"", b"tab\there\nnewline", b"back\\slash", bytes([0xFF, 0x41, 0x7F]),
            "caf\u00e9".encode()]
 ESCAPED = ["plain text", "", "tab\\there\\nnewline", "back\\\\slash", "\\xffA\\x7f", "caf\u00e9"]
-
-
-def run_cli(*arguments: str | Path | int) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "fasterlog", *map(str, arguments)],
-                          capture_output=True, timeout=cli_timeout_s, check=False)
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[bytes], status: int = 1) -> str:
-    stderr = result.stderr.decode()
-    assert result.returncode == status, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fasterlog: error: "), stderr
-    return lines[0]
 
 
 @pytest.fixture

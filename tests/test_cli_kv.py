@@ -14,23 +14,20 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kvlayer import KVStore
-
-from .kv_kill import CRASH_SETTINGS
-from .test_cli_consumers import assert_one_error_line
-
-cli_timeout_s = 60
+from tests.support import cli
+from tests.support.cli import assert_one_error_line
+from tests.support.settings import CRASH_SETTINGS
 
 
 def run_cli(*arguments: str | Path | int,
             stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "fasterlog", "kv", *map(str, arguments)],
-                          capture_output=True, timeout=cli_timeout_s, check=False, input=stdin)
+    """`fasterlog kv ARGUMENTS...`."""
+    return cli.run_cli("kv", *arguments, stdin=stdin)
 
 
 @pytest.fixture

@@ -45,6 +45,8 @@ import pytest
 from fasterlog import FasterLog, errors
 from fasterlog import testing as fault_testing
 from tests.reliability import LONG, record, scaled
+from tests.support.children import crash_writer
+from tests.support.faults import flip_bit, garble_range, segment_path, truncate_to, zero_range
 
 # --- The on-disk layout from the contract ------------------------------------------------
 frame_header_size_bytes = 12
@@ -76,10 +78,6 @@ def align_up(value: int, alignment: int = frame_alignment_bytes) -> int:
 
 def frame_size_bytes(payload_size_bytes: int) -> int:
     return align_up(frame_header_size_bytes + payload_size_bytes)
-
-
-def segment_path(directory: pathlib.Path, address: int, segment_size_bytes: int) -> pathlib.Path:
-    return directory / f"segment-{address // segment_size_bytes:08d}.fl"
 
 
 def open_log(directory: pathlib.Path, **overrides: Any) -> FasterLog:
@@ -270,19 +268,11 @@ def write_one_commit_per_entry_then_crash(
 def damage_segment(path: pathlib.Path, offset: int, end: int, how: str, seed: int) -> bool:
     """Damage bytes [offset, end) of the file; return whether any byte changed."""
     if how == "truncate":
-        os.truncate(path, offset)
+        truncate_to(path, offset)
         return True
-    with open(path, "r+b") as file:
-        file.seek(offset)
-        original = file.read(end - offset)
-        if how == "zero":
-            damaged = bytes(len(original))
-        else:  # garble: XOR with non-zero random bytes, so every byte really changes
-            rng = random.Random(seed)
-            damaged = bytes(byte ^ rng.randint(1, 255) for byte in original)
-        file.seek(offset)
-        file.write(damaged)
-    return damaged != original
+    if how == "zero":
+        return zero_range(path, offset, end)
+    return garble_range(path, offset, end, seed)  # every byte really changes
 
 
 def _check_recovered_prefix(log: FasterLog, torn: TornTailLog, allowed_counts: set[int]) -> int:
@@ -542,11 +532,7 @@ def test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cu
     victim = 17  # in the fifth of ten commits: five complete commits follow it
     victim_address = addresses[victim]
     damaged_address = victim_address + (0 if damaged_part == "crc32c" else 12 + 50)
-    with open(segment_path(directory, damaged_address, 1 << 20), "r+b") as file:
-        file.seek(damaged_address)
-        byte = file.read(1)[0]
-        file.seek(damaged_address)
-        file.write(bytes((byte ^ 0x10,)))
+    flip_bit(segment_path(directory, damaged_address, 1 << 20), damaged_address % (1 << 20))
     reproduce = ("python3 -m pytest -s 'tests/test_corruption.py::test_corrupted_frame_in_the_"
                  f"middle_is_reported_with_its_address_and_never_cut[{ending}-{damaged_part}]'")
     try:
@@ -747,7 +733,7 @@ def test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log(
 
 # --- 5. Locking, truncation, misuse --------------------------------------------------------
 
-writer_path = pathlib.Path(__file__).with_name("crash_writer.py")
+writer_path = pathlib.Path(crash_writer.__file__)
 
 
 @contextlib.contextmanager

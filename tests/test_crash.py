@@ -23,7 +23,6 @@ replayed by its parameters; a failure message names the seed, the chain and the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -42,6 +40,7 @@ import pytest
 from fasterlog import FasterLog
 from fasterlog.testing import crash_point_names
 from tests.reliability import LONG, record, scaled
+from tests.support.children import crash_writer
 
 page_size_bytes = 4096
 # Four pages of memory keep the ring small, so appends often wait for page flushes.
@@ -50,20 +49,8 @@ ready_timeout_s = 30.0
 kill_delay_max_s = 0.3
 
 
-writer_path = pathlib.Path(__file__).with_name("crash_writer.py")
-
-
-def _load_writer() -> ModuleType:
-    # Loaded by path, as the child runs it, so the parent's expectations come from the very
-    # file the child executes, however pytest puts tests/ on sys.path.
-    spec = importlib.util.spec_from_file_location("crash_writer", writer_path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-crash_writer = _load_writer()
+# The child runs this very file, so the parent's expectations come from the code it executes.
+writer_path = pathlib.Path(crash_writer.__file__)
 
 
 class Acknowledged:

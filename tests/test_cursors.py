@@ -39,9 +39,8 @@ from consumers import (
 )
 from fasterlog import FasterLog, cursors, errors
 from fasterlog._format import frame_size
-
-from .conftest import SMALL_SETTINGS
-from .test_format import crc32c
+from tests.support.checksums import crc32c
+from tests.support.settings import SMALL_SETTINGS
 
 WORKED_SALT = 0x0123456789ABCDEF
 SLOT = cursors.CURSOR_SLOT_SIZE_BYTES

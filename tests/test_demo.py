@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from fasterlog import FasterLog
+from tests.support.processes import ROOT as repository
 
 demo_timeout_s = 60
-repository = Path(__file__).resolve().parent.parent
 
 
 def run(*command: str | Path, cwd: Path | None = None) -> str:

@@ -32,8 +32,7 @@ from consumers.events import (
 )
 from fasterlog import FasterLog, errors
 from fasterlog.testing import simulate_crash
-
-from .conftest import SMALL_SETTINGS
+from tests.support.settings import SMALL_SETTINGS
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,28 +15,8 @@ import pytest
 
 from fasterlog import FasterLog, testing
 from fasterlog import _format as fmt
-
-from .conftest import SMALL_SETTINGS
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    crc ^= 0xFFFFFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _TABLE[(crc ^ byte) & 0xFF]
-    return crc ^ 0xFFFFFFFF
+from tests.support.checksums import crc32c
+from tests.support.settings import SMALL_SETTINGS
 
 
 def encode_frame(salt: int, address: int, kind: int, payload: bytes, epoch: int) -> bytes:

@@ -36,10 +36,9 @@ import pytest
 
 from consumers import Consumer, CursorInUseError, UnknownCursorError, delete_cursor
 from fasterlog import FasterLog, cursors, errors
+from tests.support.processes import ROOT
+from tests.support.settings import SMALL_SETTINGS
 
-from .conftest import SMALL_SETTINGS
-
-REPO = Path(__file__).resolve().parent.parent
 CURSOR_NAME = "jepsen"
 rounds_count = 60
 kill_delay_max_s = 0.25
@@ -205,8 +204,8 @@ class Child:
         self.module = module
         with open(stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"tests.{module}", *arguments], cwd=REPO,
-                stdout=subprocess.PIPE, stderr=stderr)
+                [sys.executable, "-m", f"tests.support.children.{module}", *arguments],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr)
         self.stderr_path = stderr_path
 
     def wait_ready(self) -> None:
@@ -282,9 +281,9 @@ def run_rounds(run: Run) -> None:
 
 def drain(run: Run) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tests.jepsen_consumer", str(run.directory),
+        [sys.executable, "-m", "tests.support.children.jepsen_consumer", str(run.directory),
          str(run.consumer_history), CURSOR_NAME, "0", "--drain"],
-        cwd=REPO, capture_output=True, timeout=drain_timeout_s, check=False)
+        cwd=ROOT, capture_output=True, timeout=drain_timeout_s, check=False)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert result.stdout.split()[-1] == b"drained"
 
@@ -376,7 +375,7 @@ def test_cursor_deleted_by_another_process_and_bad_seeks_in_a_follower(log_dir: 
         delete_cursor(log_dir, "gone")
         result = subprocess.run([sys.executable, "-c", FOLLOWER, str(log_dir),
                                  str(addresses[1]), str(past)],
-                                cwd=REPO, capture_output=True, text=True, timeout=60,
+                                cwd=ROOT, capture_output=True, text=True, timeout=60,
                                 check=False)
         assert result.returncode == 0, result.stderr
         assert result.stdout.split("\n")[:-1] == [
@@ -398,7 +397,7 @@ def test_a_corrupt_cursor_file_stops_a_consumer_process_with_a_typed_error(
                 "errors\nlog = FasterLog.open(sys.argv[1], readonly=True)\ntry:\n"
                 "    Consumer(log, 'reader')\nexcept errors.CorruptionError as error:\n"
                 "    print('corrupt', error)\n")
-        result = subprocess.run([sys.executable, "-c", code, str(log_dir)], cwd=REPO,
+        result = subprocess.run([sys.executable, "-c", code, str(log_dir)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("corrupt cursor read failed: ")

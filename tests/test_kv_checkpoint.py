@@ -40,14 +40,10 @@ from hypothesis import strategies as st
 
 from kvlayer import KVStore, errors
 from kvlayer import checkpoint as checkpoints
+from tests.support import faults
+from tests.support.kv_kill import run_kill_rounds
+from tests.support.settings import SMALL_SETTINGS
 
-from .kv_kill import run_kill_rounds
-
-SMALL_SETTINGS: dict[str, Any] = {
-    "page_size_bytes": 64 << 10,
-    "memory_size_bytes": 256 << 10,
-    "segment_size_bytes": 1 << 20,
-}
 LOGGER = "kvlayer.checkpoint"
 
 
@@ -207,13 +203,11 @@ def test_a_delete_newer_than_its_chain_mates_put_stays_deleted_after_a_restore(
 
 
 def flip_a_bit(file: Path) -> None:
-    data = bytearray(file.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    file.write_bytes(bytes(data))
+    faults.flip_bit(file, file.stat().st_size // 2)
 
 
 def truncate(file: Path) -> None:
-    file.write_bytes(file.read_bytes()[:-16])
+    faults.truncate_tail(file, 16)
 
 
 def remove(file: Path) -> None:

@@ -38,28 +38,20 @@ from fasterlog import cursors
 from fasterlog.errors import RetentionError
 from kvlayer import KVStore, compaction, errors
 from kvlayer import checkpoint as checkpoints
-
-from .kv_kill import (
+from tests.support.kv_kill import (
     CRASH_POINTS,
-    CRASH_SETTINGS,
     MODES,
-    ROOT,
     check_recovered,
     child_command,
-    child_env,
     last_acknowledged,
     run_kill_rounds,
 )
-
-SETTINGS: dict[str, Any] = {
-    "page_size_bytes": 4096,
-    "memory_size_bytes": 4 * 4096,
-    "segment_size_bytes": 16 * 4096,
-}
+from tests.support.processes import ROOT, child_env
+from tests.support.settings import CRASH_SETTINGS
 
 
 def open_store(path: Path, **extra: Any) -> KVStore:
-    return KVStore.open(path, **SETTINGS, **extra)
+    return KVStore.open(path, **CRASH_SETTINGS, **extra)
 
 
 def segment_files(path: Path) -> list[Path]:
@@ -126,7 +118,7 @@ def test_compaction_up_to_an_address_copies_only_what_lies_below(tmp_path: Path)
         overwrite(store, rng, model, 3000)
         middle = store.log.committed_until_address // 2 + 100
         result = store.compact(middle)
-        assert result.until_address == middle - middle % SETTINGS["page_size_bytes"]
+        assert result.until_address == middle - middle % CRASH_SETTINGS["page_size_bytes"]
         assert store.log.begin_address == result.until_address
         assert_state(store, model)
         # Compacting to below the begin address does nothing.

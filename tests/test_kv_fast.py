@@ -35,18 +35,14 @@ from kvlayer import KVStore, key_hash
 from kvlayer.checkpoint import decode_cookie
 from kvlayer.errors import RecordCorruptError, StoreVersionError
 from kvlayer.store import OP_PUT, _Op, decode_record, encode_record, siphash13
+from tests.support import faults
+from tests.support.settings import SMALL_SETTINGS
 
 COLD_SETTINGS: dict[str, Any] = {
     "page_size_bytes": 16 << 10,
     "memory_size_bytes": 64 << 10,  # the data below is many times this: reads hit the disk
     "segment_size_bytes": 1 << 20,
     "index_buckets_count_log2": 2,  # 4 buckets to begin with: chains collide, the index grows
-}
-# Small segments: a default 1 GiB segment is preallocated on disk, once per test.
-SMALL_SETTINGS: dict[str, Any] = {
-    "page_size_bytes": 64 << 10,
-    "memory_size_bytes": 256 << 10,
-    "segment_size_bytes": 1 << 20,
 }
 BACKENDS = ["io_uring", "plain"]
 
@@ -248,13 +244,9 @@ def test_a_damaged_frame_on_disk_raises_corruption(tmp_path: Path, backend: str)
         address = store._index.find(store.key_hash(b"victim"))
     segment = min(path.glob("segment-*"))
     offset = address % COLD_SETTINGS["segment_size_bytes"] + 12 + 20
-    with open(segment, "r+b") as file:
-        # Flip the byte rather than write a constant: the byte there is part of a key hash,
-        # which was 0xff about once in 256 runs (the test then damaged nothing).
-        file.seek(offset)
-        byte = file.read(1)[0]
-        file.seek(offset)
-        file.write(bytes([byte ^ 0xFF]))
+    # Flip the byte rather than write a constant: the byte there is part of a key hash,
+    # which was 0xff about once in 256 runs (the test then damaged nothing).
+    faults.flip_bits(segment, offset, 0xFF)
     with pytest.raises(CorruptionError):
         KVStore.open(path, io_backend=backend, **COLD_SETTINGS)
 

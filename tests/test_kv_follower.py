@@ -23,15 +23,15 @@ from pathlib import Path
 import pytest
 
 from kvlayer import KVStore, errors
-
-from .kv_kill import CRASH_SETTINGS, ROOT, child_env
+from tests.support.processes import ROOT, child_env
+from tests.support.settings import CRASH_SETTINGS
 
 
 class Writer:
     def __init__(self, path: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.kv_follow_writer", str(path)], cwd=ROOT,
-            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "tests.support.children.kv_follow_writer", str(path)],
+            cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None and self.process.stdin is not None
         assert self.process.stdout.readline() == "ready\n"
 

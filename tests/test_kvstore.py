@@ -25,14 +25,8 @@ from hypothesis import strategies as st
 
 from kvlayer import KeyNotFound, KVError, KVStore, errors
 from kvlayer.store import RECORD_HEADER_SIZE_BYTES, decode_record
-
-from .kv_kill import run_kill_rounds
-
-SMALL_SETTINGS: dict[str, Any] = {
-    "page_size_bytes": 64 << 10,
-    "memory_size_bytes": 256 << 10,
-    "segment_size_bytes": 1 << 20,
-}
+from tests.support.kv_kill import run_kill_rounds
+from tests.support.settings import SMALL_SETTINGS
 
 
 def open_store(path: Path, **extra: Any) -> KVStore:

@@ -14,8 +14,7 @@ import pytest
 
 from fasterlog import EntryKind, FasterLog, errors
 from fasterlog._format import FIRST_ADDRESS, frame_size
-
-from .conftest import SMALL_SETTINGS
+from tests.support.settings import SMALL_SETTINGS
 
 
 def test_first_address_is_64_and_addresses_follow_frame_sizes(small_log: FasterLog) -> None:

@@ -39,13 +39,14 @@ from consumers.projection import (
     load_checkpoint,
 )
 from fasterlog import FasterLog, errors
-
-from .conftest import SMALL_SETTINGS
-from .projection_worker import ChainProjection, full_replay, make_runner
+from tests.support import faults
+from tests.support.children.projection_worker import ChainProjection, full_replay, make_runner
+from tests.support.processes import ROOT, child_env
+from tests.support.settings import SMALL_SETTINGS
 
 pytestmark = pytest.mark.timeout(60)
 
-worker = Path(__file__).with_name("projection_worker.py")
+worker = "tests.support.children.projection_worker"
 kills_count = 20
 child_start_timeout_s = 30
 
@@ -105,8 +106,9 @@ def test_projection_restarted_from_checkpoints_equals_a_full_replay_across_kill_
     rng = random.Random(int(os.environ.get("PROJECTION_KILL_SEED", "20240611")))
     reports = []
     for round_index in range(kills_count):
-        child = subprocess.Popen([sys.executable, str(worker), str(log_dir), str(round_index)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, "-m", worker, str(log_dir), str(round_index)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=ROOT, env=child_env())
         try:
             if round_index % 5 == 4:
                 time.sleep(rng.uniform(0.1, 0.4))  # sometimes kill it while it recovers
@@ -213,9 +215,7 @@ def test_checkpoints_of_other_names_are_ignored(checkpointed_log: FasterLog) -> 
 
 
 def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x40
-    path.write_bytes(bytes(data))
+    faults.flip_bit(path, path.stat().st_size // 2, bit=6)
 
 
 @pytest.mark.parametrize("damage, message", [

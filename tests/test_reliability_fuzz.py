@@ -35,10 +35,12 @@ import time
 import pytest
 
 from tests.reliability import LONG, record, scaled
-from tests.resp_fuzz_check import one_input
+from tests.support import children
+from tests.support.processes import child_env
+from tests.support.resp_fuzz_check import one_input
 
-harness = pathlib.Path(__file__).with_name("fuzz_resp.py")
-root = pathlib.Path(__file__).resolve().parent.parent
+# By path, not imported: importing the harness imports atheris and instruments the codec.
+harness = pathlib.Path(children.__file__).with_name("fuzz_resp.py")
 
 
 @pytest.mark.timeout(120 if not LONG else 48 * 3600)
@@ -50,8 +52,7 @@ def test_atheris_fuzzing_of_the_resp_codec_finds_no_crash_hang_or_memory_overrun
         pytest.skip("the codec does not touch the log; the io_uring pass of CI fuzzes it")
     runs = scaled(1_000_000, 100_000_000)
     budget_s = scaled(15, 40 * 3600, "FASTERLOG_FUZZ_SECONDS")
-    environment = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}"
-                       f"{os.environ.get('PYTHONPATH', '')}")
+    environment = child_env()
     child = subprocess.run(
         [sys.executable, str(harness), f"-runs={runs}", f"-max_total_time={budget_s}",
          "-timeout=1", "-rss_limit_mb=1024", "-seed=1", "-print_final_stats=1",

@@ -8,44 +8,15 @@ loopback. Durability is checked by restarting the server on the same directory.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 
+from fasterlog_server.server import ServerSettings
+from tests.support.servers import RunningServer, raw_exchange
+
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")
-
-from fasterlog_server.server import Server, ServerSettings, open_log  # noqa: E402
-
-
-class RunningServer:
-    def __init__(self, directory: Path, **settings: object) -> None:
-        self.directory = directory
-        self.settings = ServerSettings(port=0, **settings)  # type: ignore[arg-type]
-        self.loop = asyncio.new_event_loop()
-        self.started = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.started.wait(30)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.log = open_log(str(self.directory), self.settings, page_size_bytes=65536,
-                            memory_size_bytes=262144, segment_size_bytes=1 << 20)
-        self.server = Server(self.log, self.settings)
-        self.loop.run_until_complete(self.server.start())
-        self.port = self.server.port
-        self.started.set()
-        self.loop.run_forever()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.log.close()
-        self.loop.close()
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -130,21 +101,6 @@ def test_unknown_command_and_wrong_arity(running: RunningServer) -> None:
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
         client.execute_command("XLEN")
     client.close()
-
-
-def raw_exchange(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(payload)
-        chunks = []
-        while True:
-            try:
-                chunk = connection.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 def test_malformed_frame_gets_an_error_and_a_closed_connection(running: RunningServer) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_service import RunningServer, raw_exchange
+from tests.support.servers import RunningServer, raw_exchange
 
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.servers import RunningServer
+
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")
-
-from tests.test_service import RunningServer
 
 PROTOCOLS = [2, 3]
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.servers import RunningServer, raw_exchange
+
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")
-
-from tests.test_service import RunningServer  # noqa: E402
 
 PROTOCOLS = [2, 3]
 
@@ -450,8 +450,6 @@ def test_del_wakes_a_blocked_group_reader(running: RunningServer) -> None:
 
 
 def test_unauthenticated_clients_get_redis_tighter_limits(tmp_path: Path) -> None:
-    from tests.test_service import raw_exchange
-
     server = RunningServer(tmp_path / "data", requirepass="s3cret")
     reply = raw_exchange(server.port, b"*2\r\n$4\r\nECHO\r\n$20000\r\n")
     assert reply.startswith(b"-ERR Protocol error: unauthenticated bulk length")
@@ -467,8 +465,6 @@ def test_unauthenticated_clients_get_redis_tighter_limits(tmp_path: Path) -> Non
 
 def test_commands_past_the_pipeline_depth_are_answered_without_more_input(
         tmp_path: Path) -> None:
-    from tests.test_service import raw_exchange
-
     server = RunningServer(tmp_path / "data", pipeline_depth_max=3)
     reply = raw_exchange(server.port, b"*1\r\n$4\r\nPING\r\n" * 10 + b"QUIT\r\n")
     assert reply == b"+PONG\r\n" * 10 + b"+OK\r\n"

@@ -24,9 +24,8 @@ import pytest
 from fasterlog import FasterLog
 from fasterlog_server.resp import RespReader
 from fasterlog_server.streams import StreamStore
-
-from .reliability import LONG, record, scaled
-from .test_service import RunningServer
+from tests.reliability import LONG, record, scaled
+from tests.support.servers import RunningServer
 
 redis = pytest.importorskip("redis")
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.support.processes import ROOT
 
 
 def test_stub_is_generated_from_the_current_headers() -> None:

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from fasterlog import FasterLog, errors
-
-from .conftest import SMALL_SETTINGS
+from tests.support.settings import SMALL_SETTINGS
 
 
 def test_tail_yields_committed_entries_then_waits_for_new_ones(small_log: FasterLog) -> None:

@@ -1,6 +1,6 @@
 """The producer of the Jepsen-style test (tests/test_jepsen.py), run as a child process.
 
-    python -m tests.jepsen_producer DIR HISTORY SEED
+    python -m tests.support.children.jepsen_producer DIR HISTORY SEED
 
 It opens (creates or recovers) the log in DIR as its writer and appends numbered entries
 forever, in groups, one commit per group, until the test kills it with SIGKILL. Entry number n
@@ -26,9 +26,8 @@ import time
 
 from fasterlog import FasterLog, errors
 
-# The sizes of tests/conftest.py's SMALL_SETTINGS (not imported: that would import pytest).
-SMALL_SETTINGS = {"page_size_bytes": 64 << 10, "memory_size_bytes": 256 << 10,
-                  "segment_size_bytes": 1 << 20}
+from ..settings import SMALL_SETTINGS
+
 group_size_max = 20
 filler_size_max_bytes = 300
 pause_max_s = 0.002  # between groups, so that the log grows a few MiB per test, not more

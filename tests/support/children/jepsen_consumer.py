@@ -1,6 +1,6 @@
 """The consumer of the Jepsen-style test (tests/test_jepsen.py), run as a child process.
 
-    python -m tests.jepsen_consumer DIR HISTORY NAME SEED [--drain]
+    python -m tests.support.children.jepsen_consumer DIR HISTORY NAME SEED [--drain]
 
 It follows the log in DIR as a read-only follower (the producer is another process) with the
 named durable cursor NAME (which the test creates beforehand) and processes entries: processing

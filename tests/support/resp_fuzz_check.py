@@ -1,9 +1,9 @@
-"""The property both RESP fuzzers check (tests/fuzz_resp.py under atheris, and the seeded
-mutation fuzzer in tests/test_reliability_fuzz.py): on any bytes, fed in any pieces,
-RespReader and RespParser only return commands or replies, say NEED_MORE or raise
+"""The property both RESP fuzzers check (tests/support/children/fuzz_resp.py under atheris, and
+the seeded mutation fuzzer in tests/test_reliability_fuzz.py): on any bytes, fed in any
+pieces, RespReader and RespParser only return commands or replies, say NEED_MORE or raise
 RemoteProtocolError, and never buffer more than their limit; and the reader's C fast path
-(fasterlog_server/csrc/resp_split.c) gives exactly what the pure-Python reader gives: the same commands
-in the same batches, the same error.
+(fasterlog_server/csrc/resp_split.c) gives exactly what the pure-Python reader gives: the same
+commands in the same batches, the same error.
 
 The first input byte chooses the piece size (so splits are fuzzed too); the reader is drained
 one command at a time (the reference) and in batches through each fast path (the server's

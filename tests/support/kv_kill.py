@@ -1,9 +1,9 @@
 """The kill -9 harness of the KV tests (test_kvstore, test_kv_checkpoint, test_kv_compaction).
 
-Method: a child process (`python -m tests.kv_kill child MODE DIR SEED ACK`) opens the store and
-writes steps forever. Step n is a pure function of (seed, n), written as one atomic batch that
-also sets b"__step" to n; after the batch's commit returns, the child appends "n" to an
-acknowledgement file with one os.write. Depending on MODE it also checkpoints and compacts
+Method: a child process (`python -m tests.support.kv_kill child MODE DIR SEED ACK`) opens the
+store and writes steps forever. Step n is a pure function of (seed, n), written as one atomic
+batch that also sets b"__step" to n; after the batch's commit returns, the child appends "n" to
+an acknowledgement file with one os.write. Depending on MODE it also checkpoints and compacts
 between steps. The parent kills the child at a random instant, reopens the store, reads
 __step = r, checks that r is the last acknowledged step or the one after, and that the whole
 state (every key through the index, the live count, and items()) equals the model replayed to
@@ -11,8 +11,8 @@ step r. The same directory is killed and recovered many rounds in a row, so each
 recovers from what the kills before it left. One child per round does many operations, which
 keeps the wall time per round near the random sleep.
 
-`python -m tests.kv_kill point NAME DIR SEED ACK` writes steps, then compacts with a hook that
-kills the process at the named step of compaction.py (see CRASH_POINTS).
+`python -m tests.support.kv_kill point NAME DIR SEED ACK` writes steps, then compacts with a
+hook that kills the process at the named step of compaction.py (see CRASH_POINTS).
 """
 
 from __future__ import annotations
@@ -31,13 +31,10 @@ from typing import Any
 
 from kvlayer import KVStore
 
-ROOT = Path(__file__).resolve().parents[1]
+from .processes import ROOT, child_env
+from .settings import CRASH_SETTINGS
+
 STEP_KEYS_COUNT = 60
-CRASH_SETTINGS: dict[str, Any] = {
-    "page_size_bytes": 4096,
-    "memory_size_bytes": 4 * 4096,
-    "segment_size_bytes": 16 * 4096,
-}
 
 
 @dataclass(frozen=True)
@@ -159,11 +156,7 @@ def last_acknowledged(ack_path: Path) -> int:
 
 
 def child_command(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "tests.kv_kill", *arguments]
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [sys.executable, "-m", "tests.support.kv_kill", *arguments]
 
 
 @dataclass

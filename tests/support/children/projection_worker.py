@@ -15,26 +15,23 @@ Method and rules:
 3. The projection is a hash chain over (address, entry) plus counts, so a lost, repeated or
    reordered entry changes the state.
 
-Usage: python projection_worker.py LOG_DIRECTORY SEED
+Usage: python -m tests.support.children.projection_worker LOG_DIRECTORY SEED
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from consumers.projection import Projection, ProjectionRunner  # after the path set-up above
+from consumers.projection import Projection, ProjectionRunner
 from fasterlog import FasterLog
 
-settings = {"page_size_bytes": 64 << 10, "memory_size_bytes": 256 << 10,
-            "segment_size_bytes": 1 << 20}
+from ..settings import SMALL_SETTINGS
+
 projection_name = "chain"
 checkpoint_every_entries = 7
 batch_entries_count_max = 12
@@ -71,7 +68,7 @@ def make_runner(log: FasterLog) -> ProjectionRunner[dict[str, Any]]:
 
 def main(directory: str, seed: int) -> None:
     rng = random.Random(seed)
-    log = FasterLog.open(directory, **settings)
+    log = FasterLog.open(directory, **SMALL_SETTINGS)
     runner = make_runner(log)
     runner.recover()
     start_position = runner.position

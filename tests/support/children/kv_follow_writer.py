@@ -1,4 +1,5 @@
-"""The writer process of tests/test_kv_follower.py: `python -m tests.kv_follow_writer DIR`.
+"""The writer process of tests/test_kv_follower.py:
+`python -m tests.support.children.kv_follow_writer DIR`.
 
 Reads one command per line on stdin and answers one line on stdout (after the command's commit
 returned), so the test, in another process, knows which address each write got:
@@ -15,7 +16,7 @@ import sys
 
 from kvlayer import KVStore
 
-from .kv_kill import CRASH_SETTINGS
+from ..settings import CRASH_SETTINGS
 
 
 def main(path: str) -> None:
