@@ -39,6 +39,7 @@ from consumers import (
 )
 from fasterlog import FasterLog, cursors, errors
 from fasterlog._format import frame_size
+from tests.support import faults
 from tests.support.checksums import crc32c
 from tests.support.settings import SMALL_SETTINGS
 
@@ -116,15 +117,13 @@ def test_a_file_without_a_valid_slot_is_a_corruption_error(made_log: FasterLog, 
     cursors.write(log_dir, "reader", 64)
     cursors.write(log_dir, "reader", 80)
     path = log_dir / "cursors" / "reader.cursor"
-    raw = bytearray(path.read_bytes())
     if damage == "bit flip in both slots":
-        raw[30] ^= 1
-        raw[SLOT + 30] ^= 1
+        faults.flip_bit(path, 30, bit=0)
+        faults.flip_bit(path, SLOT + 30, bit=0)
     elif damage == "zeroed":
-        raw[:] = bytes(len(raw))
+        faults.zero_range(path, 0, path.stat().st_size)
     else:
-        raw = raw[:100]
-    path.write_bytes(bytes(raw))
+        faults.truncate_to(path, 100)
     with pytest.raises(errors.CorruptionError, match="no valid slot"):
         cursors.read(log_dir, "reader")
     with pytest.raises(errors.CorruptionError):
