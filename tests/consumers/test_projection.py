@@ -5,11 +5,11 @@ the log, whatever moment its process was killed at, and a checkpoint that cannot
 (missing, truncated or corrupt snapshot file, snapshot restore() refuses, suffix truncated
 away) is skipped with a warning in favour of the previous one or a full replay.
 
-Method: real logs. The kill -9 test runs tests/projection_worker.py (a writer plus a
-checkpointing runner thread) in a child process, SIGKILLs it at random moments, and checks at
-every restart and at the end that the recovered state equals a fresh full replay; the
-projection is a hash chain over (address, entry), so a lost, repeated or reordered entry shows.
-The corruption tests damage snapshot files by hand (flip a byte, delete, truncate).
+Method: real logs. The kill -9 test runs tests/support/children/projection_worker.py (a writer plus
+a checkpointing runner thread) in a child process, SIGKILLs it at random moments, and checks at
+every restart and at the end that the recovered state equals a fresh full replay; the projection is
+a hash chain over (address, entry), so a lost, repeated or reordered entry shows. The corruption
+tests damage snapshot files by hand (flip a byte, delete, truncate).
 """
 
 from __future__ import annotations

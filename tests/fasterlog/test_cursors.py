@@ -7,9 +7,10 @@ slowest cursor unless forced, and that a Consumer delivers every committed entry
 session, resumes after its last acknowledgement (exclusive rule), seeks, reports lag, waits
 without polling and stops from another thread or task.
 
-Method: real logs with small settings in temporary directories; damage is done with plain
-file writes at the offsets FORMAT.md gives; an independent struct-based encoder (with the
-table CRC32C of test_format) checks the bytes the module writes.
+Method: real logs with small settings in temporary directories; damage is done at the offsets
+FORMAT.md gives (tests/support/faults.py, or a plain file write for a torn slot); an
+independent struct-based encoder (with the table CRC32C of tests/support/checksums.py) checks
+the bytes the module writes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The type stub of the compiled module matches the C headers (scripts/gen_stub.py)."""
+"""The type stub of the compiled module matches the C headers (scripts/gen_stub.py).
+
+Method: render the stub in this process with scripts/gen_stub.py, from the headers as they are
+now, and compare it with the checked-in fasterlog/_fasterlog_c.pyi, character for character.
+"""
 
 from __future__ import annotations
 

@@ -232,5 +232,5 @@ def test_limits_and_auth_attacked_with_raw_sockets_figure(tmp_path: Path) -> Non
            f"({', '.join(attacks)}); non-loopback bind without a password refused; the server "
            "kept serving",
            {"attacks": len(attacks), "refused": refused},
-           "python3 -m pytest -s tests/test_service.py::"
+           "python3 -m pytest -s tests/fasterlog_server/test_service.py::"
            "test_limits_and_auth_attacked_with_raw_sockets_figure")

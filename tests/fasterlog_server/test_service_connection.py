@@ -2,7 +2,7 @@
 connections, replies in order when reads are answered synchronously, back-pressure and the
 slow-reader limit, on asyncio's own loop and on uvloop (when installed).
 
-Method: the server runs in a thread (tests/test_service.py's RunningServer, here with a choice
+Method: the server runs in a thread (tests/support/servers.py's RunningServer, here with a choice
 of event loop) on port 0; clients are redis-py and raw sockets on loopback. Group commit is
 checked with the committers' counters: requests answered vs syncs run.
 """

@@ -2,9 +2,10 @@
 and RESP3: every command round-trips as Redis documents it, blocked readers are woken by other
 clients' XADDs without stalling anyone else, and group state survives a restart exactly.
 
-Method: the server runs in a thread with its own event loop on port 0 (tests/test_service.py's
-RunningServer); clients connect over loopback, blocked ones from their own thread or task.
-redis-cli and redis-benchmark are driven in tests/test_service_tools.py.
+Method: the server runs in a thread with its own event loop on port 0
+(tests/support/servers.py's RunningServer); clients connect over loopback, blocked ones from
+their own thread or task. redis-cli and redis-benchmark are driven in
+tests/fasterlog_server/test_service_tools.py.
 """
 
 from __future__ import annotations

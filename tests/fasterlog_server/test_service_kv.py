@@ -6,6 +6,9 @@ DEL/EXISTS/TYPE/DBSIZE/SCAN across stream and string keys, Redis's error replies
 not an integer, syntax, arity), MULTI/EXEC/DISCARD (EXECABORT, nesting), WATCH conflicts on
 both kinds of keys, WAITAOF/WAIT, RESET, LOG.* and KV.CHECKPOINT, XINFO STREAM FULL, and a DEL
 waking a blocked XREADGROUP. Restarts check that what was acknowledged is recovered.
+
+Method: the server runs in a thread (tests/support/servers.py's RunningServer) on port 0;
+clients connect over loopback, a blocked one from its own thread.
 """
 
 from __future__ import annotations

@@ -301,4 +301,4 @@ def test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd
            "crashes 0, mismatches 0",
            {"inputs": inputs, "taken": taken_count, "seconds": round(seconds, 1),
             "crashes": 0, "mismatches": 0},
-           "python3 -m pytest -s tests/test_service_xadd_lane.py -k mutated")
+           "python3 -m pytest -s tests/fasterlog_server/test_service_xadd_lane.py -k mutated")

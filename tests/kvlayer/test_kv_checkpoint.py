@@ -11,7 +11,7 @@ Method:
   scans the log. A "full replay" is the same directory opened with its snapshots removed.
 - Damage is done to the snapshot files on disk between close and reopen; warnings are read
   from the "kvlayer.checkpoint" logger.
-- The crash test runs the harness of tests/kv_kill.py (mode "checkpoints"): a child that
+- The crash test runs the harness of tests/support/kv_kill.py (mode "checkpoints"): a child that
   writes steps that are pure functions of (seed, step), each one atomic batch also setting
   b"__step", acknowledges each after its commit returns, and checkpoints often (explicitly and
   by bytes written). The parent kills it at a random instant and checks that the recovered

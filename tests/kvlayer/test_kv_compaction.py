@@ -13,9 +13,10 @@ Method:
   to a random address) and close/reopen against a dict model.
 - The state digest (every key through the index, plus len) after checkpoint + suffix replay is
   compared with the digest of a full replay of a copy of the directory without its snapshots.
-- Kill tests use tests/kv_kill.py: mode "compaction" (steps, checkpoints by bytes and by time,
-  compaction every 5 steps, kill -9 at random instants) and the named points of compaction.py
-  (after the copies, after the checkpoint, after the truncation, after its commit).
+- Kill tests use tests/support/kv_kill.py: mode "compaction" (steps, checkpoints by bytes and by
+  time, compaction every 5 steps, kill -9 at random instants) and the named points of
+  compaction.py (after the copies, after the checkpoint, after the truncation, after its
+  commit).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ across the writer's compactions, also when it lags behind a truncation; close st
 at once. `checkpoint_every_ms` checkpoints an idle store once after writes (timer) and a busy
 one on time (writes check the deadline), and never without new writes.
 
-Method: the writer is a real child process (tests/kv_follow_writer.py) driven line by line over
-its stdin; every answer is sent after the write's commit returned, and carries the address the
-test then passes to `at=`. The test process is the follower.
+Method: the writer is a real child process (tests/support/children/kv_follow_writer.py) driven line
+by line over its stdin; every answer is sent after the write's commit returned, and carries the
+address the test then passes to `at=`. The test process is the follower.
 """
 
 from __future__ import annotations

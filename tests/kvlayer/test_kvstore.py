@@ -8,7 +8,7 @@ Method:
 - API and error tests on small logs.
 - A hypothesis state test runs random puts, deletes, batches, incr, rmw and reopens against a
   dict model, with index buckets small enough that chains collide and the index grows.
-- The crash test runs the kill harness of tests/kv_kill.py (mode "writes": steps of atomic
+- The crash test runs the kill harness of tests/support/kv_kill.py (mode "writes": steps of atomic
   batches, acknowledged after their commit; kill -9 at a random instant; the recovered state
   must equal the model at the last acknowledged step or the one after).
 """

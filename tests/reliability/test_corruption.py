@@ -334,7 +334,7 @@ def test_torn_tail_is_cut_back_to_the_last_complete_commit(
            f"{outcomes['prefix keeping the padding-damaged commit']}, wrong 0; the log goes on "
            "after each cut",
            {"cases": cases, "wrong": 0, **outcomes},
-           "python3 -m pytest -s 'tests/test_corruption.py::"
+           "python3 -m pytest -s 'tests/reliability/test_corruption.py::"
            f"test_torn_tail_is_cut_back_to_the_last_complete_commit[{how}-"
            f"{last_entry_size_bytes}]'")
 
@@ -425,7 +425,7 @@ def test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_er
     record("bit_flips", f"every single-bit flip of a committed 64 KiB region: {bits} of {bits} "
            "detected (CorruptionError naming the damaged frame), 0 undetected",
            {"flips": bits, "detected": bits, "undetected": 0},
-           "python3 -m pytest -s tests/test_corruption.py::"
+           "python3 -m pytest -s tests/reliability/test_corruption.py::"
            "test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_error")
 
 
@@ -506,7 +506,7 @@ def test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected(
            f"copied from elsewhere, scattered flips) of a committed 64 KiB region: undetected "
            f"{len(missed)}, misreported {len(misreported)}",
            {"trials": trials, "undetected": len(missed), "misreported": len(misreported)},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_corruption.py::"
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_corruption.py::"
            "test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected")
     assert not missed, f"{len(missed)} corruptions undetected; first: {missed[:5]}"
     assert not misreported, f"{len(misreported)} misreported; first: {misreported[:5]}"
@@ -533,8 +533,9 @@ def test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cu
     victim_address = addresses[victim]
     damaged_address = victim_address + (0 if damaged_part == "crc32c" else 12 + 50)
     flip_bit(segment_path(directory, damaged_address, 1 << 20), damaged_address % (1 << 20))
-    reproduce = ("python3 -m pytest -s 'tests/test_corruption.py::test_corrupted_frame_in_the_"
-                 f"middle_is_reported_with_its_address_and_never_cut[{ending}-{damaged_part}]'")
+    reproduce = ("python3 -m pytest -s 'tests/reliability/test_corruption.py::"
+                 "test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cut"
+                 f"[{ending}-{damaged_part}]'")
     try:
         log = open_log(directory)
     except errors.CorruptionError as error:  # refusing to open is a fine way to report it
@@ -727,7 +728,7 @@ def test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log(
            f"fsync calls for the failed commit: {fsync_calls} (no retry); later append and "
            "commit refused with LogFencedError; durable data readable; reopen recovers",
            {"fsync_calls": fsync_calls},
-           "python3 -m pytest -s tests/test_corruption.py::"
+           "python3 -m pytest -s tests/reliability/test_corruption.py::"
            "test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log")
 
 

@@ -8,14 +8,14 @@ directory must give back
   3. append_many batches wholly or not at all;
   4. the cookie of exactly the commit it recovered to.
 
-Method: tests/crash_writer.py runs as a child process. Its entries are a pure function of a
-seed and a sequence number, so the parent rebuilds the expected bytes on its own. After each
-commit() returns the child appends "<count> <committed_until>" to a side file with one
-os.write; that file is the child's record of what the log acknowledged. The parent waits until
-the child has opened the log, sleeps a random delay, sends SIGKILL, then reopens the log itself
-and checks the rules above. Each directory is killed and recovered several times in a chain, so
-recovery also meets torn bytes left by an earlier generation of writers. A kill after the child
-ended by itself is a test failure (the child never stops on its own unless it crashed).
+Method: tests/support/children/crash_writer.py runs as a child process. Its entries are a pure
+function of a seed and a sequence number, so the parent rebuilds the expected bytes on its own.
+After each commit() returns the child appends "<count> <committed_until>" to a side file with one
+os.write; that file is the child's record of what the log acknowledged. The parent waits until the
+child has opened the log, sleeps a random delay, sends SIGKILL, then reopens the log itself and
+checks the rules above. Each directory is killed and recovered several times in a chain, so recovery
+also meets torn bytes left by an earlier generation of writers. A kill after the child ended by
+itself is a test failure (the child never stops on its own unless it crashed).
 
 The random delays and seeds come from one seeded generator per test, so a failing run can be
 replayed by its parameters; a failure message names the seed, the chain and the kill.
@@ -249,7 +249,7 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing(
            f"{_p99_ms(recovery_seconds):.1f} ms (max {1000 * max(recovery_seconds):.1f} ms)",
            {"kills": len(outcomes), "lost": 0, "failed_recoveries": 0,
             "recovery_p99_ms": round(_p99_ms(recovery_seconds), 2)},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_crash.py::"
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_crash.py::"
            "test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing")
 
 
@@ -432,5 +432,5 @@ def test_kill_at_named_crash_point_keeps_every_acknowledged_entry(
     record(f"crash_point[{point}]",
            f"{kills} kills -9 at {point}: acknowledged entries lost 0, failed recoveries 0",
            {"kills": kills, "lost": 0, "failed_recoveries": 0},
-           f"FASTERLOG_LONG=1 python3 -m pytest -s 'tests/test_crash.py::"
+           f"FASTERLOG_LONG=1 python3 -m pytest -s 'tests/reliability/test_crash.py::"
            f"test_kill_at_named_crash_point_keeps_every_acknowledged_entry[{point}]'")

@@ -6,16 +6,16 @@ SIGKILL at random moments and restarted, at least 50 times, no acknowledged entr
 (non-monotonic = 0), and entries are processed twice only at or after the last durable cursor
 position before a restart (bad duplicates = 0).
 
-Method: tests/jepsen_producer.py appends numbered entries to the log (the writer) and records
-each acknowledged commit; it also truncates the log as far as retention lets it, so a cursor
-that did not hold the log back would show up as lost entries. tests/jepsen_consumer.py follows
-the log read-only from another process with a named Consumer and records every entry it
-processed, its durable position when it started, and each acknowledgement, one os.write per
-line. This test kills and restarts them, then drains the consumer, and checks the histories
-with check() below, which knows nothing of the implementation; the checker itself is tested on
-small made-up histories that break each rule. Finally, bad input across processes: a cursor
-deleted by another process, seeks past committed-until and below begin in a follower, and a
-corrupt cursor file, all with typed errors.
+Method: tests/support/children/jepsen_producer.py appends numbered entries to the log (the writer)
+and records each acknowledged commit; it also truncates the log as far as retention lets it, so a
+cursor that did not hold the log back would show up as lost entries.
+tests/support/children/jepsen_consumer.py follows the log read-only from another process with a
+named Consumer and records every entry it processed, its durable position when it started, and each
+acknowledgement, one os.write per line. This test kills and restarts them, then drains the consumer,
+and checks the histories with check() below, which knows nothing of the implementation; the checker
+itself is tested on small made-up histories that break each rule. Finally, bad input across
+processes: a cursor deleted by another process, seeks past committed-until and below begin in a
+follower, and a corrupt cursor file, all with typed errors.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Protocol fuzzing of the RESP codec: atheris (libFuzzer, coverage-guided) over
-tests/fuzz_resp.py, with hangs over 1 s and memory over 1 GiB counted as crashes.
+tests/support/children/fuzz_resp.py, with hangs over 1 s and memory over 1 GiB counted as crashes.
 
-Goal: bad input never brings the service down. tests/fuzz_resp.py feeds any bytes, in pieces
-of any size, to RespReader (with and without AUTH required) and RespParser; they may only
+Goal: bad input never brings the service down. tests/support/children/fuzz_resp.py feeds any bytes,
+in pieces of any size, to RespReader (with and without AUTH required) and RespParser; they may only
 return commands or replies, say NEED_MORE or raise RemoteProtocolError, and their buffer never
-exceeds its limit. tests/test_resp.py holds the hypothesis strategies, the comparison with
-hiredis on valid input and the every-offset splits.
+exceeds its limit. tests/fasterlog_server/test_resp.py holds the hypothesis strategies, the
+comparison with hiredis on valid input and the every-offset splits.
 
 Method: libFuzzer runs in a child process (atheris needs a process of its own) with -timeout=1
 (an input running over 1 s is a failure), -rss_limit_mb=1024 and a fixed seed, until its run
@@ -14,11 +14,11 @@ the number of inputs and the rate. The pure-Python codec under coverage instrume
 about 3,000 inputs/s here (about 11,000/s without instrumentation), so CI runs what fits in
 its budget and says so; FASTERLOG_LONG=1 asks for 100,000,000 inputs (about 9 hours).
 
-The count in CI comes from a second fuzzer without coverage feedback: seeded mutations (bit
-flips, byte changes, deletions, insertions of interesting numbers and delimiters, splices and
-duplications) of a corpus of valid RESP2/RESP3 frames, 1,000,000 inputs through the same
-property (tests/resp_fuzz_check.py) at about 25,000 inputs/s, each timed against the 1 s hang
-bound. Together: coverage guidance finds new paths, the mutation count covers volume.
+The count in CI comes from a second fuzzer without coverage feedback: seeded mutations (bit flips,
+byte changes, deletions, insertions of interesting numbers and delimiters, splices and duplications)
+of a corpus of valid RESP2/RESP3 frames, 1,000,000 inputs through the same property
+(tests/support/resp_fuzz_check.py) at about 25,000 inputs/s, each timed against the 1 s hang bound.
+Together: coverage guidance finds new paths, the mutation count covers volume.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_atheris_fuzzing_of_the_resp_codec_finds_no_crash_hang_or_memory_overrun
            + ("" if inputs >= runs else f"; {runs} asked, the time budget ended first"),
            {"inputs": inputs, "seconds": seconds, "rate_per_s": inputs // seconds,
             "crashes": 0, "hangs": 0, "peak_rss_mb": peak_mb},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/test_reliability_fuzz.py")
+           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_reliability_fuzz.py")
 
 
 # Valid frames the mutations start from: commands (multibulk and inline, pipelined) and every
@@ -151,4 +151,4 @@ def test_a_million_mutated_frames_find_no_crash_hang_or_memory_growth() -> None:
            f"1 s), peak RSS growth {growth_kib} KiB",
            {"inputs": inputs, "seconds": round(seconds, 1), "crashes": 0,
             "slowest_ms": round(slowest_s * 1000, 1), "rss_growth_kib": growth_kib},
-           "python3 -m pytest -s tests/test_reliability_fuzz.py -k mutated")
+           "python3 -m pytest -s tests/reliability/test_reliability_fuzz.py -k mutated")

@@ -1,8 +1,8 @@
 """I/O errors at every operation index: a failed commit is reported, never acknowledged, and
 nothing acknowledged is lost or damaged once the errors stop.
 
-Goal: SQLite-style fault sweeps over the device layer. tests/test_corruption.py fails a few
-chosen writes and syncs; this sweeps the fault over every device operation of a workload of
+Goal: SQLite-style fault sweeps over the device layer. tests/reliability/test_corruption.py fails a
+few chosen writes and syncs; this sweeps the fault over every device operation of a workload of
 about 2,000 operations (page writes, RWF_DSYNC writes, fdatasyncs), for EIO and ENOSPC, once
 (transient) and from then on (persistent), and short writes.
 
@@ -170,7 +170,7 @@ def test_io_error_at_every_operation_index_is_reported_and_loses_nothing_acknowl
            f"{sum('lost' in f for f in failures)}, other failures {len(failures)}",
            {"indexes": len(indexes), "operations": checks_count, "stride": stride,
             "surfaced": surfaced, "failures": len(failures)},
-           f"FASTERLOG_LONG=1 python3 -m pytest -s 'tests/test_reliability_io_errors.py::"
+           f"FASTERLOG_LONG=1 python3 -m pytest -s 'tests/reliability/test_reliability_io_errors.py::"
            f"test_io_error_at_every_operation_index_is_reported_and_loses_nothing_"
            f"acknowledged[{variant}]'")
     assert not failures, "\n".join(failures[:10])

@@ -1,5 +1,5 @@
 """The property both RESP fuzzers check (tests/support/children/fuzz_resp.py under atheris, and
-the seeded mutation fuzzer in tests/test_reliability_fuzz.py): on any bytes, fed in any
+the seeded mutation fuzzer in tests/reliability/test_reliability_fuzz.py): on any bytes, fed in any
 pieces, RespReader and RespParser only return commands or replies, say NEED_MORE or raise
 RemoteProtocolError, and never buffer more than their limit; and the reader's C fast path
 (fasterlog_server/csrc/resp_split.c) gives exactly what the pure-Python reader gives: the same

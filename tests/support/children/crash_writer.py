@@ -1,4 +1,5 @@
-"""Child process for the crash tests: a producer that tests/test_crash.py kills with SIGKILL.
+"""Child process for the crash tests: a producer that tests/reliability/test_crash.py kills with
+SIGKILL.
 
 Goal: give the crash tests a writer that can be killed at any instant (inside append, inside a
 page flush, inside commit's fdatasync, inside a segment switch) while leaving behind an exact
@@ -18,7 +19,8 @@ Method and rules:
 4. When everything is written the child sleeps until it is killed; it never exits on its own
    except on error (non-zero exit, traceback on stderr), which the parent reports.
 
-Usage: python crash_writer.py MODE JSON_ARGUMENTS, MODE one of "stream", "batches", "hold".
+Usage: python tests/support/children/crash_writer.py MODE JSON_ARGUMENTS, MODE one of "stream",
+"batches", "hold".
 """
 
 from __future__ import annotations

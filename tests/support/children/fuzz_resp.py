@@ -9,8 +9,9 @@ limits, and the buffered size is checked against the query buffer limit after ev
 Run from the repository root: PYTHONPATH=. python tests/support/children/fuzz_resp.py \
     -max_total_time=60 -timeout=1 -rss_limit_mb=1024
 (-timeout=1 makes any input that runs over 1 s a failure; -rss_limit_mb bounds memory). Not
-collected by pytest (the name does not start with test_): tests/test_reliability_fuzz.py runs
-it in CI for a time budget and records inputs, rate and peak memory.
+collected by pytest (the name does not start with test_):
+tests/reliability/test_reliability_fuzz.py runs it in CI for a time budget and records inputs,
+rate and peak memory.
 """
 
 from __future__ import annotations

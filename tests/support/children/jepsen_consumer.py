@@ -1,4 +1,4 @@
-"""The consumer of the Jepsen-style test (tests/test_jepsen.py), run as a child process.
+"""The consumer of the Jepsen-style test (tests/reliability/test_jepsen.py), run as a child process.
 
     python -m tests.support.children.jepsen_consumer DIR HISTORY NAME SEED [--drain]
 

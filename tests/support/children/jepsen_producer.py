@@ -1,4 +1,4 @@
-"""The producer of the Jepsen-style test (tests/test_jepsen.py), run as a child process.
+"""The producer of the Jepsen-style test (tests/reliability/test_jepsen.py), run as a child process.
 
     python -m tests.support.children.jepsen_producer DIR HISTORY SEED
 

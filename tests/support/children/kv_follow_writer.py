@@ -1,4 +1,4 @@
-"""The writer process of tests/test_kv_follower.py:
+"""The writer process of tests/kvlayer/test_kv_follower.py:
 `python -m tests.support.children.kv_follow_writer DIR`.
 
 Reads one command per line on stdin and answers one line on stdout (after the command's commit

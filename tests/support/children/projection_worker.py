@@ -1,5 +1,5 @@
-"""Child process for tests/test_projection.py: a writer with a checkpointing projection, killed
-with SIGKILL by the parent at random moments.
+"""Child process for tests/consumers/test_projection.py: a writer with a checkpointing
+projection, killed with SIGKILL by the parent at random moments.
 
 Goal: give the kill -9 test a process that can die anywhere: inside apply, while writing or
 fsyncing a snapshot file, between the file and its marker, between the marker and its commit,
