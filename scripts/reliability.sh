@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reliability suite in long mode (FASTERLOG_LONG=1); writes RELIABILITY.md from the figures
+# The reliability suite in long mode (pytest --long); writes RELIABILITY.md from the figures
 # its tests record. CI runs the same tests in short mode through scripts/test.sh.
 #
 #   bash scripts/reliability.sh            long mode (hours: 10,000 kills, 10^8 fuzz inputs)
@@ -12,11 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command="bash scripts/reliability.sh $*"
+mode=(--long)
 if [[ "${1:-}" == "--short" ]]; then
     shift
-    unset FASTERLOG_LONG
-else
-    export FASTERLOG_LONG=1
+    mode=()
 fi
 results="$(mktemp -d)"
 export FASTERLOG_RESULTS_DIR="$results"
@@ -36,7 +35,7 @@ tests=(
     "tests/fasterlog_server/test_service_xadd_lane.py::test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd"
 )
 status=0
-python3 -m pytest -q -s "${tests[@]}" "$@" || status=$?
+python3 -m pytest -q -s "${mode[@]}" "${tests[@]}" "$@" || status=$?
 if [[ -s "$results/results.jsonl" ]]; then
     python3 -m tests.reliability.report RELIABILITY.md "$results/results.jsonl" \
         --command "${command% }"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from fasterlog_server.errors import LocalProtocolError, RemoteProtocolError
@@ -39,10 +39,11 @@ from fasterlog_server.resp import (
     encode,
     split_inline,
 )
+from tests.support.mode import examples
 
 hiredis = pytest.importorskip("hiredis")
 
-QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+QUICK = examples(60, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def one_by_one_or_error(data: bytes, piece_size_bytes: int) -> list[Any]:
     return got
 
 
-@settings(max_examples=300, deadline=None)
+@examples(300)
 @given(st.lists(arguments_st, min_size=1, max_size=4), st.data())
 def test_the_c_split_and_the_python_fast_path_agree_with_next_command_on_damaged_input(
         commands: list[list[bytes]], data: st.DataObject) -> None:
@@ -662,7 +663,7 @@ def assert_same_as_hiredis(data: bytes) -> None:
     assert ours == theirs
 
 
-@settings(max_examples=300, deadline=None)
+@examples(300)
 @given(st.lists(reply_st, min_size=1, max_size=4), st.sampled_from([2, 3]))
 def test_replies_parse_as_hiredis_parses_them(values: list[Any], protocol: int) -> None:
     assert_same_as_hiredis(b"".join(encode(v, protocol) for v in values))

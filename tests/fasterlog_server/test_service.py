@@ -198,7 +198,7 @@ def test_a_failed_group_commit_is_answered_as_an_error_never_as_ok(tmp_path: Pat
 
 def test_limits_and_auth_attacked_with_raw_sockets_figure(tmp_path: Path) -> None:
     # Issue 6 item 8, in one figure: raw sockets against a password-protected server.
-    from tests.reliability import record
+    from tests.support.figures import record
 
     quit_ = b"*1\r\n$4\r\nQUIT\r\n"  # ends the exchanges that keep the line open
 

@@ -24,7 +24,8 @@ import pytest
 from fasterlog import FasterLog
 from fasterlog_server.resp import RespReader
 from fasterlog_server.streams import StreamStore
-from tests.reliability import LONG, record, scaled
+from tests.support.figures import record
+from tests.support.mode import LONG, scaled
 from tests.support.servers import RunningServer
 
 redis = pytest.importorskip("redis")

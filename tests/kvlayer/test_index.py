@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fasterlog._fasterlog_c import ffi, lib
+from tests.support.mode import examples
 
 TAG_SHIFT = 48
 first_address = lib.FL_FIRST_ADDRESS
@@ -323,7 +324,7 @@ operations = st.lists(
 
 
 @given(operations)
-@settings(max_examples=150, deadline=None)
+@examples(150)
 def test_index_with_chains_matches_a_dict_model(steps: list[tuple[str, int, int]]) -> None:
     index = Index(1)
     hash_of: dict[int, int] = {}  # a key keeps the hash it was first given

@@ -35,13 +35,14 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kvlayer import KVStore, errors
 from kvlayer import checkpoint as checkpoints
 from tests.support import faults
 from tests.support.kv_kill import run_kill_rounds
+from tests.support.mode import examples
 from tests.support.settings import SMALL_SETTINGS
 
 LOGGER = "kvlayer.checkpoint"
@@ -137,7 +138,7 @@ def test_recovery_replays_only_the_records_after_the_checkpoint(tmp_path: Path) 
         assert len(store) == 101 and store.get(b"a7") == b"x" and store.get(b"after") == b"y"
 
 
-@settings(max_examples=40, deadline=None)
+@examples(40)
 @given(st.lists(st.tuples(st.sampled_from(["put", "delete", "checkpoint", "reopen"]),
                           st.integers(0, 40), st.binary(max_size=8)), max_size=60))
 def test_random_writes_checkpoints_and_reopens_match_a_dict_model(

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fasterlog import cursors
@@ -47,6 +47,7 @@ from tests.support.kv_kill import (
     last_acknowledged,
     run_kill_rounds,
 )
+from tests.support.mode import examples
 from tests.support.processes import ROOT, child_env
 from tests.support.settings import CRASH_SETTINGS
 
@@ -271,7 +272,7 @@ operations = st.lists(
     min_size=1, max_size=60)
 
 
-@settings(max_examples=30, deadline=None)
+@examples(30)
 @given(operations)
 def test_puts_deletes_checkpoints_compactions_and_reopens_match_a_dict_model(
         steps: list[tuple[Any, ...]]) -> None:

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kvlayer import KeyNotFound, KVError, KVStore, errors
 from kvlayer.store import RECORD_HEADER_SIZE_BYTES, decode_record
 from tests.support.kv_kill import run_kill_rounds
+from tests.support.mode import examples
 from tests.support.settings import SMALL_SETTINGS
 
 
@@ -246,7 +247,7 @@ def test_record_decoder_rejects_every_truncation() -> None:
 
 @given(st.binary(min_size=1, max_size=4), st.binary(max_size=4), st.booleans(),
        st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), max_size=3))
-@settings(max_examples=300, deadline=None)
+@examples(300)
 def test_fast_single_operation_parser_agrees_with_the_full_decoder(
         key: bytes, value: bytes, delete: bool, flips: list[tuple[int, int]]) -> None:
     from kvlayer.store import OP_DELETE, OP_PUT, _Op, _single_op, encode_record
@@ -300,7 +301,7 @@ steps = st.lists(st.one_of(
 
 
 @given(steps)
-@settings(max_examples=60, deadline=None)
+@examples(60)
 def test_store_matches_a_dict_model_across_reopens(
         script: list[tuple[str, Any, Any, Any]]) -> None:
     with tempfile.TemporaryDirectory() as directory:

@@ -44,9 +44,10 @@ import pytest
 
 from fasterlog import FasterLog, errors
 from fasterlog import testing as fault_testing
-from tests.reliability import LONG, record, scaled
 from tests.support.children import crash_writer
 from tests.support.faults import flip_bit, garble_range, segment_path, truncate_to, zero_range
+from tests.support.figures import record
+from tests.support.mode import LONG, scaled
 
 # --- The on-disk layout from the contract ------------------------------------------------
 frame_header_size_bytes = 12
@@ -497,7 +498,7 @@ def sweep_random_corruptions(directory: pathlib.Path, frames: list[Frame], count
 def test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected(
     flip_log: tuple[pathlib.Path, list[Frame]],
 ) -> None:
-    # Long mode (FASTERLOG_LONG=1): 1,000,000 corruptions; CI: a 20,000 sample.
+    # Long mode (--long): 1,000,000 corruptions; CI: a 20,000 sample.
     directory, frames = flip_log
     trials, missed, misreported = sweep_random_corruptions(
         directory, frames, scaled(20_000, 1_000_000), seed=11)
@@ -506,7 +507,7 @@ def test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected(
            f"copied from elsewhere, scattered flips) of a committed 64 KiB region: undetected "
            f"{len(missed)}, misreported {len(misreported)}",
            {"trials": trials, "undetected": len(missed), "misreported": len(misreported)},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_corruption.py::"
+           "python3 -m pytest -s tests/reliability/test_corruption.py::"
            "test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected")
     assert not missed, f"{len(missed)} corruptions undetected; first: {missed[:5]}"
     assert not misreported, f"{len(misreported)} misreported; first: {misreported[:5]}"

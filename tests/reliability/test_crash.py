@@ -39,8 +39,9 @@ import pytest
 
 from fasterlog import FasterLog
 from fasterlog.testing import crash_point_names
-from tests.reliability import LONG, record, scaled
 from tests.support.children import crash_writer
+from tests.support.figures import record
+from tests.support.mode import LONG, scaled
 
 page_size_bytes = 4096
 # Four pages of memory keep the ring small, so appends often wait for page flushes.
@@ -228,7 +229,7 @@ def _assert_kills_landed_mid_stream(outcomes: list[tuple[int, int, int]]) -> Non
 def test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing(
     tmp_path: pathlib.Path,
 ) -> None:
-    # Long mode (FASTERLOG_LONG=1): 10,000 kills, 200 chains of 50.
+    # Long mode (--long): 10,000 kills, 200 chains of 50.
     settings = {
         "page_size_bytes": page_size_bytes,
         "memory_size_bytes": memory_size_bytes,
@@ -249,7 +250,7 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing(
            f"{_p99_ms(recovery_seconds):.1f} ms (max {1000 * max(recovery_seconds):.1f} ms)",
            {"kills": len(outcomes), "lost": 0, "failed_recoveries": 0,
             "recovery_p99_ms": round(_p99_ms(recovery_seconds), 2)},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_crash.py::"
+           "python3 -m pytest -s tests/reliability/test_crash.py::"
            "test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing")
 
 
@@ -432,5 +433,5 @@ def test_kill_at_named_crash_point_keeps_every_acknowledged_entry(
     record(f"crash_point[{point}]",
            f"{kills} kills -9 at {point}: acknowledged entries lost 0, failed recoveries 0",
            {"kills": kills, "lost": 0, "failed_recoveries": 0},
-           f"FASTERLOG_LONG=1 python3 -m pytest -s 'tests/reliability/test_crash.py::"
+           f"python3 -m pytest -s 'tests/reliability/test_crash.py::"
            f"test_kill_at_named_crash_point_keeps_every_acknowledged_entry[{point}]'")

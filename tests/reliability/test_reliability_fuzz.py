@@ -12,7 +12,7 @@ Method: libFuzzer runs in a child process (atheris needs a process of its own) w
 count or time budget ends; it exits non-zero on any crash, hang or memory overrun. The figure is
 the number of inputs and the rate. The pure-Python codec under coverage instrumentation runs
 about 3,000 inputs/s here (about 11,000/s without instrumentation), so CI runs what fits in
-its budget and says so; FASTERLOG_LONG=1 asks for 100,000,000 inputs (about 9 hours).
+its budget and says so; --long asks for 100,000,000 inputs (about 9 hours).
 
 The count in CI comes from a second fuzzer without coverage feedback: seeded mutations (bit flips,
 byte changes, deletions, insertions of interesting numbers and delimiters, splices and duplications)
@@ -34,8 +34,9 @@ import time
 
 import pytest
 
-from tests.reliability import LONG, record, scaled
 from tests.support import children
+from tests.support.figures import record
+from tests.support.mode import LONG, scaled
 from tests.support.processes import child_env
 from tests.support.resp_fuzz_check import one_input
 
@@ -74,7 +75,7 @@ def test_atheris_fuzzing_of_the_resp_codec_finds_no_crash_hang_or_memory_overrun
            + ("" if inputs >= runs else f"; {runs} asked, the time budget ended first"),
            {"inputs": inputs, "seconds": seconds, "rate_per_s": inputs // seconds,
             "crashes": 0, "hangs": 0, "peak_rss_mb": peak_mb},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_reliability_fuzz.py")
+           "python3 -m pytest -s tests/reliability/test_reliability_fuzz.py")
 
 
 # Valid frames the mutations start from: commands (multibulk and inline, pipelined) and every

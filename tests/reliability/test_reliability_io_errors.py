@@ -14,7 +14,7 @@ inject_fault(op="any", after=i) and the workload runs until the first error:
   2. later appends and commits raise LogFencedError; committed_until never moves again;
   3. after a reopen (no fault any more) verify() finds no corruption, every entry whose
      commit returned is there, and what is there is a prefix of what was appended.
-CI sweeps a stride of indices; FASTERLOG_LONG=1 sweeps every index.
+CI sweeps a stride of indices; --long sweeps every index.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import pytest
 from fasterlog import FasterLog, errors
 from fasterlog import testing as fault_testing
 from fasterlog.testing import IOTrace
-from tests.reliability import LONG, record, scaled
+from tests.support.figures import record
+from tests.support.mode import LONG, scaled
 
 page_size_bytes = 4096
 settings = {
@@ -170,7 +171,7 @@ def test_io_error_at_every_operation_index_is_reported_and_loses_nothing_acknowl
            f"{sum('lost' in f for f in failures)}, other failures {len(failures)}",
            {"indexes": len(indexes), "operations": checks_count, "stride": stride,
             "surfaced": surfaced, "failures": len(failures)},
-           f"FASTERLOG_LONG=1 python3 -m pytest -s 'tests/reliability/test_reliability_io_errors.py::"
+           f"python3 -m pytest -s 'tests/reliability/test_reliability_io_errors.py::"
            f"test_io_error_at_every_operation_index_is_reported_and_loses_nothing_"
            f"acknowledged[{variant}]'")
     assert not failures, "\n".join(failures[:10])

@@ -35,7 +35,8 @@ import pytest
 
 from fasterlog import FasterLog
 from fasterlog.testing import CrashState, CrashStates, IOTrace, simulate_crash
-from tests.reliability import record, scaled
+from tests.support.figures import record
+from tests.support.mode import scaled
 
 page_size_bytes = 4096
 settings: dict[str, Any] = {
@@ -267,7 +268,7 @@ def test_power_loss_crash_states_keep_every_acknowledged_entry(
            {"states": checked, "failures": failures, "recovery_errors": recovery_errors,
             "traces": traces_count, "traced_operations": trace_ops,
             "recovery_p99_ms": round(p99_ms, 3)},
-           f"FASTERLOG_LONG=1 python3 -m pytest -s "
+           f"python3 -m pytest -s "
            f"'tests/reliability/test_reliability_power_loss.py::"
            f"test_power_loss_crash_states_keep_every_acknowledged_entry[{kind}]'")
     tally.assert_sound()
@@ -342,7 +343,7 @@ def test_power_loss_after_a_restart_keeps_what_the_restarted_writer_acknowledged
            f"{checked} crash states from {traces_count} traces of a writer restarted over "
            f"unsynced commits: failures {failures}",
            {"states": checked, "failures": failures, "traces": traces_count},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
+           "python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
            "test_power_loss_after_a_restart_keeps_what_the_restarted_writer_acknowledged")
     tally.assert_sound()
 
@@ -415,7 +416,7 @@ def test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position(
            f"then rewritten after commits): cursor behind its acknowledged position or "
            f"unreadable: {failures}",
            {"states": checked, "failures": failures, "traces": traces_count},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
+           "python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
            "test_power_loss_keeps_named_cursors_at_or_past_their_acknowledged_position")
     tally.assert_sound()
 
@@ -490,7 +491,7 @@ def test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write(
            f"checkpoints: state behind its acknowledged write, unrecoverable or falling back "
            f"with a warning: {failures}",
            {"states": checked, "failures": failures, "traces": traces_count},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
+           "python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
            "test_power_loss_keeps_the_kv_state_at_or_past_its_acknowledged_write")
     tally.assert_sound()
 
@@ -538,6 +539,6 @@ def test_power_loss_never_takes_back_what_a_reader_was_handed(scratch: str) -> N
            f"{checked} crash states from {traces_count} traces where a reader recovered a "
            f"commit whose fsync had failed: entries handed out then lost {failures}",
            {"states": checked, "failures": failures, "traces": traces_count},
-           "FASTERLOG_LONG=1 python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
+           "python3 -m pytest -s tests/reliability/test_reliability_power_loss.py::"
            "test_power_loss_never_takes_back_what_a_reader_was_handed")
     tally.assert_sound()
