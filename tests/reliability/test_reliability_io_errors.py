@@ -24,8 +24,6 @@ import errno
 import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 
@@ -34,6 +32,7 @@ from fasterlog import testing as fault_testing
 from fasterlog.testing import IOTrace
 from tests.support.figures import record
 from tests.support.mode import LONG, scaled
+from tests.support.scratch import tmpfs_directory
 
 page_size_bytes = 4096
 settings = {
@@ -117,24 +116,10 @@ def check_recovered(directory: str, appended: list[bytes], acknowledged: int) ->
 @pytest.fixture(scope="module")
 def checks_count() -> int:
     """Fault checks the workload passes (a dsync write counts twice)."""
-    directory = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        with IOTrace() as trace:
-            appended, acknowledged, error = run(os.path.join(directory, "log"), None, 0)
-        assert error is None and acknowledged == len(appended)
-        return sum(2 if op.dsync else 1 for op in trace.ops if op.device)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def scratch() -> Iterator[str]:
-    directory = tempfile.mkdtemp(prefix="fasterlog-io-errors-",
-                                 dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with tmpfs_directory() as directory, IOTrace() as trace:
+        appended, acknowledged, error = run(os.path.join(directory, "log"), None, 0)
+    assert error is None and acknowledged == len(appended)
+    return sum(2 if op.dsync else 1 for op in trace.ops if op.device)
 
 
 @pytest.mark.timeout(120 if not LONG else 7200)

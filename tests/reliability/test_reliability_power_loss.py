@@ -25,10 +25,8 @@ import contextlib
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -210,18 +208,6 @@ class StateTally:
 
     def assert_sound(self) -> None:
         assert self.failures == 0, "\n".join(self.problems)
-
-
-@pytest.fixture
-def scratch() -> Iterator[str]:
-    # tmpfs keeps thousands of opens (each writes and syncs the meta file) fast; real-disk
-    # behaviour is what the trace models, not what this directory does.
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    directory = tempfile.mkdtemp(prefix="fasterlog-power-loss-", dir=base)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.timeout(1800)
