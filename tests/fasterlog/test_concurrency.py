@@ -35,17 +35,17 @@ def test_threads_append_commit_and_read_over_a_tiny_ring(log_dir: Path) -> None:
                 data = entry(k, i, rng.choice([0, 1, 10, 100, 1000, 3000]))
                 if rng.random() < 0.1:
                     batch = [data, entry(k, i, 7)]
-                    written[k].extend(zip(log.append_many(batch), batch))
+                    written[k].extend(zip(log.append_many(batch), batch, strict=True))
                 else:
                     written[k].append((log.append(data), data))
-        except BaseException as error:  # reported by the main thread
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
             failures.append(error)
 
     def committer() -> None:
         try:
             while not stop.is_set():
                 log.commit()
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
             failures.append(error)
 
     def reader() -> None:
@@ -53,7 +53,7 @@ def test_threads_append_commit_and_read_over_a_tiny_ring(log_dir: Path) -> None:
             while not stop.is_set():
                 for address, data in log.scan():
                     assert data, address
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
             failures.append(error)
 
     helpers = [threading.Thread(target=committer), threading.Thread(target=reader)]

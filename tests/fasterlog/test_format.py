@@ -45,7 +45,7 @@ def read_meta(log_dir: Path) -> dict[str, int]:
              "commit_number")
     values = struct.unpack_from("<QQQIIQQQQ", block, 16)
     assert block[80:] == bytes(fmt.META_SIZE_BYTES - 80)
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=True))
 
 
 WORKED_SALT = 0x0123456789ABCDEF

@@ -34,7 +34,7 @@ def test_round_trip_of_edge_sizes_survives_reopen(log_dir: Path) -> None:
         log.commit()
         assert [log.read(a) for a in addresses] == entries
     with FasterLog.open(log_dir) as log:
-        assert list(log.scan()) == list(zip(addresses, entries))
+        assert list(log.scan()) == list(zip(addresses, entries, strict=True))
         assert [log.read(a) for a in addresses] == entries
 
 
@@ -289,8 +289,9 @@ def test_zero_copy_scan_yields_views_of_the_same_entries(small_log: FasterLog) -
     addresses = small_log.append_many(entries)
     small_log.commit()
     got = [(a, bytes(view)) for a, view in small_log.scan(zero_copy=True)]
-    assert got == list(zip(addresses, entries))
-    columns = [(a, e) for addrs, ents in small_log.scan_columns() for a, e in zip(addrs, ents)]
+    assert got == list(zip(addresses, entries, strict=True))
+    columns = [(a, e) for addrs, ents in small_log.scan_columns()
+               for a, e in zip(addrs, ents, strict=True)]
     assert columns == got
     assert [pair for batch in small_log.scan_batches() for pair in batch] == got
 

@@ -221,7 +221,7 @@ def test_follower_in_another_process_sees_commits_and_ends_on_complete(log_dir: 
     lines = out.splitlines()
     assert lines[-1] == "end True"
     entries = [line.split()[1] for line in lines[:-1]]
-    assert entries == ["before"] + ["e%d" % i for i in range(20)] + ["never"]
+    assert entries == ["before"] + [f"e{i}" for i in range(20)] + ["never"]
 
 
 def test_follower_waits_without_cpu_and_sees_a_commit_quickly(log_dir: Path) -> None:

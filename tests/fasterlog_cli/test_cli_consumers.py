@@ -52,7 +52,7 @@ def test_tail_prints_every_committed_entry_on_one_line(log_dir: Path, made_log: 
     result = run_cli("tail", log_dir)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().split("\n") == [
-        f"{address} {text}" for address, text in zip(made_log, ESCAPED)] + [""]
+        f"{address} {text}" for address, text in zip(made_log, ESCAPED, strict=True)] + [""]
 
 
 def test_tail_json_decodes_back_to_the_entries(log_dir: Path, made_log: list[int]) -> None:
@@ -60,7 +60,7 @@ def test_tail_json_decodes_back_to_the_entries(log_dir: Path, made_log: list[int
     assert result.returncode == 0, result.stderr.decode()
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["address"], base64.b64decode(r["data_base64"])) for r in records] == list(
-        zip(made_log[2:], ENTRIES[2:]))
+        zip(made_log[2:], ENTRIES[2:], strict=True))
     assert all(r["kind"] == "data" and r["size"] == len(base64.b64decode(r["data_base64"]))
                for r in records)
 

@@ -25,7 +25,7 @@ def test_redis_py_round_trips_streams_commands(running: RunningServer, protocol:
     assert client.ping() is True
     assert client.echo(b"hi") == b"hi"
     first = client.xadd("s", {"a": "1"})
-    second = client.xadd("s", {"b": "2"}, id="%d-5" % (int(first.split(b"-")[0]) + 10))
+    second = client.xadd("s", {"b": "2"}, id=f"{int(first.split(b'-')[0]) + 10}-5")
     assert client.xlen("s") == 2
     entries = client.xrange("s")
     assert [e[0] for e in entries] == [first, second]

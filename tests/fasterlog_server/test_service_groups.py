@@ -359,7 +359,7 @@ def test_restart_recovers_groups_pending_entries_and_delivery_counts(tmp_path: P
 
     assert without_idle(after_pending) == without_idle(before_pending)
     assert [p["times_delivered"] for p in after_pending] == [2, 5, 1]
-    for old, new in zip(before_pending, after_pending):
+    for old, new in zip(before_pending, after_pending, strict=True):
         assert new["time_since_delivered"] >= old["time_since_delivered"]  # times kept
     assert client.xinfo_groups("s") == before_groups
     names = sorted(c["name"] for c in client.xinfo_consumers("s", "g"))

@@ -32,9 +32,10 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
-from fasterlog import FasterLog  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
+
+from fasterlog import FasterLog  # noqa: E402
 
 REDIS_CLI = shutil.which("redis-cli")
 REDIS_BENCHMARK = shutil.which("redis-benchmark")
@@ -56,7 +57,7 @@ class ServerProcess:
             FasterLog.open(directory, page_size_bytes=65536, memory_size_bytes=1 << 20,
                            segment_size_bytes=4 << 20).close()
         self.stderr_path = directory.parent / f"serve-{time.monotonic_ns()}.err"
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in wait()
+        self._stderr = open(self.stderr_path, "wb")  # closed in wait()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fasterlog", "serve", "--dir", str(directory),
              "--port", "0", *extra], stdout=subprocess.DEVNULL, stderr=self._stderr)
@@ -217,7 +218,7 @@ class Writer(threading.Thread):
                     sequence += 1
                 replies = pipe.execute()
                 step = 2 if self.with_kv else 1
-                for sequence_sent, reply in zip(sent, replies[::step]):
+                for sequence_sent, reply in zip(sent, replies[::step], strict=True):
                     self.acked.append((reply, sequence_sent))
                 if self.with_kv:
                     self.acked_keys += sent

@@ -98,7 +98,8 @@ def test_records_and_index_equal_the_reference_on_every_encoding_boundary(
         both_add(stores, b"k", b"f", b"v", command=command)
     # Field-value pairs: the fields' array is a fixarray up to 15 items, then array 16.
     for pairs in (2, 3, 7, 8, 15, 16, 31, 32):
-        both_add(stores, b"k", *[b"%s%d" % (kind, i) for i in range(pairs) for kind in (b"f", b"v")])
+        words = [b"%s%d" % (kind, i) for i in range(pairs) for kind in (b"f", b"v")]
+        both_add(stores, b"k", *words)
     for store in stores:
         store.flush()
     assert state(stores[0]) == state(stores[1])

@@ -202,7 +202,7 @@ def test_long_chains_are_split_with_a_bounded_walk() -> None:
     low = make_hash(0, 3)
     index.append(low, "low")
     high = make_hash(4, 3)
-    for round_number in range(3 * lib.FL_INDEX_SPLIT_WALK_MAX):
+    for _ in range(3 * lib.FL_INDEX_SPLIT_WALK_MAX):
         index.append(high, "high")  # one key updated many times: its chain is long
     index.resolve_calls = 0
     index.grow()
@@ -267,7 +267,8 @@ def test_growth_keeps_every_key_of_100k_and_memory_stays_under_24_bytes_per_key(
     addresses = [index.append(key_hash, position) for position, key_hash in enumerate(hashes)]
     stats = index.stats()
     assert stats.grow_count >= 8
-    assert all(index.lookup(h, p) == a for p, (h, a) in enumerate(zip(hashes, addresses)))
+    assert all(index.lookup(h, p) == a
+               for p, (h, a) in enumerate(zip(hashes, addresses, strict=True)))
     assert stats.memory_bytes / len(hashes) <= 24
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import re
+from typing import Any
 
 PROMISES = """\
 ## What is promised
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a paragraph about this run (shortened?)")
     parser.add_argument("--keep", default=None, help="an earlier RELIABILITY.md to update")
     arguments = parser.parse_args()
-    entries_by_key: dict[tuple[str, str, str], dict[str, object]] = {}
+    entries_by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in rows_of(arguments.keep) if arguments.keep else []:
         entries_by_key[(entry["test"], entry["mode"], entry["backend"])] = dict(entry)
     for path in arguments.results:

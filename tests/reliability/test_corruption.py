@@ -928,7 +928,7 @@ def test_every_operation_after_close_raises_log_closed_error(log_dir: Any) -> No
             operation()
         except errors.LogClosedError:
             continue
-        except Exception as error:  # reported below with the operation's name
+        except Exception as error:  # noqa: BLE001 - reported below with the operation's name
             not_refused.append(f"{name} raised {error!r}")
         else:
             not_refused.append(f"{name} returned")

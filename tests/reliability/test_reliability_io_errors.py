@@ -127,7 +127,8 @@ def checks_count() -> int:
 def test_io_error_at_every_operation_index_is_reported_and_loses_nothing_acknowledged(
     scratch: str, checks_count: int, variant: str
 ) -> None:
-    assert checks_count >= 1500, f"the workload should make ~2,000 device operations: {checks_count}"
+    assert checks_count >= 1500, (
+        f"the workload should make ~2,000 device operations: {checks_count}")
     stride = scaled(max(1, checks_count // 100), 1)
     indexes = list(range(variant == "short-write", checks_count, stride))
     failures: list[str] = []

@@ -55,7 +55,8 @@ def mark(kind: int, value: int) -> None:
 def entry_bytes(seed: int, index: int, rng: random.Random, size_max: int) -> bytes:
     roll = rng.random()
     size = (0 if roll < 0.1 else rng.randint(1, 40) if roll < 0.6
-            else rng.randint(41, 1500) if roll < 0.95 else rng.randint(min(1501, size_max), size_max))
+            else rng.randint(41, 1500) if roll < 0.95
+            else rng.randint(min(1501, size_max), size_max))
     tag = f"{seed}:{index}:".encode()
     return (tag * (size // len(tag) + 1))[:size] if size >= len(tag) else tag[:size]
 
@@ -150,11 +151,14 @@ def check_state(state: CrashState, directory: str, appended: list[bytes],
             start = acked
         end = start + len(recovered)
         if start > max(truncate_asked, 0) and recovered:
-            return f"recovered from entry {start}, but truncation was asked only to {truncate_asked}"
+            return (f"recovered from entry {start}, but truncation was asked only to "
+                    f"{truncate_asked}")
         if start < truncate_acked:
-            return f"recovered from entry {start}, below the acknowledged truncation {truncate_acked}"
+            return (f"recovered from entry {start}, below the acknowledged truncation "
+                    f"{truncate_acked}")
         if end < acked and acked > start:
-            return f"lost acknowledged entries: recovered up to {end}, acknowledged {acked}"
+            return (f"lost acknowledged entries: recovered up to {end}, acknowledged "
+                    f"{acked}")
         if not recovered and acked > truncate_asked:
             return f"recovered nothing, acknowledged {acked} (truncation asked to {truncate_asked})"
         if reopen:

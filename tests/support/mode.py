@@ -65,5 +65,7 @@ def scaled(short: int, long: int, override: str = "") -> int:
 def examples(ci_count: int, **options: Any) -> settings:
     """Hypothesis settings for a property test that runs `ci_count` examples in CI: the
     loaded profile scales the count (rule 3); `options` are further settings."""
-    factor = settings.default.max_examples / ci_examples_count
+    loaded = settings.default
+    assert loaded is not None, "no hypothesis profile is loaded"
+    factor = loaded.max_examples / ci_examples_count
     return settings(max_examples=max(1, round(ci_count * factor)), deadline=None, **options)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-import atheris
+import atheris  # type: ignore[import-untyped]  # atheris ships no type hints
 
 with atheris.instrument_imports():
     # The property, shared with the mutation fuzzer.

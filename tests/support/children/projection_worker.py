@@ -57,7 +57,7 @@ def full_replay(log: FasterLog) -> dict[str, Any]:
     projection = ChainProjection()
     state = projection.initial_state()
     for address, entry in log.scan():
-        state = projection.apply(state, address, entry)  # type: ignore[arg-type]
+        state = projection.apply(state, address, entry)
     return state
 
 
