@@ -1,7 +1,7 @@
 """Writes fasterlog/_fasterlog_c.pyi from the C headers, so the stub never drifts from the API.
 
-Run after changing fasterlog/csrc/fasterlog.h or fl_format.h; tests/test_stub.py fails when the
-stub is stale.
+Run after changing fasterlog/csrc/fasterlog.h or fl_format.h; tests/fasterlog/test_stub.py fails
+when the stub is stale.
 """
 
 from __future__ import annotations

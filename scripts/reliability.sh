@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reliability suite in long mode (FASTERLOG_LONG=1); writes RELIABILITY.md from the figures
+# The reliability suite in long mode (pytest --long); writes RELIABILITY.md from the figures
 # its tests record. CI runs the same tests in short mode through scripts/test.sh.
 #
 #   bash scripts/reliability.sh            long mode (hours: 10,000 kills, 10^8 fuzz inputs)
@@ -12,31 +12,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command="bash scripts/reliability.sh $*"
+mode=(--long)
 if [[ "${1:-}" == "--short" ]]; then
     shift
-    unset FASTERLOG_LONG
-else
-    export FASTERLOG_LONG=1
+    mode=()
 fi
 results="$(mktemp -d)"
 export FASTERLOG_RESULTS_DIR="$results"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 tests=(
-    tests/test_reliability_power_loss.py
-    tests/test_reliability_io_errors.py
-    "tests/test_corruption.py::test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log"
-    "tests/test_corruption.py::test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_error"
-    "tests/test_corruption.py::test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected"
-    "tests/test_crash.py::test_kill_at_named_crash_point_keeps_every_acknowledged_entry"
-    "tests/test_crash.py::test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing"
-    "tests/test_corruption.py::test_torn_tail_is_cut_back_to_the_last_complete_commit"
-    "tests/test_corruption.py::test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cut"
-    "tests/test_service.py::test_limits_and_auth_attacked_with_raw_sockets_figure"
-    tests/test_reliability_fuzz.py
-    "tests/test_service_xadd_lane.py::test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd"
+    tests/reliability/test_reliability_power_loss.py
+    tests/reliability/test_reliability_io_errors.py
+    "tests/reliability/test_corruption.py::test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log"
+    "tests/reliability/test_corruption.py::test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_error"
+    "tests/reliability/test_corruption.py::test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected"
+    "tests/reliability/test_crash.py::test_kill_at_named_crash_point_keeps_every_acknowledged_entry"
+    "tests/reliability/test_crash.py::test_kill_9_mid_stream_keeps_every_acknowledged_entry_and_adds_nothing"
+    "tests/reliability/test_corruption.py::test_torn_tail_is_cut_back_to_the_last_complete_commit"
+    "tests/reliability/test_corruption.py::test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cut"
+    "tests/fasterlog_server/test_service.py::test_limits_and_auth_attacked_with_raw_sockets_figure"
+    tests/reliability/test_reliability_fuzz.py
+    "tests/fasterlog_server/test_service_xadd_lane.py::test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd"
 )
 status=0
-python3 -m pytest -q -s "${tests[@]}" "$@" || status=$?
+python3 -m pytest -q -s "${mode[@]}" "${tests[@]}" "$@" || status=$?
 if [[ -s "$results/results.jsonl" ]]; then
     python3 -m tests.reliability.report RELIABILITY.md "$results/results.jsonl" \
         --command "${command% }"

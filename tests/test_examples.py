@@ -20,10 +20,11 @@ import pytest
 
 from consumers.events import EventStore
 from fasterlog import FasterLog
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
-examples = Path(__file__).resolve().parent.parent / "examples"
+examples = ROOT / "examples"
 example_timeout_s = 60
 
 

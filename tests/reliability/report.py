@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import re
+from typing import Any
 
 PROMISES = """\
 ## What is promised
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a paragraph about this run (shortened?)")
     parser.add_argument("--keep", default=None, help="an earlier RELIABILITY.md to update")
     arguments = parser.parse_args()
-    entries_by_key: dict[tuple[str, str, str], dict[str, object]] = {}
+    entries_by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in rows_of(arguments.keep) if arguments.keep else []:
         entries_by_key[(entry["test"], entry["mode"], entry["backend"])] = dict(entry)
     for path in arguments.results:
@@ -130,43 +131,43 @@ def main() -> None:
         "",
         "## How the figures are made",
         "",
-        ("- **power_loss**: `tests/test_reliability_power_loss.py`. The C core records every "
-         "write (with its bytes), sync, create, rename, unlink and preallocation it makes "
-         "(`fasterlog.testing.IOTrace`, the trace layer in `fl_device.c`), plus a mark after "
-         "each `commit()` returned. `fasterlog.testing.CrashStates` replays the trace to random "
-         "crash points and draws what a power cut could leave there: synced data kept; later "
-         "writes kept, dropped or torn at 512 B / 4 KiB, fresh sectors zeroed or garbled; "
+        ("- **power_loss**: `tests/reliability/test_reliability_power_loss.py`. The C core "
+         "records every write (with its bytes), sync, create, rename, unlink and preallocation it "
+         "makes (`fasterlog.testing.IOTrace`, the trace layer in `fl_device.c`), plus a mark "
+         "after each `commit()` returned. `fasterlog.testing.CrashStates` replays the trace to "
+         "random crash points and draws what a power cut could leave there: synced data kept; "
+         "later writes kept, dropped or torn at 512 B / 4 KiB, fresh sectors zeroed or garbled; "
          "unsynced directory operations dropped. Each state is recovered and checked."),
-        ("- **io_errors**: `tests/test_reliability_io_errors.py`. EIO, ENOSPC (persistent and "
-         "transient) and short writes injected by the device fault layer at each operation "
-         "index of a workload of about 2,400 device operations."),
-        ("- **fsync_failure**: `tests/test_corruption.py`; the trace counts the syncs made after "
-         "a failed one."),
-        ("- **kill_9_random / crash_point**: `tests/test_crash.py`; a child writer is killed "
-         "with SIGKILL at random moments, or kills itself at a named point in the C core "
+        ("- **io_errors**: `tests/reliability/test_reliability_io_errors.py`. EIO, ENOSPC "
+         "(persistent and transient) and short writes injected by the device fault layer at each "
+         "operation index of a workload of about 2,400 device operations."),
+        ("- **fsync_failure**: `tests/reliability/test_corruption.py`; the trace counts the syncs "
+         "made after a failed one."),
+        ("- **kill_9_random / crash_point**: `tests/reliability/test_crash.py`; a child writer is "
+         "killed with SIGKILL at random moments, or kills itself at a named point in the C core "
          "(`FASTERLOG_CRASH_AT=name:count`)."),
-        "- **bit_flips / random_corruptions**: `tests/test_corruption.py`.",
-        ("- **torn_tail / mid_log_damage**: `tests/test_corruption.py`. The last entry and its "
-         "commit record cut, zeroed or garbled from every byte offset (each case a fresh copy "
-         "of the log, reopened, then written to and reopened again); one flipped bit in a "
-         "frame that later commits follow, after a clean close and after a crash. These run "
+        "- **bit_flips / random_corruptions**: `tests/reliability/test_corruption.py`.",
+        ("- **torn_tail / mid_log_damage**: `tests/reliability/test_corruption.py`. The last "
+         "entry and its commit record cut, zeroed or garbled from every byte offset (each case a "
+         "fresh copy of the log, reopened, then written to and reopened again); one flipped bit "
+         "in a frame that later commits follow, after a clean close and after a crash. These run "
          "whole in CI: they have no long mode."),
-        ("- **limits_and_auth**: `tests/test_service.py`; raw sockets against a server with "
-         "a password: headers over the limits are refused before any payload is sent."),
-        ("- **fuzz_resp**: `tests/test_reliability_fuzz.py` runs `tests/fuzz_resp.py` "
-         "(atheris); hypothesis strategies, hiredis agreement and every-offset splits are in "
-         "`tests/test_resp.py`."),
-        ("- **fuzz_resp_mutations**: `tests/test_reliability_fuzz.py`, seeded mutations of "
-         "valid RESP2/RESP3 frames through the same property (`tests/resp_fuzz_check.py`), "
-         "without coverage feedback: the volume beside atheris's guidance. The property also "
-         "checks that the server's fast paths (the C split of whole arrays, `feed_and_take`, "
-         "and the pure-Python split) return exactly what `next_command` returns one command "
-         "at a time."),
-        ("- **fuzz_xadd_lane**: `tests/test_service_xadd_lane.py`, seeded mutations of XADD "
-         "frames through the server's C path for a lone XADD (`fasterlog_server/csrc/xadd_lane.c`): "
-         "whenever it takes a frame, the pure-Python reference reader must read exactly that "
-         "one XADD from it and `StreamStore.add_now` must make the same record, to the byte, "
-         "and the same index changes."),
+        ("- **limits_and_auth**: `tests/fasterlog_server/test_service.py`; raw sockets against a "
+         "server with a password: headers over the limits are refused before any payload is sent."),
+        ("- **fuzz_resp**: `tests/reliability/test_reliability_fuzz.py` runs "
+         "`tests/support/children/fuzz_resp.py` (atheris); hypothesis strategies, hiredis "
+         "agreement and every-offset splits are in `tests/fasterlog_server/test_resp.py`."),
+        ("- **fuzz_resp_mutations**: `tests/reliability/test_reliability_fuzz.py`, seeded "
+         "mutations of valid RESP2/RESP3 frames through the same property "
+         "(`tests/support/resp_fuzz_check.py`), without coverage feedback: the volume beside "
+         "atheris's guidance. The property also checks that the server's fast paths (the C split "
+         "of whole arrays, `feed_and_take`, and the pure-Python split) return exactly what "
+         "`next_command` returns one command at a time."),
+        ("- **fuzz_xadd_lane**: `tests/fasterlog_server/test_service_xadd_lane.py`, seeded "
+         "mutations of XADD frames through the server's C path for a lone XADD "
+         "(`fasterlog_server/csrc/xadd_lane.c`): whenever it takes a frame, the pure-Python "
+         "reference reader must read exactly that one XADD from it and `StreamStore.add_now` must "
+         "make the same record, to the byte, and the same index changes."),
         "",
     ]
     with open(arguments.output, "w") as file:

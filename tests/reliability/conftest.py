@@ -1,0 +1,19 @@
+"""Fixtures of the reliability suite: `scratch`, a fresh directory on tmpfs for the sweeps
+(the counts of long and short mode are tests/support/mode.py, the figures
+tests/support/figures.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.scratch import tmpfs_directory
+
+
+@pytest.fixture
+def scratch(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A directory on tmpfs named after the test module, removed after the test."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_reliability_")
+    with tmpfs_directory(prefix=f"fasterlog-{module.replace('_', '-')}-") as directory:
+        yield directory
