@@ -50,7 +50,7 @@ from typing import Any
 
 from fasterlog import FasterLog
 from fasterlog._fasterlog_c import ffi, lib
-from fasterlog.errors import TruncatedError
+from fasterlog.errors import TruncatedError, raise_for
 
 from . import _fast
 from . import checkpoint as checkpoint_files
@@ -68,6 +68,7 @@ from .errors import (
     StoreSettingsError,
     StoreVersionError,
     ValueTooLarge,
+    VERSION_1_WHY,
     ValueTypeError,
     WaitTimeoutError,
 )
@@ -185,7 +186,7 @@ def decode_record(payload: bytes, address: int) -> tuple[int, int, list[_Op]]:
         raise corrupt(f"{len(payload)} bytes is shorter than a record header")
     version, index_bits, ops_count, previous = _HEADER.unpack_from(payload)
     if version == 1:
-        raise StoreVersionError(f"read record at {address} failed: {_fast.VERSION_1_WHY}",
+        raise StoreVersionError(f"read record at {address} failed: {VERSION_1_WHY}",
                                 address)
     if version != RECORD_VERSION:
         raise corrupt(f"unknown record version {version}")
@@ -270,7 +271,7 @@ class _HashIndex:
         self._resolve_error: BaseException | None = None
         self._resolve = ffi.callback(_RESOLVE_SIGNATURE, self._resolve_record)
         self._log = log  # kept: `kv` borrows the log's and the index's handles
-        self.kv: Any = None if log is None else _fast.create(log._log, self.handle)
+        self.kv: Any = None if log is None else _fast.create(log.c_handle, self.handle)
         self.readers: Any = None if log is None else _fast.Readers(self.kv)
 
     def _resolve_record(self, context: Any, address: int, hashes: Any, capacity: int,
@@ -335,7 +336,7 @@ class _HashIndex:
         if rc == lib.FL_E_NOMEM:
             raise MemoryError("index grow failed: out of memory")
         if rc < 0:
-            _fast.fail(rc, "index grow", info)
+            raise_for(rc, "index grow", info)
 
     def grow_to(self, buckets_count_log2: int) -> None:
         if self.kv is not None:
@@ -441,7 +442,7 @@ class KVStore:
                 state = (self._index.buckets_count_log2(),
                          tuple(checkpoint.marker_address for checkpoint in self._checkpoints))
                 if (not self._read_only and state != self._cookie_written
-                        and not self._log._snapshot().fenced_error):
+                        and not self._log.fenced):
                     self._commit_locked()
             finally:
                 self._log.close()
@@ -521,7 +522,7 @@ class KVStore:
             value = self._value_after_truncation(key, 0)
             return default if value is None else value
         if size < 0:
-            _fast.fail(size, "get", readers.reader.error)
+            raise_for(size, "get", readers.reader.error)
         return _unpack(readers.buffer, size)  # type: ignore[no-any-return]
 
     def __getitem__(self, key: BytesLike) -> bytes:
@@ -574,7 +575,7 @@ class KVStore:
                 values.extend(self.get(key) for key in items[done:])
                 return values
             if got < 0:
-                _fast.fail(got, "get_many", info)
+                raise_for(got, "get_many", info)
             layout_size = lib.fl_scan_format(offsets, sizes, got, layout, len(layout))
             values.extend(struct.unpack_from(ffi.buffer(layout, layout_size)[:], view))
             absent = int(missing_count[0])
@@ -601,7 +602,7 @@ class KVStore:
             if size == _ABSENT:
                 return None
             if size < 0:
-                _fast.fail(size, "read", readers.reader.error)
+                raise_for(size, "read", readers.reader.error)
             return ffi.unpack(readers.buffer, size)  # type: ignore[no-any-return]
         while address and address >= self._chain_floor:
             payload = self._log.read(address)
@@ -764,7 +765,7 @@ class KVStore:
             if records == lib.FL_E_KV_BATCH:
                 raise ValueTooLarge(f"{operation} failed: {int(info.size_needed)} keys exceed "
                                     f"batch_ops_count_max ({batch_ops_count_max})")
-            _fast.fail(records, operation, info)
+            raise_for(records, operation, info)
         self._bytes_since_checkpoint += int(result.bytes_count)
         self._live_count += int(result.live_change)
         return ffi.unpack(addresses, records)  # type: ignore[no-any-return]
@@ -893,7 +894,7 @@ class KVStore:
             self._log.begin_address, ffi.from_buffer("uint64_t[]", hashes),
             ffi.from_buffer("uint64_t[]", words), capacity, live, info)
         if count < 0:
-            _fast.fail(count, "checkpoint", info)
+            raise_for(count, "checkpoint", info)
         del hashes[count:], words[count:]
         return hashes, words, int(live[0])
 
@@ -967,7 +968,7 @@ class KVStore:
         self._bytes_since_checkpoint += int(result.bytes_count)
         self._live_count += int(result.live_change)
         if rc < 0:
-            _fast.fail(rc, f"replay at {int(result.next_address)}", info)
+            raise_for(rc, f"replay at {int(result.next_address)}", info)
 
     def _replay_record(self, address: int, payload: bytes) -> None:
         """The Python reference of one record's replay (fl_kv.c's replay_record does this)."""
@@ -1063,7 +1064,7 @@ class KVStore:
             if size == lib.FL_E_TRUNCATED:
                 continue
             if size < 0:
-                _fast.fail(size, "get", readers.reader.error)
+                raise_for(size, "get", readers.reader.error)
             return _unpack(readers.buffer, size)  # type: ignore[no-any-return]
         raise KVError(f"get failed: {truncated_read_retries_max} compactions in a row "
                       f"truncated the records this read was walking")

@@ -367,3 +367,23 @@ def test_store_matches_a_dict_model_across_reopens(
 def test_kill_9_recovers_the_state_of_the_last_acknowledged_commit(
         tmp_path: Path, rounds: int) -> None:
     run_kill_rounds(tmp_path, "writes", rounds)
+
+
+def test_kvlayer_codes_go_through_the_logs_one_funnel() -> None:
+    # kvlayer/errors.py registers its C codes with fasterlog's table at import.
+    from fasterlog import errors as log_errors
+    from fasterlog._fasterlog_c import lib
+
+    conflict = log_errors.exception_for(lib.FL_E_KV_INDEX, "put")
+    assert type(conflict) is KVError
+    assert str(conflict) == "put failed: an index update conflicted (two writers?)"
+    busy = log_errors.exception_for(lib.FL_E_INDEX_BUSY, "index grow")
+    assert str(busy) == "index grow failed: another writer is inside the index"
+    record = log_errors.exception_for(lib.FL_E_KV_RECORD, "get", address=128,
+                                      detail="bad operation")
+    assert type(record) is errors.RecordCorruptError and record.address == 128
+    assert str(record) == "read record at 128 failed: bad operation"
+    old = log_errors.exception_for(lib.FL_E_KV_RECORD, "get", address=64,
+                                   detail="record version 1 (whatever the core said)")
+    assert type(old) is errors.StoreVersionError
+    assert str(old) == f"read record at 64 failed: {errors.VERSION_1_WHY}"
