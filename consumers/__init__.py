@@ -23,6 +23,7 @@ from typing import Any
 
 from .consumer import Consumer, cursor_position, delete_cursor, list_cursors
 from .errors import (
+    CheckpointError,
     ConsumerError,
     CursorInUseError,
     CursorNameError,
@@ -34,7 +35,6 @@ from .errors import (
 _LAZY = {
     "Projection": "projection",
     "ProjectionRunner": "projection",
-    "CheckpointError": "projection",
     "Checkpoint": "projection",
     "EventStore": "events",
     "Event": "events",

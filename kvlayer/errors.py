@@ -13,8 +13,8 @@
         ├── StoreClosedError                  the store was closed
         ├── StoreReadOnlyError                a write to a store opened read_only=True
         ├── WaitTimeoutError (TimeoutError)   get(at=)/wait_for did not reach the address in time
-        ├── CheckpointError                   a snapshot cannot be written, or the one a
-        │                                     checkpoint marker names cannot be used
+        ├── CheckpointError (consumers.errors.CheckpointError)  a snapshot cannot be written,
+        │                                     or the one a checkpoint marker names cannot be used
         └── RecordCorruptError (CorruptionError)  a log entry is not a well-formed KV record
                                               (.address)
             └── StoreVersionError             a record of an older format (version 1)
@@ -30,6 +30,7 @@ fasterlog.errors.raise_for, the one funnel from C codes to exceptions, raises th
 
 from __future__ import annotations
 
+from consumers import errors as consumer_errors
 from fasterlog._fasterlog_c import lib
 from fasterlog.errors import CorruptionError, Failure, FasterLogError, register_code
 
@@ -107,9 +108,10 @@ class WaitTimeoutError(KVError, TimeoutError):
     """get(key, at=address) or wait_for(address) gave up before the store applied `address`."""
 
 
-class CheckpointError(KVError):
+class CheckpointError(KVError, consumer_errors.CheckpointError):
     """A checkpoint cannot be written, or the snapshot a marker names is missing, truncated or
-    corrupt. Recovery catches it and falls back to an older checkpoint or a full replay."""
+    corrupt. Recovery catches it and falls back to an older checkpoint or a full replay. Both a
+    KVError and the checkpoint error every checkpointing consumer shares."""
 
 
 class RecordCorruptError(KVError, CorruptionError):
