@@ -137,7 +137,7 @@ def test_recovery_replays_only_the_records_after_the_checkpoint(tmp_path: Path) 
     with open_store(path) as store:
         assert store.recovered_from == made
         # Only the one record after the checkpoint was replayed.
-        assert store._bytes_since_checkpoint < 100
+        assert store._core.bytes_since_checkpoint < 100
         assert len(store) == 101 and store.get(b"a7") == b"x" and store.get(b"after") == b"y"
 
 

@@ -240,9 +240,9 @@ def test_foreign_entries_in_the_log_are_reported_as_corrupt_records(tmp_path: Pa
 
 
 def test_record_decoder_rejects_every_truncation() -> None:
-    from kvlayer.store import OP_PUT, _Op, encode_record
+    from kvlayer.records import OP_PUT, Op, encode_record
 
-    payload = encode_record(3, 64, [_Op(OP_PUT, b"key", b"value", 12345)])
+    payload = encode_record(3, 64, [Op(OP_PUT, b"key", b"value", 12345)])
     assert decode_record(payload, 4096)[2][0].value == b"value"
     for size in range(len(payload)):
         with pytest.raises(errors.RecordCorruptError):
@@ -255,14 +255,14 @@ def test_record_decoder_rejects_every_truncation() -> None:
 @settings(max_examples=300, deadline=None)
 def test_fast_single_operation_parser_agrees_with_the_full_decoder(
         key: bytes, value: bytes, delete: bool, flips: list[tuple[int, int]]) -> None:
-    from kvlayer.store import OP_DELETE, OP_PUT, _Op, _single_op, encode_record
+    from kvlayer.records import OP_DELETE, OP_PUT, Op, encode_record, single_op
 
-    op = _Op(OP_DELETE, key, b"", 7) if delete else _Op(OP_PUT, key, value, 7)
+    op = Op(OP_DELETE, key, b"", 7) if delete else Op(OP_PUT, key, value, 7)
     payload = bytearray(encode_record(3, 64, [op]))
     for position, byte in flips:  # damage a few header bytes
         if position < len(payload):
             payload[position] = byte
-    fast = _single_op(bytes(payload), 4096)
+    fast = single_op(bytes(payload), 4096)
     try:
         _, previous, ops = decode_record(bytes(payload), 4096)
     except errors.RecordCorruptError:
@@ -277,13 +277,13 @@ GOLDEN_HASH = 0x3D945AD5AA15568C  # FORMAT.md "KV records", the hash example
 
 
 def test_records_are_golden_bytes() -> None:
-    from kvlayer.store import OP_DELETE, OP_PUT, _Op, encode_record, key_hash
+    from kvlayer.records import OP_DELETE, OP_PUT, Op, encode_record, key_hash
 
     # SipHash-1-3 of b"k" under salt 0x0123456789ABCDEF: pins the hash, so stored records
     # stay findable.
     assert key_hash(b"k", 0x0123456789ABCDEF) == GOLDEN_HASH
-    record = encode_record(10, 64, [_Op(OP_PUT, b"k", b"v", 0x1122334455667788),
-                                    _Op(OP_DELETE, b"j", b"", 0x99)])
+    record = encode_record(10, 64, [Op(OP_PUT, b"k", b"v", 0x1122334455667788),
+                                    Op(OP_DELETE, b"j", b"", 0x99)])
     assert record.hex() == (
         "020a0200" "4000000000000000"
         "01000100" "01000000" "8877665544332211" "6b" "76"
