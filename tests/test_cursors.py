@@ -332,7 +332,7 @@ def test_consumer_resumes_after_its_last_ack(made_log: FasterLog) -> None:
 def test_breaking_out_of_iteration_loses_no_entry(made_log: FasterLog) -> None:
     with Consumer(made_log, "reader") as consumer:
         seen = []
-        for address, entry in consumer.iter(timeout=0.01):
+        for _address, entry in consumer.iter(timeout=0.01):
             seen.append(entry)
             if len(seen) == 3:
                 break

@@ -417,8 +417,9 @@ def test_kill_9_at_each_step_of_compaction_recovers_the_state(tmp_path: Path,
 
 def test_a_dataset_ten_times_the_log_memory_reads_cold_keys_correctly(tmp_path: Path) -> None:
     memory_size_bytes = 64 << 10
-    settings_: dict[str, Any] = {"page_size_bytes": 16 << 10, "memory_size_bytes": memory_size_bytes,
-                 "segment_size_bytes": 256 << 10}
+    settings_: dict[str, Any] = {"page_size_bytes": 16 << 10,
+                                 "memory_size_bytes": memory_size_bytes,
+                                 "segment_size_bytes": 256 << 10}
     keys_count = 8000
     value_size = 100
 

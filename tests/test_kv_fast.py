@@ -1,8 +1,8 @@
 """Tests of kvlayer's C fast path (fasterlog/csrc/fl_kv.c) against the Python reference.
 
-Goal: the C path returns exactly what the Python reference of store.py (decode_record, the
-chain walk through log.read, the SipHash-1-3 reference) returns, writes the same records, keeps len()
-exact, and never returns data from a malformed record or a damaged frame.
+Goal: the C path returns exactly what the Python reference of kvlayer (records.py's
+decode_record and SipHash-1-3, the chain walk through log.read) returns, writes the same
+records, keeps len() exact, and never returns data from a malformed record or a damaged frame.
 
 Method:
 - The C hash (SipHash-1-3) is compared with the Python reference on keys of every size around
@@ -66,7 +66,7 @@ def reference_value(store: KVStore, key: bytes) -> bytes | None:
 
 def check_state(store: KVStore, model: dict[bytes, bytes], universe: list[bytes]) -> None:
     values = store.get_many(universe)
-    for key, many in zip(universe, values):
+    for key, many in zip(universe, values, strict=True):
         expected = model.get(key)
         assert store.get(key) == expected
         assert many == expected
@@ -112,7 +112,7 @@ def test_the_hash_is_keyed_per_store_and_survives_reopen_and_recovery(tmp_path: 
             assert [store.key_hash(key) for key in keys] == hashes[name]
             assert store.get_many(keys) == [key * 2 for key in keys]
             assert all(store._core.index.find(hash_) for hash_ in hashes[name])
-    assert all(a != b for a, b in zip(hashes["a"], hashes["b"]))
+    assert all(a != b for a, b in zip(hashes["a"], hashes["b"], strict=True))
 
 
 def test_a_version_1_record_is_refused_with_store_version_error(tmp_path: Path) -> None:
