@@ -187,7 +187,9 @@ class Consumer:
         self._check_open("iter")
         while not self._stopped:
             if self._buffer:
-                yield self._deliver_one()
+                pair = self._buffer.popleft()
+                self._note_delivered(*pair)
+                yield pair
             elif not self._fill(_deadline(timeout)):
                 return
 
@@ -206,7 +208,9 @@ class Consumer:
         self._check_open("iter_async")
         while not self._stopped:
             if self._buffer:
-                yield self._deliver_one()
+                pair = self._buffer.popleft()
+                self._note_delivered(*pair)
+                yield pair
             elif not await self._fill_async(_deadline(timeout)):
                 return
 
@@ -223,11 +227,6 @@ class Consumer:
         taken = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
         self._note_delivered(*taken[-1])
         return taken
-
-    def _deliver_one(self) -> tuple[int, bytes]:
-        pair = self._buffer.popleft()
-        self._note_delivered(*pair)
-        return pair
 
     def _note_delivered(self, address: int, entry: bytes) -> None:
         self._last_delivered = address
