@@ -9,8 +9,13 @@
             send(entry)
             consumer.ack()
 
-Layering: this package sits on `fasterlog` (the log core) and never the other way round; the
-cursor files themselves are part of the log's format and live in `fasterlog.cursors`.
+This package holds what reads a log from named durable cursors and builds on it: the Consumer
+(consumer.py: at-least-once delivery from a cursor, one step function for threads and asyncio),
+projections that fold the log into a state with exactly-once checkpoints (projection.py), the
+checkpoint-marker and snapshot-file mechanism every checkpointing consumer shares, kvlayer
+included (checkpoints.py), an event store with optimistic concurrency (events.py) and their
+errors (errors.py). It may import fasterlog only (the cursor files themselves are part of the
+log's format and live in `fasterlog.cursors`); kvlayer and the server stand on it.
 
 The projection and event-store modules are imported on first use (module __getattr__), so that
 `import consumers` stays cheap and does not pull msgpack in for a plain consumer.
@@ -23,6 +28,7 @@ from typing import Any
 
 from .consumer import Consumer, cursor_position, delete_cursor, list_cursors
 from .errors import (
+    CheckpointError,
     ConsumerError,
     CursorInUseError,
     CursorNameError,
@@ -34,7 +40,6 @@ from .errors import (
 _LAZY = {
     "Projection": "projection",
     "ProjectionRunner": "projection",
-    "CheckpointError": "projection",
     "Checkpoint": "projection",
     "EventStore": "events",
     "Event": "events",

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any, Literal
 
 from fasterlog import FasterLog, cursors, errors
@@ -163,20 +163,19 @@ class Consumer:
 
     # ------------------------------------------------------------------ reading
 
+    # One implementation for threads and asyncio (httpx's idea): `_fill_steps` decides what to
+    # read and when to wait; `_fill` and `_fill_async` only carry out its waits, blocking in the
+    # core or awaiting the commit eventfd. poll/iter and their async twins are thin drivers.
+
     def poll(self, max_count: int = poll_count_default,
              timeout: float | None = None) -> list[tuple[int, bytes]]:
         """Up to `max_count` (address, entry) pairs. Waits for a commit when caught up: at most
         `timeout` seconds (None: until an entry, stop() or a completed log), then returns []."""
-        if not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"poll failed: max_count must be a positive int, not {max_count!r}")
-        self._check_open("poll")
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        deadline = self._start_poll(max_count, timeout, "poll")
         while not self._buffer:
             if self._stopped or not self._fill(deadline):
                 return []
-        taken = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
-        self._note_delivered(*taken[-1])
-        return taken
+        return self._take(max_count)
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         return self.iter()
@@ -187,25 +186,60 @@ class Consumer:
         the loop early loses nothing: the next poll goes on from there."""
         self._check_open("iter")
         while not self._stopped:
-            if not self._buffer:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                if not self._fill(deadline):
-                    return
-                continue
-            pair = self._buffer.popleft()
-            self._note_delivered(*pair)
-            yield pair
+            if self._buffer:
+                pair = self._buffer.popleft()
+                self._note_delivered(*pair)
+                yield pair
+            elif not self._fill(_deadline(timeout)):
+                return
+
+    async def poll_async(self, max_count: int = poll_count_default,
+                         timeout: float | None = None) -> list[tuple[int, bytes]]:
+        """The asyncio twin of poll(): waits in the event loop, never in a thread."""
+        deadline = self._start_poll(max_count, timeout, "poll_async")
+        while not self._buffer:
+            if self._stopped or not await self._fill_async(deadline):
+                return []
+        return self._take(max_count)
+
+    async def iter_async(self, timeout: float | None = None) -> AsyncIterator[tuple[int, bytes]]:
+        """`async for address, entry in consumer.iter_async()`: as iter(), in the event loop.
+        Cancelling the task ends it; nothing delivered is lost (acknowledge as you go)."""
+        self._check_open("iter_async")
+        while not self._stopped:
+            if self._buffer:
+                pair = self._buffer.popleft()
+                self._note_delivered(*pair)
+                yield pair
+            elif not await self._fill_async(_deadline(timeout)):
+                return
+
+    def _start_poll(self, max_count: object, timeout: float | None, operation: str) -> float | None:
+        """Checks a poll's arguments and returns its deadline (None: no limit)."""
+        if not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"{operation} failed: max_count must be a positive int, not "
+                             f"{max_count!r}")
+        self._check_open(operation)
+        return None if timeout is None else time.monotonic() + max(0.0, timeout)
+
+    def _take(self, max_count: int) -> list[tuple[int, bytes]]:
+        """Delivers up to `max_count` buffered entries (the buffer is not empty)."""
+        taken = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
+        self._note_delivered(*taken[-1])
+        return taken
 
     def _note_delivered(self, address: int, entry: bytes) -> None:
         self._last_delivered = address
         self._delivered = address + frame_size(len(entry))
 
-    def _fill(self, deadline: float | None) -> bool:
-        """Reads the next committed chunk into the buffer, waiting for a commit if needed.
-        False when it gave up: deadline passed, stopped, or the log completed."""
-        log = self._log
+    def _fill_steps(self, deadline: float | None) -> Generator[float | None, bool, bool]:
+        """The step function: reads the next committed chunk into the buffer. Each time it must
+        wait for a commit past the read position it yields the wait's timeout in seconds (None:
+        no limit), and the driver sends back False when the log was completed (no commit will
+        come). Returns whether the buffer got entries: False when it gave up (deadline passed,
+        stopped, or the log completed)."""
         while not self._stopped:
-            committed = log.committed_until_address
+            committed = self._log.committed_until_address
             if self._read < committed:
                 self._scan_chunk(committed)
                 if self._buffer:
@@ -214,11 +248,41 @@ class Consumer:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            try:
-                log.wait_for_commit(self._read, remaining)
-            except errors.LogCompletedError:
+            if not (yield remaining):
                 return False
         return False
+
+    def _fill(self, deadline: float | None) -> bool:
+        """The blocking driver of _fill_steps: waits in the core."""
+        steps = self._fill_steps(deadline)
+        try:
+            timeout = next(steps)
+            while True:
+                try:
+                    self._log.wait_for_commit(self._read, timeout)
+                    more = True
+                except errors.LogCompletedError:
+                    more = False
+                timeout = steps.send(more)
+        except StopIteration as done:
+            filled: bool = done.value
+            return filled
+
+    async def _fill_async(self, deadline: float | None) -> bool:
+        """The awaiting driver of _fill_steps: waits in the event loop."""
+        steps = self._fill_steps(deadline)
+        try:
+            timeout = next(steps)
+            while True:
+                try:
+                    await self._wait_async(timeout)
+                    more = True
+                except errors.LogCompletedError:
+                    more = False
+                timeout = steps.send(more)
+        except StopIteration as done:
+            filled: bool = done.value
+            return filled
 
     def _scan_chunk(self, committed: int) -> None:
         begin = self._log.begin_address
@@ -235,57 +299,8 @@ class Consumer:
             return
         finally:
             chunks.close()  # type: ignore[attr-defined]
-        self._buffer.extend(zip(addresses, entries))
+        self._buffer.extend(zip(addresses, entries, strict=True))
         self._read = addresses[-1] + frame_size(len(entries[-1]))
-
-    # ------------------------------------------------------------------ asyncio
-
-    async def poll_async(self, max_count: int = poll_count_default,
-                         timeout: float | None = None) -> list[tuple[int, bytes]]:
-        """The asyncio twin of poll(): waits in the event loop, never in a thread."""
-        if not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"poll_async failed: max_count must be a positive int, not "
-                             f"{max_count!r}")
-        self._check_open("poll_async")
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while not self._buffer:
-            if self._stopped or not await self._fill_async(deadline):
-                return []
-        taken = [self._buffer.popleft() for _ in range(min(max_count, len(self._buffer)))]
-        self._note_delivered(*taken[-1])
-        return taken
-
-    async def iter_async(self, timeout: float | None = None) -> AsyncIterator[tuple[int, bytes]]:
-        """`async for address, entry in consumer.iter_async()`: as iter(), in the event loop.
-        Cancelling the task ends it; nothing delivered is lost (acknowledge as you go)."""
-        self._check_open("iter_async")
-        while not self._stopped:
-            if not self._buffer:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                if not await self._fill_async(deadline):
-                    return
-                continue
-            pair = self._buffer.popleft()
-            self._note_delivered(*pair)
-            yield pair
-
-    async def _fill_async(self, deadline: float | None) -> bool:
-        log = self._log
-        while not self._stopped:
-            committed = log.committed_until_address
-            if self._read < committed:
-                self._scan_chunk(committed)
-                if self._buffer:
-                    return True
-                continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            try:
-                await self._wait_async(remaining)
-            except errors.LogCompletedError:
-                return False
-        return False
 
     async def _wait_async(self, timeout: float | None) -> None:
         """Waits for a commit past the read position, or for stop() (which, unlike a thread's
@@ -432,6 +447,10 @@ class Consumer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"position={self.position}"
         return f"<Consumer {self.name!r} {state}>"
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:

@@ -6,9 +6,11 @@
         ├── CursorNameError (ValueError)    not 1 to 64 characters from A-Z a-z 0-9 _ . -
         ├── CursorInUseError (LockedError)  another consumer holds the cursor (this process
         │                                   or another)
-        └── InvalidSeekError (ValueError)   a seek past committed-until or not to an entry
-            │                               start (.address)
-            └── SeekBelowBeginError (TruncatedError)  below the begin address (.begin_address)
+        ├── InvalidSeekError (ValueError)   a seek past committed-until or not to an entry
+        │   │                               start (.address)
+        │   └── SeekBelowBeginError (TruncatedError)  below the begin address (.begin_address)
+        └── CheckpointError                 a checkpoint cannot be written, or the snapshot its
+                                            marker names cannot be used (kvlayer's subclasses it)
 
 Errors of the log itself (TruncatedError when a consumer's position was truncated away,
 CorruptionError for a damaged cursor file, LogIOError) come from fasterlog.errors unchanged.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from fasterlog.errors import FasterLogError, LockedError, TruncatedError
 
 __all__ = [
+    "CheckpointError",
     "ConsumerError",
     "CursorInUseError",
     "CursorNameError",
@@ -69,3 +72,10 @@ class SeekBelowBeginError(InvalidSeekError, TruncatedError):
 
     def __init__(self, message: str, address: int, begin_address: int) -> None:
         TruncatedError.__init__(self, message, address, begin_address)
+
+
+class CheckpointError(ConsumerError):
+    """A checkpoint cannot be written, or the one named cannot be used (missing, truncated or
+    corrupt snapshot file, or a snapshot its user refused to restore). Shared by every
+    checkpointing consumer (consumers/checkpoints.py); kvlayer's CheckpointError is also a
+    KVError."""

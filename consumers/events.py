@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 
 from consumers.errors import ConsumerError
 from consumers.projection import Projection, ProjectionRunner
@@ -200,7 +200,7 @@ class _IndexProjection(Projection[_Index]):
         return state
 
     def snapshot(self, state: _Index) -> bytes:
-        return msgpack.packb({  # type: ignore[no-any-return]
+        return msgpack.packb({
             "streams": {s: list(v) for s, v in state.streams.items()},
             "recent_ids": [[i, *v] for i, v in state.recent_ids.items()]})
 
@@ -430,7 +430,7 @@ class EventStore:
         count = previous = None
         skipped = 0
         for entry_address, entry in self._log.scan(address):
-            fields = _decode_fields(entry)  # type: ignore[arg-type]
+            fields = _decode_fields(entry)
             if fields is None or fields["stream"] != stream_id or fields["batch"][0] != len(
                     events):
                 skipped += 1
@@ -449,6 +449,6 @@ class EventStore:
     def read_all(self, from_address: int | None = None) -> Iterator[Event]:
         """Every committed event of every stream, in log order."""
         for address, entry in self._log.scan(from_address):
-            event = decode_event(address, entry)  # type: ignore[arg-type]
+            event = decode_event(address, entry)
             if event is not None:
                 yield event

@@ -33,6 +33,8 @@ Rules:
 6. Only the snapshot files of the newest `checkpoints_kept_count` checkpoints of a name are
    kept; older ones, and files no committed marker names, are deleted after each checkpoint.
 7. One runner per (log, name) at a time: two would delete each other's files.
+The marker and snapshot-file mechanism is consumers/checkpoints.py, shared with kvlayer; the
+marker's fields and the hint file are this module's format.
 """
 
 from __future__ import annotations
@@ -45,21 +47,26 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 
-from consumers.errors import ConsumerError
-from fasterlog import EntryKind, FasterLog, errors
-from fasterlog._fasterlog_c import lib
+from fasterlog import FasterLog, errors
 from fasterlog._format import frame_size
-from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
+
+from .checkpoints import (
+    MarkerFormat,
+    crc32c,
+    read_snapshot_file,
+    remove_snapshot_files,
+    write_snapshot_file,
+)
+from .errors import CheckpointError
 
 __all__ = ["Checkpoint", "CheckpointError", "Projection", "ProjectionRunner", "crc32c"]
 
 _logger = logging.getLogger("consumers.projection")
 
+CHECKPOINT_MARKER_KIND = "checkpoint"
 CHECKPOINT_MARKER_VERSION = 1
-# msgpack's encoding of the string "checkpoint": a marker scan looks at entries holding it only.
-_CHECKPOINT_NEEDLE = msgpack.packb("checkpoint")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 checkpoint_every_entries_default = 10_000
 checkpoints_kept_count_default = 3
@@ -67,16 +74,6 @@ checkpoints_kept_count_default = 3
 hint_size_max_bytes = 64 << 10
 
 S = TypeVar("S")
-
-
-class CheckpointError(ConsumerError):
-    """A checkpoint cannot be written, or the one named cannot be used (missing, truncated or
-    corrupt snapshot file, or a snapshot that restore() refused)."""
-
-
-def crc32c(data: bytes | memoryview) -> int:
-    """CRC32C of `data`, computed by the log core (the checksum FORMAT.md uses)."""
-    return int(lib.fl_crc32c(0, bytes(data), len(data)))
 
 
 class Checkpoint(NamedTuple):
@@ -106,11 +103,12 @@ class Projection(Generic[S]):
 
     def snapshot(self, state: S) -> bytes:
         """Encodes a state for a checkpoint file."""
-        return msgpack.packb(state, use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(state, use_bin_type=True)
 
     def restore(self, data: bytes) -> S:
         """Decodes what snapshot() made."""
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)  # type: ignore[no-any-return]
+        state: S = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return state
 
 
 # ---------------------------------------------------------------------- checkpoint files
@@ -123,24 +121,17 @@ def _check_name(name: object) -> str:
     return name
 
 
-def _parse_marker(address: int, payload: bytes, name: str) -> Checkpoint | None:
-    """The checkpoint of `name` recorded by this marker payload, or None if it is not one."""
-    try:
-        fields = msgpack.unpackb(payload, raw=False)
-    except Exception:  # noqa: BLE001 (an undecodable payload is simply not a marker)
-        return None
-    if not isinstance(fields, dict) or fields.get("kind") != "checkpoint":
-        return None
-    if fields.get("name") != name or fields.get("version") != CHECKPOINT_MARKER_VERSION:
-        return None
-    try:
-        checkpoint = Checkpoint(name, int(fields["position"]), str(fields["file"]),
-                                int(fields["crc32c"]), int(fields["size_bytes"]), address)
-    except (KeyError, TypeError, ValueError):
-        return None
-    if os.path.basename(checkpoint.file_name) != checkpoint.file_name:
-        return None  # a file name must not lead out of the checkpoint directory
-    return checkpoint
+def marker_format(name: str) -> MarkerFormat[Checkpoint]:
+    """The checkpoint markers of projection `name` (the module's rule 2b): consumers'
+    checkpoint mechanism with this module's fields."""
+
+    def build(address: int, fields: dict[str, Any]) -> Checkpoint | None:
+        if fields.get("name") != name:
+            return None  # another projection's
+        return Checkpoint(name, int(fields["position"]), str(fields["file"]),
+                          int(fields["crc32c"]), int(fields["size_bytes"]), address)
+
+    return MarkerFormat(CHECKPOINT_MARKER_KIND, CHECKPOINT_MARKER_VERSION, build)
 
 
 def find_checkpoints(log: FasterLog, name: str, begin: int | None = None,
@@ -148,21 +139,14 @@ def find_checkpoints(log: FasterLog, name: str, begin: int | None = None,
     """Yields the checkpoint markers of `name` in [begin, end) (default: the committed log),
     oldest first."""
     end = log.committed_until_address if end is None else end
-    for address, kind, entry in log.scan(begin, end, include_markers=True, kinds=True):
-        if kind is not EntryKind.MARKER or _CHECKPOINT_NEEDLE not in entry:
-            continue
-        checkpoint = _parse_marker(address, entry, name)
-        if checkpoint is not None:
-            yield checkpoint
+    return marker_format(name).find(log, begin, end)
 
 
 def load_checkpoint(checkpoint: Checkpoint, directory: str) -> bytes:
     """The snapshot bytes of a checkpoint, checked against its marker's size and CRC32C.
     Raises CheckpointError when the file is missing, truncated or corrupt."""
-    path = os.path.join(directory, checkpoint.file_name)
     where = f"load checkpoint {checkpoint.name!r} at position {checkpoint.position} failed"
-    return read_checked_file(path, checkpoint.size_bytes, checkpoint.crc32c, where,
-                             CheckpointError)
+    return read_snapshot_file(directory, checkpoint, where)
 
 
 # ---------------------------------------------------------------------- the runner
@@ -189,6 +173,7 @@ class ProjectionRunner(Generic[S]):
         self._log = log
         self._projection = projection
         self._name = _check_name(name)
+        self._markers = marker_format(self._name)
         self._directory = os.fspath(checkpoint_directory or os.path.join(log.path,
                                                                         "checkpoints"))
         self._every = checkpoint_every_entries
@@ -271,7 +256,7 @@ class ProjectionRunner(Generic[S]):
         hinted.sort(key=lambda c: c.marker_address)
         begin = hinted[-1].marker_address if hinted else None
         try:
-            later = list(find_checkpoints(log, self._name, begin, committed))
+            later = list(self._markers.find(log, begin, committed))
         except errors.TruncatedError:
             later = []
         found = {c.marker_address: c for c in hinted + later}
@@ -279,15 +264,7 @@ class ProjectionRunner(Generic[S]):
 
     def _checkpoint_at(self, address: int) -> Checkpoint | None:
         """The checkpoint marker at a hinted address, if that is really one."""
-        try:
-            if not self._log.begin_address <= address < self._log.committed_until_address:
-                return None
-            checkpoint = _parse_marker(address, self._log.read(address), self._name)
-        except errors.FasterLogError:
-            return None
-        if checkpoint is None or self._log.entry_kind(address) is not EntryKind.MARKER:
-            return None
-        return checkpoint
+        return self._markers.at(self._log, address)
 
     def _load(self, checkpoint: Checkpoint) -> S:
         begin = self._log.begin_address
@@ -329,7 +306,7 @@ class ProjectionRunner(Generic[S]):
         self.recover()
         applied = 0
         for addresses, entries in self._log.scan_columns(self._position):
-            for address, entry in zip(addresses, entries):
+            for address, entry in zip(addresses, entries, strict=True):
                 self._apply(address, entry)
                 applied += 1
                 if self._checkpoint_due():
@@ -369,16 +346,13 @@ class ProjectionRunner(Generic[S]):
                                   "checkpoints are written by the writer's process")
         file_name = f"{self._name}-{position}.snap"
         try:
-            self._make_directory()
-            write_file_durably(self._directory, file_name, data)
+            write_snapshot_file(self._directory, file_name, data)
         except OSError as error:
             raise CheckpointError(f"checkpoint {self._name!r} failed: cannot write "
                                   f"{file_name}: {error}") from error
         checksum = crc32c(data)
-        marker = msgpack.packb({
-            "kind": "checkpoint", "version": CHECKPOINT_MARKER_VERSION, "name": self._name,
-            "position": position, "file": file_name, "crc32c": checksum,
-            "size_bytes": len(data)})
+        marker = self._markers.encode(name=self._name, position=position, file=file_name,
+                                      crc32c=checksum, size_bytes=len(data))
         address = self._log.append_marker(marker)
         self._log.commit()
         checkpoint = Checkpoint(self._name, position, file_name, checksum, len(data),
@@ -392,11 +366,6 @@ class ProjectionRunner(Generic[S]):
                             "or deleting old snapshot files failed: %s", self._name,
                             position, error)
         return checkpoint
-
-    def _make_directory(self) -> None:
-        if not os.path.isdir(self._directory):
-            os.makedirs(self._directory, exist_ok=True)
-            fsync_directory(os.path.dirname(os.path.abspath(self._directory)))
 
     def _hint_path(self) -> str:
         return os.path.join(self._directory, f"{self._name}.hint")
@@ -425,14 +394,9 @@ class ProjectionRunner(Generic[S]):
         os.replace(temporary, self._hint_path())
 
     def _delete_old_files(self) -> None:
-        keep = {c.file_name for c in self._kept}
         pattern = re.compile(re.escape(self._name) + r"-\d+\.snap(\.tmp)?")
-        for file_name in os.listdir(self._directory):
-            if pattern.fullmatch(file_name) and file_name not in keep:
-                try:
-                    os.unlink(os.path.join(self._directory, file_name))
-                except FileNotFoundError:
-                    pass
+        remove_snapshot_files(self._directory, lambda name: bool(pattern.fullmatch(name)),
+                              (c.file_name for c in self._kept))
 
     # ------------------------------------------------------------------ thread runner
 

@@ -4,6 +4,15 @@
     with FasterLog.open("events") as log:
         address = log.append(b"event")
         log.commit()
+
+This package holds the log itself: the C core (csrc/, compiled into _fasterlog_c, its format
+constants checked by _format.py against FORMAT.md's C header), the typed Python face of it
+(log.py FasterLog, over the shared C handle of handle.py), tails that follow commits in threads
+or asyncio (tail.py), the named cursor files retention reads (cursors.py), whole-file durable
+writes for side files (durable.py), the one funnel from C codes to exceptions (errors.py), test
+hooks for crashes, faults and power-loss states (testing.py) and, until the command line moves
+above the layers, its `fasterlog` commands (cli.py). It imports nothing of ours: consumers,
+kvlayer and the server stand on it, never the other way round.
 """
 
 from .build_lookup import find_build

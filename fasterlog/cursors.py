@@ -285,7 +285,8 @@ class CursorFile:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
                 if create_position is None:
-                    raise errors.CursorNotFoundError(f"cursor {name!r} not found in {directory!r}") from None
+                    raise errors.CursorNotFoundError(
+                        f"cursor {name!r} not found in {directory!r}") from None
                 _create(directory, name, create_position, salt)
                 continue
             try:
@@ -320,8 +321,8 @@ class CursorFile:
             os.fdatasync(self._fd)
         except OSError as error:
             self._failed = error
-            raise errors.LogIOError(error.errno or _errno.EIO, f"cursor {self.name!r} write "
-                                    f"failed: {error.strerror} ({self.path})") from error
+            raise errors.exception_for(-(error.errno or _errno.EIO), f"cursor {self.name!r} write",
+                                       detail=f"{error.strerror} ({self.path})") from error
         self.sequence = sequence
         self.position = position
 
@@ -346,10 +347,11 @@ class CursorFile:
             self._fd = -1
 
 
-def _io_error(error: OSError, operation: str) -> errors.LogIOError:
+def _io_error(error: OSError, operation: str) -> BaseException:
+    """An operating-system error of a cursor file, through the log's one funnel (errors.py)."""
     number = error.errno or _errno.EIO
     where = f" ({error.filename})" if error.filename else ""
-    return errors.LogIOError(number, f"{operation} failed: {os.strerror(number)}{where}")
+    return errors.exception_for(-number, operation, detail=f"{os.strerror(number)}{where}")
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -383,7 +385,8 @@ def read(directory: str | os.PathLike[str], name: str, *, salt: int | None = Non
         with open(path, "rb", buffering=0) as file:
             data = file.read(CURSOR_FILE_SIZE_BYTES)
     except FileNotFoundError:
-        raise errors.CursorNotFoundError(f"cursor {name!r} not found in {os.fspath(directory)!r}") from None
+        raise errors.CursorNotFoundError(
+            f"cursor {name!r} not found in {os.fspath(directory)!r}") from None
     except OSError as error:
         raise _io_error(error, f"cursor {name!r} read") from error
     return _newest_slot(data, name, salt, path).position

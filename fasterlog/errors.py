@@ -19,13 +19,28 @@
 
 Messages start with the operation that failed, e.g. "append failed: entry of 9 MiB exceeds
 entry_size_max (4 MiB)".
+
+Rules of the funnel:
+1. A failed C call's code becomes an exception in one place, `exception_for` (`raise_for`
+   raises it): the table `_BUILDERS` maps each of the core's FL_E_* codes to the function that
+   builds its exception, and `-errno` codes become LogIOError (DiskFullError for ENOSPC).
+2. Layers above add their own codes with `register_code` (kvlayer's FL_E_KV_* and the index's
+   FL_E_INDEX_BUSY, from kvlayer/errors.py), since this package imports none of them. A code may
+   be registered once; the log's own codes cannot be replaced.
+3. A builder gets a `Failure`: the code, the operation, the core's own words for it (or the
+   caller's, who knows the sizes involved) and the address; `Failure.text` puts the operation
+   first.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
+
+from ._fasterlog_c import ffi, lib
 
 
 class FasterLogError(Exception):
@@ -116,66 +131,136 @@ class DiskFullError(LogIOError):
     """The disk is full (ENOSPC). Nothing committed is lost; the log is fenced."""
 
 
-def raise_for(code: int, operation: str, lib: Any, info: Any = None, address: int = 0) -> NoReturn:
-    """Turns a negative C return code into the matching exception. The only such place."""
-    detail = ""
-    if info is not None and info.message[0] != b"\0":
-        from ._fasterlog_c import ffi
+@dataclass(frozen=True)
+class Failure:
+    """What the funnel knows about one failed C call: what a code's builder makes its exception
+    from."""
 
+    code: int
+    operation: str  # what failed, as the message's first words: "append", "read at 4096"
+    detail: str     # the core's own words (fl_error_info.message) or the caller's, else ""
+    address: int    # the address the caller asked about (0: none)
+    info: Any       # the call's fl_error_info, or None
+
+    def text(self, default: str) -> str:
+        """The message: the operation first, then the detail or, without one, `default`."""
+        return f"{self.operation} failed: {self.detail or default}"
+
+    @property
+    def where(self) -> int:
+        """The address the core reported (the frame it found bad), else the caller's."""
+        reported = int(self.info.address) if self.info is not None else 0
+        return reported or self.address
+
+
+Builder = Callable[[Failure], BaseException]
+
+
+def _locked(failure: Failure) -> BaseException:
+    holder = int(failure.info.holder_pid) if failure.info is not None else 0
+    return LockedError(failure.text("the log is open for writing by another process"), holder)
+
+
+def _truncated(failure: Failure) -> BaseException:
+    begin = int(failure.info.begin_address) if failure.info is not None else 0
+    where = failure.where
+    return TruncatedError(failure.text(f"address {where} is below the begin address {begin}"),
+                          where, begin)
+
+
+def _invalid_address(failure: Failure) -> BaseException:
+    return InvalidAddressError(failure.text(
+        f"address {failure.address} is not the start of a readable entry (out of range, "
+        "unaligned or inside an entry)"), failure.address)
+
+
+def _corrupt(failure: Failure) -> BaseException:
+    return CorruptionError(failure.text(f"corrupt frame at address {failure.where}"),
+                           failure.where)
+
+
+def _short_write(failure: Failure) -> BaseException:
+    return LogIOError(_errno.EIO, failure.text("the device wrote fewer bytes than asked "
+                                               "(short write)"))
+
+
+def _simple(error: Callable[[str], BaseException], default: str) -> Builder:
+    return lambda failure: error(failure.text(default))
+
+
+# Rule 1: the core's codes (fasterlog.h, enum fl_status) and their exceptions.
+_BUILDERS: dict[int, Builder] = {
+    lib.FL_E_CLOSED: _simple(LogClosedError, "the log is closed"),
+    lib.FL_E_FENCED: _simple(LogFencedError, "an earlier write or sync failed; the log refuses "
+                                             "writes (reopen it to recover)"),
+    lib.FL_E_READONLY: _simple(ReadOnlyError, "the log was opened read-only"),
+    lib.FL_E_COMPLETED: _simple(LogCompletedError, "the log was completed and takes no more "
+                                                   "entries"),
+    lib.FL_E_LOCKED: _locked,
+    lib.FL_E_CORRUPT: _corrupt,
+    lib.FL_E_TRUNCATED: _truncated,
+    lib.FL_E_ADDRESS: _invalid_address,
+    lib.FL_E_TOO_LARGE: _simple(EntryTooLarge, "entry exceeds entry_size_max"),
+    lib.FL_E_SETTINGS: _simple(SettingsError, "invalid settings"),
+    lib.FL_E_FORMAT: _simple(FormatError, "not a fasterlog directory"),
+    lib.FL_E_SHORT_WRITE: _short_write,
+    lib.FL_E_NOMEM: _simple(MemoryError, "out of memory"),
+    lib.FL_E_TIMEOUT: _simple(TimeoutError, "timed out"),
+}
+_CORE_CODES = frozenset(_BUILDERS)
+# -errno codes: the operating system's numbers stop below this.
+_ERRNO_LIMIT = 4096
+
+
+def register_code(code: int, build: Builder) -> None:
+    """Rule 2: makes `build(failure)` the exception of C code `code` (a negative number that is
+    neither an errno nor one of the log's codes). Registering the same builder again (a module
+    reloaded) is allowed; another builder for a taken code is a ValueError."""
+    if not isinstance(code, int) or code > -_ERRNO_LIMIT:
+        raise ValueError(f"register_code failed: {code!r} is not a negative code below "
+                         f"-{_ERRNO_LIMIT} (those are errno values)")
+    if code in _CORE_CODES:
+        raise ValueError(f"register_code failed: code {code} is one of the log's own")
+    taken = _BUILDERS.get(code)
+    if taken is not None and _name(taken) != _name(build):
+        raise ValueError(f"register_code failed: code {code} is taken by {_name(taken)}")
+    _BUILDERS[code] = build
+
+
+def _name(build: Builder) -> str:
+    return f"{build.__module__}.{getattr(build, '__qualname__', repr(build))}"
+
+
+def exception_for(code: int, operation: str, info: Any = None, address: int = 0, *,
+                  detail: str = "") -> BaseException:
+    """Rule 1: the exception for negative C code `code` from `operation`. `info` is the call's
+    fl_error_info (its message, when set, is the detail); `detail` is the caller's own words
+    (they win); `address` is the one the caller asked about."""
+    if not detail and info is not None and info.message[0] != b"\0":
         detail = ffi.string(info.message).decode(errors="replace")
-    info_address = int(info.address) if info is not None else address
-    where = info_address or address
-
-    def text(default: str) -> str:
-        return f"{operation} failed: {detail or default}"
-
-    if code == lib.FL_E_CLOSED:
-        raise LogClosedError(text("the log is closed"))
-    if code == lib.FL_E_FENCED:
-        raise LogFencedError(text("an earlier write or sync failed; the log refuses writes "
-                                  "(reopen it to recover)"))
-    if code == lib.FL_E_READONLY:
-        raise ReadOnlyError(text("the log was opened read-only"))
-    if code == lib.FL_E_COMPLETED:
-        raise LogCompletedError(text("the log was completed and takes no more entries"))
-    if code == lib.FL_E_LOCKED:
-        raise LockedError(text("the log is open for writing by another process"),
-                          int(info.holder_pid) if info is not None else 0)
-    if code == lib.FL_E_CORRUPT:
-        raise CorruptionError(text(f"corrupt frame at address {where}"), where)
-    if code == lib.FL_E_TRUNCATED:
-        begin = int(info.begin_address) if info is not None else 0
-        raise TruncatedError(text(f"address {where} is below the begin address {begin}"),
-                             where, begin)
-    if code == lib.FL_E_ADDRESS:
-        raise InvalidAddressError(text(f"address {address} is not the start of a readable "
-                                       "entry (out of range, unaligned or inside an entry)"),
-                                  address)
-    if code == lib.FL_E_TOO_LARGE:
-        raise EntryTooLarge(text("entry exceeds entry_size_max"))
-    if code == lib.FL_E_SETTINGS:
-        raise SettingsError(text("invalid settings"))
-    if code == lib.FL_E_FORMAT:
-        raise FormatError(text("not a fasterlog directory"))
-    if code == lib.FL_E_SHORT_WRITE:
-        raise LogIOError(_errno.EIO, text("the device wrote fewer bytes than asked (short write)"))
-    if code == lib.FL_E_NOMEM:
-        raise MemoryError(text("out of memory"))
-    if code == lib.FL_E_TIMEOUT:
-        raise TimeoutError(text("timed out"))
-    if -4096 < code < 0:
+    failure = Failure(code, operation, detail, address, info)
+    build = _BUILDERS.get(code)
+    if build is not None:
+        return build(failure)
+    if -_ERRNO_LIMIT < code < 0:
         number = -code
-        message = text(os.strerror(number))
+        message = failure.text(os.strerror(number))
         if number == _errno.ENOSPC:
-            raise DiskFullError(number, message)
-        raise LogIOError(number, message)
-    raise FasterLogError(text(f"error code {code}"))
+            return DiskFullError(number, message)
+        return LogIOError(number, message)
+    return FasterLogError(failure.text(f"error code {code}"))
 
 
-def fence_reason(code: int, lib: Any) -> str:
+def raise_for(code: int, operation: str, info: Any = None, address: int = 0, *,
+              detail: str = "") -> NoReturn:
+    """Raises exception_for(...): the form a failed call's `if rc < 0:` branch uses."""
+    raise exception_for(code, operation, info, address, detail=detail)
+
+
+def fence_reason(code: int) -> str:
     """Says in words why a log was fenced, for LogFencedError messages."""
     if code == lib.FL_E_SHORT_WRITE:
         return "a short write"
-    if -4096 < code < 0:
+    if -_ERRNO_LIMIT < code < 0:
         return f"{_errno.errorcode.get(-code, str(-code))} ({os.strerror(-code)})"
     return f"error code {code}"

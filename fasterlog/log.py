@@ -1,12 +1,15 @@
 """FasterLog: the Python face of the C core.
 
 Rules:
-1. Every C call that can fail goes through `_check`, which hands negative codes to
-   errors.raise_for (the one funnel from C codes to exceptions).
+1. Every C call that can fail hands its negative code to LogHandle.fail (handle.py), which
+   passes it to errors.raise_for (the one funnel from C codes to exceptions); a caller that
+   knows more (the size of an entry too large) adds it as the message's detail.
 2. Hot paths (append, append_many, scan) avoid per-call allocation: bytes go to C without a
    copy, batches go as one joined buffer plus an array of sizes.
 3. cffi releases the GIL around every C call, so commits and waits in one thread never stop
    other threads' appends.
+4. The LogHandle holds the C pointer and the primitives the tails share with this module
+   (state, waits, wakes, failures): tails get the handle, never this class's members.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import logging
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, overload
+from typing import Any, Literal, NoReturn, overload
 
 from . import errors
 from ._fasterlog_c import ffi, lib
 from ._format import EntryKind
+from .handle import LogHandle, timeout_us
 from .tail import AsyncTail, Tail, wait_for_commit_async
 
 __all__ = ["FasterLog"]
@@ -69,9 +73,11 @@ class FasterLog:
 
     # No per-log scratch structs: every call that needs one allocates its own, so that threads
     # sharing a log never see each other's half-written state.
-    __slots__ = ("_log", "_path", "_entry_size_max", "_closed", "__weakref__")
+    # `_log` is the handle's pointer itself: the hot calls (append, commit) save a lookup.
+    __slots__ = ("__weakref__", "_closed", "_entry_size_max", "_handle", "_log", "_path")
 
     def __init__(self, handle: Any, path: str) -> None:
+        self._handle = LogHandle(handle, path)
         self._log = handle
         self._path = path
         self._closed = False
@@ -131,14 +137,14 @@ class FasterLog:
         text_path = os.fsdecode(os.fspath(path))
         rc = lib.fl_open(os.fsencode(text_path), settings, handle_out, info)
         if rc < 0:
-            errors.raise_for(rc, f"open {text_path!r}", lib, info)
+            errors.raise_for(rc, f"open {text_path!r}", info)
         log = cls(ffi.gc(handle_out[0], lib.fl_free), text_path)
         log._report_backend()
         return log
 
     def _report_backend(self) -> None:
         global _uring_refusal_reported
-        state = self._snapshot()
+        state = self._handle.state()
         if state.io_uring_refused and not _uring_refusal_reported:
             _uring_refusal_reported = True
             _logger.warning("io_uring is not available (%s); using the plain pread/pwrite "
@@ -151,7 +157,7 @@ class FasterLog:
         self._closed = True
         rc = lib.fl_close(self._log)
         if rc < 0:
-            errors.raise_for(rc, "close", lib)
+            errors.raise_for(rc, "close")
 
     def __enter__(self) -> FasterLog:
         return self
@@ -160,17 +166,22 @@ class FasterLog:
         self.close()
 
     def __repr__(self) -> str:
-        if self._closed:
+        if self._closed or self._handle.state().closed:  # closed here, or a simulated crash
             return f"<FasterLog {self._path!r} closed>"
         return (f"<FasterLog {self._path!r} begin={self.begin_address} "
                 f"committed_until={self.committed_until_address} tail={self.tail_address}>")
 
-    def _fail(self, code: int, operation: str, address: int = 0, info: Any = None) -> Any:
-        if code == lib.FL_E_FENCED:
-            reason = errors.fence_reason(self._snapshot().fenced_error, lib)
-            raise errors.LogFencedError(f"{operation} failed: the log is fenced after {reason}; "
-                                        "durable data stays readable, reopen to recover")
-        errors.raise_for(code, operation, lib, info, address)
+    @property
+    def c_handle(self) -> Any:
+        """The core's `fl_log *` (a cffi pointer), for C code built on fasterlog.h beside this
+        class (kvlayer's fl_kv, the test hooks of fasterlog.testing). It stays valid while this
+        FasterLog is alive; never free it, and never use it after close() for anything but
+        calls the core documents as safe on a closed log."""
+        return self._log
+
+    def _fail(self, code: int, operation: str, address: int = 0, info: Any = None, *,
+              detail: str = "") -> NoReturn:
+        self._handle.fail(code, operation, address, info, detail=detail)
 
     # ------------------------------------------------------------------ appends
 
@@ -204,13 +215,15 @@ class FasterLog:
             self._append_failed(address, payload)
         return address
 
-    def _append_failed(self, code: int, entry: Any) -> None:
+    def _append_failed(self, code: int, entry: Any) -> NoReturn:
+        detail = ""
         if code == lib.FL_E_TOO_LARGE:
-            size = len(memoryview(entry).cast("B"))
-            raise errors.EntryTooLarge(
-                f"append failed: entry of {_mib(size)} exceeds entry_size_max "
-                f"({_mib(self._entry_size_max)})")
-        self._fail(code, "append")
+            detail = self._too_large(len(memoryview(entry).cast("B")))
+        self._fail(code, "append", detail=detail)
+
+    def _too_large(self, size: int) -> str:
+        """FL_E_TOO_LARGE's detail for an entry of `size` bytes."""
+        return f"entry of {_mib(size)} exceeds entry_size_max ({_mib(self._entry_size_max)})"
 
     def append_many(self, entries: Iterable[bytes | bytearray | memoryview]) -> list[int]:
         """Appends a batch atomically: after a crash either all of it or none survives."""
@@ -233,12 +246,8 @@ class FasterLog:
         rc = lib.fl_append_batch(self._log, joined, ffi.from_buffer("uint32_t[]", sizes), count,
                                  ffi.from_buffer("uint64_t[]", addresses), 1)
         if rc < 0:
-            if rc == lib.FL_E_TOO_LARGE:
-                size = max(sizes)
-                raise errors.EntryTooLarge(
-                    f"append_many failed: entry of {_mib(size)} exceeds entry_size_max "
-                    f"({_mib(self._entry_size_max)})")
-            self._fail(rc, "append_many")
+            self._fail(rc, "append_many",
+                       detail=self._too_large(max(sizes)) if rc == lib.FL_E_TOO_LARGE else "")
         return addresses.tolist()
 
     # ------------------------------------------------------------------ commits
@@ -250,11 +259,10 @@ class FasterLog:
         if cookie is not None:
             data = cookie if type(cookie) is bytes else _as_cdata(cookie, "commit")
             rc = lib.fl_set_cookie(self._log, data, len(data))
-            if rc == lib.FL_E_TOO_LARGE:
-                raise errors.EntryTooLarge(f"commit failed: cookie of {_mib(len(data))} exceeds "
-                                           f"{_mib(lib.FL_COOKIE_SIZE_MAX_BYTES)}")
             if rc < 0:
-                self._fail(rc, "commit")
+                self._fail(rc, "commit", detail=(
+                    f"cookie of {_mib(len(data))} exceeds {_mib(lib.FL_COOKIE_SIZE_MAX_BYTES)}"
+                    if rc == lib.FL_E_TOO_LARGE else ""))
         committed: int = _commit(self._log)
         if committed < 0:
             self._fail(committed, "commit")
@@ -266,8 +274,7 @@ class FasterLog:
         if not isinstance(address, int) or address < 0:
             raise errors.InvalidAddressError(f"wait_for_commit failed: bad address {address!r}",
                                              0)
-        timeout_us = -1 if timeout is None else max(0, int(timeout * 1e6))
-        rc = lib.fl_wait_for_commit(self._log, address, timeout_us)
+        rc = lib.fl_wait_for_commit(self._log, address, timeout_us(timeout))
         if rc in (lib.FL_E_TIMEOUT, lib.FL_E_WOKEN):
             return False
         if rc < 0:
@@ -284,11 +291,11 @@ class FasterLog:
 
     @property
     def completed(self) -> bool:
-        return bool(self._snapshot().completed)
+        return bool(self._handle.state().completed)
 
     def wake(self) -> None:
         """Ends every wait in progress on this log (tails check whether they were stopped)."""
-        lib.fl_wake(self._log)
+        self._handle.wake()
 
     def tail(self, from_address: int | None = None, timeout: float | None = None, *,
              include_markers: bool = False) -> Tail:
@@ -297,19 +304,19 @@ class FasterLog:
         any thread; a completed log ends it after the last entry."""
         if from_address is not None:
             self._check_address(from_address, "tail")
-        return Tail(self, from_address, timeout, include_markers)
+        return Tail(self._handle, self.scan_columns, from_address, timeout, include_markers)
 
     def tail_async(self, from_address: int | None = None, timeout: float | None = None, *,
                    include_markers: bool = False) -> AsyncTail:
         """The asyncio twin of tail(): `async for address, entry in log.tail_async()`."""
         if from_address is not None:
             self._check_address(from_address, "tail_async")
-        return AsyncTail(self, from_address, timeout, include_markers)
+        return AsyncTail(self._handle, self.scan_columns, from_address, timeout, include_markers)
 
     async def wait_for_commit_async(self, address: int, timeout: float | None = None) -> bool:
         """The asyncio twin of wait_for_commit(), driven by the commit eventfd."""
         self._check_address(address, "wait_for_commit_async")
-        return await wait_for_commit_async(self, address, timeout)
+        return await wait_for_commit_async(self._handle, address, timeout)
 
     @property
     def cookie(self) -> bytes | None:
@@ -322,10 +329,7 @@ class FasterLog:
     def commit_eventfd(self) -> int:
         """An eventfd that becomes readable whenever a commit completes, or the log is fenced
         (for event loops)."""
-        fd = int(lib.fl_commit_eventfd(self._log))
-        if fd < 0:
-            self._fail(fd, "commit_eventfd")
-        return fd
+        return self._handle.commit_eventfd("commit_eventfd")
 
     # ------------------------------------------------------------------ reads
 
@@ -485,7 +489,7 @@ class FasterLog:
                      views: bool = False, kinds: bool = False) -> Iterator[tuple[list[int], Any]]:
         # One C call fills a buffer with up to 4096 checked frames; one struct.unpack_from
         # turns all their payloads into bytes objects (the per-entry cost is then in C).
-        state = self._snapshot()
+        state = self._handle.state()
         position = state.begin_address if begin is None else self._check_address(begin, "scan")
         limit = state.committed_until_address if end is None else self._check_address(end, "scan")
         capacity = max(_SCAN_BUFFER_MIN_BYTES, self._entry_size_max + 64)
@@ -504,7 +508,7 @@ class FasterLog:
                                 offsets, sizes, kinds_out, _SCAN_ENTRIES_MAX, next_address,
                                 info)
             if count < 0:
-                errors.raise_for(count, f"scan at {position}", lib, info, position)
+                errors.raise_for(count, f"scan at {position}", info, position)
             advanced = next_address[0]
             if count > 0 and views:
                 yield ffi.unpack(addresses, count), (memory, ffi.unpack(offsets, count),
@@ -524,7 +528,7 @@ class FasterLog:
     def verify(self, begin: int | None = None, end: int | None = None) -> int:
         """Checks every frame in [begin, end) (default: the whole committed log) and returns
         the address up to which all is good; raises CorruptionError at the first bad frame."""
-        state = self._snapshot()
+        state = self._handle.state()
         position = state.begin_address if begin is None else self._check_address(begin, "verify")
         limit = state.committed_until_address if end is None else self._check_address(end,
                                                                                       "verify")
@@ -532,7 +536,7 @@ class FasterLog:
         info = ffi.new("fl_error_info *")
         rc = lib.fl_verify(self._log, position, limit, good, info)
         if rc < 0:
-            errors.raise_for(rc, "verify", lib, info, position)
+            errors.raise_for(rc, "verify", info, position)
         return int(good[0])
 
     # ------------------------------------------------------------------ truncation
@@ -567,35 +571,30 @@ class FasterLog:
 
     # ------------------------------------------------------------------ state
 
-    def _snapshot(self) -> Any:
-        state = ffi.new("fl_state *")
-        lib.fl_get_state(self._log, state)
-        return state
-
     @property
     def begin_address(self) -> int:
-        return int(self._snapshot().begin_address)
+        return int(self._handle.state().begin_address)
 
     @property
     def tail_address(self) -> int:
-        return int(self._snapshot().tail_address)
+        return int(self._handle.state().tail_address)
 
     @property
     def flushed_until_address(self) -> int:
-        return int(self._snapshot().flushed_until_address)
+        return int(self._handle.state().flushed_until_address)
 
     @property
     def committed_until_address(self) -> int:
-        return int(self._snapshot().committed_until_address)
+        return int(self._handle.state().committed_until_address)
 
     @property
     def commit_number(self) -> int:
-        return int(self._snapshot().commit_number)
+        return int(self._handle.state().commit_number)
 
     @property
     def io_backend(self) -> str:
         """The I/O backend in use: "io_uring" or "plain"."""
-        return _BACKEND_NAMES[self._snapshot().io_backend]
+        return _BACKEND_NAMES[self._handle.state().io_backend]
 
     @property
     def entry_size_max(self) -> int:
@@ -603,13 +602,13 @@ class FasterLog:
 
     @property
     def closed(self) -> bool:
-        return bool(self._snapshot().closed)
+        return bool(self._handle.state().closed)
 
     @property
     def fenced(self) -> bool:
         """True once a failed write or sync fenced the log (every later write and commit
         raises LogFencedError; durable data stays readable)."""
-        return bool(self._snapshot().fenced_error)
+        return bool(self._handle.state().fenced_error)
 
     @property
     def path(self) -> str:
@@ -619,7 +618,7 @@ class FasterLog:
     def settings(self) -> dict[str, Any]:
         settings = ffi.new("fl_settings *")
         lib.fl_get_settings(self._log, settings)
-        state = self._snapshot()
+        state = self._handle.state()
         return {
             "page_size_bytes": int(settings.page_size_bytes),
             "memory_size_bytes": int(settings.memory_size_bytes),

@@ -38,9 +38,9 @@ _OPS = {"write": lib.FL_FAULT_WRITE, "fsync": lib.FL_FAULT_FSYNC, "any": lib.FL_
 
 def simulate_crash(log: FasterLog) -> None:
     """Drops the log as kill -9 would: no final commit, no clean meta file, lock released.
-    Writes already handed to the device may or may not have landed, as in a real crash."""
-    log._closed = True
-    lib.fl_simulate_crash(log._log)
+    Writes already handed to the device may or may not have landed, as in a real crash. The
+    FasterLog then reports itself closed, and its close() does nothing."""
+    lib.fl_simulate_crash(log.c_handle)
 
 
 def inject_fault(log: FasterLog, op: str = "any", after: int = 0, errno: int = _errno.EIO,
@@ -49,11 +49,11 @@ def inject_fault(log: FasterLog, op: str = "any", after: int = 0, errno: int = _
     short_write, complete with half its bytes); with `persistent`, every later one too."""
     if op not in _OPS:
         raise ValueError(f"inject_fault: op must be one of {sorted(_OPS)}, not {op!r}")
-    lib.fl_fault_set(log._log, _OPS[op], after, errno, int(persistent), int(short_write))
+    lib.fl_fault_set(log.c_handle, _OPS[op], after, errno, int(persistent), int(short_write))
 
 
 def clear_faults(log: FasterLog) -> None:
-    lib.fl_fault_set(log._log, 0, 0, 0, 0, 0)
+    lib.fl_fault_set(log.c_handle, 0, 0, 0, 0, 0)
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
@@ -124,7 +124,7 @@ class IOTrace:
         self.capacity_bytes = capacity_bytes
         self.ops: list[TraceOp] = []
 
-    def __enter__(self) -> IOTrace:  # noqa: PYI034 - not meant to be subclassed
+    def __enter__(self) -> IOTrace:
         if lib.fl_trace_start(self.capacity_bytes) < 0:
             raise MemoryError(f"IOTrace: cannot allocate {self.capacity_bytes} bytes")
         return self
@@ -244,7 +244,7 @@ class trace_side_files:
             modules = (cursors, durable)
         self.modules = modules
 
-    def __enter__(self) -> trace_side_files:  # noqa: PYI034 - not meant to be subclassed
+    def __enter__(self) -> trace_side_files:
         for module in self.modules:
             module.os = _TracedOs()  # type: ignore[attr-defined]
         return self
@@ -421,7 +421,8 @@ class CrashStates:
                     pending_names.append(("unlink", name, "", None))
             yield self._draw(rng, point, tuple(marks), durable_names, pending_names)
 
-    def _draw(self, rng: random.Random, point: int, marks: tuple[int, ...], durable_names: dict[str, _Inode],
+    def _draw(self, rng: random.Random, point: int, marks: tuple[int, ...],
+              durable_names: dict[str, _Inode],
               pending_names: list[tuple[str, str, str, _Inode | None]]) -> CrashState:
         notes = []
         names = dict(durable_names)

@@ -5,12 +5,16 @@
         store.put(b"user:1", b"alice")
         store.get(b"user:1")        # b"alice"
 
-The log is the source of truth and the C hash index (fasterlog/csrc/fl_index.c) is derived
-from it: opening a store loads the newest valid checkpoint and replays the rest of the log.
-Modules: store.py (KVStore), checkpoint.py (snapshots, markers, the cookie), compaction.py
-(copy forward, truncate), follower.py (read-only followers, checkpoints by time), cli.py
-(`fasterlog kv`, loaded only by that command).
-Depends on fasterlog only (the layers are fasterlog <- consumers <- kvlayer).
+This package holds the KV store: the public KVStore (store.py) over its shared state and
+operations (core.py), the record format and key hashing (records.py), the binding of the C hash
+index (index.py) and of the C fast path (_fast.py), checkpoints (checkpoint.py: KV snapshots,
+markers and the commit cookie, on consumers' checkpoint mechanism), compaction (compaction.py:
+copy forward, truncate), read-only followers and timed checkpoints (follower.py), its errors
+(errors.py) and the `fasterlog kv` commands (cli.py). The log is the source of truth; the index
+is derived from it, rebuilt at open from the newest valid checkpoint and a replay of the rest.
+It may import fasterlog and consumers, never a layer above (fasterlog_server, the CLI);
+inside it, imports go one way: store -> compaction, follower -> core -> index, records,
+checkpoint -> errors.
 """
 
 from . import errors

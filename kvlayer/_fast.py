@@ -1,10 +1,9 @@
-"""The binding of kvlayer's C fast path (fasterlog/csrc/fl_kv.c): contexts, per-thread read
-buffers and the error funnel for its codes. store.py keeps the API and the rules; this module
-only moves bytes to and from C.
+"""The binding of kvlayer's C fast path (fasterlog/csrc/fl_kv.c): contexts and per-thread read
+buffers. store.py keeps the API and the rules; this module only moves bytes to and from C.
 
 Rules:
-1. Every negative code from fl_kv_* goes through `fail`: FL_E_KV_RECORD becomes
-   RecordCorruptError, the log's own codes go to fasterlog.errors.raise_for.
+1. Every negative code from fl_kv_* goes to fasterlog.errors.raise_for, the one funnel:
+   kvlayer/errors.py registers the KV codes there (FL_E_KV_RECORD: RecordCorruptError).
 2. A value is copied into the calling thread's buffer (Readers), never a shared one: another
    thread may run between the C call and the copy into a bytes object.
 """
@@ -12,37 +11,15 @@ Rules:
 from __future__ import annotations
 
 import threading
-from typing import Any, NoReturn
+from typing import Any
 
-from fasterlog import errors as log_errors
 from fasterlog._fasterlog_c import ffi, lib
-
-from .errors import KVError, RecordCorruptError, StoreVersionError
 
 READ_BUFFER_BYTES = 64 << 10
 GET_MANY_BUFFER_BYTES = 1 << 20
 GET_MANY_WINDOW = 4096  # keys per fl_kv_get_many call (store._GET_MANY_FORMAT_ENTRIES)
 VALUE_DELETE = 0xFFFFFFFF
-# fl_kv.c's reason for a version-1 record (BLAKE2b hashes): a StoreVersionError, not corruption.
-VERSION_1_WHY = ("record version 1 (BLAKE2b key hashes, an older kvlayer): this kvlayer reads "
-                 "version 2 stores only")
-_VERSION_1_PREFIX = "record version 1 "
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
-
-
-def fail(code: int, operation: str, info: Any) -> NoReturn:
-    """Rule 1: the one place fl_kv codes become exceptions."""
-    if code == lib.FL_E_KV_RECORD:
-        address = int(info.address)
-        why = ffi.string(info.message).decode(errors="replace")
-        if why.startswith(_VERSION_1_PREFIX):
-            raise StoreVersionError(f"read record at {address} failed: {VERSION_1_WHY}", address)
-        raise RecordCorruptError(f"read record at {address} failed: {why}", address)
-    if code == lib.FL_E_KV_INDEX:
-        raise KVError(f"{operation} failed: an index update conflicted (two writers?)")
-    if code == lib.FL_E_INDEX_BUSY:
-        raise KVError(f"{operation} failed: another writer is inside the index")
-    log_errors.raise_for(code, operation, lib, info)
 
 
 def create(log_handle: Any, index_handle: Any) -> Any:

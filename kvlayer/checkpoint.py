@@ -23,23 +23,31 @@ Rules and invariants:
 5. A snapshot is used only if its size and CRC32C equal the marker's, its header is intact
    (magic, version, header CRC32C), its body CRC32C matches and its position is the marker's.
    Anything else raises CheckpointError, and recovery falls back (store.py).
+The marker and snapshot-file mechanism (finding and checking markers, writing, reading and
+removing files, the CRC32C) is consumers/checkpoints.py, shared with projections; the bytes of
+KV markers, snapshots and the cookie are this module's.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import sys
 from array import array
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 
-from fasterlog import EntryKind, FasterLog
+from consumers.checkpoints import (
+    MarkerFormat,
+    crc32c,
+    read_snapshot_file,
+    remove_snapshot_files,
+    write_snapshot_file,
+)
+from fasterlog import FasterLog
 from fasterlog._fasterlog_c import ffi, lib
-from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
 
 from .errors import CheckpointError
 
@@ -78,19 +86,12 @@ ENTRY_ADDRESS_MASK = (1 << lib.FL_INDEX_ADDRESS_BITS) - 1
 _ENTRY_RESERVED_BITS = ((1 << 64) - 1) & ~(ENTRY_DELETED | ENTRY_ADDRESS_MASK)
 MARKER_KIND = "kv-checkpoint"
 MARKER_VERSION = 1
-# msgpack's encoding of MARKER_KIND: a marker scan decodes only entries that hold it.
-_MARKER_NEEDLE = msgpack.packb(MARKER_KIND)
 COOKIE_MAGIC = b"kvlayer1"
 COOKIE_CHECKPOINTS_KEY = "kvlayer.checkpoints"
 _COOKIE_PREFIX = struct.Struct("<8sB")  # magic, index bits
 checkpoints_kept_count_max = 16  # bounds the cookie (8 bytes per address)
 
 assert SNAPSHOT_HEADER_SIZE_BYTES == 48
-
-
-def crc32c(data: bytes) -> int:
-    """CRC32C of `data`, computed by the log core (the checksum FORMAT.md uses)."""
-    return int(lib.fl_crc32c(0, data, len(data)))
 
 
 class Checkpoint(NamedTuple):
@@ -112,7 +113,7 @@ class Snapshot(NamedTuple):
 
     def entries(self) -> dict[int, int]:
         """hash -> word, the form checkpoints are folded forward in."""
-        return dict(zip(self.hashes, self.words))
+        return dict(zip(self.hashes, self.words, strict=True))
 
 
 # ---------------------------------------------------------------------- snapshot bytes
@@ -191,99 +192,62 @@ def decode_snapshot(data: bytes, where: str) -> Snapshot:
 
 def write_snapshot(directory: str, position: int, data: bytes) -> str:
     """Writes the file durably (rule 3): temporary name, fsync, rename, directory fsync."""
-    if not os.path.isdir(directory):
-        os.makedirs(directory, exist_ok=True)
-        fsync_directory(os.path.dirname(os.path.abspath(directory)))
     file_name = snapshot_file_name(position)
-    write_file_durably(directory, file_name, data)
+    write_snapshot_file(directory, file_name, data)
     return file_name
 
 
 def read_snapshot(directory: str, checkpoint: Checkpoint) -> Snapshot:
     """The checked snapshot of a checkpoint (rule 5), or CheckpointError."""
-    path = os.path.join(directory, checkpoint.file_name)
     where = (f"load checkpoint at position {checkpoint.position} (marker at "
              f"{checkpoint.marker_address}) failed")
-    data = read_checked_file(path, checkpoint.size_bytes, checkpoint.crc32c, where,
-                             CheckpointError)
+    data = read_snapshot_file(directory, checkpoint, where, CheckpointError)
     snapshot = decode_snapshot(data, where)
     if snapshot.position != checkpoint.position:
         raise CheckpointError(f"{where}: the snapshot is of position {snapshot.position}")
     return snapshot
 
 
+def _is_snapshot_file(name: str) -> bool:
+    return name.endswith((SNAPSHOT_SUFFIX, SNAPSHOT_SUFFIX + ".tmp"))
+
+
 def remove_unkept_files(directory: str, kept_names: Iterable[str]) -> None:
     """Deletes snapshot files (and leftover temporaries) that no kept checkpoint names."""
-    kept = set(kept_names)
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name not in kept and name.endswith((SNAPSHOT_SUFFIX, SNAPSHOT_SUFFIX + ".tmp")):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+    remove_snapshot_files(directory, _is_snapshot_file, kept_names)
 
 
 # ---------------------------------------------------------------------- markers
 
 
-def encode_marker(position: int, file_name: str, size_bytes: int, crc: int) -> bytes:
-    marker: bytes = msgpack.packb({"kind": MARKER_KIND, "version": MARKER_VERSION,
-                                   "position": position, "file": file_name,
-                                   "size_bytes": size_bytes, "crc32c": crc})
-    return marker
-
-
-def parse_marker(address: int, payload: bytes) -> Checkpoint | None:
-    """The checkpoint this payload records, or None when it is not a KV checkpoint marker."""
-    if _MARKER_NEEDLE not in payload:
-        return None
-    try:
-        fields = msgpack.unpackb(payload, raw=False)
-    except Exception:  # noqa: BLE001 - an undecodable payload is simply not a marker
-        return None
-    if (not isinstance(fields, dict) or fields.get("kind") != MARKER_KIND
-            or fields.get("version") != MARKER_VERSION):
-        return None
-    try:
-        checkpoint = Checkpoint(int(fields["position"]), str(fields["file"]),
-                                int(fields["size_bytes"]), int(fields["crc32c"]), address)
-    except (KeyError, TypeError, ValueError):
-        return None
-    if os.path.basename(checkpoint.file_name) != checkpoint.file_name:
-        return None  # a file name must not lead out of the checkpoint directory
+def _build_checkpoint(address: int, fields: dict[str, Any]) -> Checkpoint | None:
+    checkpoint = Checkpoint(int(fields["position"]), str(fields["file"]),
+                            int(fields["size_bytes"]), int(fields["crc32c"]), address)
     if not lib.FL_FIRST_ADDRESS <= checkpoint.position <= address:
         return None
     return checkpoint
 
 
+MARKERS = MarkerFormat(MARKER_KIND, MARKER_VERSION, _build_checkpoint)
+
+
+def encode_marker(position: int, file_name: str, size_bytes: int, crc: int) -> bytes:
+    return MARKERS.encode(position=position, file=file_name, size_bytes=size_bytes, crc32c=crc)
+
+
+def parse_marker(address: int, payload: bytes) -> Checkpoint | None:
+    """The checkpoint this payload records, or None when it is not a KV checkpoint marker."""
+    return MARKERS.decode(address, payload)
+
+
 def marker_at(log: FasterLog, address: int) -> Checkpoint | None:
     """The checkpoint whose marker is at `address`, or None (rule 4: hints are checked)."""
-    if not log.begin_address <= address < log.committed_until_address:
-        return None
-    try:
-        payload = log.read(address)
-    except Exception:  # noqa: BLE001 - a bad hint is not an error, just no checkpoint
-        return None
-    checkpoint = parse_marker(address, payload)
-    if checkpoint is None or log.entry_kind(address) is not EntryKind.MARKER:
-        return None
-    return checkpoint
+    return MARKERS.at(log, address)
 
 
 def find_markers(log: FasterLog) -> list[Checkpoint]:
     """Every KV checkpoint marker in the committed log, oldest first (a full scan)."""
-    found = []
-    for address, kind, entry in log.scan(include_markers=True, kinds=True):
-        if kind is not EntryKind.MARKER:
-            continue  # a KV record
-        checkpoint = parse_marker(address, entry)
-        if checkpoint is not None:
-            found.append(checkpoint)
-    return found
+    return list(MARKERS.find(log))
 
 
 # ---------------------------------------------------------------------- the commit cookie

@@ -12,8 +12,8 @@ The steps, in this order (each one durable before the next starts):
 2. Scan [begin, U), taking the write lock for up to 512 records at a time. For each put among
    them, find the key's chain head in the index (and walk the chain from it unless the head is
    this very record): if this record holds the key's newest operation, the key is live and its
-   newest record lies below U, so put the value again. Commit those copies. Writers and readers run between chunks; a user write that lands
-   after a copy is simply newer.
+   newest record lies below U, so put the value again. Commit those copies. Writers and
+   readers run between chunks; a user write that lands after a copy is simply newer.
 3. Checkpoint (at a position P >= U, after every copy).
 4. truncate_until(U), raise the writer's chain floor to U (store.py rule 6), drop the kept
    checkpoints positioned below U, and commit: the new begin and the cookie are durable in that
@@ -39,16 +39,14 @@ Why a crash at any point recovers the same state:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from fasterlog._fasterlog_c import lib
 
-from .checkpoint import Checkpoint, remove_unkept_files
+from .checkpoint import Checkpoint
+from .core import StoreCore
 from .errors import StoreSettingsError
-from .store import _SINGLE, OP_PUT, _single_op, decode_record
-
-if TYPE_CHECKING:
-    from .store import KVStore
+from .records import OP_PUT, SINGLE, decode_record, single_op
 
 __all__ = ["CompactionResult", "compact"]
 
@@ -89,18 +87,18 @@ def _choose_until(log_page_size_bytes: int, until_address: int | None, committed
     return until_address - until_address % log_page_size_bytes
 
 
-def _newest_address(store: KVStore, key: bytes, hash_: int, head: int) -> int:
+def _newest_address(store: StoreCore, key: bytes, hash_: int, head: int) -> int:
     """The address of the record holding the newest operation on `key`, or 0 (the walk of
-    store._value_from from the chain head `head`, returning where instead of what). Write lock
-    held."""
+    StoreCore.value_from from the chain head `head`, returning where instead of what). Write
+    lock held."""
     address = head
-    read = store._log.read
-    while address >= store._chain_floor:
+    read = store.log.read
+    while address >= store.chain_floor:
         payload = read(address)
-        single = _single_op(payload, address)
+        single = single_op(payload, address)
         if single is not None:
             previous, _, key_size, op_hash = single
-            if op_hash == hash_ and payload[_SINGLE.size:_SINGLE.size + key_size] == key:
+            if op_hash == hash_ and payload[SINGLE.size:SINGLE.size + key_size] == key:
                 return address
             address = previous
             continue
@@ -111,24 +109,24 @@ def _newest_address(store: KVStore, key: bytes, hash_: int, head: int) -> int:
     return 0
 
 
-def _copy_live(store: KVStore, addresses: list[int],
+def _copy_live(store: StoreCore, addresses: list[int],
                payloads: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
     """Step 2 for some records, write lock held: puts again, and commits, every put among them
     that is its key's newest operation; returns the (key, value) pairs put."""
-    find = store._index.find
+    find = store.index.find
     copies: dict[bytes, bytes] = {}
-    for address, payload in zip(addresses, payloads):
-        single = _single_op(payload, address)
-        if single is not None:  # the common record, without _Op objects
+    for address, payload in zip(addresses, payloads, strict=True):
+        single = single_op(payload, address)
+        if single is not None:  # the common record, without Op objects
             _, kind, key_size, hash_ = single
             if kind != OP_PUT:
                 continue
             head = find(hash_)
-            key = payload[_SINGLE.size:_SINGLE.size + key_size]
+            key = payload[SINGLE.size:SINGLE.size + key_size]
             # The chain's head is its newest record, so a record that is the head holds the
             # newest operation on each of its keys: no walk needed.
             if head == address or _newest_address(store, key, hash_, head) == address:
-                copies[key] = payload[_SINGLE.size + key_size:]
+                copies[key] = payload[SINGLE.size + key_size:]
             continue
         for op in decode_record(payload, address)[2]:
             if op.kind != OP_PUT:
@@ -138,21 +136,21 @@ def _copy_live(store: KVStore, addresses: list[int],
                 copies[op.key] = op.value
     pairs = list(copies.items())
     for start in range(0, len(pairs), copies_per_batch_max):
-        store.write_batch(pairs[start:start + copies_per_batch_max], commit=False,
-                          _operation="compact")
+        store.write_checked(dict(pairs[start:start + copies_per_batch_max]), "compact",
+                            commit=False)
     if pairs:
-        store._commit_locked()
+        store.commit_locked()
     return pairs
 
 
-def compact(store: KVStore, until_address: int | None, *, force: bool = False,
+def compact(store: StoreCore, until_address: int | None, *, force: bool = False,
             progress: Callable[[int, int], None] | None = None) -> CompactionResult:
     """The steps of the module docstring; see KVStore.compact."""
-    log = store._log
-    with store._write_lock:
-        store._check_open("compact")
-        store._check_writable("compact")
-        store._commit_locked()  # step 1
+    log = store.log
+    with store.write_lock:
+        store.check_open("compact")
+        store.check_writable("compact")
+        store.commit_locked()  # step 1
         begin = log.begin_address
         committed = log.committed_until_address
     until = _choose_until(log.settings["page_size_bytes"], until_address, committed)
@@ -166,8 +164,8 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
         for first in range(0, len(chunk_addresses), records_per_lock_max):
             addresses = chunk_addresses[first:first + records_per_lock_max]
             payloads = chunk_payloads[first:first + records_per_lock_max]
-            with store._write_lock:
-                store._check_open("compact")
+            with store.write_lock:
+                store.check_open("compact")
                 pairs = _copy_live(store, addresses, payloads)
             scanned += len(addresses)
             copied += len(pairs)
@@ -175,27 +173,26 @@ def compact(store: KVStore, until_address: int | None, *, force: bool = False,
             if progress is not None:
                 progress(addresses[-1] - begin, total)
     _reached("after-copies")
-    with store._write_lock:
-        store._check_open("compact")
-        if store._base is None or store._base.position < until:
+    with store.write_lock:
+        store.check_open("compact")
+        if store.base is None or store.base.position < until:
             # checkpoint() returns the last checkpoint when nothing was written since; that one
             # would be below U, so a new one is asked for.
-            store._bytes_since_checkpoint = max(store._bytes_since_checkpoint, 1)
+            store.bytes_since_checkpoint = max(store.bytes_since_checkpoint, 1)
         made = store.checkpoint()  # step 3
         assert made.position >= until, (made, until)
         _reached("after-checkpoint")
         # The floor goes up before the truncation (store rule 6): the copies are in the index,
         # so no live key's newest record is below it, and a reader that loaded the old floor
         # and then reads a truncated record retries with this one.
-        store._chain_floor = max(store._chain_floor, until)
+        store.chain_floor = max(store.chain_floor, until)
         log.truncate_until(until, force=force)  # step 4
-        store._checkpoints = [kept for kept in store._checkpoints if kept.position >= until]
+        store.checkpoints = [kept for kept in store.checkpoints if kept.position >= until]
         _reached("after-truncate")
-        store._commit_locked()
+        store.commit_locked()
         _reached("after-commit")
         # The snapshots of the dropped checkpoints: no committed cookie names them any more.
-        remove_unkept_files(store._checkpoint_directory,
-                            (kept.file_name for kept in store._checkpoints))
+        store.remove_unkept_snapshots()
     if progress is not None:
         progress(total, total)
     return CompactionResult(begin, until, scanned, copied, copied_bytes, made)

@@ -28,12 +28,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from fasterlog.errors import FasterLogError, TruncatedError
 
-if TYPE_CHECKING:
-    from .store import KVStore
+from .core import StoreCore
 
 __all__ = ["catch_up", "start_checkpoint_timer", "start_following", "wait_for"]
 
@@ -43,121 +41,120 @@ logger = logging.getLogger("kvlayer.follower")
 _WAIT_SLICE_S = 0.5
 
 
-def catch_up(store: KVStore) -> int:
+def catch_up(store: StoreCore) -> int:
     """Applies every commit visible now (rules 2-4); returns the applied-until address."""
-    log = store._log
-    with store._write_lock:
-        if store._closed:
-            return store._applied_until
+    log = store.log
+    with store.write_lock:
+        if store.closed:
+            return store.applied_until
         begin = log.begin_address  # before committed-until: rule 3
         end = log.committed_until_address
-        if end > store._applied_until:
+        if end > store.applied_until:
             try:
-                if store._applied_until < begin:
+                if store.applied_until < begin:
                     raise TruncatedError("catch up: the log was truncated past the follower",
-                                         store._applied_until, begin)
-                store._replay(store._applied_until, end)
+                                         store.applied_until, begin)
+                store.replay(store.applied_until, end)
             except TruncatedError:
                 end = _rebuild(store)
-            store._applied_until = end
-        store._chain_floor = max(store._chain_floor, begin)
-    with store._applied:
-        store._applied.notify_all()
-    return store._applied_until
+            store.applied_until = end
+        store.chain_floor = max(store.chain_floor, begin)
+    with store.applied:
+        store.applied.notify_all()
+    return store.applied_until
 
 
-def _rebuild(store: KVStore) -> int:
+def _rebuild(store: StoreCore) -> int:
     """Rule 4: a fresh index recovered from the newest checkpoint, swapped in whole."""
-    from .store import KVStore
-
-    fresh = KVStore(store._log, store._index.buckets_count_log2(),
-                    checkpoints_kept_count=store._checkpoints_kept_count,
-                    read_only=True, follow=False, _scan_for_markers=True)
+    fresh = StoreCore(store.log, store.index.buckets_count_log2(),
+                      checkpoints_kept_count=store.checkpoints_kept_count,
+                      read_only=True, scan_for_markers=True)
+    fresh.recover()
     logger.info("follower of %s: the log was truncated past it; rebuilt from %s",
-                store._log.path, fresh.recovered_from or "a full replay")
-    store._index = fresh._index  # with its own chain floor (store rule 6)
-    store._live_count = fresh._live_count
-    store._checkpoints = fresh._checkpoints
-    store._base = fresh._base
-    return fresh._applied_until
+                store.log.path, fresh.recovered_from or "a full replay")
+    store.index = fresh.index  # with its own chain floor (store rule 6)
+    store.live_count = fresh.live_count
+    store.checkpoints = fresh.checkpoints
+    store.base = fresh.base
+    return fresh.applied_until
 
 
-def wait_for(store: KVStore, address: int, timeout: float | None) -> bool:
+def wait_for(store: StoreCore, address: int, timeout: float | None) -> bool:
     """Waits until the store applied `address` (rule 2); False after `timeout` seconds."""
     if not isinstance(address, int) or isinstance(address, bool) or address < 0:
         raise TypeError(f"wait_for failed: an address must be a non-negative int, not "
                         f"{address!r}")
-    if not store._read_only:
-        return address < store._log.tail_address
+    if not store.read_only:
+        return address < store.log.tail_address
     deadline = None if timeout is None else time.monotonic() + timeout
-    following = any(thread.is_alive() for thread in store._feature_threads)
-    while store._applied_until <= address:
-        if store._closed:
+    following = any(thread.is_alive() for thread in store.feature_threads)
+    while store.applied_until <= address:
+        if store.closed:
             return False
         if not following:  # no thread applies commits: wait for one in the core ourselves
             left = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S,
                                                                 deadline - time.monotonic())
             if left <= 0:
                 return False
-            store._log.wait_for_commit(store._applied_until, timeout=left)
+            store.log.wait_for_commit(store.applied_until, timeout=left)
             catch_up(store)
             continue
-        with store._applied:
-            if store._applied_until > address:
+        with store.applied:
+            if store.applied_until > address:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            store._applied.wait(_WAIT_SLICE_S if remaining is None
+            store.applied.wait(_WAIT_SLICE_S if remaining is None
                                 else min(remaining, _WAIT_SLICE_S))
     return True
 
 
-def _follow(store: KVStore) -> None:
-    log = store._log
-    stop = store._features_stop
+def _follow(store: StoreCore) -> None:
+    log = store.log
+    stop = store.features_stop
     while not stop.is_set():
         try:
             catch_up(store)
             if not stop.is_set():
-                log.wait_for_commit(store._applied_until, timeout=_WAIT_SLICE_S)
+                log.wait_for_commit(store.applied_until, timeout=_WAIT_SLICE_S)
         except FasterLogError as error:
-            if stop.is_set() or store._closed:
+            if stop.is_set() or store.closed:
                 return
             logger.warning("follower of %s: %s; retrying", log.path, error)
             stop.wait(_WAIT_SLICE_S)
 
 
-def start_following(store: KVStore) -> threading.Thread:
+def start_following(store: StoreCore) -> threading.Thread:
     thread = threading.Thread(target=_follow, args=(store,), daemon=True,
-                              name=f"kvlayer-follow {store._log.path}")
+                              name=f"kvlayer-follow {store.log.path}")
     thread.start()
     return thread
 
 
-def _checkpoint_timer(store: KVStore) -> None:
-    interval_s = store._checkpoint_every_ms / 1000
-    stop = store._features_stop
-    while not stop.wait(max(0.0, store._last_checkpoint_s + interval_s - time.monotonic())):
-        if time.monotonic() - store._last_checkpoint_s < interval_s:
+def _checkpoint_timer(store: StoreCore) -> None:
+    interval_s = store.checkpoint_every_ms / 1000
+    stop = store.features_stop
+    while not stop.wait(max(0.0, store.last_checkpoint_s + interval_s - time.monotonic())):
+        if time.monotonic() - store.last_checkpoint_s < interval_s:
             continue  # a write took one meanwhile: sleep until the new deadline
         try:
-            with store._write_lock:
-                if store._closed:
+            with store.write_lock:
+                if store.closed:
                     return
-                if store._bytes_since_checkpoint or (
-                        store._log.tail_address > store._log.committed_until_address):
+                if store.bytes_since_checkpoint or (
+                        store.log.tail_address > store.log.committed_until_address):
                     store.checkpoint()
                 else:
-                    store._last_checkpoint_s = time.monotonic()  # nothing new: no checkpoint
+                    store.last_checkpoint_s = time.monotonic()  # nothing new: no checkpoint
         except FasterLogError as error:
             logger.warning("timed checkpoint of %s failed: %s; the timer stops",
-                           store._log.path, error)
+                           store.log.path, error)
             return
 
 
-def start_checkpoint_timer(store: KVStore) -> threading.Thread:
+def start_checkpoint_timer(store: StoreCore) -> threading.Thread:
     thread = threading.Thread(target=_checkpoint_timer, args=(store,), daemon=True,
-                              name=f"kvlayer-checkpoint-timer {store._log.path}")
+                              name=f"kvlayer-checkpoint-timer {store.log.path}")
     thread.start()
     return thread

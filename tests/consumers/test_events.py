@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 import pytest
 
 from consumers.errors import ConsumerError

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 import pytest
 
 from consumers.errors import ConsumerError
@@ -445,3 +445,34 @@ def test_async_runner_ends_on_timeout_and_can_be_cancelled(small_log: FasterLog)
             await task
 
     asyncio.run(main())
+
+
+def test_projection_markers_keep_their_bytes_and_read_back(tmp_path: Path) -> None:
+    # consumers/checkpoints.py is the mechanism; the marker's fields, in this order, are the
+    # projection's format (module rule 2b).
+    from consumers.checkpoints import MarkerFormat
+    from consumers.projection import marker_format
+
+    markers = marker_format("totals")
+    payload = markers.encode(name="totals", position=4096, file="totals-4096.snap",
+                             crc32c=0xDEADBEEF, size_bytes=12)
+    assert payload == msgpack.packb({
+        "kind": "checkpoint", "version": 1, "name": "totals", "position": 4096,
+        "file": "totals-4096.snap", "crc32c": 0xDEADBEEF, "size_bytes": 12})
+    assert markers.decode(640, payload) == Checkpoint("totals", 4096, "totals-4096.snap",
+                                                      0xDEADBEEF, 12, 640)
+    assert marker_format("other").decode(640, payload) is None  # another projection's
+    escaping = markers.encode(name="totals", position=1, file="../x.snap", crc32c=0,
+                              size_bytes=0)
+    assert markers.decode(640, escaping) is None
+    newer = MarkerFormat("checkpoint", 2, lambda address, fields: None).encode(name="totals")
+    assert markers.decode(640, newer) is None
+    assert markers.decode(640, b"\xc1checkpoint") is None  # undecodable
+    with FasterLog.open(tmp_path / "log", **SMALL_SETTINGS) as log:
+        log.append(payload)  # a data entry holding a marker's bytes is not a marker
+        at = log.append_marker(payload)
+        log.commit()
+        assert [c.marker_address for c in markers.find(log)] == [at]
+        assert markers.at(log, at) is not None
+        assert markers.at(log, log.begin_address) is None
+        assert markers.at(log, 1 << 40) is None

@@ -503,6 +503,36 @@ def test_iteration_ends_when_the_log_is_completed(made_log: FasterLog) -> None:
         assert len(list(consumer)) == 10
 
 
+def test_sync_and_async_drivers_deliver_the_same_and_end_on_a_completed_log(
+        made_log: FasterLog) -> None:
+    # One step function behind both (consumer.py): markers only up to committed-until are
+    # looked past, polls wait for the next commit, a completed log ends both.
+    made_log.append_marker(b"not for consumers")
+    made_log.commit()
+
+    def late_commits() -> None:
+        time.sleep(0.05)
+        made_log.append(b"late")
+        made_log.commit()
+        time.sleep(0.05)
+        made_log.complete()
+
+    threading.Thread(target=late_commits).start()
+    with Consumer(made_log, "sync") as consumer:
+        polled = consumer.poll(max_count=4)
+        iterated = list(consumer)
+    seen_sync = [entry for _, entry in polled + iterated]
+
+    async def main() -> list[bytes]:
+        with Consumer(made_log, "async") as consumer:
+            polled = await consumer.poll_async(max_count=4)
+            iterated = [pair async for pair in consumer.iter_async()]
+            return [entry for _, entry in polled + iterated]
+
+    assert seen_sync == asyncio.run(main())
+    assert seen_sync == [b"entry-%d" % i for i in range(10)] + [b"late"]
+
+
 def test_async_iteration_timeout_stop_and_cancellation(made_log: FasterLog) -> None:
     async def main() -> None:
         with Consumer(made_log, "async") as consumer:

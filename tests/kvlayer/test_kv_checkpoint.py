@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -134,7 +134,7 @@ def test_recovery_replays_only_the_records_after_the_checkpoint(tmp_path: Path) 
     with open_store(path) as store:
         assert store.recovered_from == made
         # Only the one record after the checkpoint was replayed.
-        assert store._bytes_since_checkpoint < 100
+        assert store._core.bytes_since_checkpoint < 100
         assert len(store) == 101 and store.get(b"a7") == b"x" and store.get(b"after") == b"y"
 
 
@@ -413,3 +413,17 @@ def test_recovery_of_200k_keys_from_a_checkpoint_beside_a_full_replay(tmp_path: 
           f"from the checkpoint {from_checkpoint_seconds:.3f} s, full replay "
           f"{full_replay_seconds:.3f} s")
 
+
+
+def test_kv_markers_keep_their_bytes_and_errors_are_both_kv_and_checkpoint_errors() -> None:
+    # The mechanism is consumers/checkpoints.py; the marker's fields are kvlayer's format.
+    from consumers import CheckpointError as SharedCheckpointError
+
+    marker = checkpoints.encode_marker(8192, "8192.snap", 48, 0x1234)
+    assert marker == msgpack.packb({"kind": "kv-checkpoint", "version": 1, "position": 8192,
+                                    "file": "8192.snap", "size_bytes": 48, "crc32c": 0x1234})
+    assert checkpoints.parse_marker(9000, marker) == checkpoints.Checkpoint(
+        8192, "8192.snap", 48, 0x1234, 9000)
+    assert checkpoints.parse_marker(8000, marker) is None  # a position after its marker
+    assert issubclass(errors.CheckpointError, errors.KVError)
+    assert issubclass(errors.CheckpointError, SharedCheckpointError)

@@ -529,8 +529,8 @@ def test_a_listing_whose_scan_a_compaction_truncated_starts_again_and_is_right(
             model[b"k%d" % (i % 700)] = b"v%d" % i
             store.put(b"k%d" % (i % 700), b"v%d" % i, commit=False)
         store.commit()
-        pausing = PausingScan(store._log)
-        store._log = pausing  # type: ignore[assignment]
+        pausing = PausingScan(store.log)
+        store._core.log = pausing  # type: ignore[assignment]
         listed: dict[bytes, bytes] = {}
         reader = threading.Thread(target=lambda: listed.update(store.items()))
         pausing.paused_thread = reader

@@ -1,8 +1,8 @@
 """Tests of kvlayer's C fast path (fasterlog/csrc/fl_kv.c) against the Python reference.
 
-Goal: the C path returns exactly what the Python reference of store.py (decode_record, the
-chain walk through log.read, the SipHash-1-3 reference) returns, writes the same records, keeps
-len() exact, and never returns data from a malformed record or a damaged frame.
+Goal: the C path returns exactly what the Python reference of kvlayer (records.py's
+decode_record and SipHash-1-3, the chain walk through log.read) returns, writes the same
+records, keeps len() exact, and never returns data from a malformed record or a damaged frame.
 
 Method:
 - The C hash (SipHash-1-3) is compared with the Python reference on keys of every size around
@@ -34,7 +34,7 @@ from fasterlog.errors import CorruptionError
 from kvlayer import KVStore, key_hash
 from kvlayer.checkpoint import decode_cookie
 from kvlayer.errors import RecordCorruptError, StoreVersionError
-from kvlayer.store import OP_PUT, _Op, decode_record, encode_record, siphash13
+from kvlayer.records import OP_PUT, Op, decode_record, encode_record, siphash13
 from tests.support import faults
 from tests.support.settings import SMALL_SETTINGS
 
@@ -50,7 +50,7 @@ BACKENDS = ["io_uring", "plain"]
 def reference_value(store: KVStore, key: bytes) -> bytes | None:
     """The chain walk of store.py before the C path, through log.read and decode_record."""
     hash_ = store.key_hash(key)
-    address = store._index.find(hash_)
+    address = store._core.index.find(hash_)
     while address:
         _, previous, ops = decode_record(store.log.read(address), address)
         for op in reversed(ops):
@@ -107,14 +107,14 @@ def test_the_hash_is_keyed_per_store_and_survives_reopen_and_recovery(tmp_path: 
             assert (store.recovered_from is not None) == (name == "b")
             assert [store.key_hash(key) for key in keys] == hashes[name]
             assert store.get_many(keys) == [key * 2 for key in keys]
-            assert all(store._index.find(hash_) for hash_ in hashes[name])
+            assert all(store._core.index.find(hash_) for hash_ in hashes[name])
     assert all(a != b for a, b in zip(hashes["a"], hashes["b"], strict=True))
 
 
 def test_a_version_1_record_is_refused_with_store_version_error(tmp_path: Path) -> None:
     path = tmp_path / "kv"
     with KVStore.open(path, **SMALL_SETTINGS) as store:
-        record = bytearray(encode_record(10, 0, [_Op(OP_PUT, b"k", b"v", 1)]))
+        record = bytearray(encode_record(10, 0, [Op(OP_PUT, b"k", b"v", 1)]))
         record[0] = 1  # what the BLAKE2b kvlayer wrote
         store.log.append(bytes(record))
         store.log.commit()
@@ -205,7 +205,7 @@ def test_c_encoding_equals_encode_record(tmp_path: Path) -> None:
             payload = store.log.read(address)
             bits, previous, _ = decode_record(payload, address)
             assert payload == encode_record(bits, previous,
-                                            [_Op(OP_PUT, key, value, store.key_hash(key))])
+                                            [Op(OP_PUT, key, value, store.key_hash(key))])
 
 
 def test_len_stays_exact_with_dead_tombstones_and_duplicates(tmp_path: Path) -> None:
@@ -222,11 +222,11 @@ def test_a_malformed_record_in_a_chain_raises_record_corrupt(tmp_path: Path,
     with KVStore.open(tmp_path / "kv", io_backend=backend, **SMALL_SETTINGS) as store:
         store.put(b"k", b"v")
         hash_ = store.key_hash(b"k")
-        head = store._index.find(hash_)
-        bad = bytearray(encode_record(10, head, [_Op(OP_PUT, b"k", b"w", hash_)]))
+        head = store._core.index.find(hash_)
+        bad = bytearray(encode_record(10, head, [Op(OP_PUT, b"k", b"w", hash_)]))
         bad[13] = 1  # the reserved byte of the operation
         address = store.log.append(bytes(bad))
-        store._index.upsert(hash_, head, address)
+        store._core.index.upsert(hash_, head, address)
         with pytest.raises(RecordCorruptError) as caught:
             store.get(b"k")
         assert caught.value.address == address
@@ -241,7 +241,7 @@ def test_a_damaged_frame_on_disk_raises_corruption(tmp_path: Path, backend: str)
         store.put(b"victim", b"value-of-the-victim")
         for _ in range(100):  # push it out of the ring, in batches well below the ring's size
             store.put_many([(os.urandom(16), os.urandom(200)) for _ in range(20)])
-        address = store._index.find(store.key_hash(b"victim"))
+        address = store._core.index.find(store.key_hash(b"victim"))
     segment = min(path.glob("segment-*"))
     offset = address % COLD_SETTINGS["segment_size_bytes"] + 12 + 20
     # Flip the byte rather than write a constant: the byte there is part of a key hash,

@@ -235,9 +235,9 @@ def test_foreign_entries_in_the_log_are_reported_as_corrupt_records(tmp_path: Pa
 
 
 def test_record_decoder_rejects_every_truncation() -> None:
-    from kvlayer.store import OP_PUT, _Op, encode_record
+    from kvlayer.records import OP_PUT, Op, encode_record
 
-    payload = encode_record(3, 64, [_Op(OP_PUT, b"key", b"value", 12345)])
+    payload = encode_record(3, 64, [Op(OP_PUT, b"key", b"value", 12345)])
     assert decode_record(payload, 4096)[2][0].value == b"value"
     for size in range(len(payload)):
         with pytest.raises(errors.RecordCorruptError):
@@ -250,14 +250,14 @@ def test_record_decoder_rejects_every_truncation() -> None:
 @examples(300)
 def test_fast_single_operation_parser_agrees_with_the_full_decoder(
         key: bytes, value: bytes, delete: bool, flips: list[tuple[int, int]]) -> None:
-    from kvlayer.store import OP_DELETE, OP_PUT, _Op, _single_op, encode_record
+    from kvlayer.records import OP_DELETE, OP_PUT, Op, encode_record, single_op
 
-    op = _Op(OP_DELETE, key, b"", 7) if delete else _Op(OP_PUT, key, value, 7)
+    op = Op(OP_DELETE, key, b"", 7) if delete else Op(OP_PUT, key, value, 7)
     payload = bytearray(encode_record(3, 64, [op]))
     for position, byte in flips:  # damage a few header bytes
         if position < len(payload):
             payload[position] = byte
-    fast = _single_op(bytes(payload), 4096)
+    fast = single_op(bytes(payload), 4096)
     try:
         _, previous, ops = decode_record(bytes(payload), 4096)
     except errors.RecordCorruptError:
@@ -272,13 +272,13 @@ GOLDEN_HASH = 0x3D945AD5AA15568C  # FORMAT.md "KV records", the hash example
 
 
 def test_records_are_golden_bytes() -> None:
-    from kvlayer.store import OP_DELETE, OP_PUT, _Op, encode_record, key_hash
+    from kvlayer.records import OP_DELETE, OP_PUT, Op, encode_record, key_hash
 
     # SipHash-1-3 of b"k" under salt 0x0123456789ABCDEF: pins the hash, so stored records
     # stay findable.
     assert key_hash(b"k", 0x0123456789ABCDEF) == GOLDEN_HASH
-    record = encode_record(10, 64, [_Op(OP_PUT, b"k", b"v", 0x1122334455667788),
-                                    _Op(OP_DELETE, b"j", b"", 0x99)])
+    record = encode_record(10, 64, [Op(OP_PUT, b"k", b"v", 0x1122334455667788),
+                                    Op(OP_DELETE, b"j", b"", 0x99)])
     assert record.hex() == (
         "020a0200" "4000000000000000"
         "01000100" "01000000" "8877665544332211" "6b" "76"
@@ -362,3 +362,23 @@ def test_store_matches_a_dict_model_across_reopens(
 def test_kill_9_recovers_the_state_of_the_last_acknowledged_commit(
         tmp_path: Path, rounds: int) -> None:
     run_kill_rounds(tmp_path, "writes", rounds)
+
+
+def test_kvlayer_codes_go_through_the_logs_one_funnel() -> None:
+    # kvlayer/errors.py registers its C codes with fasterlog's table at import.
+    from fasterlog import errors as log_errors
+    from fasterlog._fasterlog_c import lib
+
+    conflict = log_errors.exception_for(lib.FL_E_KV_INDEX, "put")
+    assert type(conflict) is KVError
+    assert str(conflict) == "put failed: an index update conflicted (two writers?)"
+    busy = log_errors.exception_for(lib.FL_E_INDEX_BUSY, "index grow")
+    assert str(busy) == "index grow failed: another writer is inside the index"
+    record = log_errors.exception_for(lib.FL_E_KV_RECORD, "get", address=128,
+                                      detail="bad operation")
+    assert type(record) is errors.RecordCorruptError and record.address == 128
+    assert str(record) == "read record at 128 failed: bad operation"
+    old = log_errors.exception_for(lib.FL_E_KV_RECORD, "get", address=64,
+                                   detail="record version 1 (whatever the core said)")
+    assert type(old) is errors.StoreVersionError
+    assert str(old) == f"read record at 64 failed: {errors.VERSION_1_WHY}"
