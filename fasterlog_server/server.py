@@ -983,7 +983,7 @@ def _arity(arguments: list[bytes], minimum: int) -> None:
 
 def _integer(text: bytes) -> int:
     """A 64-bit signed integer written as Redis's string2ll accepts it (no spaces, no '+')."""
-    value = resp._parse_integer(text)
+    value = resp.parse_integer(text)
     if value is None or not _INT64_MIN <= value <= _INT64_MAX:
         raise CommandError("ERR value is not an integer or out of range")
     return value
@@ -1259,7 +1259,7 @@ def _add(server: Server, client: Client, key: bytes, delta: int) -> int:
     found = _string(server, key)
     current, expire_at_ms = 0, None
     if found is not None:
-        value = resp._parse_integer(found[0])
+        value = resp.parse_integer(found[0])
         if value is None or not _INT64_MIN <= value <= _INT64_MAX:
             raise CommandError("ERR value is not an integer or out of range")
         current, expire_at_ms = value, found[1]
@@ -1321,7 +1321,7 @@ def _scan(server: Server, client: Client, arguments: list[bytes]) -> Any:
     """Keys in the order of their 64-bit hash; the cursor is the hash to go on from, so a key
     present for the whole iteration is returned exactly once whatever is written meanwhile.
     Costs a pass over every key per call until kvlayer can walk its index."""
-    cursor = resp._parse_integer(arguments[1])
+    cursor = resp.parse_integer(arguments[1])
     if cursor is None or not 0 <= cursor < 1 << 64:
         raise CommandError("ERR invalid cursor")
     pattern: str | None = None
