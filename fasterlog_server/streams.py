@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from fasterlog import FasterLog
 
@@ -134,7 +134,7 @@ class StreamStore:
     def replay(self) -> None:
         """Rebuilds the index from the log; register `appliers` first."""
         for addresses, entries in self.log.scan_columns():
-            for address, entry in zip(addresses, entries):
+            for address, entry in zip(addresses, entries, strict=True):
                 self._apply(address, msgpack.unpackb(entry, raw=True, use_list=True))
 
     def _apply(self, address: int, record: list[Any]) -> None:

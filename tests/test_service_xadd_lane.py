@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 import pytest
 
 from fasterlog import FasterLog
@@ -41,7 +41,7 @@ def frame(*arguments: bytes) -> bytes:
 
 @pytest.fixture
 def stores(tmp_path: Path) -> Iterator[tuple[StreamStore, StreamStore]]:
-    settings = {"segment_size_bytes": 16 << 20, "page_size_bytes": 1 << 20}
+    settings: dict[str, Any] = {"segment_size_bytes": 16 << 20, "page_size_bytes": 1 << 20}
     with FasterLog.open(tmp_path / "c", **settings) as c_log, \
             FasterLog.open(tmp_path / "py", **settings) as py_log:
         yield StreamStore(c_log), StreamStore(py_log)
@@ -98,7 +98,8 @@ def test_records_and_index_equal_the_reference_on_every_encoding_boundary(
         both_add(stores, b"k", b"f", b"v", command=command)
     # Field-value pairs: the fields' array is a fixarray up to 15 items, then array 16.
     for pairs in (2, 3, 7, 8, 15, 16, 31, 32):
-        both_add(stores, b"k", *[b"%s%d" % (kind, i) for i in range(pairs) for kind in (b"f", b"v")])
+        both_add(stores, b"k",
+                 *[b"%s%d" % (kind, i) for i in range(pairs) for kind in (b"f", b"v")])
     for store in stores:
         store.flush()
     assert state(stores[0]) == state(stores[1])
@@ -174,9 +175,11 @@ def test_the_server_answers_and_logs_the_same_with_the_lane_on_and_off(tmp_path:
             streams = server.server.streams
             taken_count = [0]
 
-            def counted(*args: object, add_lone: Any = streams.add_lone,
-                        taken_count: list[int] = taken_count) -> object:
-                taken = add_lone(*args)
+            def counted(data: bytes, bulk_size_max_bytes: int, arguments_count_max: int,
+                        add_lone: Any = streams.add_lone,
+                        taken_count: list[int] = taken_count) -> tuple[bytes, bytes] | None:
+                taken: tuple[bytes, bytes] | None = add_lone(data, bulk_size_max_bytes,
+                                                             arguments_count_max)
                 taken_count[0] += taken is not None
                 return taken
 
@@ -261,19 +264,19 @@ def test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd
     taken_count = 0
     started = time.perf_counter()
     for _ in range(inputs):
-        data = bytearray(generator.choice(seeds))
+        mutated = bytearray(generator.choice(seeds))
         for _ in range(generator.randint(1, 3)):
-            position = generator.randrange(len(data) + 1)
+            position = generator.randrange(len(mutated) + 1)
             action = generator.randrange(4)
-            if action == 0 and position < len(data):
-                data[position] = generator.choice(b"*$\r\n0123456789xXaAdD-+ ")
+            if action == 0 and position < len(mutated):
+                mutated[position] = generator.choice(b"*$\r\n0123456789xXaAdD-+ ")
             elif action == 1:
-                data.insert(position, generator.randrange(256))
-            elif action == 2 and position < len(data):
-                del data[position]
+                mutated.insert(position, generator.randrange(256))
+            elif action == 2 and position < len(mutated):
+                del mutated[position]
             else:
-                del data[position:]
-        data = bytes(data)
+                del mutated[position:]
+        data = bytes(mutated)
         taken = c_store.add_lone(data, BULK_SIZE_MAX_BYTES, ARGUMENTS_COUNT_MAX)
         if taken is None:
             continue
