@@ -1,6 +1,6 @@
 """One client connection: a state machine fed with the client's bytes, which answers through a
 sink; `ConnectionProtocol`, the asyncio adapter that turns transport callbacks into its events;
-and `Connections`, the registry of open connections.
+and `Connections`, the registry that enforces maxclients.
 
 States, after h11: three named state variables, each changed only through its transition
 table. `_transition` applies the tables and refuses (LocalProtocolError: our own bug) an event
@@ -39,6 +39,7 @@ Rules:
 3. Back-pressure: past `output_buffer_size_max_bytes` of unsent replies the slow reader is
    disconnected.
 4. A malformed frame gets -ERR and a closed connection; no input crashes the server.
+5. Past `maxclients` open connections a new one gets Redis's reply and is closed at once.
 
 Sans-IO: the machine touches no socket. It writes to a `Sink` (what it needs of an
 asyncio.Transport) and is driven by its event methods (`attach`, `receive`, `input_ended`,
@@ -61,7 +62,7 @@ from .context import Blocked, Reply, ServerContext
 from .dispatch import LANES, run_sync
 from .errors import CommandError, LocalProtocolError, RemoteProtocolError
 from .session import Client
-from .settings import OUTPUT_HIGH_WATER_BYTES, READ_SIZE_BYTES
+from .settings import MAXCLIENTS_REPLY, OUTPUT_HIGH_WATER_BYTES, READ_SIZE_BYTES
 from .streams import StreamError
 
 __all__ = ["Connection", "ConnectionProtocol", "Connections", "Event", "Flow", "Sink", "State"]
@@ -157,17 +158,21 @@ class _Detached:
 
 
 class Connections:
-    """The open connections, and the client ids."""
+    """The open connections, at most `maxclients` (rule 5), and the client ids."""
 
-    def __init__(self) -> None:
+    def __init__(self, maxclients: int) -> None:
+        self._maxclients = maxclients
         self._open: set[Connection] = set()
         self._client_ids = itertools.count(1)
 
     def next_client_id(self) -> int:
         return next(self._client_ids)
 
-    def admit(self, connection: Connection) -> None:
+    def admit(self, connection: Connection) -> bool:
+        if len(self._open) >= self._maxclients:
+            return False
         self._open.add(connection)
+        return True
 
     def forget(self, connection: Connection) -> None:
         self._open.discard(connection)
@@ -233,9 +238,12 @@ class Connection:
     # ------------------------------------------------------------------ events
 
     def attach(self, sink: Sink) -> None:
-        """Event: the transport is there."""
+        """Event: the transport is there. Over maxclients it is refused (rule 5)."""
         self._sink = sink
-        self._connections.admit(self)
+        if not self._connections.admit(self):
+            sink.write(MAXCLIENTS_REPLY)
+            sink.close()
+            self._transition(CLOSE)
 
     def receive(self, data: bytes) -> None:
         """Event: bytes from the client."""

@@ -14,7 +14,7 @@ Rules (each kept by the module named):
    (connection.py).
 3. Every buffer is bounded, each bound named with its reason (settings.py): the codec's limits,
    the commands taken from one read, a slow reader's output buffer (past it the client is
-   disconnected).
+   disconnected), and the number of clients (past it a new one is refused, as Redis does).
 4. A malformed frame gets -ERR and a closed connection; no input crashes the server
    (connection.py, resp.py).
 5. The server binds 127.0.0.1 unless told otherwise, and refuses any other address without a
@@ -87,7 +87,7 @@ class Server:
                 name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
                                                "segment_size_bytes")})
         self.context = ServerContext(log, settings, kv_store, COMMANDS)
-        self.connections = Connections()
+        self.connections = Connections(settings.maxclients)
         self._server: asyncio.AbstractServer | None = None
         self._expire_task: asyncio.Task[None] | None = None
         self.port = settings.port

@@ -29,6 +29,7 @@ __all__ = [
     "EXPIRE_SWEEP_KEYS_MAX",
     "FSYNC_POLICIES",
     "KV_DIRECTORY_NAME",
+    "MAXCLIENTS_REPLY",
     "OUTPUT_HIGH_WATER_BYTES",
     "READ_SIZE_BYTES",
     "ServerSettings",
@@ -63,6 +64,9 @@ class ServerSettings:
     output_buffer_size_max_bytes: a slow reader's unsent replies past which it is disconnected
         (Redis's client-output-buffer-limit): below it the server only stops running the
         client's commands until it reads (OUTPUT_HIGH_WATER_BYTES).
+    maxclients: connections served at once, Redis's name and default. Each connection may hold
+        up to the bounds above; past it a new connection gets Redis's reply (MAXCLIENTS_REPLY)
+        and is closed at once, as redis-server does.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +76,7 @@ class ServerSettings:
     limits: resp.RespLimits = field(default_factory=_default_limits)
     pipeline_depth_max: int = 10_000
     output_buffer_size_max_bytes: int = 64 << 20
+    maxclients: int = 10_000
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -79,6 +84,9 @@ class ServerSettings:
         if not is_loopback(self.host) and not self.requirepass:
             raise ValueError(f"refusing to listen on {self.host}: a non-loopback address "
                              "needs --requirepass")
+        if not isinstance(self.maxclients, int) or isinstance(self.maxclients, bool) or \
+                self.maxclients < 1:
+            raise ValueError(f"maxclients must be a positive int, not {self.maxclients!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -89,6 +97,9 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
+
+# Redis's exact reply to a connection over maxclients, sent before it is closed.
+MAXCLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
 
 # Buffered input past which a connection whose batch is waiting (for its commit, or in a
 # blocking read) stops reading from its socket: the kernel's buffers and TCP flow control then

@@ -1,15 +1,21 @@
-"""The connection state machine (fasterlog_server/connection.py) without sockets, and the
-command table's flags (fasterlog_server/dispatch.py).
+"""The connection state machine (fasterlog_server/connection.py) without sockets, the command
+table's flags (fasterlog_server/dispatch.py), and maxclients against redis-server.
 
 Method: a Server is built on a temporary log but never listens; each test attaches connections
 to sinks that record what is written, feeds them bytes as a transport would, and lets the
 event loop run the commits. The table's READONLY and WRITE flags are checked by running one
-invocation of every flagged command and watching both logs' write counts.
+invocation of every flagged command and watching both logs' write counts. maxclients is
+checked over loopback sockets, on our server and (when installed) on redis-server 7 with the
+same settings: the same bytes must come back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +27,11 @@ from fasterlog_server.connection import Connection, Event, Flow, State
 from fasterlog_server.context import BLOCKING, READONLY, WRITE, Blocked
 from fasterlog_server.dispatch import COMMANDS, dispatch
 from fasterlog_server.errors import LocalProtocolError
-from fasterlog_server.settings import READ_SIZE_BYTES
+from fasterlog_server.settings import MAXCLIENTS_REPLY, READ_SIZE_BYTES
+
+from .test_service import RunningServer
+
+REDIS_SERVER = shutil.which("redis-server")
 
 
 class RecordingSink:
@@ -199,6 +209,105 @@ def test_events_a_state_does_not_allow_are_refused(tmp_path: Path) -> None:
         assert state(connection) is State.CLOSED
 
     with_server(tmp_path / "data", body)
+
+
+def test_over_maxclients_a_connection_gets_redis_reply_and_is_closed_in_process(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        first, _ = attached(server)
+        second, _ = attached(server)
+        refused, refused_sink = attached(server)
+        assert refused_sink.written == MAXCLIENTS_REPLY and refused_sink.closed
+        assert state(refused) is State.CLOSED and len(server.connections) == 2
+        refused.lost()
+        first.lost()
+        third, third_sink = attached(server)
+        third.receive(command(b"PING"))
+        assert third_sink.written == b"+PONG\r\n" and len(server.connections) == 2
+
+    with_server(tmp_path / "data", body, maxclients=2)
+
+
+def test_maxclients_must_be_positive() -> None:
+    for wrong in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="maxclients"):
+            ServerSettings(maxclients=wrong)  # type: ignore[arg-type]
+    assert ServerSettings().maxclients == 10_000  # Redis's default
+
+
+# ---------------------------------------------------------------------- maxclients, sockets
+
+
+def _ping(sock: socket.socket) -> bytes:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(100)
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(100):
+        data += chunk
+    return data
+
+
+def maxclients_exchange(port: int) -> list[bytes]:
+    """With maxclients 2: two clients in, a third refused (what it got before the close),
+    and once one of the two has left, a new one in."""
+    address = ("127.0.0.1", port)
+    first = socket.create_connection(address, timeout=10)
+    second = socket.create_connection(address, timeout=10)
+    got = [_ping(first), _ping(second)]
+    with socket.create_connection(address, timeout=10) as third:
+        got.append(_until_closed(third))
+    first.close()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the first one's close a moment later
+        with socket.create_connection(address, timeout=10) as fourth:
+            reply = _ping(fourth)
+        if reply == b"+PONG\r\n" or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    got.append(reply)
+    second.close()
+    return got
+
+
+EXPECTED_EXCHANGE = [b"+PONG\r\n", b"+PONG\r\n", MAXCLIENTS_REPLY, b"+PONG\r\n"]
+
+
+def test_over_maxclients_a_connection_gets_redis_reply_and_is_closed(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data", maxclients=2)
+    try:
+        assert maxclients_exchange(server.port) == EXPECTED_EXCHANGE
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
+                    "(scripts/setup.sh installs it)")
+def test_maxclients_behaves_as_redis_server_does(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert REDIS_SERVER is not None
+    process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--maxclients", "2",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--logfile",
+         str(tmp_path / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        time.sleep(0.1)  # the probe connection above is gone before the exchange starts
+        assert maxclients_exchange(port) == EXPECTED_EXCHANGE
+    finally:
+        process.terminate()  # our own child, by pid
+        process.wait(30)
 
 
 # ---------------------------------------------------------------------- the table's flags
