@@ -1,5 +1,6 @@
 """The lone XADD's C path (fasterlog_server/csrc/xadd_lane.c via StreamStore.add_lone) against its
-reference, StreamStore.add_now.
+reference, StreamStore.add_now, the one Python encoder of entry records (every XADD goes
+through it).
 
 Method: two stores on two real logs receive the same requests, one through add_lone (the
 received bytes) and one through add_now (the parsed arguments); their pending records must be
@@ -23,7 +24,7 @@ import pytest
 
 from fasterlog import FasterLog
 from fasterlog_server.resp import RespReader
-from fasterlog_server.streams import StreamStore
+from fasterlog_server.streams import StreamError, StreamStore
 
 from .reliability import LONG, record, scaled
 from .test_service import RunningServer
@@ -126,6 +127,28 @@ def test_an_id_from_the_clock_is_now_in_milliseconds_and_packed_as_msgpack_packs
     store.add_lone(frame(b"XADD", b"s", b"*", b"f", b"v"), BULK_SIZE_MAX_BYTES,
                    ARGUMENTS_COUNT_MAX)
     assert store.streams[b"s"].last_id == (ms + 5000, 8)
+
+
+def test_an_xadd_with_an_explicit_id_writes_the_record_add_now_encodes(
+        stores: tuple[StreamStore, StreamStore]) -> None:
+    """Every XADD goes through add_now, the one encoder: with an explicit id (add, for the
+    general XADD) and with `*` the same id gives the same record and index, and a new stream
+    gets msgpack's packing of the record."""
+    explicit, star = stores
+    for store in stores:
+        store.create(b"s")
+        store.flush()
+    explicit.add(b"s", (1 << 42, 7), [b"f", b"v"])
+    star.streams[b"s"].last_id = (1 << 42, 6)
+    star.add_now(b"s", star.streams[b"s"], [b"f", b"v"])
+    assert state(explicit) == state(star)
+    explicit.add(b"new", (3, 0), [b"a", b"b"])
+    assert explicit._pending[-1] == msgpack.packb([b"xadd", b"new", 3, 0, [b"a", b"b"]],
+                                                  use_bin_type=True)
+    assert explicit.streams[b"new"].ids == [(3, 0)]
+    with pytest.raises(StreamError, match="entry_size_max"):
+        explicit.add(b"huge", (1, 0), [b"f", b"x" * (2 << 20)])
+    assert b"huge" not in explicit.streams  # refused before the stream is kept
 
 
 @pytest.mark.parametrize("data", [
