@@ -258,10 +258,11 @@ class Connection:
             self.input is OPEN and not client.sync_required and \
             not self.codec.buffered_size_bytes
         declined = False
-        if lone and context.xadd_lane_enabled and (
-                data.startswith(b"$4\r\n", 4) or data.startswith(b"$4\r\n", 5)):
-            # The XADD lane's C form (a command of four letters; the rest is checked in C):
-            # the received bytes to the pending record in one call (StreamStore.add_lone).
+        if lone and context.xadd_lane_enabled and len(data) > 9 and (
+                (data[4] == 36 and data[5] == 52) or (data[5] == 36 and data[6] == 52)):
+            # The XADD lane's C form, for `*N\r\n$4...` (a first word of four letters, or 40
+            # and more; the rest is checked in C): the received bytes to the pending record in
+            # one call (StreamStore.add_lone).
             limits = self._limits
             taken = context.streams.add_lone(data, limits.bulk_size_max_bytes,
                                              limits.arguments_count_max)
@@ -519,7 +520,9 @@ class Connection:
         client.wrote = client.sync_required = False
         written_keys = client.written_keys
         if written_keys:
-            self._readers.wake(written_keys)
+            readers = self._readers
+            if readers.blocked_count:
+                readers.wake(written_keys)
             written_keys.clear()
 
     def _batch_failed(self, error: BaseException) -> bytes:

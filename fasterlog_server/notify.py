@@ -32,6 +32,8 @@ class Watches:
 
     def touch(self, key: bytes) -> None:
         """A write changed `key`: transactions watching it will fail."""
+        if not self._watchers:  # the common case: nobody watches (every write calls this)
+            return
         watchers = self._watchers.get(key)
         if watchers:
             for watcher in watchers:
@@ -59,6 +61,8 @@ class BlockedReaders:
 
     def __init__(self) -> None:
         self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
+        # Readers waiting now: writers read it before calling wake (the common case: none).
+        self.blocked_count = 0
 
     async def wait(self, keys: list[bytes], timeout_s: float | None) -> bool:
         """Waits until a write to one of `keys` is committed (True) or `timeout_s` passes
@@ -66,11 +70,13 @@ class BlockedReaders:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in keys:
             self._waiters.setdefault(key, set()).add(waiter)
+        self.blocked_count += 1
         try:
             await asyncio.wait_for(waiter, timeout_s)
         except TimeoutError:
             return False
         finally:
+            self.blocked_count -= 1
             for key in keys:
                 waiters = self._waiters.get(key)
                 if waiters is not None:
@@ -81,8 +87,6 @@ class BlockedReaders:
 
     def wake(self, keys: Iterable[bytes]) -> None:
         """Writes to `keys` are committed: their readers look again."""
-        if not self._waiters:  # the common case: nobody is blocked
-            return
         for key in keys:
             for waiter in self._waiters.pop(key, ()):
                 if not waiter.done():

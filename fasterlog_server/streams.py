@@ -219,7 +219,7 @@ class StreamStore:
     def next_id(self, name: bytes, requested: bytes) -> StreamId:
         last = self.streams[name].last_id if name in self.streams else (0, 0)
         if requested == b"*":
-            ms = max(int(time.time() * 1000), last[0])
+            ms = max(time.time_ns() // 1_000_000, last[0])
             return (ms, last[1] + 1) if ms == last[0] else (ms, 0)
         if requested.endswith(b"-*"):
             ms = parse_id(requested[:-2])[0]
@@ -246,7 +246,7 @@ class StreamStore:
         entry_size_max, having changed nothing."""
         if stream_id is None:
             last_ms, last_seq = stream.last_id
-            ms = int(time.time() * 1000)
+            ms = time.time_ns() // 1_000_000  # as the C form reads CLOCK_REALTIME
             if ms <= last_ms:
                 ms, seq = last_ms, last_seq + 1
             else:
