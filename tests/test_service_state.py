@@ -15,6 +15,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ from fasterlog_server.errors import LocalProtocolError
 from fasterlog_server.settings import MAXCLIENTS_REPLY, READ_SIZE_BYTES
 
 from .test_service import RunningServer
+
+redis = pytest.importorskip("redis")
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -233,6 +236,39 @@ def test_maxclients_must_be_positive() -> None:
         with pytest.raises(ValueError, match="maxclients"):
             ServerSettings(maxclients=wrong)  # type: ignore[arg-type]
     assert ServerSettings().maxclients == 10_000  # Redis's default
+
+
+def test_with_fsync_everysec_lone_writes_are_answered_at_once_and_committed_within_seconds(
+        tmp_path: Path) -> None:
+    """The lanes serve fsync everysec too (the coordinator says a lone write waits for nothing):
+    replies come at once, readers see the entry (blocked ones wake), and the every-second
+    commit makes both logs durable."""
+    server = RunningServer(tmp_path / "data", fsync="everysec")
+    try:
+        client = redis.Redis(port=server.port)
+        client.xadd("s", {"f": "first"})  # a new stream: the handler creates it
+        reader = redis.Redis(port=server.port)
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(
+            reader.xread({"s": "$"}, block=10_000)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.server.readers.waiting_count(b"s") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        added = client.xadd("s", {"f": "lane"})  # one frame alone: the C lane
+        thread.join(10)
+        assert got == [[[b"s", [(added, {b"f": b"lane"})]]]]
+        assert client.set("k", "v") is True and client.get("k") == b"v"
+        logs = (server.log, server.server.kv.store.log)
+        deadline = time.monotonic() + 10
+        while any(log.committed_until_address < log.tail_address for log in logs) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(log.committed_until_address == log.tail_address for log in logs)
+        for connection in (client, reader):
+            connection.close()
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------- maxclients, sockets
