@@ -67,6 +67,7 @@ __all__ = [
     "SimpleString",
     "Verbatim",
     "encode",
+    "parse_integer",
 ]
 
 _KIB: Final = 1 << 10
@@ -332,7 +333,8 @@ class _Buffer:
             return bytes(view[start:end])
 
 
-def _parse_integer(text: bytes) -> int | None:
+def parse_integer(text: bytes) -> int | None:
+    """An integer as Redis's string2ll reads it (see _INTEGER), or None; no range check."""
     return int(text) if _INTEGER.fullmatch(text) else None
 
 
@@ -414,7 +416,7 @@ class RespReader(_Buffer):
             raise failure
         if self.authentication_required:
             command = self.next_command()
-            return [] if command is NEED_MORE else [command]  # type: ignore[list-item]
+            return [] if command is NEED_MORE else [command]
         while len(commands) < count_max:
             if self._arguments_remaining_count == 0 and self._failure is None:
                 self._take(commands, count_max)
@@ -431,7 +433,7 @@ class RespReader(_Buffer):
                 break
             if command is NEED_MORE:
                 break
-            commands.append(command)  # type: ignore[arg-type]
+            commands.append(command)
         return commands
 
     def feed_and_take(self, data: bytes, count_max: int) -> list[list[bytes]]:
@@ -529,13 +531,14 @@ class RespReader(_Buffer):
         text = self._header_line("Protocol error: too big mbulk count string")
         if text is None:
             return None
-        count = _parse_integer(text)
+        count = parse_integer(text)
         if count is None or count < -1:
             self._fail("Protocol error: invalid multibulk length")
         if count > self._limits.arguments_count_max:
             self._fail(f"Protocol error: multibulk length {count} exceeds arguments_count_max "
                        f"({self._limits.arguments_count_max})")
-        if self.authentication_required and count > self._limits.unauthenticated_arguments_count_max:
+        if self.authentication_required and \
+                count > self._limits.unauthenticated_arguments_count_max:
             self._fail("Protocol error: unauthenticated multibulk length")
         self._position += len(text) + 3
         self._arguments_remaining_count = max(count, 0)
@@ -551,7 +554,7 @@ class RespReader(_Buffer):
         text = self._header_line("Protocol error: too big bulk count string")
         if text is None:
             return False
-        size = _parse_integer(text)
+        size = parse_integer(text)
         if size is None or size < 0 or size > self._limits.bulk_size_max_bytes:
             self._fail("Protocol error: invalid bulk length")
         if self.authentication_required and size > self._limits.unauthenticated_bulk_size_max_bytes:
@@ -780,7 +783,7 @@ class RespParser(_Buffer):
         if kind in b"$=!":
             return self._read_blob(kind, text, line_end)
         if kind in _AGGREGATES:
-            count = _parse_integer(text)
+            count = parse_integer(text)
             if count is None or count < -1:
                 self._fail(f"Protocol error: invalid aggregate length {text[:32]!r}")
             if count > self._limits.arguments_count_max:
@@ -808,7 +811,7 @@ class RespParser(_Buffer):
         return bytes(self._buffer[self._position + 1 : cr])
 
     def _read_blob(self, kind: int, text: bytes, line_end: int) -> Any:
-        size = _parse_integer(text)
+        size = parse_integer(text)
         if size == -1 and kind != ord("="):
             self._position = line_end
             return None
@@ -835,7 +838,7 @@ class RespParser(_Buffer):
         if kind == ord("-"):
             return ErrorReply(text)
         if kind == ord(":"):
-            number = _parse_integer(text)
+            number = parse_integer(text)
             if number is None or not _INT64_MIN <= number <= _INT64_MAX:
                 self._fail(f"Protocol error: bad integer value {text[:32]!r}")
             return number

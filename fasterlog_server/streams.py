@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from fasterlog import FasterLog
 
@@ -134,7 +134,7 @@ class StreamStore:
     def replay(self) -> None:
         """Rebuilds the index from the log; register `appliers` first."""
         for addresses, entries in self.log.scan_columns():
-            for address, entry in zip(addresses, entries):
+            for address, entry in zip(addresses, entries, strict=True):
                 self._apply(address, msgpack.unpackb(entry, raw=True, use_list=True))
 
     def _apply(self, address: int, record: list[Any]) -> None:
@@ -219,7 +219,7 @@ class StreamStore:
     def next_id(self, name: bytes, requested: bytes) -> StreamId:
         last = self.streams[name].last_id if name in self.streams else (0, 0)
         if requested == b"*":
-            ms = max(int(time.time() * 1000), last[0])
+            ms = max(time.time_ns() // 1_000_000, last[0])
             return (ms, last[1] + 1) if ms == last[0] else (ms, 0)
         if requested.endswith(b"-*"):
             ms = parse_id(requested[:-2])[0]
@@ -235,15 +235,24 @@ class StreamStore:
                               "stream top item")
         return stream_id
 
-    def add_now(self, name: bytes, stream: Stream, fields: list[bytes]) -> bytes:
-        """XADD with `*` on an existing stream, inlined for the server's hot path: the same
-        record and effects as next_id(name, b"*") then add(). Returns the id's text."""
-        last_ms, last_seq = stream.last_id
-        ms = int(time.time() * 1000)
-        if ms <= last_ms:
-            ms, seq = last_ms, last_seq + 1
+    def add_now(self, name: bytes, stream: Stream, fields: list[bytes],
+                stream_id: StreamId | None = None) -> bytes:
+        """Adds an entry to `stream` (`name`'s): XADD's one Python implementation, and the one
+        encoder of entry records, `[b"xadd", name, ms, seq, [field, value, ...]]` in msgpack
+        with bytes as bin (add_lone's C form, csrc/xadd_lane.c, writes the same bytes: tests/
+        test_service_xadd_lane.py compares them). The id is `stream_id`, or `*`'s when None:
+        now in ms, or the last id's ms with the next seq when the clock has not passed it (as
+        next_id(name, b"*")). Returns the id's text; refuses (StreamError) a record over
+        entry_size_max, having changed nothing."""
+        if stream_id is None:
+            last_ms, last_seq = stream.last_id
+            ms = time.time_ns() // 1_000_000  # as the C form reads CLOCK_REALTIME
+            if ms <= last_ms:
+                ms, seq = last_ms, last_seq + 1
+            else:
+                seq = 0
         else:
-            seq = 0
+            ms, seq = stream_id
         payload = _packb([b"xadd", name, ms, seq, fields])
         if len(payload) > self._entry_size_max:
             raise StreamError(f"ERR entry of {len(payload)} bytes exceeds the log's "
@@ -276,8 +285,15 @@ class StreamStore:
             self.on_write(key)
         return taken
 
-    def add(self, name: bytes, stream_id: StreamId, fields: list[bytes]) -> int:
-        return self._write([b"xadd", name, stream_id[0], stream_id[1], fields])
+    def add(self, name: bytes, stream_id: StreamId, fields: list[bytes]) -> None:
+        """XADD with an id from next_id; makes the stream if it is new (as replay does)."""
+        stream = self.streams.get(name)
+        if stream is not None:
+            self.add_now(name, stream, fields, stream_id)
+            return
+        stream = Stream()
+        self.add_now(name, stream, fields, stream_id)  # raises before the stream is kept
+        self.streams[name] = stream
 
     def trim(self, name: bytes, *, maxlen: int | None = None,
              minid: StreamId | None = None) -> int:

@@ -6,8 +6,8 @@
  * one XADD per read. In Python that read cost about 5 us of the loop thread (split, checks,
  * StreamStore.add_now: the id, msgpack, five list and attribute updates), as much as the
  * kernel's share of the request. This function does exactly what StreamStore.add_now does
- * for that frame, to the byte (tests/test_service_connection.py compares the two), and
- * declines (returns None, having changed nothing) for anything else, which then takes the
+ * for that frame, to the byte (add_now is the one Python encoder of entry records, and
+ * tests/test_service_xadd_lane.py compares the records and the index changes), and declines (returns None, having changed nothing) for anything else, which then takes the
  * Python path: another shape or command, more or less than one whole frame, a stream that
  * does not exist yet, a record over entry_size_max (the Python path answers the error).
  * The stream index stays Python objects (fasterlog_server/streams.py's Stream): this only appends to
@@ -174,7 +174,7 @@ PyObject *xadd_lone(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         seq = last_seq + 1;
     }
 
-    /* The record [b"xadd", key, ms, seq, [field, value, ...]], packed as _packb packs it. */
+    /* The record [b"xadd", key, ms, seq, [field, value, ...]], packed as add_now packs it. */
     uint32_t key_size = bounds[3] - bounds[2], fields_count = count - 3;
     uint64_t strings_size = key_size;
     for (uint32_t i = 3; i < count; i++) strings_size += bounds[2 * i + 1] - bounds[2 * i];

@@ -18,7 +18,7 @@ import pytest
 from fasterlog import FasterLog, errors
 from fasterlog._fasterlog_c import lib
 
-from .conftest import SMALL_SETTINGS
+from tests.support.settings import SMALL_SETTINGS
 
 CORE_CODES = {
     "FL_E_CLOSED": errors.LogClosedError,

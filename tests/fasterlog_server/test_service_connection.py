@@ -1,4 +1,4 @@
-"""The server's connection path (fasterlog_server/server.py `_Connection`): group commit across
+"""The server's connection path (fasterlog_server/connection.py): group commit across
 connections, replies in order when reads are answered synchronously, back-pressure and the
 slow-reader limit, on asyncio's own loop and on uvloop (when installed).
 
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fasterlog_server.commit import LoopCommitter
+from fasterlog_server.settings import COMMIT_GATHER_ITERATIONS_MAX, COMMIT_GATHER_MAX_S
 from tests.support.servers import RunningServer, raw_exchange
 
 redis = pytest.importorskip("redis")
@@ -26,7 +28,7 @@ redis_asyncio = pytest.importorskip("redis.asyncio")
 try:
     import uvloop
 except ImportError:  # optional: the asyncio rows still run
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
     uvloop is None, reason="uvloop is not installed"))]
@@ -70,10 +72,10 @@ def test_concurrent_writers_share_syncs(running: LoopServer) -> None:
 
     asyncio.run(main())
     server = running.server
-    log_requests = server._log_committer.requests_count
-    log_commits = server._log_committer.commits_count
-    kv_requests = server._kv_committer.requests_count
-    kv_commits = server._kv_committer.commits_count
+    log_requests = server.coordinator.stream_committer.requests_count
+    log_commits = server.coordinator.stream_committer.commits_count
+    kv_requests = server.coordinator.kv_committer.requests_count
+    kv_commits = server.coordinator.kv_committer.commits_count
     writes = clients_count * writes_count
     assert log_requests + kv_requests >= writes
     # 20 clients each with one write outstanding: most syncs must cover several of them.
@@ -192,13 +194,13 @@ def test_blocked_reader_that_disconnects_stops_waiting(running: LoopServer) -> N
         sock.sendall(b"*6\r\n$5\r\nXREAD\r\n$5\r\nBLOCK\r\n$1\r\n0\r\n$7\r\nSTREAMS\r\n"
                      b"$1\r\nq\r\n$1\r\n$\r\n")
         deadline = time.monotonic() + 10
-        while not running.server._waiters.get(b"q") and time.monotonic() < deadline:
+        while not running.server.readers.waiting_count(b"q") and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert running.server._waiters.get(b"q")
+        assert running.server.readers.waiting_count(b"q")
     deadline = time.monotonic() + 10
-    while running.server._waiters.get(b"q") and time.monotonic() < deadline:
+    while running.server.readers.waiting_count(b"q") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not running.server._waiters.get(b"q")  # noticed at once, not at the next XADD
+    assert not running.server.readers.waiting_count(b"q")  # noticed at once, not at the next XADD
 
 
 def test_a_value_too_big_for_a_record_is_refused_alone(running: LoopServer) -> None:
@@ -235,21 +237,21 @@ def test_a_lone_write_too_big_for_a_record_is_refused(running: LoopServer, kind:
 
 
 def test_a_lone_client_commits_each_write_at_once(running: LoopServer) -> None:
-    """Gathering (fasterlog_server/server.py _LoopCommitter) waits only while more writers arrive: a
+    """Gathering (fasterlog_server/commit.py LoopCommitter) waits only while more writers arrive: a
     lone client's every write is its own commit, answered without waiting for anyone."""
     client = redis.Redis(port=running.port)
     client.xadd("s", {"n": 0})
-    log_commits = running.server._log_committer.commits_count
-    kv_commits = running.server._kv_committer.commits_count
+    log_commits = running.server.coordinator.stream_committer.commits_count
+    kv_commits = running.server.coordinator.kv_committer.commits_count
     for number in range(50):
         client.xadd("s", {"n": number})
         client.set("k", number)
-    assert running.server._log_committer.commits_count - log_commits == 50
-    assert running.server._kv_committer.commits_count - kv_commits == 50
+    assert running.server.coordinator.stream_committer.commits_count - log_commits == 50
+    assert running.server.coordinator.kv_committer.commits_count - kv_commits == 50
 
 
 class _CountingLog:
-    """What _LoopCommitter needs of a log: commit(), failing with `error` when given."""
+    """A log's commit() for LoopCommitter, failing with `error` when given."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.commits_count = 0
@@ -263,23 +265,23 @@ class _CountingLog:
 
 
 def _commit_sizes(arrivals_count: int, error: Exception | None = None,
-                  ) -> tuple[list[int], list[list[Exception | None]]]:
+                  gather_max_s: float = COMMIT_GATHER_MAX_S,
+                  ) -> tuple[list[int], list[list[BaseException | None]]]:
     """Enlists one waiter per loop iteration, each arriving before the commit's check of that
     iteration (as requests read in the same poll do); returns how many waiters each commit
     answered and what each waiter was told."""
-    from fasterlog_server.server import _LoopCommitter
-
-    async def main() -> tuple[list[int], list[list[Exception | None]]]:
+    async def main() -> tuple[list[int], list[list[BaseException | None]]]:
         loop = asyncio.get_running_loop()
-        committer = _LoopCommitter(_CountingLog(error), lambda: None)  # type: ignore[arg-type]
-        told: list[list[Exception | None]] = [[] for _ in range(arrivals_count)]
+        committer = LoopCommitter(_CountingLog(error).commit, lambda: None,
+                                  gather_max_s=gather_max_s)
+        told: list[list[BaseException | None]] = [[] for _ in range(arrivals_count)]
         answered_by: list[int] = []
 
         class Waiter:
             def __init__(self, index: int) -> None:
                 self.index = index
 
-            def _commit_done(self, failure: Exception | None) -> None:
+            def commit_done(self, failure: BaseException | None) -> None:
                 told[self.index].append(failure)
                 answered_by.append(committer.commits_count)
 
@@ -297,8 +299,6 @@ def _commit_sizes(arrivals_count: int, error: Exception | None = None,
 
 
 def test_loop_committer_gathers_writers_that_keep_arriving_within_bounds() -> None:
-    from fasterlog_server.server import COMMIT_GATHER_ITERATIONS_MAX
-
     sizes, told = _commit_sizes(40)
     assert all(outcome == [None] for outcome in told)  # every waiter answered once
     assert sum(sizes) == 40
@@ -307,12 +307,8 @@ def test_loop_committer_gathers_writers_that_keep_arriving_within_bounds() -> No
     assert max(sizes) <= COMMIT_GATHER_ITERATIONS_MAX + 2
 
 
-def test_loop_committer_stops_gathering_at_its_time_bound(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import fasterlog_server.server
-
-    monkeypatch.setattr(fasterlog_server.server, "COMMIT_GATHER_MAX_S", 0.0)
-    sizes, told = _commit_sizes(10)
+def test_loop_committer_stops_gathering_at_its_time_bound() -> None:
+    sizes, told = _commit_sizes(10, gather_max_s=0.0)
     assert all(outcome == [None] for outcome in told)
     assert max(sizes) <= 2  # the first waiter and the one read beside it, no more
 

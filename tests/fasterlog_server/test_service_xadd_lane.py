@@ -1,5 +1,6 @@
 """The lone XADD's C path (fasterlog_server/csrc/xadd_lane.c via StreamStore.add_lone) against its
-reference, StreamStore.add_now.
+reference, StreamStore.add_now, the one Python encoder of entry records (every XADD goes
+through it).
 
 Method: two stores on two real logs receive the same requests, one through add_lone (the
 received bytes) and one through add_now (the parsed arguments); their pending records must be
@@ -18,12 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 import pytest
 
 from fasterlog import FasterLog
 from fasterlog_server.resp import RespReader
-from fasterlog_server.streams import StreamStore
+from fasterlog_server.streams import StreamError, StreamStore
 from tests.support.figures import record
 from tests.support.mode import LONG, scaled
 from tests.support.servers import RunningServer
@@ -41,7 +42,7 @@ def frame(*arguments: bytes) -> bytes:
 
 @pytest.fixture
 def stores(tmp_path: Path) -> Iterator[tuple[StreamStore, StreamStore]]:
-    settings = {"segment_size_bytes": 16 << 20, "page_size_bytes": 1 << 20}
+    settings: dict[str, Any] = {"segment_size_bytes": 16 << 20, "page_size_bytes": 1 << 20}
     with FasterLog.open(tmp_path / "c", **settings) as c_log, \
             FasterLog.open(tmp_path / "py", **settings) as py_log:
         yield StreamStore(c_log), StreamStore(py_log)
@@ -128,6 +129,28 @@ def test_an_id_from_the_clock_is_now_in_milliseconds_and_packed_as_msgpack_packs
     assert store.streams[b"s"].last_id == (ms + 5000, 8)
 
 
+def test_an_xadd_with_an_explicit_id_writes_the_record_add_now_encodes(
+        stores: tuple[StreamStore, StreamStore]) -> None:
+    """Every XADD goes through add_now, the one encoder: with an explicit id (add, for the
+    general XADD) and with `*` the same id gives the same record and index, and a new stream
+    gets msgpack's packing of the record."""
+    explicit, star = stores
+    for store in stores:
+        store.create(b"s")
+        store.flush()
+    explicit.add(b"s", (1 << 42, 7), [b"f", b"v"])
+    star.streams[b"s"].last_id = (1 << 42, 6)
+    star.add_now(b"s", star.streams[b"s"], [b"f", b"v"])
+    assert state(explicit) == state(star)
+    explicit.add(b"new", (3, 0), [b"a", b"b"])
+    assert explicit._pending[-1] == msgpack.packb([b"xadd", b"new", 3, 0, [b"a", b"b"]],
+                                                  use_bin_type=True)
+    assert explicit.streams[b"new"].ids == [(3, 0)]
+    with pytest.raises(StreamError, match="entry_size_max"):
+        explicit.add(b"huge", (1, 0), [b"f", b"x" * (2 << 20)])
+    assert b"huge" not in explicit.streams  # refused before the stream is kept
+
+
 @pytest.mark.parametrize("data", [
     frame(b"XADD", b"missing", b"*", b"f", b"v"),  # a new stream: created by the general path
     frame(b"XADD", b"s", b"1-1", b"f", b"v"),  # an explicit id
@@ -175,9 +198,11 @@ def test_the_server_answers_and_logs_the_same_with_the_lane_on_and_off(tmp_path:
             streams = server.server.streams
             taken_count = [0]
 
-            def counted(*args: object, add_lone: Any = streams.add_lone,
-                        taken_count: list[int] = taken_count) -> object:
-                taken = add_lone(*args)
+            def counted(data: bytes, bulk_size_max_bytes: int, arguments_count_max: int,
+                        add_lone: Any = streams.add_lone,
+                        taken_count: list[int] = taken_count) -> tuple[bytes, bytes] | None:
+                taken: tuple[bytes, bytes] | None = add_lone(data, bulk_size_max_bytes,
+                                                             arguments_count_max)
                 taken_count[0] += taken is not None
                 return taken
 
@@ -262,19 +287,19 @@ def test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd
     taken_count = 0
     started = time.perf_counter()
     for _ in range(inputs):
-        data = bytearray(generator.choice(seeds))
+        mutated = bytearray(generator.choice(seeds))
         for _ in range(generator.randint(1, 3)):
-            position = generator.randrange(len(data) + 1)
+            position = generator.randrange(len(mutated) + 1)
             action = generator.randrange(4)
-            if action == 0 and position < len(data):
-                data[position] = generator.choice(b"*$\r\n0123456789xXaAdD-+ ")
+            if action == 0 and position < len(mutated):
+                mutated[position] = generator.choice(b"*$\r\n0123456789xXaAdD-+ ")
             elif action == 1:
-                data.insert(position, generator.randrange(256))
-            elif action == 2 and position < len(data):
-                del data[position]
+                mutated.insert(position, generator.randrange(256))
+            elif action == 2 and position < len(mutated):
+                del mutated[position]
             else:
-                del data[position:]
-        data = bytes(data)
+                del mutated[position:]
+        data = bytes(mutated)
         taken = c_store.add_lone(data, BULK_SIZE_MAX_BYTES, ARGUMENTS_COUNT_MAX)
         if taken is None:
             continue

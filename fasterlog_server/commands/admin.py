@@ -1,0 +1,123 @@
+"""Administration and durability: COMMAND, INFO, CONFIG, WAITAOF, WAIT, KV.CHECKPOINT,
+LOG.TRUNCATE, LOG.COMMIT, LOG.INFO.
+
+WAITAOF answers [1, 0] after the batch's commit of both logs (forced with fsync everysec);
+WAIT answers 0 (no replicas); both wait out their timeout when asked for replicas. The LOG.*
+and KV.* commands are fasterlog's own: the log's positions, its truncation, and its group
+commit counters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from .. import resp
+from ..context import Blocked, ServerContext
+from ..errors import CommandError
+from ..session import Client
+from .base import OK, REDIS_VERSION, arity, integer
+
+
+def command(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    sub = arguments[1].upper() if len(arguments) > 1 else b""
+    if sub == b"COUNT":
+        return len(context.commands)
+    if sub == b"DOCS":
+        return resp.Map()
+    if sub == b"INFO":
+        return [None for _ in arguments[2:]]
+    return []
+
+
+def info(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    state = context.log
+    lines = [b"# Server", b"redis_version:" + REDIS_VERSION, b"fasterlog_version:0.1.0",
+             b"", b"# Persistence", b"aof_enabled:1",
+             b"fasterlog_committed_until:%d" % state.committed_until_address,
+             b"", b"# Keyspace", b"db0:keys=%d,expires=0,avg_ttl=0" % len(context.streams.streams)]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def config(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    arity(arguments, 3)
+    if arguments[1].upper() != b"GET":
+        raise CommandError(f"ERR CONFIG {arguments[1].decode(errors='replace')} is not supported")
+    values = {b"save": b"", b"appendonly": b"yes",
+              b"appendfsync": context.settings.fsync.encode()}  # "always" or "everysec"
+    found = resp.Map()
+    for pattern in arguments[2:]:
+        for key, value in values.items():
+            if fnmatch.fnmatchcase(key.decode(), pattern.decode(errors="replace")):
+                found[key] = value
+    return found
+
+
+def waitaof(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    """[local syncs, replica syncs] once this connection's writes are in a synced commit: the
+    reply goes out after the batch's commit of both logs (forced even with fsync everysec)."""
+    numlocal, numreplicas, timeout_ms = (integer(a) for a in arguments[1:4])
+    if numlocal < 0 or numreplicas < 0:
+        raise CommandError("ERR value is out of range, must be positive")
+    if timeout_ms < 0:
+        raise CommandError("ERR timeout is negative")
+    client.sync_required = True
+    if numreplicas > 0 or numlocal > 1:  # never reached: wait out the timeout, as Redis does
+        return Blocked([], timeout_ms, lambda: None, timeout_reply=[1, 0])
+    return [1, 0]
+
+
+def wait(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    numreplicas, timeout_ms = integer(arguments[1]), integer(arguments[2])
+    if timeout_ms < 0:
+        raise CommandError("ERR timeout is negative")
+    if numreplicas > 0:
+        return Blocked([], timeout_ms, lambda: None, timeout_reply=0)
+    return 0
+
+
+def kv_checkpoint(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    """Checkpoints the KV index (kvlayer); answers the log position it covers. Runs on the
+    event loop: an administrative command, other clients wait for it."""
+    context.kv.flush()
+    return context.kv.store.checkpoint().position
+
+
+def log_truncate(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    """Moves the stream log's begin to ADDRESS. The state that lives in records below it
+    (each stream's last id and counters, every group) is first restated at the tail and
+    committed, so a restart recovers it; entries below the address leave their streams."""
+    address = integer(arguments[1])
+    if not 0 <= address <= context.log.committed_until_address:
+        raise CommandError("ERR LOG.TRUNCATE address must be a committed address")
+    context.groups.restate()
+    context.streams.flush()
+    context.log.commit()
+    try:
+        context.log.truncate_until(address)
+    except Exception as error:  # noqa: BLE001 - a typed fasterlog error: answered as text
+        raise CommandError("ERR " + " ".join(str(error).split())) from None
+    context.streams.forget_below(context.log.begin_address)
+    client.wrote = True  # the batch's commit makes the new begin durable
+    return OK
+
+
+def log_commit(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    client.sync_required = True  # the batch's commit of both logs below is the answer
+    context.streams.flush()
+    return context.log.tail_address
+
+
+def log_info(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    log = context.log
+    return resp.Map({b"begin_address": log.begin_address, b"tail_address": log.tail_address,
+                     b"committed_until_address": log.committed_until_address,
+                     b"io_backend": log.io_backend.encode(),
+                     # Group commit at work: syncs run vs replies they answered, per log.
+                     **{b"%s_%s" % (name, field): value
+                        for name, committer in ((b"log", context.coordinator.stream_committer),
+                                                (b"kv", context.coordinator.kv_committer))
+                        for field, value in ((b"commits", committer.commits_count),
+                                             (b"commit_requests", committer.requests_count),
+                                             (b"commit_time_us",
+                                              int(committer.commit_seconds_total * 1e6)))}})

@@ -1,0 +1,578 @@
+"""One client connection: a state machine fed with the client's bytes, which answers through a
+sink; `ConnectionProtocol`, the asyncio adapter that turns transport callbacks into its events;
+and `Connections`, the registry that enforces maxclients.
+
+States, after h11: three named state variables, each changed only through its transition
+table. `_transition` applies the tables and refuses (LocalProtocolError: our own bug) an event
+a state does not allow; the commonest write's two transitions (HOLD in `_answer_write`, DONE in
+`commit_done`) look the same table up inline, where a call would cost more than the rest of
+that step (a bad event there fails as a KeyError):
+
+    state (the batch)   READY --HOLD--> AWAITING_COMMIT --DONE--> READY
+                        READY --CONTINUE--> CONTINUING --DONE--> READY
+                        CONTINUING --BLOCK--> BLOCKED --UNBLOCK--> CONTINUING
+                        (BLOCKED --DONE--> READY: a blocked read cancelled)
+                        any --CLOSE--> CLOSED, which absorbs every later event
+    input               OPEN <--READING_PAUSED / READING_RESUMED--> PAUSED; --INPUT_ENDED--> ENDED
+    output              OPEN <--WRITING_PAUSED / WRITING_RESUMED--> PAUSED
+
+READY: no batch in flight. Commands run inside `receive`, as their bytes arrive, so a read is
+    answered without a task switch; the commonest requests take their hot lane (dispatch.py
+    rule 3) without the bookkeeping of batches of any shape.
+AWAITING_COMMIT: the batch's replies are held until every commit it enlisted with has called
+    `commit_done` (callbacks: no task, no future).
+CONTINUING: the batch goes on in a task: it commits before a read that must see its writes,
+    or before and after a blocking read.
+BLOCKED: that task waits in a blocking read; the client's EOF ends it at once (as in Redis).
+CLOSED: the transport is closed or closing: nothing more runs or is written. A commit may
+    still end afterwards: its bookkeeping runs (blocked readers of the keys it wrote wake).
+Input PAUSED: we stopped reading because READ_SIZE_BYTES are buffered. Input ENDED: the client
+    half-closed; its commands are answered, then the connection closes. Output PAUSED: the
+    transport's buffer is over its high-water mark; no command runs until it drains.
+
+Rules:
+1. Commands run only in state READY with output OPEN; otherwise input is only buffered (and
+   past READ_SIZE_BYTES reading pauses), so replies keep their order and a connection never
+   has two batches in flight.
+2. A connection's replies are written in the order of its commands. The replies of a batch
+   that wrote wait for its commits (commit.py); those of a batch that wrote nothing go at once.
+3. Back-pressure: past `output_buffer_size_max_bytes` of unsent replies the slow reader is
+   disconnected.
+4. A malformed frame gets -ERR and a closed connection; no input crashes the server.
+5. Past `maxclients` open connections a new one gets Redis's reply and is closed at once.
+
+Sans-IO: the machine touches no socket. It writes to a `Sink` (what it needs of an
+asyncio.Transport) and is driven by its event methods (`attach`, `receive`, `input_ended`,
+`writing_paused`, `writing_resumed`, `lost`, and `commit_done` from the committers); the
+adapter only maps transport callbacks to them. It does use the running event loop for what it
+waits on (its commits, blocking reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+from typing import Protocol, cast
+
+from . import resp
+from .commit import CommitCoordinator, Committer
+from .context import Blocked, Reply, ServerContext
+from .dispatch import LANES, run_sync
+from .errors import CommandError, LocalProtocolError, RemoteProtocolError
+from .session import Client
+from .settings import MAXCLIENTS_REPLY, OUTPUT_HIGH_WATER_BYTES, READ_SIZE_BYTES
+from .streams import StreamError
+
+__all__ = ["Connection", "ConnectionProtocol", "Connections", "Event", "Flow", "Sink", "State"]
+
+_logger = logging.getLogger("fasterlog.service")
+
+
+class State(enum.IntEnum):  # IntEnum: hashed in C, as the tables below look them up per event
+    READY = 0
+    AWAITING_COMMIT = 1
+    CONTINUING = 2
+    BLOCKED = 3
+    CLOSED = 4
+
+
+class Flow(enum.IntEnum):
+    """The state of the input, and of the output (which never ENDS: CLOSED covers it)."""
+
+    OPEN = 0
+    PAUSED = 1
+    ENDED = 2
+
+
+class Event(enum.IntEnum):
+    # The batch (State).
+    HOLD = 0  # the batch's replies wait for its commits
+    CONTINUE = 1  # the batch goes on in a task
+    BLOCK = 2
+    UNBLOCK = 3
+    DONE = 4  # the batch is answered (or its task ended)
+    CLOSE = 5  # the transport is closed or closing
+    # The input.
+    READING_PAUSED = 6
+    READING_RESUMED = 7
+    INPUT_ENDED = 8
+    # The output.
+    WRITING_PAUSED = 9
+    WRITING_RESUMED = 10
+
+
+READY, AWAITING_COMMIT, CONTINUING, BLOCKED, CLOSED = State
+OPEN, PAUSED, ENDED = Flow
+(HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, CLOSE, READING_PAUSED, READING_RESUMED, INPUT_ENDED,
+ WRITING_PAUSED, WRITING_RESUMED) = Event
+
+_STATE_TRANSITIONS: dict[State, dict[Event, State]] = {
+    READY: {HOLD: AWAITING_COMMIT, CONTINUE: CONTINUING, CLOSE: CLOSED},
+    AWAITING_COMMIT: {DONE: READY, CLOSE: CLOSED},
+    CONTINUING: {BLOCK: BLOCKED, DONE: READY, CLOSE: CLOSED},
+    BLOCKED: {UNBLOCK: CONTINUING, DONE: READY, CLOSE: CLOSED},
+    CLOSED: dict.fromkeys((HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, CLOSE), CLOSED),
+}
+_INPUT_TRANSITIONS: dict[Flow, dict[Event, Flow]] = {
+    OPEN: {READING_PAUSED: PAUSED, INPUT_ENDED: ENDED},
+    PAUSED: {READING_RESUMED: OPEN, INPUT_ENDED: ENDED},
+    ENDED: {INPUT_ENDED: ENDED},
+}
+_OUTPUT_TRANSITIONS: dict[Flow, dict[Event, Flow]] = {
+    OPEN: {WRITING_PAUSED: PAUSED, WRITING_RESUMED: OPEN},
+    PAUSED: {WRITING_PAUSED: PAUSED, WRITING_RESUMED: OPEN},
+}
+
+
+class Sink(Protocol):
+    """What a connection needs of its transport (asyncio.Transport has all of it)."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class _Detached:
+    """The sink before `attach`: closed, so nothing is ever written to it."""
+
+    def write(self, data: bytes) -> None:
+        raise LocalProtocolError("write failed: the connection has no transport yet")
+
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Connections:
+    """The open connections, at most `maxclients` (rule 5), and the client ids."""
+
+    def __init__(self, maxclients: int) -> None:
+        self._maxclients = maxclients
+        self._open: set[Connection] = set()
+        self._client_ids = itertools.count(1)
+
+    def next_client_id(self) -> int:
+        return next(self._client_ids)
+
+    def admit(self, connection: Connection) -> bool:
+        if len(self._open) >= self._maxclients:
+            return False
+        self._open.add(connection)
+        return True
+
+    def forget(self, connection: Connection) -> None:
+        self._open.discard(connection)
+
+    def close_all(self) -> None:
+        for connection in list(self._open):
+            connection.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+_NOTHING_HELD: tuple[list[bytes], bool] = ([], False)
+
+
+class Connection:
+    """One client's state machine (see the module docstring)."""
+
+    def __init__(self, context: ServerContext, connections: Connections) -> None:
+        self._context = context
+        self._connections = connections
+        self._coordinator: CommitCoordinator = context.coordinator
+        self._readers = context.readers
+        # What a lone write to each log waits for (None: nothing, with fsync everysec).
+        self._stream_write_committer = self._coordinator.lone_write_committer("streams")
+        self._kv_write_committer = self._coordinator.lone_write_committer("kv")
+        settings = context.settings
+        self._limits = settings.limits
+        self._depth_max = settings.pipeline_depth_max
+        self._output_size_max_bytes = settings.output_buffer_size_max_bytes
+        self.client = Client(connections.next_client_id(),
+                             authenticated=not settings.requirepass)
+        self.codec = resp.RespReader(settings.limits,
+                                     authentication_required=not self.client.authenticated)
+        self._sink: Sink = _Detached()
+        self.state = READY
+        self.input = OPEN
+        self.output = OPEN
+        # AWAITING_COMMIT's data: commits still due, the first error, the held replies.
+        self._commit_waits_count = 0
+        self._commit_error: BaseException | None = None
+        self._held = _NOTHING_HELD
+        self._blocked_task: asyncio.Task[None] | None = None  # BLOCKED's task, to cancel
+
+    def _transition(self, event: Event) -> None:
+        """Every change of state, input or output goes through here."""
+        try:
+            if event <= CLOSE:
+                self.state = _STATE_TRANSITIONS[self.state][event]
+            elif event <= INPUT_ENDED:
+                self.input = _INPUT_TRANSITIONS[self.input][event]
+            else:
+                self.output = _OUTPUT_TRANSITIONS[self.output][event]
+        except KeyError:
+            current = self.state if event <= CLOSE else \
+                self.input if event <= INPUT_ENDED else self.output
+            raise self._unexpected(event, current) from None
+
+    def _unexpected(self, event: Event, state: enum.IntEnum) -> LocalProtocolError:
+        return LocalProtocolError(f"client {self.client.id}: event {event.name} in state "
+                                  f"{state.name}")
+
+    # ------------------------------------------------------------------ events
+
+    def attach(self, sink: Sink) -> None:
+        """Event: the transport is there. Over maxclients it is refused (rule 5)."""
+        self._sink = sink
+        if not self._connections.admit(self):
+            sink.write(MAXCLIENTS_REPLY)
+            sink.close()
+            self._transition(CLOSE)
+
+    def receive(self, data: bytes) -> None:
+        """Event: bytes from the client."""
+        if self.state is not READY or self.output is not OPEN:
+            self._buffer(data)
+            return
+        context = self._context
+        client = self.client
+        # One request alone from a client that waits for its reply (redis-benchmark -c 50, a
+        # cache, a producer): the commonest requests of all take their lane here.
+        lone = client.multi is None and client.authenticated and not context.closing and \
+            self.input is OPEN and not client.sync_required and \
+            not self.codec.buffered_size_bytes
+        declined = False
+        if lone and context.xadd_lane_enabled and len(data) > 9 and (
+                (data[4] == 36 and data[5] == 52) or (data[5] == 36 and data[6] == 52)):
+            # The XADD lane's C form, for `*N\r\n$4...` (a first word of four letters, or 40
+            # and more; the rest is checked in C): the received bytes to the pending record in
+            # one call (StreamStore.add_lone).
+            limits = self._limits
+            taken = context.streams.add_lone(data, limits.bulk_size_max_bytes,
+                                             limits.arguments_count_max)
+            if taken is not None:
+                client.written_keys.add(taken[0])  # wakes its blocked readers once committed
+                self._answer_write(taken[1], self._stream_write_committer)
+                return
+            # Declined: the C form takes every frame the Python XADD lane would take, so this
+            # request goes to its handler, which is what any lane would have done.
+            declined = True
+        try:
+            # The common read: whole commands, split straight from `data` (resp.py).
+            commands = self.codec.feed_and_take(data, self._depth_max)
+        except RemoteProtocolError as error:
+            self._protocol_error(error)
+            return
+        if lone and len(commands) == 1:
+            command = commands[0]
+            lane = None if declined else LANES.get(command[0].upper())
+            if lane is not None:
+                try:
+                    reply = lane.run(context, client, command)
+                except StreamError:
+                    reply = None  # nothing written: the handler answers the error
+                if reply is not None:
+                    log = lane.log
+                    if log is None:  # a read: nothing to commit
+                        self._send([reply], False)
+                    else:
+                        self._answer_write(reply, self._kv_write_committer if log == "kv"
+                                           else self._stream_write_committer)
+                    return
+            self._pump(commands, lanes=False)  # decided: no lane (dispatch.py rule 3)
+            return
+        self._pump(commands)
+
+    def commit_done(self, error: BaseException | None) -> None:
+        """Event: a commit the held batch enlisted with (one or two: the stream log's and the
+        KV log's) is done; the batch is answered when the last of them is."""
+        # Invariant: only a commit this connection enlisted with calls back, once.
+        if self._commit_waits_count <= 0:
+            raise LocalProtocolError(f"client {self.client.id}: commit_done without a commit "
+                                     "enlisted")
+        if error is not None and self._commit_error is None:
+            self._commit_error = error
+        self._commit_waits_count -= 1
+        if self._commit_waits_count:
+            return
+        error, self._commit_error = self._commit_error, None
+        (replies, close), self._held = self._held, _NOTHING_HELD
+        self.state = _STATE_TRANSITIONS[self.state][DONE]  # _transition(DONE), inlined
+        if error is not None:
+            self._send([self._batch_failed(error)], True)
+            return
+        self._batch_committed()
+        if self._send(replies, close) and (
+                self.input is not OPEN or self.codec.buffered_size_bytes):
+            self._pump()  # input came while the batch waited (else _pump would find none)
+
+    def input_ended(self) -> bool:
+        """Event: the client will send no more. Its commands are answered (a batch may still
+        be waiting for its commit), then the connection closes; a blocked reader that hangs up
+        is gone at once (as in Redis). True: keep the transport open for the replies."""
+        self._transition(INPUT_ENDED)
+        if self.state is not AWAITING_COMMIT and self.state is not CONTINUING:
+            self.close()
+        return True
+
+    def writing_paused(self) -> None:
+        """Event: the transport's output buffer is over its high-water mark."""
+        self._transition(WRITING_PAUSED)
+
+    def writing_resumed(self) -> None:
+        """Event: the transport's output buffer drained below its low-water mark."""
+        self._transition(WRITING_RESUMED)
+        if self.state is READY:
+            self._pump()
+
+    def lost(self) -> None:
+        """Event: the transport is closed."""
+        self._transition(CLOSE)
+        self._context.watches.unwatch(self.client)
+        self._connections.forget(self)
+        if self._blocked_task is not None:  # a blocked reader that left stops waiting now
+            self._blocked_task.cancel()
+
+    def close(self) -> None:
+        """Closes the transport (its buffered replies still go out)."""
+        self._sink.close()
+        self._transition(CLOSE)
+
+    # ------------------------------------------------------------------ running commands
+
+    def _buffer(self, data: bytes) -> None:
+        """Input while commands cannot run (rule 1)."""
+        if self.state is CLOSED:
+            return  # nothing more runs: the bytes are dropped
+        try:
+            self.codec.feed(data)
+        except RemoteProtocolError as error:
+            self._protocol_error(error)
+            return
+        if self.input is OPEN and self.codec.buffered_size_bytes >= READ_SIZE_BYTES:
+            self._transition(READING_PAUSED)
+            self._sink.pause_reading()
+
+    def _answer_write(self, reply: bytes, committer: Committer | None) -> None:
+        """A lone write's end: `reply` goes out once `committer`'s commit covers it, or now
+        when there is none to wait for."""
+        if committer is None:
+            try:
+                self._coordinator.append_pending()
+            except Exception as error:  # noqa: BLE001 - the append failed: answered as such
+                self._send([self._batch_failed(error)], True)
+                return
+            self._batch_committed()
+            self._send([reply], False)
+            return
+        committer.enlist(self)
+        # _hold for one commit, and _transition(HOLD) inlined: the commonest write.
+        self.state = _STATE_TRANSITIONS[self.state][HOLD]
+        self._commit_waits_count = 1
+        self._held = ([reply], False)
+
+    def _hold(self, replies: list[bytes], close: bool, waits_count: int) -> None:
+        """The batch waits for `waits_count` commits it enlisted with (they never call back
+        from inside enlist: commit.py rule 3)."""
+        self._transition(HOLD)
+        self._commit_waits_count = waits_count
+        self._held = (replies, close)
+
+    def _pump(self, commands: list[list[bytes]] | None = None, lanes: bool = True) -> None:
+        """Runs `commands` (a batch already taken from the reader), then the whole commands
+        buffered, batch by batch (`pipeline_depth_max` commands per batch), until the buffer
+        holds none or a batch must wait. `lanes`: see run_sync."""
+        context, client, codec = self._context, self.client, self.codec
+        coordinator = self._coordinator
+        while self.state is READY and self.output is OPEN and not context.closing:
+            if commands is None:
+                try:
+                    commands = codec.next_commands(self._depth_max)
+                except RemoteProtocolError as error:
+                    self._protocol_error(error)
+                    return
+                if not commands:
+                    break
+            elif not commands:
+                commands = None
+                continue
+            replies: list[bytes] = []
+            client.wrote = False
+            marks = coordinator.marks()
+            index, close, blocked = run_sync(context, client, commands, 0, replies, lanes)
+            lanes = True
+            codec.authentication_required = not client.authenticated
+            if blocked is not None or (index < len(commands) and not close):
+                self._transition(CONTINUE)
+                asyncio.get_running_loop().create_task(
+                    self._continue(commands, index, replies, blocked))
+                return
+            try:
+                waits_count = coordinator.enlist_batch(self, marks, client.wrote,
+                                                       client.sync_required)
+            except Exception as error:  # noqa: BLE001 - the append failed: answered as such
+                self._send([self._batch_failed(error)], True)
+                return
+            if waits_count:
+                # The common write: the group commits call commit_done, no task or future.
+                self._hold(replies, close, waits_count)
+                return
+            self._batch_committed()
+            if not self._send(replies, close):
+                return
+            commands = None
+        if self.state is not READY or self.output is not OPEN:
+            return
+        if self.input is ENDED:
+            self.close()
+        elif self.input is PAUSED:
+            self._transition(READING_RESUMED)
+            self._sink.resume_reading()
+
+    async def _continue(self, commands: list[list[bytes]], index: int, replies: list[bytes],
+                        blocked: Blocked | None) -> None:
+        """The rest of a batch that must wait (state CONTINUING): before a read that must see
+        the batch's writes (commit first), or in a blocking read (commit what came before,
+        then wait)."""
+        client = self.client
+        close = False
+        try:
+            while True:
+                failure = await self._commit_now()
+                if failure is not None:
+                    replies, close = [failure], True
+                    break
+                if blocked is not None:
+                    self._transition(BLOCK)
+                    self._blocked_task = asyncio.current_task()
+                    reply = await self._wait(blocked)
+                    self._blocked_task = None
+                    self._transition(UNBLOCK)
+                    replies.append(resp.encode(reply, client.protocol))
+                index, close, blocked = run_sync(self._context, client, commands, index,
+                                                 replies)
+                self.codec.authentication_required = not client.authenticated
+                if close or (blocked is None and index == len(commands)):
+                    break
+            failure = await self._commit_now()
+            if failure is not None:
+                replies, close = [failure], True
+        except asyncio.CancelledError:
+            return  # the client left while blocked
+        finally:
+            self._blocked_task = None
+            self._transition(DONE)
+        if self._send(replies, close):
+            self._pump()
+
+    async def _wait(self, blocked: Blocked) -> Reply:
+        """A blocking read's wait: until an attempt finds something, or the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if blocked.timeout_ms == 0 else loop.time() + blocked.timeout_ms / 1000
+        readers = self._readers
+        while True:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return blocked.timeout_reply
+            if not await readers.wait(blocked.keys, remaining):
+                return blocked.timeout_reply
+            try:
+                reply = blocked.attempt()
+            except (CommandError, StreamError) as error:
+                return resp.ErrorReply(str(error).encode())
+            if reply is not None:
+                return reply
+            # What the attempt wrote (a new consumer) is committed before waiting again.
+            failure = await self._commit_now()
+            if failure is not None:
+                return resp.ErrorReply(failure[1:-2])
+
+    async def _commit_now(self) -> bytes | None:
+        """Appends and commits the batch so far (CommitCoordinator.commit_batch); the error
+        reply if that fails."""
+        client = self.client
+        try:
+            await self._coordinator.commit_batch(client.wrote, client.sync_required)
+        except Exception as error:  # noqa: BLE001 - a failed commit fences the log: every
+            return self._batch_failed(error)  # write it covered is answered with the error
+        self._batch_committed()
+        return None
+
+    def _batch_committed(self) -> None:
+        """After the batch's commits: wakes the blocked readers of the streams it wrote."""
+        client = self.client
+        client.wrote = client.sync_required = False
+        written_keys = client.written_keys
+        if written_keys:
+            readers = self._readers
+            if readers.blocked_count:
+                readers.wake(written_keys)
+            written_keys.clear()
+
+    def _batch_failed(self, error: BaseException) -> bytes:
+        """The error reply of a failed append or commit (which fences the log)."""
+        client = self.client
+        client.wrote = client.sync_required = False
+        _logger.error("commit failed: %s", error)
+        return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
+                                           " ".join(str(error).split()).encode()),
+                           client.protocol)
+
+    def _send(self, replies: list[bytes], close: bool) -> bool:
+        """Writes the replies; False when the connection is done (closed, or a slow reader
+        over its output buffer limit, disconnected: rule 3)."""
+        sink = self._sink
+        if self.state is CLOSED or sink.is_closing():
+            return False
+        if replies:
+            sink.write(b"".join(replies) if len(replies) > 1 else replies[0])
+        if sink.get_write_buffer_size() > self._output_size_max_bytes:
+            _logger.warning("client %d: output buffer over its limit, closing", self.client.id)
+            sink.abort()
+            self._transition(CLOSE)
+            return False
+        if close:
+            self.close()
+            return False
+        return True
+
+    def _protocol_error(self, error: RemoteProtocolError) -> None:
+        """Rule 4: the error, then the connection is closed."""
+        sink = self._sink
+        if self.state is not CLOSED and not sink.is_closing():
+            sink.write(resp.encode(resp.ErrorReply(b"ERR " + str(error).encode()), 2))
+            sink.close()
+        self._transition(CLOSE)
+
+
+class ConnectionProtocol(Connection, asyncio.Protocol):
+    """The asyncio adapter: each transport callback is the machine's event of that name."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sink = cast(asyncio.Transport, transport)
+        sink.set_write_buffer_limits(high=OUTPUT_HIGH_WATER_BYTES)
+        self.attach(sink)
+
+    data_received = Connection.receive
+    eof_received = Connection.input_ended
+    pause_writing = Connection.writing_paused
+    resume_writing = Connection.writing_resumed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost()

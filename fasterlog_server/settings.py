@@ -1,0 +1,130 @@
+"""The server's settings and limits: every bound on what a client can make it hold or wait
+for, each with the reason for its value.
+
+Rules:
+1. Every buffer, queue, batch and loop of the server has a named bound, defined here (or, for
+   the codec's own bounds, in `resp.RespLimits`, which `ServerSettings.limits` carries; for the
+   C fast paths, next to their stack arrays: at most 32 field-value pairs for the lone XADD in
+   csrc/xadd_lane.c, 1,024 commands and 8,192 arguments per split in csrc/resp_speedups.c,
+   beyond which the Python paths take over, so those bounds cost speed, never correctness).
+2. `ServerSettings` holds what a deployment chooses: where to listen, the password, the fsync
+   policy, and the bounds a deployment may want to move. The module constants are bounds fixed
+   by the design; their values were measured on the machines the README's benchmarks name.
+3. Settings are checked when they are made (`ServerSettings.__post_init__`), so a server never
+   starts with a setting it would refuse later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from . import resp
+
+__all__ = [
+    "COMMIT_GATHER_ITERATIONS_MAX",
+    "COMMIT_GATHER_MAX_S",
+    "EVERYSEC_COMMIT_INTERVAL_S",
+    "EXPIRE_SWEEP_INTERVAL_S",
+    "EXPIRE_SWEEP_KEYS_MAX",
+    "FSYNC_POLICIES",
+    "KV_DIRECTORY_NAME",
+    "MAXCLIENTS_REPLY",
+    "OUTPUT_HIGH_WATER_BYTES",
+    "READ_SIZE_BYTES",
+    "ServerSettings",
+    "is_loopback",
+]
+
+# "always": every write is answered after the group commit that syncs it (the default, and the
+# server's promise); "everysec": answered at once and committed every second, as redis-server's
+# default, for comparison only (an acknowledged write can be lost).
+FSYNC_POLICIES = ("always", "everysec")
+
+
+def _default_limits() -> resp.RespLimits:
+    # A bulk string of 64 MiB, not Redis's 512 MiB: no log entry is that large (entry_size_max
+    # is far smaller), and the query buffer, which must hold one such bulk and its framing
+    # (RespLimits checks it), can then stay at 256 MiB per client instead of Redis's 1 GiB.
+    return resp.RespLimits(bulk_size_max_bytes=64 << 20, query_buffer_size_max_bytes=256 << 20)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one server listens on and the bounds it keeps.
+
+    host: loopback unless told otherwise; any other address needs `requirepass` (a server
+        reachable from other machines must not accept anyone).
+    requirepass: the password of Redis's `default` user; None lets every client in.
+    fsync: one of FSYNC_POLICIES.
+    limits: the RESP codec's bounds per client (see `_default_limits` and resp.RespLimits).
+    pipeline_depth_max: commands taken from one client's input per batch. A batch's replies are
+        held until its commit, and one batch runs without yielding the event loop, so this
+        bounds both the replies held per client and how long one client holds the loop.
+    output_buffer_size_max_bytes: a slow reader's unsent replies past which it is disconnected
+        (Redis's client-output-buffer-limit): below it the server only stops running the
+        client's commands until it reads (OUTPUT_HIGH_WATER_BYTES).
+    maxclients: connections served at once, Redis's name and default. Each connection may hold
+        up to the bounds above; past it a new connection gets Redis's reply (MAXCLIENTS_REPLY)
+        and is closed at once, as redis-server does.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6380
+    requirepass: str | None = None
+    fsync: str = "always"
+    limits: resp.RespLimits = field(default_factory=_default_limits)
+    pipeline_depth_max: int = 10_000
+    output_buffer_size_max_bytes: int = 64 << 20
+    maxclients: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be 'always' or 'everysec', not {self.fsync!r}")
+        if not is_loopback(self.host) and not self.requirepass:
+            raise ValueError(f"refusing to listen on {self.host}: a non-loopback address "
+                             "needs --requirepass")
+        if not isinstance(self.maxclients, int) or isinstance(self.maxclients, bool) or \
+                self.maxclients < 1:
+            raise ValueError(f"maxclients must be a positive int, not {self.maxclients!r}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# Redis's exact reply to a connection over maxclients, sent before it is closed.
+MAXCLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+
+# Buffered input past which a connection whose batch is waiting (for its commit, or in a
+# blocking read) stops reading from its socket: the kernel's buffers and TCP flow control then
+# hold the rest. 64 KiB is one read of the event loop's; the codec's query buffer limit still
+# bounds what one client may make us hold.
+READ_SIZE_BYTES = 64 << 10
+# Unsent replies past which no more of a client's commands run until it reads (back-pressure,
+# the transport's high-water mark). The hard limit, past which the client is disconnected, is
+# ServerSettings.output_buffer_size_max_bytes.
+OUTPUT_HIGH_WATER_BYTES = 64 << 10
+
+# How long a commit with fsync always may wait for more writers (commit.LoopCommitter): loop
+# iterations, and time since its first waiter. While every iteration brings new writers one
+# sync can answer them all; the bounds cap what the first writer waits for the others (a
+# millisecond at most, against a sync of about 130 us), and a lone writer never waits.
+COMMIT_GATHER_ITERATIONS_MAX = 8
+COMMIT_GATHER_MAX_S = 0.001
+# fsync everysec: the commit interval, redis-server's appendfsync everysec.
+EVERYSEC_COMMIT_INTERVAL_S = 1.0
+
+# The expiry sweep (reads already treat expired keys as missing; the sweep gives the space back
+# and keeps DBSIZE's count cheap): how often it runs, and the keys it deletes per round, so one
+# round holds the event loop for a bounded time and writes one KV batch of bounded size.
+EXPIRE_SWEEP_INTERVAL_S = 0.1
+EXPIRE_SWEEP_KEYS_MAX = 1000
+
+# Redis strings live in a kvlayer store in this subdirectory of the stream log's directory.
+KV_DIRECTORY_NAME = "kv"

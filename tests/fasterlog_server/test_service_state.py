@@ -1,0 +1,410 @@
+"""The connection state machine (fasterlog_server/connection.py) without sockets, the command
+table's flags (fasterlog_server/dispatch.py), and maxclients against redis-server.
+
+Method: a Server is built on a temporary log but never listens; each test attaches connections
+to sinks that record what is written, feeds them bytes as a transport would, and lets the
+event loop run the commits. The table's READONLY and WRITE flags are checked by running one
+invocation of every flagged command and watching both logs' write counts. maxclients is
+checked over loopback sockets, on our server and (when installed) on redis-server 7 with the
+same settings: the same bytes must come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from fasterlog import FasterLog
+from fasterlog_server import Server, ServerSettings, resp
+from fasterlog_server.connection import Connection, Event, Flow, State
+from fasterlog_server.context import BLOCKING, READONLY, WRITE, Blocked
+from fasterlog_server.dispatch import COMMANDS, dispatch
+from fasterlog_server.errors import LocalProtocolError
+from fasterlog_server.settings import MAXCLIENTS_REPLY, READ_SIZE_BYTES
+from tests.support.servers import RunningServer
+
+redis = pytest.importorskip("redis")
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RecordingSink:
+    """A transport that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def command(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def with_server(directory: Path, body: Callable[[Server], Awaitable[None]],
+                **settings: object) -> None:
+    async def main() -> None:
+        log = FasterLog.open(directory, page_size_bytes=65536, memory_size_bytes=262144,
+                             segment_size_bytes=1 << 20)
+        server = Server(log, ServerSettings(port=0, **settings))  # type: ignore[arg-type]
+        try:
+            await body(server)
+        finally:
+            await server.close()
+            log.close()
+
+    asyncio.run(main())
+
+
+def attached(server: Server) -> tuple[Connection, RecordingSink]:
+    connection = Connection(server.context, server.connections)
+    sink = RecordingSink()
+    connection.attach(sink)
+    return connection, sink
+
+
+def state(connection: Connection) -> State:
+    """The connection's state, read afresh (not narrowed by an earlier assert)."""
+    return connection.state
+
+
+async def settle() -> None:
+    """Lets the loop run the commits enlisted so far (LoopCommitter: a few iterations)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_read_is_answered_inside_receive(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"PING") + command(b"GET", b"missing"))
+        assert sink.written == b"+PONG\r\n$-1\r\n"  # no await: answered synchronously
+        connection.receive(b"ECHO hi\r\n")
+        assert sink.written.endswith(b"$2\r\nhi\r\n")
+        assert state(connection) is State.READY
+
+    with_server(tmp_path / "data", body)
+
+
+def test_a_write_is_held_until_its_commit_and_later_input_waits_behind_it(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"SET", b"k", b"v"))
+        assert state(connection) is State.AWAITING_COMMIT and sink.written == b""
+        connection.receive(command(b"GET", b"k"))  # buffered: one batch in flight
+        assert sink.written == b""
+        await settle()
+        assert sink.written == b"+OK\r\n$1\r\nv\r\n"
+        assert state(connection) is State.READY
+        kv_log = server.kv.store.log
+        assert kv_log.committed_until_address == kv_log.tail_address
+
+    with_server(tmp_path / "data", body)
+
+
+def test_end_of_input_answers_what_came_then_closes(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"XADD", b"s", b"*", b"f", b"v") + command(b"XLEN", b"s"))
+        assert connection.input_ended() is True
+        assert not sink.closed  # its batch still waits for the commit
+        await settle()
+        assert sink.written.endswith(b":1\r\n") and sink.closed
+        assert state(connection) is State.CLOSED and connection.input is Flow.ENDED
+
+        idle, idle_sink = attached(server)
+        idle.input_ended()
+        assert idle_sink.closed and state(idle) is State.CLOSED
+
+    with_server(tmp_path / "data", body)
+
+
+def test_a_malformed_frame_gets_an_error_and_nothing_more_runs(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(b"*1\r\n$x\r\nPING\r\n")
+        assert sink.written.startswith(b"-ERR Protocol error") and sink.closed
+        assert state(connection) is State.CLOSED
+        written = bytes(sink.written)
+        connection.receive(command(b"PING"))  # late bytes are dropped, not an error
+        assert sink.written == written
+
+    with_server(tmp_path / "data", body)
+
+
+def test_reading_pauses_past_its_bound_while_a_batch_waits_and_resumes_after(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"SET", b"k", b"v"))
+        ping = command(b"PING")
+        count = READ_SIZE_BYTES // len(ping) + 1
+        connection.receive(ping * count)
+        assert not sink.reading and connection.input is Flow.PAUSED
+        await settle()
+        assert sink.written == b"+OK\r\n" + b"+PONG\r\n" * count
+        assert sink.reading and connection.input is Flow.OPEN
+
+    with_server(tmp_path / "data", body)
+
+
+def test_a_blocked_reader_that_hangs_up_is_closed_at_once(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"XREAD", b"BLOCK", b"0", b"STREAMS", b"q", b"$"))
+        await settle()
+        assert state(connection) is State.BLOCKED
+        assert server.readers.waiting_count(b"q") == 1
+        connection.input_ended()
+        assert sink.closed
+        connection.lost()  # the transport reports the close: the wait is cancelled
+        await settle()
+        assert server.readers.waiting_count(b"q") == 0
+        assert state(connection) is State.CLOSED
+
+    with_server(tmp_path / "data", body)
+
+
+def test_events_a_state_does_not_allow_are_refused(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, _ = attached(server)
+        with pytest.raises(LocalProtocolError, match="commit_done"):
+            connection.commit_done(None)  # no commit was enlisted
+        for event in (Event.DONE, Event.BLOCK, Event.UNBLOCK, Event.READING_RESUMED):
+            with pytest.raises(LocalProtocolError, match=event.name):
+                connection._transition(event)
+        assert state(connection) is State.READY and connection.input is Flow.OPEN
+        connection.lost()
+        for event in (Event.HOLD, Event.CONTINUE, Event.DONE, Event.CLOSE):
+            connection._transition(event)  # a closed connection absorbs late batch events
+        assert state(connection) is State.CLOSED
+
+    with_server(tmp_path / "data", body)
+
+
+def test_over_maxclients_a_connection_gets_redis_reply_and_is_closed_in_process(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        first, _ = attached(server)
+        second, _ = attached(server)
+        refused, refused_sink = attached(server)
+        assert refused_sink.written == MAXCLIENTS_REPLY and refused_sink.closed
+        assert state(refused) is State.CLOSED and len(server.connections) == 2
+        refused.lost()
+        first.lost()
+        third, third_sink = attached(server)
+        third.receive(command(b"PING"))
+        assert third_sink.written == b"+PONG\r\n" and len(server.connections) == 2
+
+    with_server(tmp_path / "data", body, maxclients=2)
+
+
+def test_maxclients_must_be_positive() -> None:
+    for wrong in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="maxclients"):
+            ServerSettings(maxclients=wrong)  # type: ignore[arg-type]
+    assert ServerSettings().maxclients == 10_000  # Redis's default
+
+
+def test_with_fsync_everysec_lone_writes_are_answered_at_once_and_committed_within_seconds(
+        tmp_path: Path) -> None:
+    """The lanes serve fsync everysec too (the coordinator says a lone write waits for nothing):
+    replies come at once, readers see the entry (blocked ones wake), and the every-second
+    commit makes both logs durable."""
+    server = RunningServer(tmp_path / "data", fsync="everysec")
+    try:
+        client = redis.Redis(port=server.port)
+        client.xadd("s", {"f": "first"})  # a new stream: the handler creates it
+        reader = redis.Redis(port=server.port)
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(
+            reader.xread({"s": "$"}, block=10_000)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.server.readers.waiting_count(b"s") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        added = client.xadd("s", {"f": "lane"})  # one frame alone: the C lane
+        thread.join(10)
+        assert got == [[[b"s", [(added, {b"f": b"lane"})]]]]
+        assert client.set("k", "v") is True and client.get("k") == b"v"
+        logs = (server.log, server.server.kv.store.log)
+        deadline = time.monotonic() + 10
+        while any(log.committed_until_address < log.tail_address for log in logs) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(log.committed_until_address == log.tail_address for log in logs)
+        for connection in (client, reader):
+            connection.close()
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------- maxclients, sockets
+
+
+def _ping(sock: socket.socket) -> bytes:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(100)
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(100):
+        data += chunk
+    return data
+
+
+def maxclients_exchange(port: int) -> list[bytes]:
+    """With maxclients 2: two clients in, a third refused (what it got before the close),
+    and once one of the two has left, a new one in."""
+    address = ("127.0.0.1", port)
+    first = socket.create_connection(address, timeout=10)
+    second = socket.create_connection(address, timeout=10)
+    got = [_ping(first), _ping(second)]
+    with socket.create_connection(address, timeout=10) as third:
+        got.append(_until_closed(third))
+    first.close()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the first one's close a moment later
+        with socket.create_connection(address, timeout=10) as fourth:
+            reply = _ping(fourth)
+        if reply == b"+PONG\r\n" or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    got.append(reply)
+    second.close()
+    return got
+
+
+EXPECTED_EXCHANGE = [b"+PONG\r\n", b"+PONG\r\n", MAXCLIENTS_REPLY, b"+PONG\r\n"]
+
+
+def test_over_maxclients_a_connection_gets_redis_reply_and_is_closed(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data", maxclients=2)
+    try:
+        assert maxclients_exchange(server.port) == EXPECTED_EXCHANGE
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
+                    "(scripts/setup.sh installs it)")
+def test_maxclients_behaves_as_redis_server_does(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert REDIS_SERVER is not None
+    process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--maxclients", "2",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--logfile",
+         str(tmp_path / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        time.sleep(0.1)  # the probe connection above is gone before the exchange starts
+        assert maxclients_exchange(port) == EXPECTED_EXCHANGE
+    finally:
+        process.terminate()  # our own child, by pid
+        process.wait(30)
+
+
+# ---------------------------------------------------------------------- the table's flags
+
+
+# One invocation of each READONLY command, on the data `_populate` writes.
+READONLY_SAMPLES = [
+    [b"DBSIZE"], [b"TYPE", b"k"], [b"EXISTS", b"k", b"s"], [b"TTL", b"k"], [b"PTTL", b"k"],
+    [b"SCAN", b"0"], [b"GET", b"k"], [b"MGET", b"k", b"s"], [b"XLEN", b"s"],
+    [b"XRANGE", b"s", b"-", b"+"], [b"XREVRANGE", b"s", b"+", b"-"],
+    [b"XREAD", b"STREAMS", b"s", b"0"], [b"XPENDING", b"s", b"g"], [b"XINFO", b"STREAM", b"s"],
+]
+# One invocation of each WRITE command, in an order where each one does write.
+WRITE_SAMPLES = [
+    [b"SET", b"k2", b"v"], [b"MSET", b"a", b"1"], [b"INCR", b"n"], [b"DECR", b"n"],
+    [b"INCRBY", b"n", b"2"], [b"DECRBY", b"n", b"2"], [b"DEL", b"k2"],
+    [b"XADD", b"s", b"*", b"f", b"v"], [b"XGROUP", b"CREATE", b"s", b"g2", b"$"],
+    [b"XREADGROUP", b"GROUP", b"g", b"c", b"COUNT", b"1", b"STREAMS", b"s", b">"],
+    [b"XCLAIM", b"s", b"g", b"d", b"0", b"1-1"], [b"XACK", b"s", b"g", b"1-1"],
+    [b"XREADGROUP", b"GROUP", b"g", b"c", b"COUNT", b"1", b"STREAMS", b"s", b">"],
+    [b"XAUTOCLAIM", b"s", b"g", b"e", b"0", b"0"], [b"XDEL", b"s", b"2-1"],
+    [b"XTRIM", b"s", b"MAXLEN", b"0"], [b"LOG.TRUNCATE", b"0"],
+]
+BLOCKING_SAMPLES = [
+    [b"XREAD", b"BLOCK", b"10", b"STREAMS", b"s", b"$"],
+    [b"XREADGROUP", b"GROUP", b"g", b"c", b"BLOCK", b"10", b"STREAMS", b"s", b">"],
+    [b"WAIT", b"1", b"10"], [b"WAITAOF", b"1", b"1", b"10"],
+]
+
+
+def test_the_samples_cover_every_flagged_command() -> None:
+    def flagged(flag: str) -> set[bytes]:
+        return {name for name, spec in COMMANDS.items() if flag in spec.flags}
+
+    assert {sample[0] for sample in READONLY_SAMPLES} == flagged(READONLY)
+    assert {sample[0] for sample in WRITE_SAMPLES} == flagged(WRITE)
+    assert {sample[0] for sample in BLOCKING_SAMPLES} == flagged(BLOCKING)
+    assert not flagged(READONLY) & flagged(WRITE)
+    assert len(COMMANDS) == 51  # COMMAND COUNT: the same commands as before the table
+
+
+def test_readonly_commands_write_nothing_and_write_commands_write(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, _ = attached(server)
+        client, coordinator = connection.client, server.coordinator
+        for words in ([b"XADD", b"s", b"1-1", b"f", b"v"], [b"XADD", b"s", b"2-1", b"f", b"v"],
+                      [b"XGROUP", b"CREATE", b"s", b"g", b"0"], [b"SET", b"k", b"v"],
+                      [b"SET", b"n", b"10"]):
+            dispatch(server.context, client, words, words[0])
+        for words in READONLY_SAMPLES + WRITE_SAMPLES + BLOCKING_SAMPLES:
+            await coordinator.commit_batch(True, True)  # each command sees the last one's
+            marks, client.wrote = coordinator.marks(), False
+            reply, _ = dispatch(server.context, client, words, words[0])
+            assert not isinstance(reply, resp.ErrorReply), (words, reply)
+            wrote = client.wrote or coordinator.marks() != marks
+            spec = COMMANDS[words[0]]
+            if words in BLOCKING_SAMPLES:
+                assert isinstance(reply, Blocked), words
+            elif READONLY in spec.flags:
+                assert not wrote, words
+            else:
+                assert wrote, words
+            client.sync_required = False
+
+    with_server(tmp_path / "data", body)
