@@ -19,6 +19,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_TIMEOUT_S = 600
+IMPORT_EVERY_MODULE = """
+import importlib, pkgutil
+for name in ("fasterlog", "consumers", "kvlayer", "fasterlog_server", "fasterlog_cli"):
+    package = importlib.import_module(name)
+    for module in pkgutil.walk_packages(package.__path__, name + "."):
+        if not module.name.endswith(("__main__", "._build")):
+            importlib.import_module(module.name)
+import fasterlog
+print(fasterlog.__file__)
+"""
 
 
 def _tracked_files() -> list[str]:
@@ -62,8 +72,8 @@ def test_import_and_demo_work_after_a_plain_install(installed: tuple[Path, Path]
     checkout, bin_directory = installed
     cwd = checkout if where == "inside" else tmp_path
     python = str(bin_directory / "python")
-    imported = _run([python, "-c", "import fasterlog, consumers, kvlayer, fasterlog_server.resp; "
-                     "print(fasterlog.__file__)"], cwd)
+    # Every module of every package, so that a subpackage left out of the wheel fails here.
+    imported = _run([python, "-c", IMPORT_EVERY_MODULE], cwd)
     assert imported.returncode == 0, imported.stderr
     expected_root = checkout if where == "inside" else bin_directory.parent
     assert Path(imported.stdout.strip()).is_relative_to(expected_root)
