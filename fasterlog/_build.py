@@ -15,7 +15,7 @@ import cffi
 CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
 SOURCES = [
     "fl_log.c", "fl_recovery.c", "fl_follow.c", "fl_device.c", "fl_meta.c", "fl_crc32c.c",
-    "fl_index.c", "fl_kv.c",
+    "fl_util.c", "fl_frame.c", "fl_segments.c", "fl_index.c", "fl_kv.c",
 ]
 LIBURING_ARCHIVES = [
     "/usr/lib/x86_64-linux-gnu/liburing.a",

@@ -241,16 +241,39 @@ int fl_meta_write(int directory_fd, const fl_meta *meta);
 void *fl_blocking_begin(void);
 void fl_blocking_end(void *token);
 
-/* ---- shared helpers (fl_log.c) ---- */
-int fl_segments_cover_locked(fl_log *log, uint64_t segment);
-void fl_open_page_set(fl_log *log, uint64_t page);
-int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
+/* ---- helpers (fl_util.c) ---- */
+/* pread until `size` bytes or the end of the file: the bytes read, or -errno. */
 int64_t fl_pread_full(int fd, void *buffer, uint64_t size, uint64_t offset);
-int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
 void fl_set_message(fl_error_info *error, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Frame validation shared by recovery, reads and verify. */
+/* ---- segment files (fl_segments.c) ---- */
+void fl_segment_name(uint64_t segment, char *name, size_t size);
+/* Grows the table so it covers `segment`; segments_lock held exclusively. */
+int fl_segments_cover_locked(fl_log *log, uint64_t segment);
+int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
+void fl_segments_delete_below(fl_log *log, uint64_t begin_address);
+
+/* ---- recovery (fl_recovery.c) ---- */
+int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
+
+/* ---- the page ring ---- */
+static inline uint8_t *fl_slot_of(const fl_log *log, uint64_t page) {
+    return log->memory + (page % log->pages_count) * log->page_size_bytes;
+}
+static inline uint64_t fl_page_of(const fl_log *log, uint64_t address) {
+    return address / log->page_size_bytes;
+}
+/* Makes `page` the open page (the one the tail is in) and caches its slot for appends. */
+static inline void fl_open_page_set(fl_log *log, uint64_t page) {
+    log->open_page = page;
+    log->open_page_claimed = 1;
+    log->open_slot = fl_slot_of(log, page);
+    log->open_page_start = page * log->page_size_bytes;
+    log->open_page_end = log->open_page_start + log->page_size_bytes;
+}
+
+/* ---- frames (fl_frame.c): validation shared by recovery, reads and verify ---- */
 typedef struct fl_frame_view {
     uint32_t kind;        /* FL_KIND_*, or 0 for the zero gap at a page end */
     uint32_t payload_size;

@@ -43,158 +43,6 @@
 #define FL_READAHEAD_MIN_BYTES (1u << 20)
 #define FL_READAHEAD_BYTES (64u << 20)
 
-void fl_set_message(fl_error_info *error, const char *format, ...) {
-    if (error == NULL) return;
-    va_list args;
-    va_start(args, format);
-    vsnprintf(error->message, sizeof error->message, format, args);
-    va_end(args);
-}
-
-int64_t fl_pread_full(int fd, void *buffer, uint64_t size, uint64_t offset) {
-    uint64_t done = 0;
-    while (done < size) {
-        ssize_t got = pread(fd, (uint8_t *)buffer + done, (size_t)(size - done),
-                            (off_t)(offset + done));
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            return -errno;
-        }
-        if (got == 0) break;
-        done += (uint64_t)got;
-    }
-    return (int64_t)done;
-}
-
-static inline uint8_t *slot_of(const fl_log *log, uint64_t page) {
-    return log->memory + (page % log->pages_count) * log->page_size_bytes;
-}
-static inline uint64_t page_of(const fl_log *log, uint64_t address) {
-    return address / log->page_size_bytes;
-}
-
-/* ------------------------------------------------------------------ segments */
-
-static void segment_name(uint64_t segment, char *name, size_t size) {
-    snprintf(name, size, "segment-%08llu.fl", (unsigned long long)segment);
-}
-
-/* Grows the table so it covers `segment`; segments_lock held exclusively. */
-int fl_segments_cover_locked(fl_log *log, uint64_t segment) {
-    if (log->segments_count == 0) log->segments_base = segment;
-    if (segment < log->segments_base) return FL_E_ADDRESS;
-    uint64_t needed = segment - log->segments_base + 1;
-    if (needed <= log->segments_count) return 0;
-    if (needed > log->segments_capacity) {
-        uint64_t capacity = log->segments_capacity ? log->segments_capacity * 2 : 16;
-        while (capacity < needed) capacity *= 2;
-        fl_segment *grown = realloc(log->segments, capacity * sizeof *grown);
-        if (grown == NULL) return FL_E_NOMEM;
-        log->segments = grown;
-        log->segments_capacity = capacity;
-    }
-    for (uint64_t i = log->segments_count; i < needed; i++) {
-        log->segments[i].write_fd = -1;
-        log->segments[i].read_fd = -1;
-        log->segments[i].dirty = 0;
-    }
-    log->segments_count = needed;
-    return 0;
-}
-
-static int segment_create(fl_log *log, uint64_t segment, fl_segment *entry) {
-    char name[64];
-    segment_name(segment, name, sizeof name);
-    int flags = O_RDWR | O_CREAT | O_CLOEXEC;
-    int fd = -1;
-    if (log->direct_io) {
-        fd = fl_io_openat(log->directory_fd, name, flags | O_DIRECT, 0644);
-        if (fd < 0 && errno == EINVAL) log->direct_io = 0; /* tmpfs and friends */
-    }
-    if (fd < 0) fd = fl_io_openat(log->directory_fd, name, flags, 0644);
-    if (fd < 0) return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < log->segment_size_bytes) {
-        /* Preallocate: overwriting allocated blocks syncs faster than growing the file, and a
-         * full disk shows up here rather than in the middle of a commit. */
-        int rc = fl_io_fallocate(fd, log->segment_size_bytes);
-        if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
-            close(fd);
-            return -rc;
-        }
-        fl_crash_point("segment-create-before-dirsync");
-        /* The new directory entry must be durable before a commit relies on the file. */
-        if (fl_io_fsync(log->directory_fd) < 0) {
-            close(fd);
-            return -errno;
-        }
-    }
-    entry->write_fd = fd;
-    return 0;
-}
-
-/* Returns the descriptors of a segment, opening (and with `create`, creating) it. Takes
- * segments_lock itself. The returned descriptors stay valid until the segment is deleted,
- * which only happens below the begin address. */
-int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd) {
-    pthread_rwlock_rdlock(&log->segments_lock);
-    if (log->segments_count > 0 && segment >= log->segments_base &&
-        segment - log->segments_base < log->segments_count) {
-        fl_segment *entry = &log->segments[segment - log->segments_base];
-        if (entry->read_fd >= 0 && (!create || entry->write_fd >= 0)) {
-            if (write_fd) *write_fd = entry->write_fd;
-            *read_fd = entry->read_fd;
-            pthread_rwlock_unlock(&log->segments_lock);
-            return 0;
-        }
-    }
-    pthread_rwlock_unlock(&log->segments_lock);
-
-    pthread_rwlock_wrlock(&log->segments_lock);
-    int rc = fl_segments_cover_locked(log, segment);
-    if (rc == 0) {
-        fl_segment *entry = &log->segments[segment - log->segments_base];
-        if (create && entry->write_fd < 0) rc = segment_create(log, segment, entry);
-        if (rc == 0 && entry->read_fd < 0) {
-            char name[64];
-            segment_name(segment, name, sizeof name);
-            entry->read_fd = openat(log->directory_fd, name, O_RDONLY | O_CLOEXEC);
-            if (entry->read_fd < 0) rc = errno == ENOENT ? FL_E_ADDRESS : -errno;
-        }
-        if (rc == 0) {
-            if (write_fd) *write_fd = entry->write_fd;
-            *read_fd = entry->read_fd;
-        }
-    }
-    pthread_rwlock_unlock(&log->segments_lock);
-    return rc;
-}
-
-/* Deletes whole segments below `begin_address`. The caller made the new begin durable. */
-static void segments_delete_below(fl_log *log, uint64_t begin_address) {
-    uint64_t first_kept = begin_address / log->segment_size_bytes;
-    pthread_rwlock_wrlock(&log->segments_lock);
-    while (log->segments_count > 0 && log->segments_base < first_kept) {
-        fl_segment *entry = &log->segments[0];
-        if (entry->write_fd >= 0) close(entry->write_fd);
-        if (entry->read_fd >= 0) close(entry->read_fd);
-        char name[64];
-        segment_name(log->segments_base, name, sizeof name);
-        fl_io_unlinkat(log->directory_fd, name);
-        memmove(log->segments, log->segments + 1, (log->segments_count - 1) * sizeof *entry);
-        log->segments_count--;
-        log->segments_base++;
-    }
-    /* Older segments may exist on disk without a table entry (never opened since recovery). */
-    for (uint64_t s = first_kept; s-- > 0;) {
-        char name[64];
-        segment_name(s, name, sizeof name);
-        if (fl_io_unlinkat(log->directory_fd, name) < 0 && errno == ENOENT) break;
-    }
-    pthread_rwlock_unlock(&log->segments_lock);
-    fl_io_fsync(log->directory_fd);
-}
-
 /* ------------------------------------------------------------------ device driving */
 
 static void signal_commit_event(fl_log *log);
@@ -279,7 +127,7 @@ static void *zero_main(void *argument) {
     memset(zeros, 0, FL_ZERO_CHUNK_BYTES);
     pthread_mutex_lock(&log->mutex);
     while (log->zero_running) {
-        uint64_t floor = (page_of(log, log->tail_address) + 1) * log->page_size_bytes;
+        uint64_t floor = (fl_page_of(log, log->tail_address) + 1) * log->page_size_bytes;
         if (log->zeroed_until < floor) log->zeroed_until = floor;
         uint64_t target = floor + log->zero_ahead_bytes;
         if (log->zeroed_until >= target || log->fenced_error) {
@@ -326,7 +174,7 @@ static void zero_stop(fl_log *log) {
 static int queue_writes_io_locked(fl_log *log, uint64_t until, int link, int dsync) {
     while (log->submitted_until < until) {
         uint64_t start = log->submitted_until;
-        uint64_t page = page_of(log, start);
+        uint64_t page = fl_page_of(log, start);
         uint64_t page_start = page * log->page_size_bytes;
         uint64_t end = page_start + log->page_size_bytes;
         if (end > until) end = until;
@@ -340,7 +188,7 @@ static int queue_writes_io_locked(fl_log *log, uint64_t until, int link, int dsy
         uint64_t tag;
         rc = inflight_push(log, start, end, write_end - write_start, 0, &tag);
         if (rc < 0) return rc;
-        rc = fl_device_write(&log->device, write_fd, slot_of(log, page) + (write_start - page_start),
+        rc = fl_device_write(&log->device, write_fd, fl_slot_of(log, page) + (write_start - page_start),
                              write_end - write_start, write_start % log->segment_size_bytes, tag,
                              link, dsync);
         if (rc < 0) return rc;
@@ -397,13 +245,13 @@ static int wait_for_flush_locked(fl_log *log) {
  * a header) and the page is sealed, ready to be written. */
 static void seal_page_locked(fl_log *log) {
     uint64_t tail = log->tail_address;
-    uint64_t page = page_of(log, tail);
+    uint64_t page = fl_page_of(log, tail);
     uint64_t page_end = (page + 1) * log->page_size_bytes;
     if (tail % log->page_size_bytes != 0 || (tail == page * log->page_size_bytes &&
                                              log->open_page_claimed && log->open_page == page)) {
         uint64_t remaining = page_end - tail;
         if (remaining >= FL_FRAME_HEADER_SIZE_BYTES) {
-            uint8_t *frame = slot_of(log, page) + (tail - page * log->page_size_bytes);
+            uint8_t *frame = fl_slot_of(log, page) + (tail - page * log->page_size_bytes);
             memset(frame, 0, remaining);
             fl_store32(frame + 4, (uint32_t)FL_KIND_PADDING << FL_FRAME_LENGTH_BITS |
                                       (uint32_t)(remaining - FL_FRAME_HEADER_SIZE_BYTES));
@@ -429,7 +277,7 @@ static int claim_page_locked(fl_log *log, uint64_t page, int blocking) {
         waited = 1;
         /* The mutex was let go: another appender may have claimed this page (and filled part
          * of it) or moved on. Claiming again would wipe its frames, so start over. */
-        if (page_of(log, log->tail_address) != page ||
+        if (fl_page_of(log, log->tail_address) != page ||
             (log->open_page_claimed && log->open_page == page))
             return 1;
     }
@@ -437,18 +285,10 @@ static int claim_page_locked(fl_log *log, uint64_t page, int blocking) {
         uint64_t head = (page + 1 - log->pages_count) * log->page_size_bytes;
         if (head > log->head_address) log->head_address = head;
     }
-    memset(slot_of(log, page), 0, log->page_size_bytes);
+    memset(fl_slot_of(log, page), 0, log->page_size_bytes);
     fl_open_page_set(log, page);
     if (log->zero_running) pthread_cond_signal(&log->zero_cond);
     return waited;
-}
-
-void fl_open_page_set(fl_log *log, uint64_t page) {
-    log->open_page = page;
-    log->open_page_claimed = 1;
-    log->open_slot = slot_of(log, page);
-    log->open_page_start = page * log->page_size_bytes;
-    log->open_page_end = log->open_page_start + log->page_size_bytes;
 }
 
 static int writable_locked(const fl_log *log) {
@@ -466,7 +306,7 @@ static int64_t reserve_locked(fl_log *log, uint64_t frame_size, int blocking, in
         if (rc == FL_E_COMPLETED && for_commit) rc = 0; /* a commit record still goes in */
         if (rc < 0) return rc;
         uint64_t tail = log->tail_address;
-        uint64_t page = page_of(log, tail);
+        uint64_t page = fl_page_of(log, tail);
         uint64_t page_end = (page + 1) * log->page_size_bytes;
         if (tail + frame_size > page_end) {
             seal_page_locked(log);
@@ -495,7 +335,7 @@ static inline void fill_frame(const fl_log *log, uint8_t *frame, uint64_t addres
 
 static void write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
                         uint64_t size, uint64_t frame_size) {
-    uint8_t *frame = slot_of(log, page_of(log, address)) + address % log->page_size_bytes;
+    uint8_t *frame = fl_slot_of(log, fl_page_of(log, address)) + address % log->page_size_bytes;
     fill_frame(log, frame, address, kind, data, size, frame_size);
 }
 
@@ -609,7 +449,7 @@ static int flush_and_sync_io_locked(fl_log *log, uint64_t until) {
     uint64_t dirty_count = 0;
     for (uint64_t i = 0; i < log->segments_count; i++) dirty_count += log->segments[i].dirty;
     pthread_rwlock_unlock(&log->segments_lock);
-    uint64_t page_end = (page_of(log, log->submitted_until) + 1) * log->page_size_bytes;
+    uint64_t page_end = (fl_page_of(log, log->submitted_until) + 1) * log->page_size_bytes;
     if (dirty_count == 0 && until > log->submitted_until && until <= page_end) {
         /* The usual commit: nothing unsynced but this one write, so the write itself carries
          * the sync (pwritev2 with RWF_DSYNC, one system call), in this thread on both backends
@@ -700,7 +540,7 @@ static int after_commit(fl_log *log, uint64_t record_address, uint64_t committed
     pthread_rwlock_rdlock(&log->segments_lock);
     int deletable = log->segments_count > 0 && log->segments_base < first_kept;
     pthread_rwlock_unlock(&log->segments_lock);
-    if (deletable) segments_delete_below(log, durable_begin);
+    if (deletable) fl_segments_delete_below(log, durable_begin);
     return 0;
 }
 
@@ -897,36 +737,6 @@ static int64_t complete_impl(fl_log *log) {
 
 /* ------------------------------------------------------------------ reads */
 
-int fl_frame_check(const fl_log *log, uint64_t address, const uint8_t *bytes, uint64_t available,
-                   fl_frame_view *view) {
-    uint64_t remaining = log->page_size_bytes - address % log->page_size_bytes;
-    memset(view, 0, sizeof *view);
-    if (remaining < FL_FRAME_HEADER_SIZE_BYTES) {
-        /* The gap at a page end too short for a padding frame: zeros by rule. */
-        if (available < remaining) return FL_E_BUFFER;
-        for (uint64_t i = 0; i < remaining; i++)
-            if (bytes[i]) return FL_E_CORRUPT;
-        view->frame_size = remaining;
-        return 0;
-    }
-    if (available < FL_FRAME_HEADER_SIZE_BYTES) return FL_E_BUFFER;
-    uint32_t length_and_kind = fl_load32(bytes + 4);
-    uint32_t kind = length_and_kind >> FL_FRAME_LENGTH_BITS;
-    uint32_t size = length_and_kind & FL_FRAME_LENGTH_MASK;
-    uint64_t frame_size = fl_frame_size(size);
-    if (kind < FL_KIND_DATA || kind > FL_KIND_PADDING) return FL_E_CORRUPT;
-    if (frame_size > remaining) return FL_E_CORRUPT;
-    if (kind == FL_KIND_PADDING && frame_size != remaining) return FL_E_CORRUPT;
-    if (kind == FL_KIND_COMMIT && size < FL_COMMIT_RECORD_FIXED_SIZE_BYTES) return FL_E_CORRUPT;
-    view->frame_size = frame_size;
-    if (frame_size > available) return FL_E_BUFFER;
-    if (fl_load32(bytes) != fl_frame_crc(log->salt, address, bytes, frame_size)) return FL_E_CORRUPT;
-    view->kind = kind;
-    view->payload_size = size;
-    view->epoch = fl_load32(bytes + 8);
-    return 0;
-}
-
 /* Copies log bytes [address, address + size) into `buffer`, from memory when the page is
  * still there, else from the segment file. The range must lie in one page. Returns the bytes
  * copied (a file may end early) or a negative code. */
@@ -937,9 +747,9 @@ static int64_t copy_range(fl_log *log, uint64_t address, void *buffer, uint64_t 
         pthread_mutex_unlock(&log->mutex);
         return FL_E_CLOSED;
     }
-    uint64_t page = page_of(log, address);
+    uint64_t page = fl_page_of(log, address);
     if (address >= log->head_address && log->open_page_claimed && page <= log->open_page) {
-        memcpy(buffer, slot_of(log, page) + address % log->page_size_bytes, size);
+        memcpy(buffer, fl_slot_of(log, page) + address % log->page_size_bytes, size);
         pthread_mutex_unlock(&log->mutex);
         *from_memory = 1;
         return (int64_t)size;
@@ -988,7 +798,7 @@ static int check_range_start(fl_log *log, uint64_t address, uint64_t *limit_out,
  * (then the frame is corrupt) or not (then the caller passed a bad address), by walking the
  * page's frames from its start. */
 static int classify_bad_frame(fl_log *log, uint64_t address, fl_error_info *error) {
-    uint64_t page_start = page_of(log, address) * log->page_size_bytes;
+    uint64_t page_start = fl_page_of(log, address) * log->page_size_bytes;
     uint64_t position = page_start < FL_FIRST_ADDRESS ? FL_FIRST_ADDRESS : page_start;
     uint8_t *page = malloc(log->page_size_bytes);
     if (page == NULL) return FL_E_NOMEM;
@@ -1099,7 +909,7 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
     int stop = 0;
     uint64_t want = FL_SCAN_CHUNK_BYTES;
     while (!stop && position < until_address && count < count_max) {
-        uint64_t page_end = (page_of(log, position) + 1) * log->page_size_bytes;
+        uint64_t page_end = (fl_page_of(log, position) + 1) * log->page_size_bytes;
         uint64_t chunk_end = page_end < committed ? page_end : committed;
         uint64_t size = chunk_end - position;
         /* Copy in modest chunks: the call may stop at count_max long before the buffer is
@@ -1235,7 +1045,7 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
          * of a page (a padding frame, or the short zero gap) counts: it is where a reader that
          * finished the page stands, and scans step over it. Moving begin past it instead
          * would pass a cursor standing there. */
-        uint64_t page_end = (page_of(log, address) + 1) * log->page_size_bytes;
+        uint64_t page_end = (fl_page_of(log, address) + 1) * log->page_size_bytes;
         uint8_t header[FL_FRAME_HEADER_SIZE_BYTES];
         int from_memory;
         int page_end_frame =

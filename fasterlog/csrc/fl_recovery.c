@@ -68,7 +68,7 @@ static int segment_fd(recovery *r, uint64_t segment) {
     r->fd = -1;
     if (!r->has_segments || segment > r->last_segment) return -1;
     char name[64];
-    snprintf(name, sizeof name, "segment-%08llu.fl", (unsigned long long)segment);
+    fl_segment_name(segment, name, sizeof name);
     r->fd = openat(r->log->directory_fd, name, O_RDONLY | O_CLOEXEC);
     r->fd_segment = segment;
     return r->fd;
@@ -220,7 +220,7 @@ static int load_tail_page(recovery *r, uint64_t tail) {
     uint64_t page_start = page * log->page_size_bytes;
     int rc = load_page(r, page);
     if (rc < 0) return rc;
-    uint8_t *slot = log->memory + (page % log->pages_count) * log->page_size_bytes;
+    uint8_t *slot = fl_slot_of(log, page);
     memset(slot, 0, log->page_size_bytes);
     memcpy(slot, r->page, tail - page_start);
     fl_open_page_set(log, page);
