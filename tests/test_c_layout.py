@@ -1,4 +1,5 @@
-"""The C files form a DAG: no file calls into a file that (directly or not) calls back into it.
+"""The C files form a DAG (no file calls into a file that, directly or not, calls back into
+it), and none is longer than the house's 1,000 lines.
 
 Method: every .c file of the C core (fasterlog/csrc) is read with its comments, strings and
 preprocessor lines blanked out; top-level braces give the function and table definitions and
@@ -18,6 +19,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 C_DIRECTORIES = [ROOT / "fasterlog" / "csrc"]
+FILE_LINES_MAX = 1000
 _NAME = re.compile(r"\bfl_[a-z0-9_]+\b")
 _FUNCTION_HEAD = re.compile(r"(\w+)\s*\(([^;{}]*)\)\s*(__attribute__\s*\(\(.*\)\)\s*)?$", re.S)
 _TABLE_HEAD = re.compile(r"(\w+)\s*(\[[^\]]*\])?\s*=\s*$")
@@ -144,6 +146,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_parser_sees_the_core_s_entry_points() -> None:
     names = {definition.name for path in c_files() for definition in definitions(path)}
     assert {"fl_open", "fl_append", "fl_commit", "fl_scan", "fl_frame_check"} <= names
+
+
+@pytest.mark.parametrize("path", c_files(), ids=lambda path: path.name)
+def test_no_c_file_is_longer_than_the_limit(path: pathlib.Path) -> None:
+    lines_count = len(path.read_text().splitlines())
+    assert lines_count <= FILE_LINES_MAX, f"{path.name}: {lines_count} lines"
 
 
 def test_c_files_form_no_call_cycle() -> None:

@@ -1,12 +1,49 @@
 /* Internal declarations shared by the C core's files. The public surface is fasterlog.h; this
  * header adds the structures the core, device and recovery code share.
  *
- * Locking rules (the reason for each is in fl_log.c):
+ * The files, each calling only files listed before it (tests/test_c_layout.py checks that the
+ * calls form no cycle):
+ *   fl_util.c      messages, full reads, deadlines, the default blocking hooks
+ *   fl_crc32c.c    CRC32C
+ *   fl_device.c    the device: io_uring and plain backends, the I/O trace, traced file calls
+ *   fl_frame.c     frame validation
+ *   fl_meta.c      the meta file
+ *   fl_segments.c  segment files: names, descriptors, creation, deletion
+ *   fl_follow.c    the shared page (fasterlog.shm) for followers
+ *   fl_recovery.c  recovery at open
+ *   fl_zero.c      zero-filling ahead of the tail (preallocation)
+ *   fl_drive.c     driving the device: page writes, reaping, flushed_until, fencing, syncs
+ *   fl_append.c    the write path: reserving frames, sealing and claiming pages, appends
+ *   fl_read.c      the read path: read, read_many, scan, verify
+ *   fl_commit.c    group commit, cookies, waiting for commits, auto-commit, truncation
+ *   fl_open.c      open and close: settings, the writer lock, meta, recovery, shutdown, state
+ * fl_NAME functions without a public declaration in fasterlog.h are the core's own; those
+ * named fl_log_* are the hook-free bodies of public calls (the public call wraps them in
+ * fl_blocking_begin/end, and the core calls the body when it already runs without the GIL).
+ *
+ * Locking rules:
  * 1. `mutex` guards positions, the page ring and commit state. Held only for short copies.
  * 2. `io_mutex` is held by the one thread that drives the device (submits and reaps). It is
  *    taken before `mutex`, never while holding it (trylock excepted).
  * 3. `segments_lock` (rwlock) guards the segment file table: readers share it for pread,
- *    opening or deleting a segment takes it exclusively. */
+ *    opening or deleting a segment takes it exclusively.
+ *
+ * Addresses are byte offsets across segment files: address A lives in segment
+ * A / segment_size_bytes at file offset A % segment_size_bytes. Memory holds a ring of
+ * pages_count pages; page P lives in slot P % pages_count.
+ *
+ * Invariants of the log (each is asserted where it can break):
+ * 1. FL_FIRST_ADDRESS <= begin <= committed_until <= tail, and
+ *    flushed_until <= tail, sealed_until <= tail.
+ * 2. Every byte below sealed_until is final in memory: no appender writes there again.
+ * 3. A slot is reused for page P only once page P - pages_count is wholly flushed, so a
+ *    write in flight never reads from a slot that is being refilled.
+ * 4. Writes in flight never overlap: a commit waits for its own writes before it lets go of
+ *    the device, and sealed-page writes end at page ends (sector aligned).
+ * 5. One commit at a time (commit_active). A commit's record is placed only once the previous
+ *    commit's sync finished, so a valid record with number N+2 on disk proves that commit N+1
+ *    was synced: recovery uses this to tell damage in committed data from a torn tail.
+ * 6. A failed write or sync fences the log; it is never retried (fsyncgate). */
 #ifndef FL_INTERNAL_H
 #define FL_INTERNAL_H
 
@@ -118,7 +155,7 @@ struct fl_log {
     uint64_t entry_size_max;
     uint8_t *memory; /* pages_count slots of page_size_bytes, sector aligned */
 
-    /* Positions, under `mutex` (invariants at the top of fl_log.c). */
+    /* Positions, under `mutex` (invariants at the top of this file). */
     uint64_t begin_address;
     uint64_t tail_address;
     uint64_t sealed_until;    /* bytes below are final in memory */
@@ -168,7 +205,7 @@ struct fl_log {
     int32_t io_uring_refused;
     int event_fd;
 
-    /* Zero-filling ahead of the tail (fl_log.c, "preallocation"), under `mutex`. */
+    /* Zero-filling ahead of the tail (fl_zero.c), under `mutex`. */
     pthread_t zero_thread;
     int32_t zero_running;
     pthread_cond_t zero_cond;
@@ -237,7 +274,7 @@ int fl_meta_decode(const uint8_t *block, fl_meta *meta);
 int fl_meta_read(int directory_fd, fl_meta *meta);
 int fl_meta_write(int directory_fd, const fl_meta *meta);
 
-/* ---- blocking hooks: the binding may define these (see the end of fl_log.c) ---- */
+/* ---- blocking hooks: the binding may define these (fl_util.c has the defaults) ---- */
 void *fl_blocking_begin(void);
 void fl_blocking_end(void *token);
 
@@ -246,6 +283,8 @@ void fl_blocking_end(void *token);
 int64_t fl_pread_full(int fd, void *buffer, uint64_t size, uint64_t offset);
 void fl_set_message(fl_error_info *error, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
+/* The CLOCK_REALTIME time `timeout_us` from now, as pthread_cond_timedwait takes it. */
+struct timespec fl_deadline_after_us(int64_t timeout_us);
 
 /* ---- segment files (fl_segments.c) ---- */
 void fl_segment_name(uint64_t segment, char *name, size_t size);
@@ -253,9 +292,42 @@ void fl_segment_name(uint64_t segment, char *name, size_t size);
 int fl_segments_cover_locked(fl_log *log, uint64_t segment);
 int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
 void fl_segments_delete_below(fl_log *log, uint64_t begin_address);
+void fl_segments_close_all(fl_log *log);
 
 /* ---- recovery (fl_recovery.c) ---- */
 int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
+
+/* ---- preallocation (fl_zero.c) ---- */
+/* Waits until no zero write overlaps [start, end) (a log write there must not race it). */
+void fl_zero_wait(fl_log *log, uint64_t start, uint64_t end);
+void fl_zero_start(fl_log *log);
+void fl_zero_stop(fl_log *log);
+int fl_zero_first_page(fl_log *log);
+
+/* ---- driving the device (fl_drive.c); *_locked: `mutex` held, *_io_locked: `io_mutex` ---- */
+void fl_fence_locked(fl_log *log, int error);
+void fl_commit_event_signal(fl_log *log);
+int fl_drive_reap_io_locked(fl_log *log, uint32_t wait_count);
+/* Starts writes of sealed pages unless another thread drives the device. */
+void fl_drive_io(fl_log *log);
+int fl_drive_wait_for_flush_locked(fl_log *log);
+int fl_drive_flush_and_sync_io_locked(fl_log *log, uint64_t until);
+
+/* ---- the write path (fl_append.c), `mutex` held ---- */
+int fl_writable_locked(const fl_log *log);
+int64_t fl_reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int for_commit);
+void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
+                    uint64_t size, uint64_t frame_size);
+
+/* ---- the read path (fl_read.c) ---- */
+/* 0 when `address` is where an entry or the end-of-page frame starts, else the code a read
+ * there fails with. */
+int fl_entry_start_check(fl_log *log, uint64_t address);
+
+/* ---- commit (fl_commit.c) ---- */
+int64_t fl_log_commit(fl_log *log);
+int fl_auto_commit_start(fl_log *log);
+void fl_auto_commit_stop(fl_log *log);
 
 /* ---- the page ring ---- */
 static inline uint8_t *fl_slot_of(const fl_log *log, uint64_t page) {

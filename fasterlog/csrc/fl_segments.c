@@ -132,3 +132,16 @@ void fl_segments_delete_below(fl_log *log, uint64_t begin_address) {
     pthread_rwlock_unlock(&log->segments_lock);
     fl_io_fsync(log->directory_fd);
 }
+
+/* Closes every descriptor and empties the table (at shutdown). */
+void fl_segments_close_all(fl_log *log) {
+    pthread_rwlock_wrlock(&log->segments_lock);
+    for (uint64_t i = 0; i < log->segments_count; i++) {
+        if (log->segments[i].write_fd >= 0) close(log->segments[i].write_fd);
+        if (log->segments[i].read_fd >= 0) close(log->segments[i].read_fd);
+    }
+    free(log->segments);
+    log->segments = NULL;
+    log->segments_count = 0;
+    pthread_rwlock_unlock(&log->segments_lock);
+}

@@ -1,10 +1,11 @@
 /* Small helpers every other file of the core may use, and which use nothing of the core: error
- * messages and reads that retry until done. */
+ * messages, reads that retry until done, deadlines, and the default blocking hooks. */
 #include "fl_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <time.h>
 #include <unistd.h>
 
 void fl_set_message(fl_error_info *error, const char *format, ...) {
@@ -29,3 +30,23 @@ int64_t fl_pread_full(int fd, void *buffer, uint64_t size, uint64_t offset) {
     }
     return (int64_t)done;
 }
+
+/* The CLOCK_REALTIME time `timeout_us` from now, as pthread_cond_timedwait takes it. */
+struct timespec fl_deadline_after_us(int64_t timeout_us) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_us / 1000000;
+    deadline.tv_nsec += (long)(timeout_us % 1000000) * 1000;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    return deadline;
+}
+
+/* Calls that may wait let the caller's runtime run other threads: the Python binding defines
+ * fl_blocking_begin/end to release and retake the GIL (these weak definitions do nothing).
+ * The core calls them only at its public entry points, at entry and exit, never while it
+ * holds a lock, and never from its own threads. */
+__attribute__((weak)) void *fl_blocking_begin(void) { return NULL; }
+__attribute__((weak)) void fl_blocking_end(void *token) { (void)token; }
