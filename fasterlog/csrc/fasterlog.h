@@ -145,14 +145,16 @@ uint32_t fl_crc32c(uint32_t crc, const void *data, size_t size);
 uint32_t fl_crc32c_portable(uint32_t crc, const void *data, size_t size);
 int fl_crc32c_hardware(void);
 
-/* ==================================================================== I/O trace (fl_device.c)
+/* ==================================================================== I/O trace (fl_trace.c)
  *
  * A recording layer for the power-loss tests (fasterlog/testing.py): while a trace runs, every
  * file operation of the C core that decides what survives a power cut is appended to one
  * process-wide buffer after the kernel accepted it: writes (with their bytes), syncs of files
  * and directories, creates, renames, unlinks, preallocation, and marks the caller adds (for
- * example "commit N returned"). Python rebuilds crash states from it. Off, it costs one
- * relaxed load per operation.
+ * example "commit N returned"). Python rebuilds crash states from it. The log's writes and
+ * syncs are recorded by a layer stacked on each open device while a trace runs (fl_device.c):
+ * off, the device has no such layer, and each file call outside it (meta file, segment
+ * creation) costs one relaxed load.
  *
  * A record is a 32-byte header (u32 op, u32 flags, u64 offset, u64 size, u32 name size,
  * u32 fd), the name (a path from /proc/self/fd; a rename holds "old\0new"), then for writes

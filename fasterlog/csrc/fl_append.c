@@ -100,7 +100,7 @@ static inline void fill_frame(const fl_log *log, uint8_t *frame, uint64_t addres
 }
 
 void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
-                        uint64_t size, uint64_t frame_size) {
+                    uint64_t size, uint64_t frame_size) {
     uint8_t *frame = fl_slot_of(log, fl_page_of(log, address)) + address % log->page_size_bytes;
     fill_frame(log, frame, address, kind, data, size, frame_size);
 }

@@ -5,7 +5,9 @@
  * calls form no cycle):
  *   fl_util.c      messages, full reads, deadlines, the default blocking hooks
  *   fl_crc32c.c    CRC32C
- *   fl_device.c    the device: io_uring and plain backends, the I/O trace, traced file calls
+ *   fl_trace.c     the I/O trace's recording
+ *   fl_env.c       file calls outside the device (traced), named crash points
+ *   fl_device.c    the device: io_uring and plain backends, the trace and fault layers
  *   fl_frame.c     frame validation
  *   fl_meta.c      the meta file
  *   fl_segments.c  segment files: names, descriptors, creation, deletion
@@ -80,7 +82,7 @@ _Static_assert(FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 8 + 8 + 8 + 4 + 4, "commit r
 /* ---- CRC32C ---- */
 uint32_t fl_frame_crc(uint64_t salt, uint64_t address, const uint8_t *frame, uint64_t frame_size);
 
-/* ---- device: io_uring, plain pread/pwrite, and a fault-injecting layer over either ---- */
+/* ---- the device (fl_device.c): a backend, and the test layers stacked over it ---- */
 typedef struct fl_completion {
     uint64_t tag;
     int32_t result;
@@ -94,27 +96,78 @@ typedef struct fl_fault {
     int32_t short_write;  /* writes complete with half the bytes instead of failing */
 } fl_fault;
 
-typedef struct fl_device {
-    int32_t backend; /* FL_IO_URING or FL_IO_PLAIN */
+typedef struct fl_device fl_device;
+
+/* One layer of a device. `write` and `fsync` queue one operation: `link` chains the next
+ * queued operation after this one (io_uring IOSQE_IO_LINK; the plain backend runs in order
+ * anyway), and a write with `dsync` completes only once its data is durable (RWF_DSYNC): one
+ * operation instead of a write and a sync. An operation that runs at once leaves its
+ * completion in the device's `ready` queue before the call returns. `reap` returns up to
+ * `capacity` completions, waiting for at least `wait_count`; its result is the count. */
+typedef struct fl_device_ops {
+    int (*write)(fl_device *device, int fd, const void *buffer, uint64_t size, uint64_t offset,
+                 uint64_t tag, int link, int dsync);
+    int (*fsync)(fl_device *device, int fd, uint64_t tag, int link);
+    int (*submit)(fl_device *device);
+    int (*reap)(fl_device *device, fl_completion *out, uint32_t capacity, uint32_t wait_count);
+} fl_device_ops;
+
+struct fl_device {
+    const fl_device_ops *ops;         /* the top of the stack: what the core calls */
+    const fl_device_ops *backend_ops; /* the bottom: io_uring or plain */
+    const fl_device_ops *below_fault; /* what the fault layer hands operations to */
+    int32_t backend;                  /* FL_IO_URING or FL_IO_PLAIN; 0 when not open */
     struct io_uring ring;
     uint32_t queued_count;   /* io_uring: SQEs prepared but not yet submitted */
     uint32_t inflight_count; /* submitted, completion not yet reaped */
-    fl_completion ready[FL_INFLIGHT_MAX]; /* plain backend and injected faults */
+    fl_completion ready[FL_INFLIGHT_MAX]; /* operations that ran at once, injected faults */
     uint32_t ready_count;
-    fl_fault fault;
-} fl_device;
+    fl_fault fault;                   /* the fault layer is stacked while fault.ops != 0 */
+    int32_t traced;                   /* the trace layer is stacked */
+    pthread_mutex_t *driver_mutex;    /* the log's io_mutex (fl_device.c rule 1) */
+    fl_device *next_open;             /* the list of open devices (fl_device.c rule 2) */
+    int32_t linked;                   /* on that list */
+};
 
-int fl_device_init(fl_device *device, int32_t backend_wanted, int32_t *refused_out);
+/* Opens the backend (FL_IO_AUTO: io_uring when the kernel allows it, with its refusal in
+ * *refused_out) and puts the device on the list of open devices, traced if a trace runs. */
+int fl_device_open(fl_device *device, int32_t backend_wanted, int32_t *refused_out,
+                   pthread_mutex_t *driver_mutex);
+/* Takes the device off the list; call it without holding driver_mutex, before destroy. */
+void fl_device_unlink(fl_device *device);
 void fl_device_destroy(fl_device *device);
-/* Queue one operation. `link` chains the next queued operation after this one (io_uring
- * IOSQE_IO_LINK; the plain backend runs in order anyway). A write with `dsync` completes only
- * once its data is durable (RWF_DSYNC): one operation instead of a write and a sync. */
-int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
-                    uint64_t offset, uint64_t tag, int link, int dsync);
-int fl_device_fsync(fl_device *device, int fd, uint64_t tag, int link);
-int fl_device_submit(fl_device *device);
-/* Reap up to `capacity` completions, waiting for at least `wait_count`. Returns the count. */
-int fl_device_reap(fl_device *device, fl_completion *out, uint32_t capacity, uint32_t wait_count);
+/* Arms (fault->ops != 0) or clears the fault layer; driver_mutex held. */
+void fl_device_fault_set(fl_device *device, const fl_fault *fault);
+/* Hands a completion to the next reap (operations that ran at once, injected faults). */
+int fl_device_complete(fl_device *device, uint64_t tag, int32_t result);
+
+static inline int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
+                                  uint64_t offset, uint64_t tag, int link, int dsync) {
+    return device->ops->write(device, fd, buffer, size, offset, tag, link, dsync);
+}
+static inline int fl_device_fsync(fl_device *device, int fd, uint64_t tag, int link) {
+    return device->ops->fsync(device, fd, tag, link);
+}
+static inline int fl_device_submit(fl_device *device) { return device->ops->submit(device); }
+static inline int fl_device_reap(fl_device *device, fl_completion *out, uint32_t capacity,
+                                 uint32_t wait_count) {
+    return device->ops->reap(device, out, capacity, wait_count);
+}
+
+/* ---- the I/O trace (fl_trace.c): the recording behind fl_trace_* ---- */
+int fl_trace_running(void);
+/* Starts a new trace buffer and marks the trace running (fl_trace_start switches the device
+ * layers around these two). */
+int fl_trace_buffer_start(uint64_t capacity_bytes);
+void fl_trace_buffer_stop(void);
+/* The path `fd` names (or, with `name`, a path under a directory descriptor). */
+uint32_t fl_trace_path(int fd, const char *name, char *out, size_t capacity);
+void fl_trace_record(uint32_t op, uint32_t flags, uint64_t offset, uint64_t size,
+                     const char *name, uint32_t name_size, int fd, const void *data,
+                     uint64_t data_size);
+/* A record of an operation on a descriptor, named by its path. */
+void fl_trace_fd_op(uint32_t op, uint32_t flags, int fd, uint64_t offset, uint64_t size,
+                    const void *data);
 
 /* ---- segment files ---- */
 typedef struct fl_segment {
@@ -374,7 +427,7 @@ static inline uint64_t fl_frame_size(uint64_t payload_size) {
     return FL_ALIGN_UP(FL_FRAME_HEADER_SIZE_BYTES + payload_size, FL_FRAME_ALIGNMENT_BYTES);
 }
 
-/* ---- traced file operations (fl_device.c): the calls behind FL_TRACE_* records ---- */
+/* ---- file calls outside the device, traced, and crash points (fl_env.c) ---- */
 #include <sys/types.h>
 int fl_io_openat(int directory_fd, const char *name, int flags, int mode);
 ssize_t fl_io_pwrite(int fd, const void *buffer, size_t size, uint64_t offset, int zeros);

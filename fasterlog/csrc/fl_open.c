@@ -213,6 +213,7 @@ static int log_shutdown(fl_log *log, int clean) {
     int fenced = close_and_wait_locked(log);
     pthread_mutex_unlock(&log->mutex);
 
+    fl_device_unlink(&log->device); /* before io_mutex (fl_device.c rule 2) */
     pthread_mutex_lock(&log->io_mutex);
     if (!log->readonly && log->device.backend) {
         if (clean) {
@@ -351,7 +352,8 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     rc = ring_alloc(log, &meta);
     if (rc < 0) return rc;
     if (!log->readonly) {
-        rc = fl_device_init(&log->device, log->settings.io_backend, &log->io_uring_refused);
+        rc = fl_device_open(&log->device, log->settings.io_backend, &log->io_uring_refused,
+                            &log->io_mutex);
         if (rc < 0) {
             fl_set_message(error, "io_uring was asked for but the kernel refused it");
             return rc;
@@ -453,12 +455,10 @@ void fl_get_settings(fl_log *log, fl_settings *settings_out) { *settings_out = l
 
 static int fault_set_impl(fl_log *log, int32_t ops, uint64_t after_count, int32_t error,
                           int32_t persistent, int32_t short_write) {
+    fl_fault fault = {.ops = ops, .after_count = after_count, .error = error,
+                      .persistent = persistent, .short_write = short_write};
     pthread_mutex_lock(&log->io_mutex);
-    log->device.fault.ops = ops;
-    log->device.fault.after_count = after_count;
-    log->device.fault.error = error;
-    log->device.fault.persistent = persistent;
-    log->device.fault.short_write = short_write;
+    fl_device_fault_set(&log->device, &fault);
     pthread_mutex_unlock(&log->io_mutex);
     return 0;
 }

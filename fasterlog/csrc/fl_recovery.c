@@ -7,8 +7,8 @@
  *    the meta file recorded, committed data is damaged: FL_E_CORRUPT naming X.
  * 3. Otherwise X may be a torn tail (a crash) or damage in the newest commits. Look past X for
  *    a valid commit record numbered two or more above the recovered one: commits are placed
- *    only after the previous sync finished (fl_log.c invariant 5), so its existence proves the
- *    commit after the recovered one was synced, and X lies inside it: FL_E_CORRUPT.
+ *    only after the previous sync finished (invariant 5 in fl_internal.h), so its existence
+ *    proves the commit after the recovered one was synced, and X lies inside it: FL_E_CORRUPT.
  * 4. Else X is the torn tail: cut there. Later writes overwrite what lies beyond. */
 #include "fl_internal.h"
 
