@@ -23,6 +23,8 @@ class _Lib:
     FL_E_KV_INDEX: int
     FL_E_KV_KEY_SIZE: int
     FL_E_KV_RECORD: int
+    FL_E_KV_SNAPSHOT_ORDER: int
+    FL_E_KV_SNAPSHOT_WORD: int
     FL_E_LOCKED: int
     FL_E_NOMEM: int
     FL_E_READONLY: int

@@ -178,9 +178,9 @@ def decode_snapshot(data: bytes, where: str) -> Snapshot:
     bad = ffi.new("uint64_t *")
     found_live = lib.fl_kv_snapshot_check(ffi.from_buffer("uint64_t[]", pairs), entries_count,
                                           position, bad)
-    if found_live == -1:
+    if found_live == lib.FL_E_KV_SNAPSHOT_ORDER:
         raise corrupt("the key hashes are not strictly increasing")
-    if found_live == -2:
+    if found_live == lib.FL_E_KV_SNAPSHOT_WORD:
         word = words[int(bad[0])]
         raise corrupt(f"bad entry word {word:#018x} (reserved bits, or an address outside "
                       f"the log below the position)")

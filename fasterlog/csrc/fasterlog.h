@@ -289,7 +289,9 @@ enum fl_kv_status {
     FL_E_KV_RECORD = -100202,     /* a log entry is not a well-formed KV record */
     FL_E_KV_KEY_SIZE = -100203,   /* a key above FL_KV_KEY_SIZE_MAX; error->address: its index */
     FL_E_KV_BATCH = -100204,      /* more distinct keys than FL_KV_BATCH_OPS_MAX (size_needed) */
-    FL_E_KV_INDEX = -100205       /* an index upsert conflicted: the one-writer rule broke */
+    FL_E_KV_INDEX = -100205,      /* an index upsert conflicted: the one-writer rule broke */
+    FL_E_KV_SNAPSHOT_ORDER = -100206, /* snapshot check: hashes not strictly increasing */
+    FL_E_KV_SNAPSHOT_WORD = -100207   /* snapshot check: reserved bits, or an address outside */
 };
 
 enum fl_kv_limits {
@@ -367,8 +369,9 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
                             size_t base_count, uint64_t from_address, uint64_t until_address,
                             uint64_t drop_below, uint64_t *hashes_out, uint64_t *words_out,
                             size_t capacity, uint64_t *live_count_out, fl_error_info *error);
-/* Checks a snapshot body of interleaved (hash, word) pairs: the live count, or -1 (hashes not
- * strictly increasing at *bad_index_out) or -2 (a bad word there). */
+/* Checks a snapshot body of interleaved (hash, word) pairs: the live count, or
+ * FL_E_KV_SNAPSHOT_ORDER (hashes not strictly increasing at *bad_index_out) or
+ * FL_E_KV_SNAPSHOT_WORD (a bad word there). */
 int64_t fl_kv_snapshot_check(const uint64_t *pairs, size_t count, uint64_t position,
                              uint64_t *bad_index_out);
 /* Asks the memory system for the bucket of `hash` (a hint; the index writer only). */

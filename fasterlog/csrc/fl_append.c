@@ -106,17 +106,19 @@ void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *da
 }
 
 /* The common case of an append: room left in the open page and nothing in the way. Called
- * with `mutex` held; returns the address, or -1 when the caller must take the slow path. */
-static inline int64_t append_fast_locked(fl_log *log, uint32_t kind, const void *data,
-                                         uint64_t size, uint64_t frame_size) {
+ * with `mutex` held; returns 1 with the frame's address in *address_out, or 0 when the caller
+ * must take the slow path. */
+static inline int append_fast_locked(fl_log *log, uint32_t kind, const void *data,
+                                     uint64_t size, uint64_t frame_size, uint64_t *address_out) {
     uint64_t tail = log->tail_address;
     if (tail + frame_size > log->open_page_end || log->fenced_error || log->closed ||
         log->completed)
-        return -1; /* open_page_end is 0 on read-only logs */
+        return 0; /* open_page_end is 0 on read-only logs */
     log->tail_address = tail + frame_size;
     fill_frame(log, log->open_slot + (tail - log->open_page_start), tail, kind, data, size,
                frame_size);
-    return (int64_t)tail;
+    *address_out = tail;
+    return 1;
 }
 
 static void after_append_locked(fl_log *log) {
@@ -143,17 +145,17 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
     if (size > log->entry_size_max) return FL_E_TOO_LARGE;
     uint64_t frame_size = fl_frame_size(size);
     pthread_mutex_lock(&log->mutex);
-    int64_t address = append_fast_locked(log, (uint32_t)kind, data, size, frame_size);
-    if (address >= 0) {
+    uint64_t tail;
+    if (append_fast_locked(log, (uint32_t)kind, data, size, frame_size, &tail)) {
         /* It never waits, so the caller keeps the GIL. */
         if (log->settings.auto_commit_bytes) after_append_locked(log);
         pthread_mutex_unlock(&log->mutex);
-        return address;
+        return (int64_t)tail;
     }
     pthread_mutex_unlock(&log->mutex);
     /* A new page, possibly a wait for memory: let other threads run meanwhile. */
     void *token = fl_blocking_begin();
-    address = append_slow(log, data, size, kind, blocking, frame_size);
+    int64_t address = append_slow(log, data, size, kind, blocking, frame_size);
     fl_blocking_end(token);
     return address;
 }
@@ -176,16 +178,16 @@ static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *
     uint64_t first_tail = log->tail_address;
     for (size_t i = 0; i < count; i++) {
         uint64_t frame_size = fl_frame_size(sizes[i]);
-        int64_t address = append_fast_locked(log, FL_KIND_DATA, source, sizes[i], frame_size);
-        if (address < 0) {
-            address = fl_reserve_locked(log, frame_size, blocking, 0);
+        if (!append_fast_locked(log, FL_KIND_DATA, source, sizes[i], frame_size,
+                                &addresses_out[i])) {
+            int64_t address = fl_reserve_locked(log, frame_size, blocking, 0);
             if (address < 0) {
                 rc = address;
                 break;
             }
             fl_write_frame(log, (uint64_t)address, FL_KIND_DATA, source, sizes[i], frame_size);
+            addresses_out[i] = (uint64_t)address;
         }
-        addresses_out[i] = (uint64_t)address;
         source += sizes[i];
     }
     if (rc < 0 && log->tail_address != first_tail && !log->fenced_error) {

@@ -178,7 +178,7 @@ int fl_set_cookie(fl_log *log, const void *cookie, size_t size) {
     return rc;
 }
 
-/* Returns the cookie's size (copied when it fits), or -1... FL_E_ADDRESS when there is none. */
+/* Returns the cookie's size (copied when it fits), or FL_E_ADDRESS when there is none. */
 int64_t fl_get_cookie(fl_log *log, void *buffer, size_t capacity) {
     pthread_mutex_lock(&log->mutex);
     int64_t rc = log->has_cookie ? (int64_t)log->cookie_size : FL_E_ADDRESS;

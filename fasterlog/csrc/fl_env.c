@@ -15,7 +15,8 @@
 
 int fl_io_openat(int directory_fd, const char *name, int flags, int mode) {
     int fd = openat(directory_fd, name, flags, mode);
-    if (fd >= 0 && (flags & O_CREAT) && fl_trace_running()) {
+    if (fd < 0) return -errno;
+    if ((flags & O_CREAT) && fl_trace_running()) {
         char path[4096];
         uint32_t path_size = fl_trace_path(directory_fd, name, path, sizeof path);
         fl_trace_record(FL_TRACE_CREATE, (flags & O_TRUNC) ? FL_TRACE_FLAG_TRUNCATE : 0, 0, 0,
@@ -26,6 +27,7 @@ int fl_io_openat(int directory_fd, const char *name, int flags, int mode) {
 
 ssize_t fl_io_pwrite(int fd, const void *buffer, size_t size, uint64_t offset, int zeros) {
     ssize_t written = pwrite(fd, buffer, size, (off_t)offset);
+    if (written < 0) return -errno;
     if (written > 0 && fl_trace_running())
         fl_trace_fd_op(FL_TRACE_WRITE, zeros ? FL_TRACE_FLAG_ZEROS : 0, fd, offset,
                        (uint64_t)written, buffer);
@@ -33,35 +35,35 @@ ssize_t fl_io_pwrite(int fd, const void *buffer, size_t size, uint64_t offset, i
 }
 
 static int io_sync(int fd, int data_only) {
-    int rc = data_only ? fdatasync(fd) : fsync(fd);
-    if (rc == 0 && fl_trace_running()) {
+    if ((data_only ? fdatasync(fd) : fsync(fd)) < 0) return -errno;
+    if (fl_trace_running()) {
         struct stat st;
         uint32_t flags = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) ? FL_TRACE_FLAG_DIRECTORY : 0;
         fl_trace_fd_op(FL_TRACE_SYNC, flags, fd, 0, 0, NULL);
     }
-    return rc;
+    return 0;
 }
 
 int fl_io_fsync(int fd) { return io_sync(fd, 0); }
 int fl_io_fdatasync(int fd) { return io_sync(fd, 1); }
 
 int fl_io_fallocate(int fd, uint64_t size) {
-    int rc = posix_fallocate(fd, 0, (off_t)size);
-    if (rc == 0 && fl_trace_running())
-        fl_trace_fd_op(FL_TRACE_EXTEND, 0, fd, 0, size, NULL);
-    return rc;
+    int rc = posix_fallocate(fd, 0, (off_t)size); /* an errno itself, not -1 */
+    if (rc != 0) return -rc;
+    if (fl_trace_running()) fl_trace_fd_op(FL_TRACE_EXTEND, 0, fd, 0, size, NULL);
+    return 0;
 }
 
 int fl_io_renameat(int directory_fd, const char *old_name, const char *new_name) {
-    int rc = renameat(directory_fd, old_name, directory_fd, new_name);
-    if (rc == 0 && fl_trace_running()) {
+    if (renameat(directory_fd, old_name, directory_fd, new_name) < 0) return -errno;
+    if (fl_trace_running()) {
         char path[8192];
         uint32_t old_size = fl_trace_path(directory_fd, old_name, path, 4096);
         uint32_t new_size = fl_trace_path(directory_fd, new_name, path + old_size + 1, 4096);
         fl_trace_record(FL_TRACE_RENAME, 0, 0, 0, path, old_size + 1 + new_size, directory_fd,
                         NULL, 0);
     }
-    return rc;
+    return 0;
 }
 
 int fl_io_unlinkat(int directory_fd, const char *name) {
@@ -69,10 +71,9 @@ int fl_io_unlinkat(int directory_fd, const char *name) {
     uint32_t path_size = 0;
     int tracing = fl_trace_running();
     if (tracing) path_size = fl_trace_path(directory_fd, name, path, sizeof path);
-    int rc = unlinkat(directory_fd, name, 0);
-    if (rc == 0 && tracing)
-        fl_trace_record(FL_TRACE_UNLINK, 0, 0, 0, path, path_size, directory_fd, NULL, 0);
-    return rc;
+    if (unlinkat(directory_fd, name, 0) < 0) return -errno;
+    if (tracing) fl_trace_record(FL_TRACE_UNLINK, 0, 0, 0, path, path_size, directory_fd, NULL, 0);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ named crash points

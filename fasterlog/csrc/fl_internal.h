@@ -427,13 +427,15 @@ static inline uint64_t fl_frame_size(uint64_t payload_size) {
     return FL_ALIGN_UP(FL_FRAME_HEADER_SIZE_BYTES + payload_size, FL_FRAME_ALIGNMENT_BYTES);
 }
 
-/* ---- file calls outside the device, traced, and crash points (fl_env.c) ---- */
+/* ---- file calls outside the device, traced, and crash points (fl_env.c) ----
+ * Each returns what its system call does on success (a descriptor, the bytes written, 0) and
+ * -errno on failure. */
 #include <sys/types.h>
 int fl_io_openat(int directory_fd, const char *name, int flags, int mode);
 ssize_t fl_io_pwrite(int fd, const void *buffer, size_t size, uint64_t offset, int zeros);
 int fl_io_fsync(int fd);
 int fl_io_fdatasync(int fd);
-int fl_io_fallocate(int fd, uint64_t size); /* posix_fallocate(fd, 0, size): 0 or an errno */
+int fl_io_fallocate(int fd, uint64_t size); /* posix_fallocate(fd, 0, size) */
 int fl_io_renameat(int directory_fd, const char *old_name, const char *new_name);
 int fl_io_unlinkat(int directory_fd, const char *name);
 /* A named crash point (see fl_crash_points): kills the process there when armed. */

@@ -948,13 +948,13 @@ int64_t fl_kv_snapshot_check(const uint64_t *pairs, size_t count, uint64_t posit
         uint64_t hash = pairs[2 * i], word = pairs[2 * i + 1];
         if (i > 0 && pairs[2 * (i - 1)] >= hash) {
             *bad_index_out = i;
-            return -1;
+            return FL_E_KV_SNAPSHOT_ORDER;
         }
         uint64_t address = word & ENTRY_ADDRESS_MASK;
         if ((word & ~(ENTRY_ADDRESS_MASK | ENTRY_DELETED)) != 0 || address < FL_FIRST_ADDRESS ||
             address >= position) {
             *bad_index_out = i;
-            return -2;
+            return FL_E_KV_SNAPSHOT_WORD;
         }
         live += !(word & ENTRY_DELETED);
     }

@@ -64,16 +64,15 @@ int fl_meta_write(int directory_fd, const fl_meta *meta) {
     fl_meta_encode(meta, block);
     int fd = fl_io_openat(directory_fd, "fasterlog.meta.tmp",
                           O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -errno;
+    if (fd < 0) return fd;
     int rc = 0;
     ssize_t written = fl_io_pwrite(fd, block, sizeof block, 0, 0);
-    if (written < 0) rc = -errno;
+    if (written < 0) rc = (int)written;
     else if (written != (ssize_t)sizeof block) rc = FL_E_SHORT_WRITE;
-    if (rc == 0 && fl_io_fdatasync(fd) < 0) rc = -errno;
+    if (rc == 0) rc = fl_io_fdatasync(fd);
     close(fd);
-    if (rc == 0 && fl_io_renameat(directory_fd, "fasterlog.meta.tmp", "fasterlog.meta") < 0)
-        rc = -errno;
+    if (rc == 0) rc = fl_io_renameat(directory_fd, "fasterlog.meta.tmp", "fasterlog.meta");
     if (rc == 0) fl_crash_point("meta-after-rename");
-    if (rc == 0 && fl_io_fsync(directory_fd) < 0) rc = -errno;
+    if (rc == 0) rc = fl_io_fsync(directory_fd);
     return rc;
 }

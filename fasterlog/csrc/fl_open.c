@@ -267,7 +267,8 @@ static int sync_recovered(fl_log *log, uint64_t recovery_start_address) {
         int rc = fl_segment_fds(log, segment, 0, NULL, &read_fd);
         if (rc == FL_E_ADDRESS) continue; /* below begin and deleted */
         if (rc < 0) return rc;
-        if (fl_io_fdatasync(read_fd) < 0) return -errno;
+        rc = fl_io_fdatasync(read_fd);
+        if (rc < 0) return rc;
     }
     return 0;
 }

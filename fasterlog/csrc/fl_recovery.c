@@ -60,18 +60,18 @@ static int find_last_segment(recovery *r) {
     return 0;
 }
 
-/* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
-/* The descriptor of `segment`, or -1 when that file does not exist. */
+/* The descriptor of `segment`, -ENOENT when no such file exists, or -errno when it cannot be
+ * opened. */
 static int segment_fd(recovery *r, uint64_t segment) {
     if (r->fd >= 0 && r->fd_segment == segment) return r->fd;
     if (r->fd >= 0) close(r->fd);
     r->fd = -1;
-    if (!r->has_segments || segment > r->last_segment) return -1;
+    if (!r->has_segments || segment > r->last_segment) return -ENOENT;
     char name[64];
     fl_segment_name(segment, name, sizeof name);
     r->fd = openat(r->log->directory_fd, name, O_RDONLY | O_CLOEXEC);
     r->fd_segment = segment;
-    return r->fd;
+    return r->fd >= 0 ? r->fd : -errno;
 }
 
 /* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
@@ -79,6 +79,7 @@ static int read_log(recovery *r, uint64_t address, uint8_t *buffer, uint64_t siz
     fl_log *log = r->log;
     memset(buffer, 0, size);
     int fd = segment_fd(r, address / log->segment_size_bytes);
+    /* A file that cannot be opened reads as zeros, exactly as a missing one: the scan ends. */
     if (fd < 0) return 0;
     int64_t got = fl_pread_full(fd, buffer, size, address % log->segment_size_bytes);
     return got < 0 ? (int)got : 0;

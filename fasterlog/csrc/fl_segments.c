@@ -47,24 +47,25 @@ static int segment_create(fl_log *log, uint64_t segment, fl_segment *entry) {
     int fd = -1;
     if (log->direct_io) {
         fd = fl_io_openat(log->directory_fd, name, flags | O_DIRECT, 0644);
-        if (fd < 0 && errno == EINVAL) log->direct_io = 0; /* tmpfs and friends */
+        if (fd == -EINVAL) log->direct_io = 0; /* tmpfs and friends */
     }
     if (fd < 0) fd = fl_io_openat(log->directory_fd, name, flags, 0644);
-    if (fd < 0) return -errno;
+    if (fd < 0) return fd;
     struct stat st;
     if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < log->segment_size_bytes) {
         /* Preallocate: overwriting allocated blocks syncs faster than growing the file, and a
          * full disk shows up here rather than in the middle of a commit. */
         int rc = fl_io_fallocate(fd, log->segment_size_bytes);
-        if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
+        if (rc != 0 && rc != -EOPNOTSUPP && rc != -EINVAL) {
             close(fd);
-            return -rc;
+            return rc;
         }
         fl_crash_point("segment-create-before-dirsync");
         /* The new directory entry must be durable before a commit relies on the file. */
-        if (fl_io_fsync(log->directory_fd) < 0) {
+        rc = fl_io_fsync(log->directory_fd);
+        if (rc < 0) {
             close(fd);
-            return -errno;
+            return rc;
         }
     }
     entry->write_fd = fd;
@@ -127,7 +128,7 @@ void fl_segments_delete_below(fl_log *log, uint64_t begin_address) {
     for (uint64_t s = first_kept; s-- > 0;) {
         char name[64];
         fl_segment_name(s, name, sizeof name);
-        if (fl_io_unlinkat(log->directory_fd, name) < 0 && errno == ENOENT) break;
+        if (fl_io_unlinkat(log->directory_fd, name) == -ENOENT) break;
     }
     pthread_rwlock_unlock(&log->segments_lock);
     fl_io_fsync(log->directory_fd);

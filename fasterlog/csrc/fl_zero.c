@@ -92,6 +92,5 @@ int fl_zero_first_page(fl_log *log) {
     memset(zeros, 0, log->page_size_bytes);
     if (fl_io_pwrite(write_fd, zeros, log->page_size_bytes, 0, 1) != (ssize_t)log->page_size_bytes)
         return -EIO;
-    if (fl_io_fdatasync(write_fd) < 0) return -errno;
-    return 0;
+    return fl_io_fdatasync(write_fd);
 }
