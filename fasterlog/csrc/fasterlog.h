@@ -120,8 +120,15 @@ int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity,
 int64_t fl_read_many(fl_log *log, const uint64_t *addresses, size_t count, void *buffer,
                      size_t capacity, uint32_t *offsets_out, uint32_t *sizes_out,
                      int32_t *kinds_out, fl_error_info *error_out);
+/* What fl_scan reports besides data entries: its `include` mask. */
+enum fl_scan_flag {
+    FL_SCAN_MARKERS = 1,
+    FL_SCAN_COMMITS = 2,
+    FL_SCAN_PADDING = 4,     /* padding frames (verify walks every frame) */
+    FL_SCAN_UNCOMMITTED = 8  /* a writer's frames past committed-until, up to the tail */
+};
 int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address,
-                int32_t include_markers, void *buffer, size_t capacity,
+                int32_t include, void *buffer, size_t capacity,
                 uint64_t *addresses_out, uint32_t *offsets_out, uint32_t *sizes_out,
                 int32_t *kinds_out, size_t count_max, uint64_t *next_address_out,
                 fl_error_info *error_out);

@@ -19,10 +19,12 @@ static void seal_page_locked(fl_log *log) {
         if (remaining >= FL_FRAME_HEADER_SIZE_BYTES) {
             uint8_t *frame = fl_slot_of(log, page) + (tail - page * log->page_size_bytes);
             memset(frame, 0, remaining);
-            fl_store32(frame + 4, (uint32_t)FL_KIND_PADDING << FL_FRAME_LENGTH_BITS |
-                                      (uint32_t)(remaining - FL_FRAME_HEADER_SIZE_BYTES));
-            fl_store32(frame + 8, log->epoch);
-            fl_store32(frame, fl_frame_crc(log->salt, tail, frame, remaining));
+            fl_store32(frame + FL_FRAME_LENGTH_AND_KIND_OFFSET,
+                       (uint32_t)FL_KIND_PADDING << FL_FRAME_LENGTH_BITS |
+                           (uint32_t)(remaining - FL_FRAME_HEADER_SIZE_BYTES));
+            fl_store32(frame + FL_FRAME_EPOCH_OFFSET, log->epoch);
+            fl_store32(frame + FL_FRAME_CRC_OFFSET,
+                       fl_frame_crc(log->salt, tail, frame, remaining));
         }
         log->tail_address = page_end;
     }
@@ -91,12 +93,13 @@ int64_t fl_reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int fo
 /* Fills one frame in memory: header, payload, zero pad, then the CRC over all of it. */
 static inline void fill_frame(const fl_log *log, uint8_t *frame, uint64_t address, uint32_t kind,
                               const void *data, uint64_t size, uint64_t frame_size) {
-    fl_store32(frame + 4, kind << FL_FRAME_LENGTH_BITS | (uint32_t)size);
-    fl_store32(frame + 8, log->epoch);
+    fl_store32(frame + FL_FRAME_LENGTH_AND_KIND_OFFSET,
+               kind << FL_FRAME_LENGTH_BITS | (uint32_t)size);
+    fl_store32(frame + FL_FRAME_EPOCH_OFFSET, log->epoch);
     if (size) memcpy(frame + FL_FRAME_HEADER_SIZE_BYTES, data, size);
     memset(frame + FL_FRAME_HEADER_SIZE_BYTES + size, 0,
            frame_size - FL_FRAME_HEADER_SIZE_BYTES - size);
-    fl_store32(frame, fl_frame_crc(log->salt, address, frame, frame_size));
+    fl_store32(frame + FL_FRAME_CRC_OFFSET, fl_frame_crc(log->salt, address, frame, frame_size));
 }
 
 void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,

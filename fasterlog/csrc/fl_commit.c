@@ -15,11 +15,12 @@
 
 static void commit_record_write_locked(fl_log *log, uint64_t address, uint64_t frame_size) {
     uint8_t fixed[FL_COMMIT_RECORD_FIXED_SIZE_BYTES + FL_COOKIE_SIZE_MAX_BYTES];
-    fl_store64(fixed, log->commit_number + 1);
-    fl_store64(fixed + 8, log->begin_address);
-    fl_store64(fixed + 16, log->last_commit_address);
-    fl_store32(fixed + 24, log->has_cookie ? log->cookie_size : 0xFFFFFFFFu);
-    fl_store32(fixed + 28, log->completed ? FL_COMMIT_FLAG_COMPLETED : 0);
+    fl_store64(fixed + FL_COMMIT_NUMBER_OFFSET, log->commit_number + 1);
+    fl_store64(fixed + FL_COMMIT_BEGIN_ADDRESS_OFFSET, log->begin_address);
+    fl_store64(fixed + FL_COMMIT_PREVIOUS_ADDRESS_OFFSET, log->last_commit_address);
+    fl_store32(fixed + FL_COMMIT_COOKIE_SIZE_OFFSET,
+               log->has_cookie ? log->cookie_size : FL_NO_COOKIE);
+    fl_store32(fixed + FL_COMMIT_FLAGS_OFFSET, log->completed ? FL_COMMIT_FLAG_COMPLETED : 0);
     uint32_t cookie_size = log->has_cookie ? log->cookie_size : 0;
     if (cookie_size) memcpy(fixed + FL_COMMIT_RECORD_FIXED_SIZE_BYTES, log->cookie, cookie_size);
     fl_write_frame(log, address, FL_KIND_COMMIT, fixed,

@@ -17,7 +17,7 @@ int fl_frame_check(const fl_log *log, uint64_t address, const uint8_t *bytes, ui
         return 0;
     }
     if (available < FL_FRAME_HEADER_SIZE_BYTES) return FL_E_BUFFER;
-    uint32_t length_and_kind = fl_load32(bytes + 4);
+    uint32_t length_and_kind = fl_frame_length_and_kind(bytes);
     uint32_t kind = length_and_kind >> FL_FRAME_LENGTH_BITS;
     uint32_t size = length_and_kind & FL_FRAME_LENGTH_MASK;
     uint64_t frame_size = fl_frame_size(size);
@@ -27,9 +27,10 @@ int fl_frame_check(const fl_log *log, uint64_t address, const uint8_t *bytes, ui
     if (kind == FL_KIND_COMMIT && size < FL_COMMIT_RECORD_FIXED_SIZE_BYTES) return FL_E_CORRUPT;
     view->frame_size = frame_size;
     if (frame_size > available) return FL_E_BUFFER;
-    if (fl_load32(bytes) != fl_frame_crc(log->salt, address, bytes, frame_size)) return FL_E_CORRUPT;
+    if (fl_load32(bytes + FL_FRAME_CRC_OFFSET) != fl_frame_crc(log->salt, address, bytes, frame_size))
+        return FL_E_CORRUPT;
     view->kind = kind;
     view->payload_size = size;
-    view->epoch = fl_load32(bytes + 8);
+    view->epoch = fl_frame_epoch(bytes);
     return 0;
 }

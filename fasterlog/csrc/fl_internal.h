@@ -67,6 +67,26 @@ _Static_assert(FL_FRAME_LENGTH_MASK == (1u << FL_FRAME_LENGTH_BITS) - 1, "length
 _Static_assert(FL_FIRST_ADDRESS % FL_FRAME_ALIGNMENT_BYTES == 0, "first address aligned");
 _Static_assert(FL_PAGE_SIZE_MAX_BYTES == (1u << FL_FRAME_LENGTH_BITS), "a frame fits a page");
 _Static_assert(FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 8 + 8 + 8 + 4 + 4, "commit record layout");
+/* Each field at the offset of the one before plus that one's size (FORMAT.md's tables). */
+_Static_assert(FL_FRAME_CRC_OFFSET == 0 && FL_FRAME_LENGTH_AND_KIND_OFFSET == 0 + 4 &&
+               FL_FRAME_EPOCH_OFFSET == 4 + 4 && FL_FRAME_HEADER_SIZE_BYTES == 8 + 4,
+               "frame header: crc32c u32, length_and_kind u32, epoch u32");
+_Static_assert(FL_FRAME_CHECKSUMMED_FROM == FL_FRAME_CRC_OFFSET + 4, "the CRC covers the rest");
+_Static_assert(FL_COMMIT_NUMBER_OFFSET == 0 && FL_COMMIT_BEGIN_ADDRESS_OFFSET == 0 + 8 &&
+               FL_COMMIT_PREVIOUS_ADDRESS_OFFSET == 8 + 8 &&
+               FL_COMMIT_COOKIE_SIZE_OFFSET == 16 + 8 && FL_COMMIT_FLAGS_OFFSET == 24 + 4 &&
+               FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 28 + 4, "commit record fields");
+_Static_assert(FL_NO_COOKIE > FL_COOKIE_SIZE_MAX_BYTES, "no cookie is no size a cookie has");
+_Static_assert(FL_META_MAGIC_OFFSET == 0 && FL_META_VERSION_OFFSET == 0 + 8 &&
+               FL_META_CRC_OFFSET == 8 + 4 && FL_META_SALT_OFFSET == 12 + 4 &&
+               FL_META_PAGE_SIZE_OFFSET == 16 + 8 && FL_META_SEGMENT_SIZE_OFFSET == 24 + 8 &&
+               FL_META_EPOCH_OFFSET == 32 + 8 && FL_META_FLAGS_OFFSET == 40 + 4 &&
+               FL_META_BEGIN_ADDRESS_OFFSET == 44 + 4 && FL_META_RECOVERY_START_OFFSET == 48 + 8 &&
+               FL_META_COMMITTED_UNTIL_OFFSET == 56 + 8 &&
+               FL_META_COMMIT_NUMBER_OFFSET == 64 + 8 && FL_META_FIELDS_END == 72 + 8,
+               "meta file fields");
+_Static_assert(FL_META_CHECKSUMMED_FROM == FL_META_CRC_OFFSET + 4, "the CRC covers what follows");
+_Static_assert(FL_META_FIELDS_END <= FL_META_SIZE_BYTES, "the fields fit the block");
 
 /* Writes and syncs the device may have in flight at once. A sealed page is one write, a commit
  * adds at most two writes and one sync per segment it touches. */
@@ -284,8 +304,6 @@ struct fl_log {
 };
 
 /* ---- fasterlog.shm (fl_follow.c) ---- */
-#define FL_SHARED_SIZE_BYTES 4096
-#define FL_SHARED_COMPLETED 1u
 typedef struct fl_shared {
     char magic[8];
     uint32_t version;
@@ -319,8 +337,6 @@ typedef struct fl_meta {
     uint64_t committed_until_address;
     uint64_t commit_number;
 } fl_meta;
-
-#define FL_META_FLAG_CLEAN 1u
 
 void fl_meta_encode(const fl_meta *meta, uint8_t *block);
 int fl_meta_decode(const uint8_t *block, fl_meta *meta);
@@ -422,6 +438,13 @@ static inline void fl_store32(uint8_t *p, uint32_t v) {
 static inline void fl_store64(uint8_t *p, uint64_t v) {
     fl_store32(p, (uint32_t)v);
     fl_store32(p + 4, (uint32_t)(v >> 32));
+}
+/* The header fields of the frame whose bytes start at `frame` (FORMAT.md "Pages and frames"). */
+static inline uint32_t fl_frame_length_and_kind(const uint8_t *frame) {
+    return fl_load32(frame + FL_FRAME_LENGTH_AND_KIND_OFFSET);
+}
+static inline uint32_t fl_frame_epoch(const uint8_t *frame) {
+    return fl_load32(frame + FL_FRAME_EPOCH_OFFSET);
 }
 static inline uint64_t fl_frame_size(uint64_t payload_size) {
     return FL_ALIGN_UP(FL_FRAME_HEADER_SIZE_BYTES + payload_size, FL_FRAME_ALIGNMENT_BYTES);

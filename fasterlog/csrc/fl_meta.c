@@ -10,41 +10,39 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char meta_magic[8] = {'F', 'L', 'O', 'G', 'M', 'E', 'T', 'A'};
-
 void fl_meta_encode(const fl_meta *meta, uint8_t *block) {
     memset(block, 0, FL_META_SIZE_BYTES);
-    memcpy(block, meta_magic, 8);
-    fl_store32(block + 8, FL_FORMAT_VERSION);
-    fl_store64(block + 16, meta->salt);
-    fl_store64(block + 24, meta->page_size_bytes);
-    fl_store64(block + 32, meta->segment_size_bytes);
-    fl_store32(block + 40, meta->epoch);
-    fl_store32(block + 44, meta->flags);
-    fl_store64(block + 48, meta->begin_address);
-    fl_store64(block + 56, meta->recovery_start_address);
-    fl_store64(block + 64, meta->committed_until_address);
-    fl_store64(block + 72, meta->commit_number);
+    fl_store64(block + FL_META_MAGIC_OFFSET, FL_META_MAGIC);
+    fl_store32(block + FL_META_VERSION_OFFSET, FL_FORMAT_VERSION);
+    fl_store64(block + FL_META_SALT_OFFSET, meta->salt);
+    fl_store64(block + FL_META_PAGE_SIZE_OFFSET, meta->page_size_bytes);
+    fl_store64(block + FL_META_SEGMENT_SIZE_OFFSET, meta->segment_size_bytes);
+    fl_store32(block + FL_META_EPOCH_OFFSET, meta->epoch);
+    fl_store32(block + FL_META_FLAGS_OFFSET, meta->flags);
+    fl_store64(block + FL_META_BEGIN_ADDRESS_OFFSET, meta->begin_address);
+    fl_store64(block + FL_META_RECOVERY_START_OFFSET, meta->recovery_start_address);
+    fl_store64(block + FL_META_COMMITTED_UNTIL_OFFSET, meta->committed_until_address);
+    fl_store64(block + FL_META_COMMIT_NUMBER_OFFSET, meta->commit_number);
     uint32_t crc = fl_crc32c(0, block + FL_META_CHECKSUMMED_FROM,
                              FL_META_SIZE_BYTES - FL_META_CHECKSUMMED_FROM);
-    fl_store32(block + 12, crc);
+    fl_store32(block + FL_META_CRC_OFFSET, crc);
 }
 
 int fl_meta_decode(const uint8_t *block, fl_meta *meta) {
-    if (memcmp(block, meta_magic, 8) != 0) return FL_E_FORMAT;
-    if (fl_load32(block + 8) != FL_FORMAT_VERSION) return FL_E_FORMAT;
+    if (fl_load64(block + FL_META_MAGIC_OFFSET) != FL_META_MAGIC) return FL_E_FORMAT;
+    if (fl_load32(block + FL_META_VERSION_OFFSET) != FL_FORMAT_VERSION) return FL_E_FORMAT;
     uint32_t crc = fl_crc32c(0, block + FL_META_CHECKSUMMED_FROM,
                              FL_META_SIZE_BYTES - FL_META_CHECKSUMMED_FROM);
-    if (crc != fl_load32(block + 12)) return FL_E_CORRUPT;
-    meta->salt = fl_load64(block + 16);
-    meta->page_size_bytes = fl_load64(block + 24);
-    meta->segment_size_bytes = fl_load64(block + 32);
-    meta->epoch = fl_load32(block + 40);
-    meta->flags = fl_load32(block + 44);
-    meta->begin_address = fl_load64(block + 48);
-    meta->recovery_start_address = fl_load64(block + 56);
-    meta->committed_until_address = fl_load64(block + 64);
-    meta->commit_number = fl_load64(block + 72);
+    if (crc != fl_load32(block + FL_META_CRC_OFFSET)) return FL_E_CORRUPT;
+    meta->salt = fl_load64(block + FL_META_SALT_OFFSET);
+    meta->page_size_bytes = fl_load64(block + FL_META_PAGE_SIZE_OFFSET);
+    meta->segment_size_bytes = fl_load64(block + FL_META_SEGMENT_SIZE_OFFSET);
+    meta->epoch = fl_load32(block + FL_META_EPOCH_OFFSET);
+    meta->flags = fl_load32(block + FL_META_FLAGS_OFFSET);
+    meta->begin_address = fl_load64(block + FL_META_BEGIN_ADDRESS_OFFSET);
+    meta->recovery_start_address = fl_load64(block + FL_META_RECOVERY_START_OFFSET);
+    meta->committed_until_address = fl_load64(block + FL_META_COMMITTED_UNTIL_OFFSET);
+    meta->commit_number = fl_load64(block + FL_META_COMMIT_NUMBER_OFFSET);
     return 0;
 }
 

@@ -13,10 +13,6 @@
 #define FL_READAHEAD_MIN_BYTES (1u << 20)
 #define FL_READAHEAD_BYTES (64u << 20)
 #define FL_SCAN_CHUNK_BYTES (256u << 10)
-#define FL_SCAN_MARKERS 1
-#define FL_SCAN_COMMITS 2
-#define FL_SCAN_PADDING 4
-#define FL_SCAN_UNCOMMITTED 8
 
 /* Copies log bytes [address, address + size) into `buffer`, from memory when the page is
  * still there, else from the segment file. The range must lie in one page. Returns the bytes
@@ -167,8 +163,9 @@ int fl_entry_start_check(fl_log *log, uint64_t address) {
         page_end - address < FL_FRAME_HEADER_SIZE_BYTES ||
         (copy_range(log, address, header, sizeof header, &from_memory, 0) ==
              (int64_t)sizeof header &&
-         fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS == FL_KIND_PADDING &&
-         fl_frame_size(fl_load32(header + 4) & FL_FRAME_LENGTH_MASK) == page_end - address);
+         fl_frame_length_and_kind(header) >> FL_FRAME_LENGTH_BITS == FL_KIND_PADDING &&
+         fl_frame_size(fl_frame_length_and_kind(header) & FL_FRAME_LENGTH_MASK) ==
+             page_end - address);
     if (page_end_frame) return 0;
     uint8_t probe[1];
     int32_t kind;

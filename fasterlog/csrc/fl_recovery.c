@@ -26,7 +26,7 @@ typedef struct recovered_commit {
     uint64_t begin_address;
     uint64_t address;
     uint64_t end;
-    uint32_t cookie_size; /* 0xFFFFFFFF: no cookie */
+    uint32_t cookie_size; /* FL_NO_COOKIE: no cookie */
     int completed;
     uint64_t cookie_offset; /* in the page buffer when found, copied out at once */
 } recovered_commit;
@@ -132,9 +132,9 @@ static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min
             r->page_loaded = UINT64_MAX;
             uint64_t first = page_start < FL_FIRST_ADDRESS ? FL_FIRST_ADDRESS : page_start;
             const uint8_t *header = r->page + (first - page_start);
-            uint32_t kind = fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS;
+            uint32_t kind = fl_frame_length_and_kind(header) >> FL_FRAME_LENGTH_BITS;
             if (kind < FL_KIND_DATA || kind > FL_KIND_PADDING ||
-                fl_load32(header + 8) != r->meta->epoch) {
+                fl_frame_epoch(header) != r->meta->epoch) {
                 if (++quiet_pages > quiet_pages_max) break;
                 position = page_start + log->page_size_bytes;
                 continue;
@@ -146,11 +146,11 @@ static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min
         fl_frame_view view;
         uint64_t offset = position - page_start;
         uint32_t length_and_kind = offset + FL_FRAME_HEADER_SIZE_BYTES <= log->page_size_bytes
-                                       ? fl_load32(r->page + offset + 4) : 0;
+                                       ? fl_frame_length_and_kind(r->page + offset) : 0;
         uint32_t kind = length_and_kind >> FL_FRAME_LENGTH_BITS;
         /* Cheap filters first: a real frame has a known kind and this session's epoch. */
         if (kind >= FL_KIND_DATA && kind <= FL_KIND_PADDING &&
-            fl_load32(r->page + offset + 8) == r->meta->epoch &&
+            fl_frame_epoch(r->page + offset) == r->meta->epoch &&
             frame_valid(r, position, r->meta->epoch, &view) && view.kind != 0) {
             if (view.kind == FL_KIND_COMMIT &&
                 fl_load64(r->page + offset + FL_FRAME_HEADER_SIZE_BYTES) >= number_min)
@@ -166,22 +166,22 @@ static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min
 static int commit_record_read(recovery *r, uint64_t address, const fl_frame_view *view,
                               recovered_commit *commit) {
     const uint8_t *payload = r->page + address % r->log->page_size_bytes + FL_FRAME_HEADER_SIZE_BYTES;
-    uint32_t cookie_size = fl_load32(payload + 24);
+    uint32_t cookie_size = fl_load32(payload + FL_COMMIT_COOKIE_SIZE_OFFSET);
     uint64_t cookie_room = view->payload_size - FL_COMMIT_RECORD_FIXED_SIZE_BYTES;
-    if (cookie_size != 0xFFFFFFFFu && (cookie_size != cookie_room ||
+    if (cookie_size != FL_NO_COOKIE && (cookie_size != cookie_room ||
                                        cookie_size > FL_COOKIE_SIZE_MAX_BYTES))
         return 0;
-    if (cookie_size == 0xFFFFFFFFu && cookie_room != 0) return 0;
-    uint32_t flags = fl_load32(payload + 28);
+    if (cookie_size == FL_NO_COOKIE && cookie_room != 0) return 0;
+    uint32_t flags = fl_load32(payload + FL_COMMIT_FLAGS_OFFSET);
     if (flags & ~(uint32_t)FL_COMMIT_FLAG_COMPLETED) return 0;
     commit->found = 1;
     commit->number = fl_load64(payload);
-    commit->begin_address = fl_load64(payload + 8);
+    commit->begin_address = fl_load64(payload + FL_COMMIT_BEGIN_ADDRESS_OFFSET);
     commit->address = address;
     commit->end = address + view->frame_size;
     commit->cookie_size = cookie_size;
     commit->completed = (flags & FL_COMMIT_FLAG_COMPLETED) != 0;
-    if (cookie_size != 0xFFFFFFFFu) {
+    if (cookie_size != FL_NO_COOKIE) {
         memcpy(r->log->cookie, payload + FL_COMMIT_RECORD_FIXED_SIZE_BYTES, cookie_size);
     }
     return 1;
@@ -270,7 +270,7 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
         log->durable_begin_address = log->begin_address;
         log->commit_number = last.found ? last.number : 0;
         log->last_commit_address = last.found ? last.address : 0;
-        log->has_cookie = last.found && last.cookie_size != 0xFFFFFFFFu;
+        log->has_cookie = last.found && last.cookie_size != FL_NO_COOKIE;
         log->cookie_size = log->has_cookie ? last.cookie_size : 0;
         log->head_address = UINT64_MAX;
         log->completed = log->completion_durable = last.found && last.completed;
