@@ -16,6 +16,8 @@ static void seal_page_locked(fl_log *log) {
     if (tail % log->page_size_bytes != 0 || (tail == page * log->page_size_bytes &&
                                              log->open_page_claimed && log->open_page == page)) {
         uint64_t remaining = page_end - tail;
+        /* Invariant 2: the padding goes where no sealed byte is. */
+        assert(tail >= log->sealed_until);
         if (remaining >= FL_FRAME_HEADER_SIZE_BYTES) {
             uint8_t *frame = fl_slot_of(log, page) + (tail - page * log->page_size_bytes);
             memset(frame, 0, remaining);
@@ -29,6 +31,8 @@ static void seal_page_locked(fl_log *log) {
         log->tail_address = page_end;
     }
     if (log->sealed_until < log->tail_address) log->sealed_until = log->tail_address;
+    /* A sealed page ends at a page end, so its writes end on a sector (invariant 4). */
+    assert(log->sealed_until % log->page_size_bytes == 0);
     atomic_store(&log->io_pending, 1);
 }
 
@@ -53,6 +57,9 @@ static int claim_page_locked(fl_log *log, uint64_t page, int blocking) {
         uint64_t head = (page + 1 - log->pages_count) * log->page_size_bytes;
         if (head > log->head_address) log->head_address = head;
     }
+    /* Invariant 3: the page this slot held before is wholly flushed. */
+    assert(page < log->pages_count ||
+           log->flushed_until >= (page - log->pages_count + 1) * log->page_size_bytes);
     memset(fl_slot_of(log, page), 0, log->page_size_bytes);
     fl_open_page_set(log, page);
     if (log->zero_running) pthread_cond_signal(&log->zero_cond);
@@ -86,6 +93,8 @@ int64_t fl_reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int fo
             if (rc == 1) continue;
         }
         log->tail_address = tail + frame_size;
+        /* Entries never span pages (FORMAT.md): the frame ends in the tail's page. */
+        assert(log->tail_address <= page_end);
         return (int64_t)tail;
     }
 }
@@ -93,6 +102,8 @@ int64_t fl_reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int fo
 /* Fills one frame in memory: header, payload, zero pad, then the CRC over all of it. */
 static inline void fill_frame(const fl_log *log, uint8_t *frame, uint64_t address, uint32_t kind,
                               const void *data, uint64_t size, uint64_t frame_size) {
+    assert(kind >= FL_KIND_DATA && kind <= FL_KIND_PADDING && size <= FL_FRAME_LENGTH_MASK);
+    assert(frame_size == fl_frame_size(size));
     fl_store32(frame + FL_FRAME_LENGTH_AND_KIND_OFFSET,
                kind << FL_FRAME_LENGTH_BITS | (uint32_t)size);
     fl_store32(frame + FL_FRAME_EPOCH_OFFSET, log->epoch);
@@ -104,6 +115,8 @@ static inline void fill_frame(const fl_log *log, uint8_t *frame, uint64_t addres
 
 void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
                     uint64_t size, uint64_t frame_size) {
+    /* Invariant 2: bytes below sealed_until are final. */
+    assert(address >= log->sealed_until);
     uint8_t *frame = fl_slot_of(log, fl_page_of(log, address)) + address % log->page_size_bytes;
     fill_frame(log, frame, address, kind, data, size, frame_size);
 }
@@ -117,6 +130,8 @@ static inline int append_fast_locked(fl_log *log, uint32_t kind, const void *dat
     if (tail + frame_size > log->open_page_end || log->fenced_error || log->closed ||
         log->completed)
         return 0; /* open_page_end is 0 on read-only logs */
+    /* Invariant 2: the open page lies at or beyond sealed_until. */
+    assert(tail >= log->sealed_until);
     log->tail_address = tail + frame_size;
     fill_frame(log, log->open_slot + (tail - log->open_page_start), tail, kind, data, size,
                frame_size);

@@ -85,6 +85,8 @@ static int64_t commit_take_turn_locked(fl_log *log) {
         if (!log->commit_active && log->batches_active == 0) break;
         pthread_cond_wait(&log->commit_cond, &log->mutex);
     }
+    /* Invariant 5: one commit at a time. */
+    assert(!log->commit_active);
     log->commit_active = 1;
     return 0;
 }
@@ -92,6 +94,8 @@ static int64_t commit_take_turn_locked(fl_log *log) {
 static commit_plan commit_place_locked(fl_log *log) {
     uint32_t cookie_size = log->has_cookie ? log->cookie_size : 0;
     uint64_t frame_size = fl_frame_size(FL_COMMIT_RECORD_FIXED_SIZE_BYTES + cookie_size);
+    /* Invariant 5: the previous commit's record is durable before the next one is placed. */
+    assert(log->last_commit_address < log->committed_until);
     commit_plan plan = {.record = fl_reserve_locked(log, frame_size, 1, 1)};
     plan.until = log->tail_address;
     plan.begin = log->begin_address;
@@ -106,6 +110,7 @@ static commit_plan commit_place_locked(fl_log *log) {
 /* After the writes and syncs: the commit moves committed_until and is published, or a failure
  * of its writes fences the log. */
 static void commit_land_locked(fl_log *log, commit_plan *plan, int rc) {
+    assert(log->commit_active);
     if (rc == 0) {
         assert(plan->until >= log->committed_until);
         log->committed_until = plan->until;
@@ -114,6 +119,7 @@ static void commit_land_locked(fl_log *log, commit_plan *plan, int rc) {
         log->last_commit_address = (uint64_t)plan->record;
         log->durable_begin_address = plan->begin;
         if (plan->completes) log->completion_durable = 1;
+        fl_positions_check_locked(log);
         fl_commit_event_signal(log);
         fl_shared_publish_locked(log);
     } else if (plan->record >= 0) {
@@ -349,6 +355,8 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
     }
     pthread_mutex_lock(&log->mutex);
     if (address > log->begin_address) {
+        /* Invariant 1: begin stays at or below committed_until (which only grows). */
+        assert(address <= log->committed_until);
         log->begin_address = address;
         log->commit_record_due = 1;
     }

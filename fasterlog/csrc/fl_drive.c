@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 void fl_fence_locked(fl_log *log, int error) {
+    assert(error < 0); /* a code: 0 would leave the log writable */
     if (log->fenced_error == 0) log->fenced_error = error;
     pthread_cond_broadcast(&log->commit_cond);
     pthread_cond_broadcast(&log->flush_cond);
@@ -48,10 +49,21 @@ int fl_drive_reap_io_locked(fl_log *log, uint32_t wait_count) {
         pthread_mutex_lock(&log->mutex);
         if (error) fl_fence_locked(log, error);
         if (flushed > log->flushed_until && !log->fenced_error) log->flushed_until = flushed;
+        fl_positions_check_locked(log);
         pthread_cond_broadcast(&log->flush_cond);
         pthread_mutex_unlock(&log->mutex);
     }
     return error;
+}
+
+/* Whether a write in flight reaches past `address` once rounded out to sectors. */
+static int write_in_flight_beyond(const fl_log *log, uint64_t address) {
+    for (uint32_t i = 0; i < log->inflight_count; i++) {
+        const fl_inflight *op = &log->inflight[(log->inflight_first + i) % FL_INFLIGHT_MAX];
+        if (!op->is_sync && !op->done && FL_ALIGN_UP(op->end, FL_SECTOR_SIZE_BYTES) > address)
+            return 1;
+    }
+    return 0;
 }
 
 /* Reaps until nothing is in flight (a commit waits for its own writes: invariant 4). */
@@ -91,6 +103,9 @@ static int queue_writes_io_locked(fl_log *log, uint64_t until, int link, int dsy
         if (end > until) end = until;
         uint64_t write_start = FL_ALIGN_DOWN(start, FL_SECTOR_SIZE_BYTES);
         uint64_t write_end = FL_ALIGN_UP(end, FL_SECTOR_SIZE_BYTES);
+        /* Invariant 4: a write that rewrites the head of its first sector has no write of
+         * that sector in flight (the commit that wrote its start waited for it). */
+        assert(write_start == start || !write_in_flight_beyond(log, write_start));
         uint64_t segment = write_start / log->segment_size_bytes;
         int write_fd, read_fd;
         int rc = fl_segment_fds(log, segment, 1, &write_fd, &read_fd);
@@ -199,5 +214,7 @@ int fl_drive_flush_and_sync_io_locked(fl_log *log, uint64_t until) {
     pthread_rwlock_unlock(&log->segments_lock);
     if (rc == 0) rc = fl_device_submit(&log->device);
     if (rc == 0) rc = reap_all_io_locked(log);
+    /* Invariant 4: the commit lets go of the device only once its writes completed. */
+    assert(rc < 0 || log->inflight_count == 0);
     return rc;
 }

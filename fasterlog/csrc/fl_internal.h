@@ -52,6 +52,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <assert.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -398,6 +399,16 @@ int64_t fl_log_commit(fl_log *log);
 int fl_auto_commit_start(fl_log *log);
 void fl_auto_commit_stop(fl_log *log);
 
+/* ---- invariants ---- */
+/* Invariant 1 for the positions the writer moves, checked where it moves them (`mutex` held).
+ * The begin address is asserted where truncation moves it: after recovery it comes from a
+ * commit record on disk, and bytes read from disk are checked, never asserted. */
+static inline void fl_positions_check_locked(const fl_log *log) {
+    assert(log->committed_until <= log->tail_address);
+    assert(log->flushed_until <= log->tail_address);
+    assert(log->sealed_until <= log->tail_address);
+}
+
 /* ---- the page ring ---- */
 static inline uint8_t *fl_slot_of(const fl_log *log, uint64_t page) {
     return log->memory + (page % log->pages_count) * log->page_size_bytes;
@@ -439,7 +450,7 @@ static inline void fl_store64(uint8_t *p, uint64_t v) {
     fl_store32(p, (uint32_t)v);
     fl_store32(p + 4, (uint32_t)(v >> 32));
 }
-/* The header fields of the frame whose bytes start at `frame` (FORMAT.md "Pages and frames"). */
+/* Header fields of the frame whose bytes start at `frame` (FORMAT.md "Pages and frames"). */
 static inline uint32_t fl_frame_length_and_kind(const uint8_t *frame) {
     return fl_load32(frame + FL_FRAME_LENGTH_AND_KIND_OFFSET);
 }

@@ -178,6 +178,7 @@ int fl_entry_start_check(fl_log *log, uint64_t address) {
 static int64_t read_many_impl(fl_log *log, const uint64_t *addresses, size_t count,
                               uint8_t *buffer, size_t capacity, uint32_t *offsets_out,
                               uint32_t *sizes_out, int32_t *kinds_out, fl_error_info *error) {
+    assert(capacity <= UINT32_MAX); /* offsets are u32 */
     uint64_t used = 0;
     for (size_t i = 0; i < count; i++) {
         int32_t kind = 0;
@@ -328,6 +329,8 @@ static int64_t scan_impl(fl_log *log, uint64_t from_address, uint64_t until_addr
     uint64_t committed = (include & FL_SCAN_UNCOMMITTED) && !log->readonly ? log->tail_address
                                                                           : log->committed_until;
     pthread_mutex_unlock(&log->mutex);
+    /* Offsets are reported as u32: the binding never passes a larger buffer. */
+    assert(capacity <= UINT32_MAX);
     scan_call s = {
         .include = include, .buffer = buffer, .capacity = capacity,
         .addresses_out = addresses_out, .offsets_out = offsets_out, .sizes_out = sizes_out,
