@@ -38,9 +38,9 @@ from typing import Any, NamedTuple
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
 
 from fasterlog import EntryKind, FasterLog
-from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
 
+from ._kvlayer_c import ffi, lib
 from .errors import CheckpointError
 
 __all__ = [

@@ -49,11 +49,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from fasterlog import FasterLog
-from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.errors import TruncatedError
 
 from . import _fast
 from . import checkpoint as checkpoint_files
+from ._kvlayer_c import ffi, lib
 from .checkpoint import Checkpoint
 from .errors import (
     CheckpointError,

@@ -1,4 +1,4 @@
-"""Tests of the C hash index (fl_index.c), called through cffi.
+"""Tests of the C hash index (kvlayer/csrc/fl_index.c), called through cffi.
 
 Goal: pin the index's contract: a hash finds the newest address of its (bucket, tag) chain,
 upsert and delete are compare-and-swap (a stale writer loses), overflow buckets hold buckets
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fasterlog._fasterlog_c import ffi, lib
+from kvlayer._kvlayer_c import ffi, lib
 
 TAG_SHIFT = 48
 first_address = lib.FL_FIRST_ADDRESS
@@ -201,7 +201,7 @@ def test_long_chains_are_split_with_a_bounded_walk() -> None:
     low = make_hash(0, 3)
     index.append(low, "low")
     high = make_hash(4, 3)
-    for round_number in range(3 * lib.FL_INDEX_SPLIT_WALK_MAX):
+    for _ in range(3 * lib.FL_INDEX_SPLIT_WALK_MAX):
         index.append(high, "high")  # one key updated many times: its chain is long
     index.resolve_calls = 0
     index.grow()
@@ -266,7 +266,8 @@ def test_growth_keeps_every_key_of_100k_and_memory_stays_under_24_bytes_per_key(
     addresses = [index.append(key_hash, position) for position, key_hash in enumerate(hashes)]
     stats = index.stats()
     assert stats.grow_count >= 8
-    assert all(index.lookup(h, p) == a for p, (h, a) in enumerate(zip(hashes, addresses)))
+    pairs = zip(hashes, addresses, strict=True)
+    assert all(index.lookup(h, p) == a for p, (h, a) in enumerate(pairs))
     assert stats.memory_bytes / len(hashes) <= 24
 
 

@@ -19,6 +19,7 @@
  *   fl_read.c      the read path: read, read_many, scan, verify
  *   fl_commit.c    group commit, cookies, waiting for commits, auto-commit, truncation
  *   fl_open.c      open and close: settings, the writer lock, meta, recovery, shutdown, state
+ *   fl_api.c       the table of public calls for layers in other C extensions
  * fl_NAME functions without a public declaration in fasterlog.h are the core's own; those
  * named fl_log_* are the hook-free bodies of public calls (the public call wraps them in
  * fl_blocking_begin/end, and the core calls the body when it already runs without the GIL).

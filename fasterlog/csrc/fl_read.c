@@ -175,6 +175,48 @@ int fl_entry_start_check(fl_log *log, uint64_t address) {
     return got < 0 && got != FL_E_BUFFER ? (int)got : 0;
 }
 
+int64_t fl_read_in_memory(fl_log *log, uint64_t address, void *buffer, size_t capacity,
+                          int32_t *kind_out, uint64_t *size_needed_out) {
+    int64_t rc = FL_E_NOT_IN_MEMORY;
+    pthread_mutex_lock(&log->mutex);
+    uint64_t limit = log->readonly ? log->committed_until : log->tail_address;
+    uint64_t page = fl_page_of(log, address);
+    if (!log->closed && address >= log->begin_address && address >= FL_FIRST_ADDRESS &&
+        address % FL_FRAME_ALIGNMENT_BYTES == 0 && address < limit &&
+        address >= log->head_address && log->open_page_claimed && page <= log->open_page) {
+        uint64_t offset = address % log->page_size_bytes;
+        uint64_t available = log->page_size_bytes - offset;
+        if (available > limit - address) available = limit - address;
+        const uint8_t *bytes = fl_slot_of(log, page) + offset;
+        fl_frame_view view;
+        if (fl_frame_check(log, address, bytes, available, &view) == 0 && view.kind != 0 &&
+            view.kind != FL_KIND_PADDING) {
+            *kind_out = (int32_t)view.kind;
+            if (view.payload_size > capacity) {
+                *size_needed_out = view.payload_size;
+                rc = FL_E_BUFFER;
+            } else {
+                memcpy(buffer, bytes + FL_FRAME_HEADER_SIZE_BYTES, view.payload_size);
+                rc = view.payload_size;
+            }
+        }
+    }
+    pthread_mutex_unlock(&log->mutex);
+    return rc;
+}
+
+void fl_prefetch(fl_log *log, uint64_t address) {
+    /* Read without the lock: memory, page_size_bytes and pages_count are fixed while the log
+     * is open, so any value lands inside the ring (or the ring is already gone: no load). */
+    const uint8_t *memory = log->memory;
+    if (memory == NULL) return;
+    const uint8_t *at = memory + (fl_page_of(log, address) % log->pages_count) *
+                                     log->page_size_bytes + address % log->page_size_bytes;
+    __builtin_prefetch(at);
+    __builtin_prefetch(at + 64);
+    __builtin_prefetch(at + 128);
+}
+
 static int64_t read_many_impl(fl_log *log, const uint64_t *addresses, size_t count,
                               uint8_t *buffer, size_t capacity, uint32_t *offsets_out,
                               uint32_t *sizes_out, int32_t *kinds_out, fl_error_info *error) {

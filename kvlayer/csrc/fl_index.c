@@ -29,7 +29,7 @@
  *    the new entry for each half points at the newest record of that half. A walk is bounded
  *    (FL_INDEX_SPLIT_WALK_MAX records); past the bound the halves not yet found keep the
  *    address where the walk stopped, a superset that lookups filter by comparing keys. */
-#include "fl_internal.h"
+#include "fl_kv_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
