@@ -1,10 +1,12 @@
 """Exists because setuptools takes cffi_modules and ext_modules from setup() (pyproject.toml has
-the rest): the log core through cffi, the service's RESP fast path as a small C extension."""
+the rest): the log core and kvlayer's C code through cffi (two modules: kvlayer's reaches the
+core through a table of calls, see kvlayer/_build.py), the service's RESP fast path as a small
+C extension."""
 
 from setuptools import Extension, setup
 
 setup(
-    cffi_modules=["fasterlog/_build.py:ffibuilder"],
+    cffi_modules=["fasterlog/_build.py:ffibuilder", "kvlayer/_build.py:ffibuilder"],
     ext_modules=[
         Extension(
             "fasterlog_server._resp_speedups",

@@ -29,8 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgpack
 
 from fasterlog import EntryKind, FasterLog, errors
-from fasterlog._fasterlog_c import lib
-from fasterlog.durable import fsync_directory, read_checked_file, write_file_durably
+from fasterlog.durable import crc32c, fsync_directory, read_checked_file, write_file_durably
 
 from .errors import CheckpointError
 
@@ -42,11 +41,6 @@ __all__ = [
     "remove_snapshot_files",
     "write_snapshot_file",
 ]
-
-
-def crc32c(data: bytes | memoryview) -> int:
-    """CRC32C of `data`, computed by the log core (the checksum FORMAT.md uses)."""
-    return int(lib.fl_crc32c(0, bytes(data), len(data)))
 
 
 class SnapshotReference(Protocol):

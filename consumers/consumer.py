@@ -35,8 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any, Literal
 
-from fasterlog import FasterLog, cursors, errors
-from fasterlog._format import frame_size
+from fasterlog import FasterLog, cursors, errors, frame_size
 
 from .errors import (
     ConsumerError,

@@ -49,8 +49,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgpack
 
-from fasterlog import FasterLog, errors
-from fasterlog._format import frame_size
+from fasterlog import FasterLog, errors, frame_size
 
 from .checkpoints import (
     MarkerFormat,

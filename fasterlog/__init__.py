@@ -22,7 +22,7 @@ from .build_lookup import find_build
 __path__ = find_build(__path__, __name__, "_fasterlog_c")
 
 from . import errors
-from ._format import EntryKind
+from ._format import EntryKind, frame_size
 from ._format import check_constants as _check_constants
 from .errors import (
     CorruptionError,
@@ -49,4 +49,5 @@ __all__ = [
     "LogClosedError",
     "LogFencedError",
     "TruncatedError",
+    "frame_size",
 ]

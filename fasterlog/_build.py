@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import pathlib
 
-import cffi
+import cffi  # type: ignore[import-untyped]  # cffi ships no type hints
 
 CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
 SOURCES = [
-    "fl_log.c", "fl_recovery.c", "fl_follow.c", "fl_device.c", "fl_meta.c", "fl_crc32c.c",
-    "fl_index.c", "fl_kv.c",
+    "fl_util.c", "fl_crc32c.c", "fl_trace.c", "fl_env.c", "fl_device.c", "fl_frame.c",
+    "fl_meta.c", "fl_segments.c", "fl_follow.c", "fl_recovery.c", "fl_zero.c", "fl_drive.c",
+    "fl_append.c", "fl_read.c", "fl_commit.c", "fl_open.c", "fl_api.c",
 ]
 LIBURING_ARCHIVES = [
     "/usr/lib/x86_64-linux-gnu/liburing.a",

@@ -6,7 +6,12 @@ ffi: Any
 
 
 class _Lib:
+    FL_COMMIT_BEGIN_ADDRESS_OFFSET: int
+    FL_COMMIT_COOKIE_SIZE_OFFSET: int
+    FL_COMMIT_FLAGS_OFFSET: int
     FL_COMMIT_FLAG_COMPLETED: int
+    FL_COMMIT_NUMBER_OFFSET: int
+    FL_COMMIT_PREVIOUS_ADDRESS_OFFSET: int
     FL_COMMIT_RECORD_FIXED_SIZE_BYTES: int
     FL_COOKIE_SIZE_MAX_BYTES: int
     FL_E_ADDRESS: int
@@ -17,14 +22,9 @@ class _Lib:
     FL_E_FENCED: int
     FL_E_FORMAT: int
     FL_E_FULL: int
-    FL_E_INDEX_BUSY: int
-    FL_E_INDEX_CONFLICT: int
-    FL_E_KV_BATCH: int
-    FL_E_KV_INDEX: int
-    FL_E_KV_KEY_SIZE: int
-    FL_E_KV_RECORD: int
     FL_E_LOCKED: int
     FL_E_NOMEM: int
+    FL_E_NOT_IN_MEMORY: int
     FL_E_READONLY: int
     FL_E_SETTINGS: int
     FL_E_SHORT_WRITE: int
@@ -38,16 +38,13 @@ class _Lib:
     FL_FIRST_ADDRESS: int
     FL_FORMAT_VERSION: int
     FL_FRAME_ALIGNMENT_BYTES: int
+    FL_FRAME_CHECKSUMMED_FROM: int
+    FL_FRAME_CRC_OFFSET: int
+    FL_FRAME_EPOCH_OFFSET: int
     FL_FRAME_HEADER_SIZE_BYTES: int
+    FL_FRAME_LENGTH_AND_KIND_OFFSET: int
     FL_FRAME_LENGTH_BITS: int
     FL_FRAME_LENGTH_MASK: int
-    FL_INDEX_ADDRESS_BITS: int
-    FL_INDEX_BUCKETS_COUNT_LOG2_MAX: int
-    FL_INDEX_ENTRIES_PER_BUCKET: int
-    FL_INDEX_ENTRIES_PER_BUCKET_GROW: int
-    FL_INDEX_RESOLVE_HASHES_MAX: int
-    FL_INDEX_SPLIT_WALK_MAX: int
-    FL_INDEX_TAG_BITS: int
     FL_IO_AUTO: int
     FL_IO_PLAIN: int
     FL_IO_URING: int
@@ -55,15 +52,42 @@ class _Lib:
     FL_KIND_DATA: int
     FL_KIND_MARKER: int
     FL_KIND_PADDING: int
-    FL_KV_ABSENT: int
-    FL_KV_BATCH_OPS_MAX: int
-    FL_KV_KEY_SIZE_MAX: int
+    FL_META_BEGIN_ADDRESS_OFFSET: int
     FL_META_CHECKSUMMED_FROM: int
+    FL_META_COMMITTED_UNTIL_OFFSET: int
+    FL_META_COMMIT_NUMBER_OFFSET: int
+    FL_META_CRC_OFFSET: int
+    FL_META_EPOCH_OFFSET: int
+    FL_META_FIELDS_END: int
+    FL_META_FLAGS_OFFSET: int
+    FL_META_FLAG_CLEAN: int
+    FL_META_MAGIC: int
+    FL_META_MAGIC_OFFSET: int
+    FL_META_PAGE_SIZE_OFFSET: int
+    FL_META_RECOVERY_START_OFFSET: int
+    FL_META_SALT_OFFSET: int
+    FL_META_SEGMENT_SIZE_OFFSET: int
     FL_META_SIZE_BYTES: int
+    FL_META_VERSION_OFFSET: int
+    FL_NO_COOKIE: int
     FL_OK: int
     FL_PAGE_SIZE_MAX_BYTES: int
     FL_PAGE_SIZE_MIN_BYTES: int
+    FL_SCAN_COMMITS: int
+    FL_SCAN_MARKERS: int
+    FL_SCAN_PADDING: int
+    FL_SCAN_UNCOMMITTED: int
     FL_SECTOR_SIZE_BYTES: int
+    FL_SHARED_BEGIN_ADDRESS_OFFSET: int
+    FL_SHARED_COMMITTED_UNTIL_OFFSET: int
+    FL_SHARED_COMMIT_NUMBER_OFFSET: int
+    FL_SHARED_FLAGS_OFFSET: int
+    FL_SHARED_FLAG_COMPLETED: int
+    FL_SHARED_MAGIC: int
+    FL_SHARED_SEQUENCE_OFFSET: int
+    FL_SHARED_SIZE_BYTES: int
+    FL_SHARED_VERSION_OFFSET: int
+    FL_SHARED_WRITER_PID_OFFSET: int
     FL_TRACE_CREATE: int
     FL_TRACE_EXTEND: int
     FL_TRACE_FAULT: int
@@ -111,33 +135,9 @@ class _Lib:
     def fl_trace_mark(self, *args: Any) -> None: ...
     def fl_trace_add(self, *args: Any) -> None: ...
     def fl_crash_points(self, *args: Any) -> int: ...
-    def fl_index_create(self, *args: Any) -> int: ...
-    def fl_index_free(self, *args: Any) -> None: ...
-    def fl_index_find(self, *args: Any) -> int: ...
-    def fl_index_find_many(self, *args: Any) -> int: ...
-    def fl_index_upsert(self, *args: Any) -> int: ...
-    def fl_index_delete(self, *args: Any) -> int: ...
-    def fl_index_count(self, *args: Any) -> int: ...
-    def fl_index_memory_bytes(self, *args: Any) -> int: ...
-    def fl_index_get_stats(self, *args: Any) -> None: ...
-    def fl_index_should_grow(self, *args: Any) -> int: ...
-    def fl_index_grow(self, *args: Any) -> int: ...
-    def fl_kv_siphash13(self, *args: Any) -> int: ...
-    def fl_kv_hash(self, *args: Any) -> int: ...
-    def fl_kv_hash_many(self, *args: Any) -> None: ...
-    def fl_kv_create(self, *args: Any) -> int: ...
-    def fl_kv_free(self, *args: Any) -> None: ...
-    def fl_kv_set_chain_floor(self, *args: Any) -> None: ...
-    def fl_kv_get(self, *args: Any) -> int: ...
-    def fl_kv_value_from(self, *args: Any) -> int: ...
-    def fl_kv_get_many(self, *args: Any) -> int: ...
-    def fl_kv_write(self, *args: Any) -> int: ...
-    def fl_kv_replay(self, *args: Any) -> int: ...
-    def fl_kv_grow(self, *args: Any) -> int: ...
-    def fl_kv_snapshot_fold(self, *args: Any) -> int: ...
-    def fl_kv_snapshot_check(self, *args: Any) -> int: ...
-    def fl_index_prefetch(self, *args: Any) -> None: ...
-    def fl_index_load(self, *args: Any) -> int: ...
+    def fl_read_in_memory(self, *args: Any) -> int: ...
+    def fl_prefetch(self, *args: Any) -> None: ...
+    def fl_core_api_get(self, *args: Any) -> Any: ...
 
 
 lib: _Lib

@@ -10,6 +10,12 @@ import os
 from ._fasterlog_c import lib
 
 
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    """CRC32C (Castagnoli) of `data`, the checksum of every frame (the core's, SSE4.2 when
+    the CPU has it): for the side files of upper layers."""
+    return int(lib.fl_crc32c(0, bytes(data), len(data)))
+
+
 def fsync_directory(directory: str) -> None:
     """Makes the directory's entries (a create, a rename) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

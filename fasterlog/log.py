@@ -24,7 +24,7 @@ from typing import Any, Literal, NoReturn, overload
 
 from . import errors
 from ._fasterlog_c import ffi, lib
-from ._format import EntryKind
+from ._format import SCAN_COMMITS, SCAN_MARKERS, SCAN_UNCOMMITTED, EntryKind
 from .handle import LogHandle, timeout_us
 from .tail import AsyncTail, Tail, wait_for_commit_async
 
@@ -35,9 +35,9 @@ _uring_refusal_reported = False
 
 _BACKENDS = {"auto": lib.FL_IO_AUTO, "io_uring": lib.FL_IO_URING, "plain": lib.FL_IO_PLAIN}
 _BACKEND_NAMES = {lib.FL_IO_URING: "io_uring", lib.FL_IO_PLAIN: "plain"}
-_SCAN_MARKERS = 1
-_SCAN_COMMITS = 2
-_SCAN_UNCOMMITTED = 8
+_SCAN_MARKERS = SCAN_MARKERS
+_SCAN_COMMITS = SCAN_COMMITS
+_SCAN_UNCOMMITTED = SCAN_UNCOMMITTED
 _SCAN_ENTRIES_MAX = 4096
 _SCAN_FORMAT_BYTES = _SCAN_ENTRIES_MAX * 24
 _SCAN_BUFFER_MIN_BYTES = 1 << 20

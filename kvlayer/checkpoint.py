@@ -47,8 +47,17 @@ from consumers.checkpoints import (
     write_snapshot_file,
 )
 from fasterlog import FasterLog
-from fasterlog._fasterlog_c import ffi, lib
 
+from ._fast import (
+    COOKIE_MAGIC,
+    ENTRY_ADDRESS_BITS,
+    ENTRY_DELETED,
+    SNAPSHOT_ENTRY_SIZE_BYTES,
+    SNAPSHOT_HEADER_SIZE_BYTES,
+    SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSION,
+)
+from ._kvlayer_c import ffi, lib
 from .errors import CheckpointError
 
 __all__ = [
@@ -74,19 +83,18 @@ logger = logging.getLogger("kvlayer.checkpoint")
 
 CHECKPOINT_DIRECTORY_NAME = "kv-checkpoints"
 SNAPSHOT_SUFFIX = ".snap"
-SNAPSHOT_MAGIC = b"FLKVSNAP"
-SNAPSHOT_VERSION = 2  # 1: BLAKE2b key hashes (skipped as unusable)
+# SNAPSHOT_VERSION 1 had BLAKE2b key hashes (skipped as unusable). The format's numbers are
+# defined once, in _fast (twins of the C constants, checked at import).
 # magic, version, index_bits, reserved u8, reserved u16, position, entries_count, live_count,
 # body_crc32c, header_crc32c (of the 44 bytes before it)
 _SNAPSHOT_HEADER = struct.Struct("<8sIBBHQQQII")
-SNAPSHOT_HEADER_SIZE_BYTES = _SNAPSHOT_HEADER.size
-SNAPSHOT_ENTRY_SIZE_BYTES = 16  # key_hash:u64, word:u64 (address in bits 0..47, bit 63 deleted)
-ENTRY_DELETED = 1 << 63
-ENTRY_ADDRESS_MASK = (1 << lib.FL_INDEX_ADDRESS_BITS) - 1
+# Invariant: the header layout spells the size the C code and FORMAT.md use. An entry is
+# key_hash:u64, word:u64 (address in bits 0..47, bit 63 deleted).
+assert _SNAPSHOT_HEADER.size == SNAPSHOT_HEADER_SIZE_BYTES
+ENTRY_ADDRESS_MASK = (1 << ENTRY_ADDRESS_BITS) - 1
 _ENTRY_RESERVED_BITS = ((1 << 64) - 1) & ~(ENTRY_DELETED | ENTRY_ADDRESS_MASK)
 MARKER_KIND = "kv-checkpoint"
 MARKER_VERSION = 1
-COOKIE_MAGIC = b"kvlayer1"
 COOKIE_CHECKPOINTS_KEY = "kvlayer.checkpoints"
 _COOKIE_PREFIX = struct.Struct("<8sB")  # magic, index bits
 checkpoints_kept_count_max = 16  # bounds the cookie (8 bytes per address)
@@ -179,9 +187,9 @@ def decode_snapshot(data: bytes, where: str) -> Snapshot:
     bad = ffi.new("uint64_t *")
     found_live = lib.fl_kv_snapshot_check(ffi.from_buffer("uint64_t[]", pairs), entries_count,
                                           position, bad)
-    if found_live == -1:
+    if found_live == lib.FL_E_KV_SNAPSHOT_ORDER:
         raise corrupt("the key hashes are not strictly increasing")
-    if found_live == -2:
+    if found_live == lib.FL_E_KV_SNAPSHOT_WORD:
         word = words[int(bad[0])]
         raise corrupt(f"bad entry word {word:#018x} (reserved bits, or an address outside "
                       f"the log below the position)")

@@ -41,8 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from fasterlog._fasterlog_c import lib
-
+from ._kvlayer_c import lib
 from .checkpoint import Checkpoint
 from .core import StoreCore
 from .errors import StoreSettingsError

@@ -27,11 +27,11 @@ import threading
 import time
 
 from fasterlog import FasterLog
-from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.errors import raise_for
 
 from . import _fast
 from . import checkpoint as checkpoint_files
+from ._kvlayer_c import ffi, lib
 from .checkpoint import Checkpoint
 from .errors import CheckpointError, StoreClosedError, StoreReadOnlyError, ValueTooLarge
 from .index import HashIndex

@@ -31,8 +31,9 @@ fasterlog.errors.raise_for, the one funnel from C codes to exceptions, raises th
 from __future__ import annotations
 
 from consumers import errors as consumer_errors
-from fasterlog._fasterlog_c import lib
 from fasterlog.errors import CorruptionError, Failure, FasterLogError, register_code
+
+from ._kvlayer_c import lib
 
 __all__ = [
     "CheckpointError",

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fasterlog import FasterLog
-from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.errors import raise_for
 
 from . import _fast
+from ._kvlayer_c import ffi, lib
 from .errors import KVError
 from .records import decode_record, single_op
 

@@ -20,8 +20,15 @@ from __future__ import annotations
 
 import struct
 
-from fasterlog._fasterlog_c import lib
-
+from ._fast import (
+    HASH_KEY1_TWEAK,
+    OP_DELETE,
+    OP_HEADER_SIZE_BYTES,
+    OP_PUT,
+    RECORD_HEADER_SIZE_BYTES,
+    RECORD_VERSION,
+)
+from ._kvlayer_c import lib
 from .errors import (
     VERSION_1_WHY,
     KeyTooLarge,
@@ -54,19 +61,19 @@ __all__ = [
 
 BytesLike = bytes | bytearray | memoryview
 
-RECORD_VERSION = 2  # 1 had BLAKE2b key hashes: refused with StoreVersionError (FORMAT.md)
-OP_PUT = 1
-OP_DELETE = 2
+# RECORD_VERSION: 1 had BLAKE2b key hashes, refused with StoreVersionError (FORMAT.md). The
+# format's numbers are defined once, in _fast (twins of the C constants, checked at import).
 _HEADER = struct.Struct("<BBHQ")  # version, index bits, ops count, previous address
 _OP = struct.Struct("<BBHIQ")  # op, reserved, key size, value size, key hash
 SINGLE = struct.Struct("<BBHQBBHIQ")  # a header and its one operation: the common record
-RECORD_HEADER_SIZE_BYTES = _HEADER.size
-OP_HEADER_SIZE_BYTES = _OP.size
+# Invariant: the struct layouts spell the sizes the C code and FORMAT.md use.
+assert _HEADER.size == RECORD_HEADER_SIZE_BYTES and _OP.size == OP_HEADER_SIZE_BYTES
+assert SINGLE.size == RECORD_HEADER_SIZE_BYTES + OP_HEADER_SIZE_BYTES
 key_size_max_bytes = 65535  # the key size field is 16 bits
 ops_per_record_max = 65535  # the ops count field is 16 bits
 batch_ops_count_max = 65535  # one put_many is at most this many distinct keys
 
-_HASH_KEY1_TWEAK = 0x6B766C6179657232  # "kvlayer2"; fl_kv.c SIP_KEY1_TWEAK
+_HASH_KEY1_TWEAK = HASH_KEY1_TWEAK  # "kvlayer2"
 _MASK64 = (1 << 64) - 1
 _siphash13_c = lib.fl_kv_siphash13
 

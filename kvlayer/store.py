@@ -51,12 +51,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from fasterlog import FasterLog
-from fasterlog._fasterlog_c import ffi, lib
 from fasterlog.errors import TruncatedError, raise_for
 
 from . import checkpoint as checkpoint_files
 from . import compaction, follower
 from ._fast import GET_MANY_WINDOW
+from ._kvlayer_c import ffi, lib
 from .checkpoint import Checkpoint
 from .core import StoreCore
 from .errors import (

@@ -99,9 +99,9 @@ __attribute__((target("sse4.2"))) static uint32_t frame_crc_hardware(uint64_t sa
     uint64_t c = __builtin_ia32_crc32di(0xFFFFFFFFu, salt);
     c = __builtin_ia32_crc32di(c, address);
     uint32_t word4;
-    memcpy(&word4, frame + 4, 4);
+    memcpy(&word4, frame + FL_FRAME_CHECKSUMMED_FROM, 4);
     c = __builtin_ia32_crc32si((uint32_t)c, word4);
-    for (uint64_t offset = 8; offset < frame_size; offset += 8) {
+    for (uint64_t offset = FL_FRAME_CHECKSUMMED_FROM + 4; offset < frame_size; offset += 8) {
         uint64_t word;
         memcpy(&word, frame + offset, 8);
         c = __builtin_ia32_crc32di(c, word);
@@ -120,6 +120,7 @@ uint32_t fl_frame_crc(uint64_t salt, uint64_t address, const uint8_t *frame, uin
     fl_store64(seed, salt);
     fl_store64(seed + 8, address);
     uint32_t crc = crc_update(0xFFFFFFFFu, seed, sizeof seed);
-    crc = crc_update(crc, frame + 4, (size_t)(frame_size - 4));
+    crc = crc_update(crc, frame + FL_FRAME_CHECKSUMMED_FROM,
+                     (size_t)(frame_size - FL_FRAME_CHECKSUMMED_FROM));
     return ~crc;
 }

@@ -22,9 +22,15 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char shared_magic[8] = {'F', 'L', 'O', 'G', 'S', 'H', 'M', 0};
-
+/* The struct is the page (FORMAT.md "The shared page"): its layout is the documented one. */
 _Static_assert(sizeof(fl_shared) <= FL_SHARED_SIZE_BYTES, "fl_shared fits its file");
+_Static_assert(offsetof(fl_shared, version) == FL_SHARED_VERSION_OFFSET, "shared layout");
+_Static_assert(offsetof(fl_shared, commit_sequence) == FL_SHARED_SEQUENCE_OFFSET, "layout");
+_Static_assert(offsetof(fl_shared, committed_until) == FL_SHARED_COMMITTED_UNTIL_OFFSET, "");
+_Static_assert(offsetof(fl_shared, begin_address) == FL_SHARED_BEGIN_ADDRESS_OFFSET, "layout");
+_Static_assert(offsetof(fl_shared, commit_number) == FL_SHARED_COMMIT_NUMBER_OFFSET, "layout");
+_Static_assert(offsetof(fl_shared, writer_pid) == FL_SHARED_WRITER_PID_OFFSET, "layout");
+_Static_assert(offsetof(fl_shared, flags) == FL_SHARED_FLAGS_OFFSET, "shared page layout");
 
 static long futex(_Atomic uint32_t *word, int op, uint32_t value, const struct timespec *timeout) {
     return syscall(SYS_futex, (uint32_t *)word, op, value, timeout, NULL, 0);
@@ -49,11 +55,13 @@ int fl_shared_open(fl_log *log) {
     if (rc != 0) return rc < 0 ? rc : 0;
     if (mapped == MAP_FAILED) return -errno;
     fl_shared *shared = mapped;
+    uint8_t magic[sizeof shared->magic];
+    fl_store64(magic, FL_SHARED_MAGIC);
     if (writable) {
-        memcpy(shared->magic, shared_magic, 8);
+        memcpy(shared->magic, magic, sizeof magic);
         shared->version = FL_FORMAT_VERSION;
         atomic_store(&shared->writer_pid, (uint64_t)getpid());
-    } else if (memcmp(shared->magic, shared_magic, 8) != 0) {
+    } else if (memcmp(shared->magic, magic, sizeof magic) != 0) {
         munmap(mapped, FL_SHARED_SIZE_BYTES);
         return 0; /* not yet initialised by a writer: try again later */
     }
@@ -74,7 +82,7 @@ void fl_shared_publish_locked(fl_log *log) {
     if (shared == NULL) return;
     atomic_store(&shared->begin_address, log->durable_begin_address);
     atomic_store(&shared->commit_number, log->commit_number);
-    atomic_store(&shared->flags, log->completion_durable ? FL_SHARED_COMPLETED : 0);
+    atomic_store(&shared->flags, log->completion_durable ? FL_SHARED_FLAG_COMPLETED : 0);
     atomic_store(&shared->committed_until, log->committed_until);
     atomic_fetch_add(&shared->commit_sequence, 1);
     futex(&shared->commit_sequence, FUTEX_WAKE, INT_MAX, NULL);
@@ -93,7 +101,7 @@ void fl_shared_refresh_locked(fl_log *log) {
         log->commit_number = atomic_load(&shared->commit_number);
     }
     if (begin > log->begin_address) log->begin_address = begin;
-    if (atomic_load(&shared->flags) & FL_SHARED_COMPLETED)
+    if (atomic_load(&shared->flags) & FL_SHARED_FLAG_COMPLETED)
         log->completed = log->completion_durable = 1;
 }
 

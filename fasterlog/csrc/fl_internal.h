@@ -1,18 +1,59 @@
 /* Internal declarations shared by the C core's files. The public surface is fasterlog.h; this
  * header adds the structures the core, device and recovery code share.
  *
- * Locking rules (the reason for each is in fl_log.c):
+ * The files, each calling only files listed before it (tests/test_c_layout.py checks that the
+ * calls form no cycle):
+ *   fl_util.c      messages, full reads, deadlines, the default blocking hooks
+ *   fl_crc32c.c    CRC32C
+ *   fl_trace.c     the I/O trace's recording
+ *   fl_env.c       file calls outside the device (traced), named crash points
+ *   fl_device.c    the device: io_uring and plain backends, the trace and fault layers
+ *   fl_frame.c     frame validation
+ *   fl_meta.c      the meta file
+ *   fl_segments.c  segment files: names, descriptors, creation, deletion
+ *   fl_follow.c    the shared page (fasterlog.shm) for followers
+ *   fl_recovery.c  recovery at open
+ *   fl_zero.c      zero-filling ahead of the tail (preallocation)
+ *   fl_drive.c     driving the device: page writes, reaping, flushed_until, fencing, syncs
+ *   fl_append.c    the write path: reserving frames, sealing and claiming pages, appends
+ *   fl_read.c      the read path: read, read_many, scan, verify
+ *   fl_commit.c    group commit, cookies, waiting for commits, auto-commit, truncation
+ *   fl_open.c      open and close: settings, the writer lock, meta, recovery, shutdown, state
+ *   fl_api.c       the table of public calls for layers in other C extensions
+ * fl_NAME functions without a public declaration in fasterlog.h are the core's own; those
+ * named fl_log_* are the hook-free bodies of public calls (the public call wraps them in
+ * fl_blocking_begin/end, and the core calls the body when it already runs without the GIL).
+ *
+ * Locking rules:
  * 1. `mutex` guards positions, the page ring and commit state. Held only for short copies.
  * 2. `io_mutex` is held by the one thread that drives the device (submits and reaps). It is
  *    taken before `mutex`, never while holding it (trylock excepted).
  * 3. `segments_lock` (rwlock) guards the segment file table: readers share it for pread,
- *    opening or deleting a segment takes it exclusively. */
+ *    opening or deleting a segment takes it exclusively.
+ *
+ * Addresses are byte offsets across segment files: address A lives in segment
+ * A / segment_size_bytes at file offset A % segment_size_bytes. Memory holds a ring of
+ * pages_count pages; page P lives in slot P % pages_count.
+ *
+ * Invariants of the log (each is asserted where it can break):
+ * 1. FL_FIRST_ADDRESS <= begin <= committed_until <= tail, and
+ *    flushed_until <= tail, sealed_until <= tail.
+ * 2. Every byte below sealed_until is final in memory: no appender writes there again.
+ * 3. A slot is reused for page P only once page P - pages_count is wholly flushed, so a
+ *    write in flight never reads from a slot that is being refilled.
+ * 4. Writes in flight never overlap: a commit waits for its own writes before it lets go of
+ *    the device, and sealed-page writes end at page ends (sector aligned).
+ * 5. One commit at a time (commit_active). A commit's record is placed only once the previous
+ *    commit's sync finished, so a valid record with number N+2 on disk proves that commit N+1
+ *    was synced: recovery uses this to tell damage in committed data from a torn tail.
+ * 6. A failed write or sync fences the log; it is never retried (fsyncgate). */
 #ifndef FL_INTERNAL_H
 #define FL_INTERNAL_H
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <assert.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +69,26 @@ _Static_assert(FL_FRAME_LENGTH_MASK == (1u << FL_FRAME_LENGTH_BITS) - 1, "length
 _Static_assert(FL_FIRST_ADDRESS % FL_FRAME_ALIGNMENT_BYTES == 0, "first address aligned");
 _Static_assert(FL_PAGE_SIZE_MAX_BYTES == (1u << FL_FRAME_LENGTH_BITS), "a frame fits a page");
 _Static_assert(FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 8 + 8 + 8 + 4 + 4, "commit record layout");
+/* Each field at the offset of the one before plus that one's size (FORMAT.md's tables). */
+_Static_assert(FL_FRAME_CRC_OFFSET == 0 && FL_FRAME_LENGTH_AND_KIND_OFFSET == 0 + 4 &&
+               FL_FRAME_EPOCH_OFFSET == 4 + 4 && FL_FRAME_HEADER_SIZE_BYTES == 8 + 4,
+               "frame header: crc32c u32, length_and_kind u32, epoch u32");
+_Static_assert(FL_FRAME_CHECKSUMMED_FROM == FL_FRAME_CRC_OFFSET + 4, "the CRC covers the rest");
+_Static_assert(FL_COMMIT_NUMBER_OFFSET == 0 && FL_COMMIT_BEGIN_ADDRESS_OFFSET == 0 + 8 &&
+               FL_COMMIT_PREVIOUS_ADDRESS_OFFSET == 8 + 8 &&
+               FL_COMMIT_COOKIE_SIZE_OFFSET == 16 + 8 && FL_COMMIT_FLAGS_OFFSET == 24 + 4 &&
+               FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 28 + 4, "commit record fields");
+_Static_assert(FL_NO_COOKIE > FL_COOKIE_SIZE_MAX_BYTES, "no cookie is no size a cookie has");
+_Static_assert(FL_META_MAGIC_OFFSET == 0 && FL_META_VERSION_OFFSET == 0 + 8 &&
+               FL_META_CRC_OFFSET == 8 + 4 && FL_META_SALT_OFFSET == 12 + 4 &&
+               FL_META_PAGE_SIZE_OFFSET == 16 + 8 && FL_META_SEGMENT_SIZE_OFFSET == 24 + 8 &&
+               FL_META_EPOCH_OFFSET == 32 + 8 && FL_META_FLAGS_OFFSET == 40 + 4 &&
+               FL_META_BEGIN_ADDRESS_OFFSET == 44 + 4 && FL_META_RECOVERY_START_OFFSET == 48 + 8 &&
+               FL_META_COMMITTED_UNTIL_OFFSET == 56 + 8 &&
+               FL_META_COMMIT_NUMBER_OFFSET == 64 + 8 && FL_META_FIELDS_END == 72 + 8,
+               "meta file fields");
+_Static_assert(FL_META_CHECKSUMMED_FROM == FL_META_CRC_OFFSET + 4, "the CRC covers what follows");
+_Static_assert(FL_META_FIELDS_END <= FL_META_SIZE_BYTES, "the fields fit the block");
 
 /* Writes and syncs the device may have in flight at once. A sealed page is one write, a commit
  * adds at most two writes and one sync per segment it touches. */
@@ -43,7 +104,7 @@ _Static_assert(FL_COMMIT_RECORD_FIXED_SIZE_BYTES == 8 + 8 + 8 + 4 + 4, "commit r
 /* ---- CRC32C ---- */
 uint32_t fl_frame_crc(uint64_t salt, uint64_t address, const uint8_t *frame, uint64_t frame_size);
 
-/* ---- device: io_uring, plain pread/pwrite, and a fault-injecting layer over either ---- */
+/* ---- the device (fl_device.c): a backend, and the test layers stacked over it ---- */
 typedef struct fl_completion {
     uint64_t tag;
     int32_t result;
@@ -57,27 +118,78 @@ typedef struct fl_fault {
     int32_t short_write;  /* writes complete with half the bytes instead of failing */
 } fl_fault;
 
-typedef struct fl_device {
-    int32_t backend; /* FL_IO_URING or FL_IO_PLAIN */
+typedef struct fl_device fl_device;
+
+/* One layer of a device. `write` and `fsync` queue one operation: `link` chains the next
+ * queued operation after this one (io_uring IOSQE_IO_LINK; the plain backend runs in order
+ * anyway), and a write with `dsync` completes only once its data is durable (RWF_DSYNC): one
+ * operation instead of a write and a sync. An operation that runs at once leaves its
+ * completion in the device's `ready` queue before the call returns. `reap` returns up to
+ * `capacity` completions, waiting for at least `wait_count`; its result is the count. */
+typedef struct fl_device_ops {
+    int (*write)(fl_device *device, int fd, const void *buffer, uint64_t size, uint64_t offset,
+                 uint64_t tag, int link, int dsync);
+    int (*fsync)(fl_device *device, int fd, uint64_t tag, int link);
+    int (*submit)(fl_device *device);
+    int (*reap)(fl_device *device, fl_completion *out, uint32_t capacity, uint32_t wait_count);
+} fl_device_ops;
+
+struct fl_device {
+    const fl_device_ops *ops;         /* the top of the stack: what the core calls */
+    const fl_device_ops *backend_ops; /* the bottom: io_uring or plain */
+    const fl_device_ops *below_fault; /* what the fault layer hands operations to */
+    int32_t backend;                  /* FL_IO_URING or FL_IO_PLAIN; 0 when not open */
     struct io_uring ring;
     uint32_t queued_count;   /* io_uring: SQEs prepared but not yet submitted */
     uint32_t inflight_count; /* submitted, completion not yet reaped */
-    fl_completion ready[FL_INFLIGHT_MAX]; /* plain backend and injected faults */
+    fl_completion ready[FL_INFLIGHT_MAX]; /* operations that ran at once, injected faults */
     uint32_t ready_count;
-    fl_fault fault;
-} fl_device;
+    fl_fault fault;                   /* the fault layer is stacked while fault.ops != 0 */
+    int32_t traced;                   /* the trace layer is stacked */
+    pthread_mutex_t *driver_mutex;    /* the log's io_mutex (fl_device.c rule 1) */
+    fl_device *next_open;             /* the list of open devices (fl_device.c rule 2) */
+    int32_t linked;                   /* on that list */
+};
 
-int fl_device_init(fl_device *device, int32_t backend_wanted, int32_t *refused_out);
+/* Opens the backend (FL_IO_AUTO: io_uring when the kernel allows it, with its refusal in
+ * *refused_out) and puts the device on the list of open devices, traced if a trace runs. */
+int fl_device_open(fl_device *device, int32_t backend_wanted, int32_t *refused_out,
+                   pthread_mutex_t *driver_mutex);
+/* Takes the device off the list; call it without holding driver_mutex, before destroy. */
+void fl_device_unlink(fl_device *device);
 void fl_device_destroy(fl_device *device);
-/* Queue one operation. `link` chains the next queued operation after this one (io_uring
- * IOSQE_IO_LINK; the plain backend runs in order anyway). A write with `dsync` completes only
- * once its data is durable (RWF_DSYNC): one operation instead of a write and a sync. */
-int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
-                    uint64_t offset, uint64_t tag, int link, int dsync);
-int fl_device_fsync(fl_device *device, int fd, uint64_t tag, int link);
-int fl_device_submit(fl_device *device);
-/* Reap up to `capacity` completions, waiting for at least `wait_count`. Returns the count. */
-int fl_device_reap(fl_device *device, fl_completion *out, uint32_t capacity, uint32_t wait_count);
+/* Arms (fault->ops != 0) or clears the fault layer; driver_mutex held. */
+void fl_device_fault_set(fl_device *device, const fl_fault *fault);
+/* Hands a completion to the next reap (operations that ran at once, injected faults). */
+int fl_device_complete(fl_device *device, uint64_t tag, int32_t result);
+
+static inline int fl_device_write(fl_device *device, int fd, const void *buffer, uint64_t size,
+                                  uint64_t offset, uint64_t tag, int link, int dsync) {
+    return device->ops->write(device, fd, buffer, size, offset, tag, link, dsync);
+}
+static inline int fl_device_fsync(fl_device *device, int fd, uint64_t tag, int link) {
+    return device->ops->fsync(device, fd, tag, link);
+}
+static inline int fl_device_submit(fl_device *device) { return device->ops->submit(device); }
+static inline int fl_device_reap(fl_device *device, fl_completion *out, uint32_t capacity,
+                                 uint32_t wait_count) {
+    return device->ops->reap(device, out, capacity, wait_count);
+}
+
+/* ---- the I/O trace (fl_trace.c): the recording behind fl_trace_* ---- */
+int fl_trace_running(void);
+/* Starts a new trace buffer and marks the trace running (fl_trace_start switches the device
+ * layers around these two). */
+int fl_trace_buffer_start(uint64_t capacity_bytes);
+void fl_trace_buffer_stop(void);
+/* The path `fd` names (or, with `name`, a path under a directory descriptor). */
+uint32_t fl_trace_path(int fd, const char *name, char *out, size_t capacity);
+void fl_trace_record(uint32_t op, uint32_t flags, uint64_t offset, uint64_t size,
+                     const char *name, uint32_t name_size, int fd, const void *data,
+                     uint64_t data_size);
+/* A record of an operation on a descriptor, named by its path. */
+void fl_trace_fd_op(uint32_t op, uint32_t flags, int fd, uint64_t offset, uint64_t size,
+                    const void *data);
 
 /* ---- segment files ---- */
 typedef struct fl_segment {
@@ -118,7 +230,7 @@ struct fl_log {
     uint64_t entry_size_max;
     uint8_t *memory; /* pages_count slots of page_size_bytes, sector aligned */
 
-    /* Positions, under `mutex` (invariants at the top of fl_log.c). */
+    /* Positions, under `mutex` (invariants at the top of this file). */
     uint64_t begin_address;
     uint64_t tail_address;
     uint64_t sealed_until;    /* bytes below are final in memory */
@@ -168,7 +280,7 @@ struct fl_log {
     int32_t io_uring_refused;
     int event_fd;
 
-    /* Zero-filling ahead of the tail (fl_log.c, "preallocation"), under `mutex`. */
+    /* Zero-filling ahead of the tail (fl_zero.c), under `mutex`. */
     pthread_t zero_thread;
     int32_t zero_running;
     pthread_cond_t zero_cond;
@@ -194,8 +306,6 @@ struct fl_log {
 };
 
 /* ---- fasterlog.shm (fl_follow.c) ---- */
-#define FL_SHARED_SIZE_BYTES 4096
-#define FL_SHARED_COMPLETED 1u
 typedef struct fl_shared {
     char magic[8];
     uint32_t version;
@@ -230,27 +340,93 @@ typedef struct fl_meta {
     uint64_t commit_number;
 } fl_meta;
 
-#define FL_META_FLAG_CLEAN 1u
-
 void fl_meta_encode(const fl_meta *meta, uint8_t *block);
 int fl_meta_decode(const uint8_t *block, fl_meta *meta);
 int fl_meta_read(int directory_fd, fl_meta *meta);
 int fl_meta_write(int directory_fd, const fl_meta *meta);
 
-/* ---- blocking hooks: the binding may define these (see the end of fl_log.c) ---- */
+/* ---- blocking hooks: the binding may define these (fl_util.c has the defaults) ---- */
 void *fl_blocking_begin(void);
 void fl_blocking_end(void *token);
 
-/* ---- shared helpers (fl_log.c) ---- */
-int fl_segments_cover_locked(fl_log *log, uint64_t segment);
-void fl_open_page_set(fl_log *log, uint64_t page);
-int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
+/* ---- helpers (fl_util.c) ---- */
+/* pread until `size` bytes or the end of the file: the bytes read, or -errno. */
 int64_t fl_pread_full(int fd, void *buffer, uint64_t size, uint64_t offset);
-int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
 void fl_set_message(fl_error_info *error, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
+/* The CLOCK_REALTIME time `timeout_us` from now, as pthread_cond_timedwait takes it. */
+struct timespec fl_deadline_after_us(int64_t timeout_us);
 
-/* Frame validation shared by recovery, reads and verify. */
+/* ---- segment files (fl_segments.c) ---- */
+void fl_segment_name(uint64_t segment, char *name, size_t size);
+/* Grows the table so it covers `segment`; segments_lock held exclusively. */
+int fl_segments_cover_locked(fl_log *log, uint64_t segment);
+int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
+void fl_segments_delete_below(fl_log *log, uint64_t begin_address);
+void fl_segments_close_all(fl_log *log);
+
+/* ---- recovery (fl_recovery.c) ---- */
+int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
+
+/* ---- preallocation (fl_zero.c) ---- */
+/* Waits until no zero write overlaps [start, end) (a log write there must not race it). */
+void fl_zero_wait(fl_log *log, uint64_t start, uint64_t end);
+void fl_zero_start(fl_log *log);
+void fl_zero_stop(fl_log *log);
+int fl_zero_first_page(fl_log *log);
+
+/* ---- driving the device (fl_drive.c); *_locked: `mutex` held, *_io_locked: `io_mutex` ---- */
+void fl_fence_locked(fl_log *log, int error);
+void fl_commit_event_signal(fl_log *log);
+int fl_drive_reap_io_locked(fl_log *log, uint32_t wait_count);
+/* Starts writes of sealed pages unless another thread drives the device. */
+void fl_drive_io(fl_log *log);
+int fl_drive_wait_for_flush_locked(fl_log *log);
+int fl_drive_flush_and_sync_io_locked(fl_log *log, uint64_t until);
+
+/* ---- the write path (fl_append.c), `mutex` held ---- */
+int fl_writable_locked(const fl_log *log);
+int64_t fl_reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int for_commit);
+void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *data,
+                    uint64_t size, uint64_t frame_size);
+
+/* ---- the read path (fl_read.c) ---- */
+/* 0 when `address` is where an entry or the end-of-page frame starts, else the code a read
+ * there fails with. */
+int fl_entry_start_check(fl_log *log, uint64_t address);
+
+/* ---- commit (fl_commit.c) ---- */
+int64_t fl_log_commit(fl_log *log);
+int fl_auto_commit_start(fl_log *log);
+void fl_auto_commit_stop(fl_log *log);
+
+/* ---- invariants ---- */
+/* Invariant 1 for the positions the writer moves, checked where it moves them (`mutex` held).
+ * The begin address is asserted where truncation moves it: after recovery it comes from a
+ * commit record on disk, and bytes read from disk are checked, never asserted. */
+static inline void fl_positions_check_locked(const fl_log *log) {
+    assert(log->committed_until <= log->tail_address);
+    assert(log->flushed_until <= log->tail_address);
+    assert(log->sealed_until <= log->tail_address);
+}
+
+/* ---- the page ring ---- */
+static inline uint8_t *fl_slot_of(const fl_log *log, uint64_t page) {
+    return log->memory + (page % log->pages_count) * log->page_size_bytes;
+}
+static inline uint64_t fl_page_of(const fl_log *log, uint64_t address) {
+    return address / log->page_size_bytes;
+}
+/* Makes `page` the open page (the one the tail is in) and caches its slot for appends. */
+static inline void fl_open_page_set(fl_log *log, uint64_t page) {
+    log->open_page = page;
+    log->open_page_claimed = 1;
+    log->open_slot = fl_slot_of(log, page);
+    log->open_page_start = page * log->page_size_bytes;
+    log->open_page_end = log->open_page_start + log->page_size_bytes;
+}
+
+/* ---- frames (fl_frame.c): validation shared by recovery, reads and verify ---- */
 typedef struct fl_frame_view {
     uint32_t kind;        /* FL_KIND_*, or 0 for the zero gap at a page end */
     uint32_t payload_size;
@@ -275,17 +451,26 @@ static inline void fl_store64(uint8_t *p, uint64_t v) {
     fl_store32(p, (uint32_t)v);
     fl_store32(p + 4, (uint32_t)(v >> 32));
 }
+/* Header fields of the frame whose bytes start at `frame` (FORMAT.md "Pages and frames"). */
+static inline uint32_t fl_frame_length_and_kind(const uint8_t *frame) {
+    return fl_load32(frame + FL_FRAME_LENGTH_AND_KIND_OFFSET);
+}
+static inline uint32_t fl_frame_epoch(const uint8_t *frame) {
+    return fl_load32(frame + FL_FRAME_EPOCH_OFFSET);
+}
 static inline uint64_t fl_frame_size(uint64_t payload_size) {
     return FL_ALIGN_UP(FL_FRAME_HEADER_SIZE_BYTES + payload_size, FL_FRAME_ALIGNMENT_BYTES);
 }
 
-/* ---- traced file operations (fl_device.c): the calls behind FL_TRACE_* records ---- */
+/* ---- file calls outside the device, traced, and crash points (fl_env.c) ----
+ * Each returns what its system call does on success (a descriptor, the bytes written, 0) and
+ * -errno on failure. */
 #include <sys/types.h>
 int fl_io_openat(int directory_fd, const char *name, int flags, int mode);
 ssize_t fl_io_pwrite(int fd, const void *buffer, size_t size, uint64_t offset, int zeros);
 int fl_io_fsync(int fd);
 int fl_io_fdatasync(int fd);
-int fl_io_fallocate(int fd, uint64_t size); /* posix_fallocate(fd, 0, size): 0 or an errno */
+int fl_io_fallocate(int fd, uint64_t size); /* posix_fallocate(fd, 0, size) */
 int fl_io_renameat(int directory_fd, const char *old_name, const char *new_name);
 int fl_io_unlinkat(int directory_fd, const char *name);
 /* A named crash point (see fl_crash_points): kills the process there when armed. */

@@ -7,8 +7,8 @@
  *    the meta file recorded, committed data is damaged: FL_E_CORRUPT naming X.
  * 3. Otherwise X may be a torn tail (a crash) or damage in the newest commits. Look past X for
  *    a valid commit record numbered two or more above the recovered one: commits are placed
- *    only after the previous sync finished (fl_log.c invariant 5), so its existence proves the
- *    commit after the recovered one was synced, and X lies inside it: FL_E_CORRUPT.
+ *    only after the previous sync finished (invariant 5 in fl_internal.h), so its existence
+ *    proves the commit after the recovered one was synced, and X lies inside it: FL_E_CORRUPT.
  * 4. Else X is the torn tail: cut there. Later writes overwrite what lies beyond. */
 #include "fl_internal.h"
 
@@ -26,7 +26,7 @@ typedef struct recovered_commit {
     uint64_t begin_address;
     uint64_t address;
     uint64_t end;
-    uint32_t cookie_size; /* 0xFFFFFFFF: no cookie */
+    uint32_t cookie_size; /* FL_NO_COOKIE: no cookie */
     int completed;
     uint64_t cookie_offset; /* in the page buffer when found, copied out at once */
 } recovered_commit;
@@ -60,18 +60,18 @@ static int find_last_segment(recovery *r) {
     return 0;
 }
 
-/* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
-/* The descriptor of `segment`, or -1 when that file does not exist. */
+/* The descriptor of `segment`, -ENOENT when no such file exists, or -errno when it cannot be
+ * opened. */
 static int segment_fd(recovery *r, uint64_t segment) {
     if (r->fd >= 0 && r->fd_segment == segment) return r->fd;
     if (r->fd >= 0) close(r->fd);
     r->fd = -1;
-    if (!r->has_segments || segment > r->last_segment) return -1;
+    if (!r->has_segments || segment > r->last_segment) return -ENOENT;
     char name[64];
-    snprintf(name, sizeof name, "segment-%08llu.fl", (unsigned long long)segment);
+    fl_segment_name(segment, name, sizeof name);
     r->fd = openat(r->log->directory_fd, name, O_RDONLY | O_CLOEXEC);
     r->fd_segment = segment;
-    return r->fd;
+    return r->fd >= 0 ? r->fd : -errno;
 }
 
 /* Reads log bytes [address, address + size) of one page; missing bytes read as zeros. */
@@ -79,6 +79,7 @@ static int read_log(recovery *r, uint64_t address, uint8_t *buffer, uint64_t siz
     fl_log *log = r->log;
     memset(buffer, 0, size);
     int fd = segment_fd(r, address / log->segment_size_bytes);
+    /* A file that cannot be opened reads as zeros, exactly as a missing one: the scan ends. */
     if (fd < 0) return 0;
     int64_t got = fl_pread_full(fd, buffer, size, address % log->segment_size_bytes);
     return got < 0 ? (int)got : 0;
@@ -131,9 +132,9 @@ static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min
             r->page_loaded = UINT64_MAX;
             uint64_t first = page_start < FL_FIRST_ADDRESS ? FL_FIRST_ADDRESS : page_start;
             const uint8_t *header = r->page + (first - page_start);
-            uint32_t kind = fl_load32(header + 4) >> FL_FRAME_LENGTH_BITS;
+            uint32_t kind = fl_frame_length_and_kind(header) >> FL_FRAME_LENGTH_BITS;
             if (kind < FL_KIND_DATA || kind > FL_KIND_PADDING ||
-                fl_load32(header + 8) != r->meta->epoch) {
+                fl_frame_epoch(header) != r->meta->epoch) {
                 if (++quiet_pages > quiet_pages_max) break;
                 position = page_start + log->page_size_bytes;
                 continue;
@@ -145,11 +146,11 @@ static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min
         fl_frame_view view;
         uint64_t offset = position - page_start;
         uint32_t length_and_kind = offset + FL_FRAME_HEADER_SIZE_BYTES <= log->page_size_bytes
-                                       ? fl_load32(r->page + offset + 4) : 0;
+                                       ? fl_frame_length_and_kind(r->page + offset) : 0;
         uint32_t kind = length_and_kind >> FL_FRAME_LENGTH_BITS;
         /* Cheap filters first: a real frame has a known kind and this session's epoch. */
         if (kind >= FL_KIND_DATA && kind <= FL_KIND_PADDING &&
-            fl_load32(r->page + offset + 8) == r->meta->epoch &&
+            fl_frame_epoch(r->page + offset) == r->meta->epoch &&
             frame_valid(r, position, r->meta->epoch, &view) && view.kind != 0) {
             if (view.kind == FL_KIND_COMMIT &&
                 fl_load64(r->page + offset + FL_FRAME_HEADER_SIZE_BYTES) >= number_min)
@@ -165,22 +166,22 @@ static int later_commit_exists(recovery *r, uint64_t damage, uint64_t number_min
 static int commit_record_read(recovery *r, uint64_t address, const fl_frame_view *view,
                               recovered_commit *commit) {
     const uint8_t *payload = r->page + address % r->log->page_size_bytes + FL_FRAME_HEADER_SIZE_BYTES;
-    uint32_t cookie_size = fl_load32(payload + 24);
+    uint32_t cookie_size = fl_load32(payload + FL_COMMIT_COOKIE_SIZE_OFFSET);
     uint64_t cookie_room = view->payload_size - FL_COMMIT_RECORD_FIXED_SIZE_BYTES;
-    if (cookie_size != 0xFFFFFFFFu && (cookie_size != cookie_room ||
+    if (cookie_size != FL_NO_COOKIE && (cookie_size != cookie_room ||
                                        cookie_size > FL_COOKIE_SIZE_MAX_BYTES))
         return 0;
-    if (cookie_size == 0xFFFFFFFFu && cookie_room != 0) return 0;
-    uint32_t flags = fl_load32(payload + 28);
+    if (cookie_size == FL_NO_COOKIE && cookie_room != 0) return 0;
+    uint32_t flags = fl_load32(payload + FL_COMMIT_FLAGS_OFFSET);
     if (flags & ~(uint32_t)FL_COMMIT_FLAG_COMPLETED) return 0;
     commit->found = 1;
     commit->number = fl_load64(payload);
-    commit->begin_address = fl_load64(payload + 8);
+    commit->begin_address = fl_load64(payload + FL_COMMIT_BEGIN_ADDRESS_OFFSET);
     commit->address = address;
     commit->end = address + view->frame_size;
     commit->cookie_size = cookie_size;
     commit->completed = (flags & FL_COMMIT_FLAG_COMPLETED) != 0;
-    if (cookie_size != 0xFFFFFFFFu) {
+    if (cookie_size != FL_NO_COOKIE) {
         memcpy(r->log->cookie, payload + FL_COMMIT_RECORD_FIXED_SIZE_BYTES, cookie_size);
     }
     return 1;
@@ -220,7 +221,7 @@ static int load_tail_page(recovery *r, uint64_t tail) {
     uint64_t page_start = page * log->page_size_bytes;
     int rc = load_page(r, page);
     if (rc < 0) return rc;
-    uint8_t *slot = log->memory + (page % log->pages_count) * log->page_size_bytes;
+    uint8_t *slot = fl_slot_of(log, page);
     memset(slot, 0, log->page_size_bytes);
     memcpy(slot, r->page, tail - page_start);
     fl_open_page_set(log, page);
@@ -269,7 +270,7 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
         log->durable_begin_address = log->begin_address;
         log->commit_number = last.found ? last.number : 0;
         log->last_commit_address = last.found ? last.address : 0;
-        log->has_cookie = last.found && last.cookie_size != 0xFFFFFFFFu;
+        log->has_cookie = last.found && last.cookie_size != FL_NO_COOKIE;
         log->cookie_size = log->has_cookie ? last.cookie_size : 0;
         log->head_address = UINT64_MAX;
         log->completed = log->completion_durable = last.found && last.completed;

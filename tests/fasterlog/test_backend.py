@@ -1,7 +1,9 @@
-"""I/O backends: io_uring when the kernel allows it, the plain pread/pwrite backend otherwise.
+"""I/O backends: io_uring when the kernel allows it, the plain pread/pwrite backend otherwise;
+and the test layers stacked over either (the I/O trace and fault injection).
 
 Method: the refusal is real, not mocked: a child process installs a seccomp filter (as Docker's
-default profile does) that makes io_uring_setup fail with EPERM, then opens a log.
+default profile does) that makes io_uring_setup fail with EPERM, then opens a log. The layers
+are seen from outside: which device writes a trace holds, and which operation a fault fails.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fasterlog import FasterLog, errors
+from fasterlog import testing as fault_testing
 from tests.support.settings import SMALL_SETTINGS
+
+SETTINGS: dict[str, Any] = dict(SMALL_SETTINGS)
 
 DENY_IO_URING = textwrap.dedent(
     """
@@ -90,13 +96,13 @@ def test_forcing_io_uring_when_refused_is_an_error(tmp_path: Path) -> None:
 
 def test_open_option_forces_plain(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASTERLOG_IO_BACKEND", raising=False)
-    with FasterLog.open(log_dir, io_backend="plain", **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, io_backend="plain", **SETTINGS) as log:
         assert log.io_backend == "plain"
 
 
 def test_environment_variable_forces_plain(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTERLOG_IO_BACKEND", "plain")
-    with FasterLog.open(log_dir, io_backend="io_uring", **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, io_backend="io_uring", **SETTINGS) as log:
         assert log.io_backend == "plain"
 
 
@@ -109,7 +115,59 @@ def test_unknown_backend_in_environment_is_a_settings_error(
 
 def test_io_uring_is_used_when_available(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASTERLOG_IO_BACKEND", raising=False)
-    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, **SETTINGS) as log:
         if log.io_backend != "io_uring":
             pytest.skip("this kernel refuses io_uring")
         assert log.settings["io_backend"] == "io_uring"
+
+
+def _device_writes(ops: list[fault_testing.TraceOp], directory: Path) -> int:
+    return sum(1 for op in ops if op.op == "write" and op.device
+               and op.path.startswith(str(directory)))
+
+
+def test_trace_records_the_device_writes_of_logs_opened_before_and_during_it(
+        tmp_path: Path) -> None:
+    # A log open when the trace starts gets the trace layer stacked then; a log opened while
+    # it runs gets it at open; after the trace stops, neither records anything more.
+    before_dir, during_dir = tmp_path / "before", tmp_path / "during"
+    with FasterLog.open(before_dir, **SETTINGS) as before:
+        with fault_testing.IOTrace() as trace:
+            before.append(b"x" * 100)
+            before.commit()
+            with FasterLog.open(during_dir, **SETTINGS) as during:
+                during.append(b"y" * 100)
+                during.commit()
+        assert _device_writes(trace.ops, before_dir) >= 1
+        assert _device_writes(trace.ops, during_dir) >= 1
+        with fault_testing.IOTrace() as later:
+            pass
+        before.append(b"z" * 100)
+        before.commit()
+        assert later.fetch() == []
+
+
+def test_a_fault_armed_after_open_fails_only_its_own_operation(log_dir: Path) -> None:
+    # The fault layer is stacked when the fault is armed: the commit before it is untouched,
+    # the sync it names fails and fences the log, and what was committed stays readable.
+    with FasterLog.open(log_dir, **SETTINGS) as log:
+        log.append(b"kept")
+        log.commit()
+        fault_testing.inject_fault(log, op="fsync")
+        log.append(b"lost")
+        with pytest.raises(errors.LogIOError):
+            log.commit()
+        with pytest.raises(errors.LogFencedError):
+            log.append(b"refused")
+    with FasterLog.open(log_dir, **SETTINGS) as log:
+        assert [entry for _, entry in log.scan()] == [b"kept"]
+
+
+def test_a_cleared_fault_never_fires(log_dir: Path) -> None:
+    with FasterLog.open(log_dir, **SETTINGS) as log:
+        fault_testing.inject_fault(log, op="any", after=1)
+        fault_testing.clear_faults(log)
+        for index in range(5):
+            log.append(b"entry %d" % index)
+            log.commit()
+        assert len(list(log.scan())) == 5

@@ -17,7 +17,6 @@ import pytest
 
 from fasterlog import FasterLog, errors
 from fasterlog._fasterlog_c import lib
-
 from tests.support.settings import SMALL_SETTINGS
 
 CORE_CODES = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,8 @@ from fasterlog import FasterLog, testing
 from fasterlog import _format as fmt
 from tests.support.checksums import crc32c
 from tests.support.settings import SMALL_SETTINGS
+
+SETTINGS: dict[str, Any] = dict(SMALL_SETTINGS)
 
 
 def encode_frame(salt: int, address: int, kind: int, payload: bytes, epoch: int) -> bytes:
@@ -73,7 +76,7 @@ def test_worked_example_bytes_are_pinned() -> None:
 
 
 def test_c_core_writes_exactly_the_reference_frames(log_dir: Path) -> None:
-    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, **SETTINGS) as log:
         a = log.append(b"hello")
         b = log.append(b"")
         m = log.append_marker(b"mark")
@@ -98,7 +101,7 @@ def test_c_core_writes_exactly_the_reference_frames(log_dir: Path) -> None:
 
 def test_page_end_is_padding_frame_or_zero_gap(log_dir: Path) -> None:
     page = SMALL_SETTINGS["page_size_bytes"]
-    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, **SETTINGS) as log:
         # Leave exactly 8 bytes in page 0, then force a new page: an 8-byte zero gap.
         first = log.append(bytes(page - 64 - 8 - 12))
         assert first == 64
@@ -122,7 +125,7 @@ def test_page_end_is_padding_frame_or_zero_gap(log_dir: Path) -> None:
 
 def test_epoch_rises_with_each_writable_open(log_dir: Path) -> None:
     for expected_epoch in (1, 2, 3):
-        with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+        with FasterLog.open(log_dir, **SETTINGS) as log:
             assert log.settings["epoch"] == expected_epoch
             a = log.append(b"e%d" % expected_epoch)
         salt = read_meta(log_dir)["salt"]
@@ -141,8 +144,32 @@ def test_python_constants_equal_the_c_ones(name: str) -> None:
     assert getattr(fmt, name) == getattr(lib, "FL_" + name)
 
 
+def test_every_python_constant_has_an_equal_c_twin() -> None:
+    from fasterlog._fasterlog_c import lib
+
+    assert fmt.constant_problems(vars(fmt), lib) == []
+    assert lib.FL_META_MAGIC == int.from_bytes(b"FLOGMETA", "little")
+    assert lib.FL_SHARED_MAGIC == int.from_bytes(b"FLOGSHM\0", "little")
+
+
+def test_import_check_fails_on_a_constant_without_a_c_twin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fmt, "FRAME_TRAILER_SIZE_BYTES", 4, raising=False)
+    with pytest.raises(ImportError, match="FRAME_TRAILER_SIZE_BYTES has no C twin"):
+        fmt.check_constants()
+
+
+@pytest.mark.parametrize("name, value", [("FIRST_ADDRESS", 128), ("META_MAGIC", b"FLOGMETB"),
+                                         ("SCAN_COMMITS", 4)])
+def test_import_check_fails_on_a_constant_that_differs_from_its_c_twin(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: object) -> None:
+    monkeypatch.setattr(fmt, name, value)
+    with pytest.raises(ImportError, match=f"{name}=.* differs from the C core's FL_{name}"):
+        fmt.check_constants()
+
+
 def test_completed_flag_is_bit_0_of_the_commit_record_flags(log_dir: Path) -> None:
-    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, **SETTINGS) as log:
         a = log.append(b"end")
         log.complete()
     meta = read_meta(log_dir)
@@ -156,7 +183,7 @@ def test_completed_flag_is_bit_0_of_the_commit_record_flags(log_dir: Path) -> No
 def test_shared_page_layout(log_dir: Path) -> None:
     import os
 
-    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+    with FasterLog.open(log_dir, **SETTINGS) as log:
         log.append(b"x")
         committed = log.commit()
         block = (log_dir / "fasterlog.shm").read_bytes()

@@ -1,4 +1,4 @@
-"""Tests of the C hash index (fl_index.c), called through cffi.
+"""Tests of the C hash index (kvlayer/csrc/fl_index.c), called through cffi.
 
 Goal: pin the index's contract: a hash finds the newest address of its (bucket, tag) chain,
 upsert and delete are compare-and-swap (a stale writer loses), overflow buckets hold buckets
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fasterlog._fasterlog_c import ffi, lib
+from kvlayer._kvlayer_c import ffi, lib
 from tests.support.mode import examples
 
 TAG_SHIFT = 48
@@ -267,8 +267,8 @@ def test_growth_keeps_every_key_of_100k_and_memory_stays_under_24_bytes_per_key(
     addresses = [index.append(key_hash, position) for position, key_hash in enumerate(hashes)]
     stats = index.stats()
     assert stats.grow_count >= 8
-    assert all(index.lookup(h, p) == a
-               for p, (h, a) in enumerate(zip(hashes, addresses, strict=True)))
+    pairs = zip(hashes, addresses, strict=True)
+    assert all(index.lookup(h, p) == a for p, (h, a) in enumerate(pairs))
     assert stats.memory_bytes / len(hashes) <= 24
 
 

@@ -1,8 +1,10 @@
-"""Tests of kvlayer's C fast path (fasterlog/csrc/fl_kv.c) against the Python reference.
+"""Tests of kvlayer's C fast path (kvlayer/csrc/fl_kv_*.c) against the Python reference.
 
 Goal: the C path returns exactly what the Python reference of kvlayer (records.py's
 decode_record and SipHash-1-3, the chain walk through log.read) returns, writes the same
-records, keeps len() exact, and never returns data from a malformed record or a damaged frame.
+records, keeps len() exact, and never returns data from a malformed record or a damaged frame;
+the format's constants are defined once in C with checked Python twins; the C code reaches the
+log only through the core's table of calls, and a refused table is reported as its own error.
 
 Method:
 - The C hash (SipHash-1-3) is compared with the Python reference on keys of every size around
@@ -20,6 +22,7 @@ Method:
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from collections.abc import Callable
@@ -28,10 +31,13 @@ from typing import Any
 
 import pytest
 
-from fasterlog._fasterlog_c import lib
+from fasterlog import FasterLog
 from fasterlog.cursors import log_salt
-from fasterlog.errors import CorruptionError
-from kvlayer import KVStore, key_hash
+from fasterlog.errors import CorruptionError, LogIOError
+from kvlayer import KVStore, _fast, key_hash
+from kvlayer import checkpoint as kv_checkpoint
+from kvlayer import records as kv_records
+from kvlayer._kvlayer_c import ffi, lib
 from kvlayer.checkpoint import decode_cookie
 from kvlayer.errors import RecordCorruptError, StoreVersionError
 from kvlayer.records import OP_PUT, Op, decode_record, encode_record, siphash13
@@ -141,7 +147,7 @@ def test_c_path_matches_the_python_reference_on_random_batches(tmp_path: Path,
             if batch_number % 3 == 0:
                 puts = [(key, value) for key, value in batch if value is not None]
                 store.put_many(puts)
-                batch = puts
+                batch = list(puts)
             else:
                 store.write_batch(batch)
             for key, value in batch:
@@ -272,3 +278,99 @@ def test_close_writes_the_index_size_so_the_reopen_does_not_grow(tmp_path: Path)
         assert decode_cookie(store.log.cookie).index_bits == bits  # sized before the replay
         assert store.index_stats()["buckets_count_log2"] == bits
         assert len(store) == 3000 and store.get(b"key-2999") == b"v"
+
+
+# ---------------------------------------------------------------------------- the KV format's
+# constants are defined once, in C (kvlayer/csrc/fl_kv_format.h), with Python twins in _fast
+
+
+def test_every_kv_format_twin_equals_its_c_constant() -> None:
+    assert _fast.constant_problems(vars(_fast), _fast.FORMAT_CONSTANTS, lib) == []
+    assert lib.FL_KV_SNAPSHOT_MAGIC == int.from_bytes(b"FLKVSNAP", "little")
+
+
+def test_the_import_check_fails_on_a_drifted_or_unmatched_twin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fast, "RECORD_VERSION", 3)
+    with pytest.raises(ImportError, match="RECORD_VERSION=3 differs from the C FL_KV_"):
+        _fast.check_constants()
+    monkeypatch.undo()
+    monkeypatch.setattr(_fast, "RECORD_TRAILER_SIZE_BYTES", 4, raising=False)
+    monkeypatch.setattr(_fast, "FORMAT_CONSTANTS",
+                        (*_fast.FORMAT_CONSTANTS, "RECORD_TRAILER_SIZE_BYTES"))
+    with pytest.raises(ImportError, match="RECORD_TRAILER_SIZE_BYTES has no C twin"):
+        _fast.check_constants()
+
+
+def test_records_and_checkpoints_take_the_format_from_the_one_definition() -> None:
+    # records.py and checkpoint.py spell no number of the format themselves: they import the
+    # checked twins, so these are the same objects.
+    assert (kv_records.RECORD_VERSION, kv_records.OP_PUT, kv_records.OP_DELETE) == (
+        _fast.RECORD_VERSION, _fast.OP_PUT, _fast.OP_DELETE)
+    assert kv_records.SINGLE.size == _fast.RECORD_HEADER_SIZE_BYTES + _fast.OP_HEADER_SIZE_BYTES
+    assert kv_checkpoint.SNAPSHOT_MAGIC is _fast.SNAPSHOT_MAGIC
+    assert kv_checkpoint.COOKIE_MAGIC is _fast.COOKIE_MAGIC
+    assert kv_checkpoint.ENTRY_ADDRESS_MASK == (1 << _fast.ENTRY_ADDRESS_BITS) - 1
+    assert _fast.ENTRY_ADDRESS_BITS == lib.FL_INDEX_ADDRESS_BITS
+
+
+# ---------------------------------------------------------------------------- the narrow
+# interface: the KV module reaches the log only through the core's table of calls
+
+
+class _LibWithTable:
+    """The KV module's lib, but handing out another core table."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(lib, name)
+
+    def fl_core_api_get(self) -> Any:
+        return self.table
+
+
+def test_create_reports_a_refused_core_table_as_its_error_not_as_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A table of another build of the core (a different size) is refused with -EINVAL; it
+    # reaches Python through fasterlog.errors.raise_for, as every code but FL_E_NOMEM does.
+    table = ffi.new("fl_core_api *")
+    table.size_bytes = 0
+    monkeypatch.setattr(_fast, "lib", _LibWithTable(table))
+    with FasterLog.open(tmp_path / "log", **SMALL_SETTINGS) as log:
+        index = ffi.new("fl_index **")
+        assert lib.fl_index_create(2, index) == 0
+        try:
+            with pytest.raises(LogIOError, match="open failed: Invalid argument") as failure:
+                _fast.create(log.c_handle, index[0])
+            assert failure.value.errno == errno.EINVAL
+        finally:
+            lib.fl_index_free(index[0])
+
+
+def test_the_core_reads_an_entry_from_memory_only_while_its_page_is_there(
+        tmp_path: Path) -> None:
+    core: Any = lib.fl_core_api_get()
+    kind = ffi.new("int32_t *")
+    size_needed = ffi.new("uint64_t *")
+    buffer = ffi.new("char[]", 64)
+    with FasterLog.open(tmp_path / "log", **SMALL_SETTINGS) as log:
+        data = log.append(b"in memory")
+        marker = log.append_marker(b"mark")
+        assert core.read_in_memory(log._log, data, buffer, 64, kind, size_needed) == 9
+        assert (ffi.unpack(buffer, 9), kind[0]) == (b"in memory", lib.FL_KIND_DATA)
+        assert core.read_in_memory(log._log, marker, buffer, 64, kind, size_needed) == 4
+        assert kind[0] == lib.FL_KIND_MARKER
+        assert core.read_in_memory(log._log, data, buffer, 4, kind, size_needed) == \
+            lib.FL_E_BUFFER
+        assert size_needed[0] == 9
+        assert core.read_in_memory(log._log, data + 8, buffer, 64, kind, size_needed) == \
+            lib.FL_E_NOT_IN_MEMORY  # not an entry start: fl_read says what it is
+        # Fill the ring many times over: the first page leaves memory.
+        for _ in range(4 * SMALL_SETTINGS["memory_size_bytes"] // 1000):
+            log.append(bytes(1000))
+        log.commit()
+        assert core.read_in_memory(log._log, data, buffer, 64, kind, size_needed) == \
+            lib.FL_E_NOT_IN_MEMORY
+        assert log.read(data) == b"in memory"

@@ -367,7 +367,7 @@ def test_kill_9_recovers_the_state_of_the_last_acknowledged_commit(
 def test_kvlayer_codes_go_through_the_logs_one_funnel() -> None:
     # kvlayer/errors.py registers its C codes with fasterlog's table at import.
     from fasterlog import errors as log_errors
-    from fasterlog._fasterlog_c import lib
+    from kvlayer._kvlayer_c import lib
 
     conflict = log_errors.exception_for(lib.FL_E_KV_INDEX, "put")
     assert type(conflict) is KVError

@@ -29,7 +29,7 @@
  *    the new entry for each half points at the newest record of that half. A walk is bounded
  *    (FL_INDEX_SPLIT_WALK_MAX records); past the bound the halves not yet found keep the
  *    address where the walk stopped, a superset that lookups filter by comparing keys. */
-#include "fl_internal.h"
+#include "fl_kv_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -178,7 +178,11 @@ static uint64_t find_in(const fl_index_table *table, uint64_t hash) {
 
 /* Writer only: puts a new entry into the free slot found, or a new overflow bucket. */
 static int insert_entry(fl_index_table *table, slot_search *search, uint64_t entry) {
+    /* Rule 1: one entry per tag on a chain, so a new one goes only where its tag is absent;
+     * and an entry always holds an address (0 is a free slot). */
+    assert(search->found == NULL && (entry & ADDRESS_MASK) != 0);
     if (search->free_slot == NULL) {
+        assert(search->last != NULL); /* search_chain walked to the chain's end */
         uint64_t id = overflow_allocate(table);
         if (id == 0) return FL_E_NOMEM;
         fl_index_bucket *fresh = overflow_bucket(table, id);
