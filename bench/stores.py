@@ -82,7 +82,7 @@ class FasterLogStore:
 
     def scan(self) -> ScanResult:
         count, entry = 0, None
-        for _address, entry in self._log.scan():
+        for _address, entry in self._log.scan():  # noqa: B007 - the last one is returned
             count += 1
         return count, entry
 
@@ -251,7 +251,8 @@ class SqliteStore:
 
     def scan(self) -> ScanResult:
         count, last = 0, None
-        for _id, last in self._connection.execute("SELECT id, data FROM log ORDER BY id"):
+        rows = self._connection.execute("SELECT id, data FROM log ORDER BY id")
+        for _id, last in rows:  # noqa: B007 - the last one is returned
             count += 1
         return count, last
 
@@ -283,7 +284,7 @@ class LmdbStore:
             self._transaction = self._env.begin(write=True)
         first = self._key_index_next
         keys = [KEY.pack(index) for index in range(first, first + len(payloads))]
-        self._transaction.cursor().putmulti(zip(keys, payloads), append=True)
+        self._transaction.cursor().putmulti(zip(keys, payloads, strict=True), append=True)
         self._key_index_next += len(payloads)
 
     def commit(self) -> None:
@@ -303,7 +304,7 @@ class LmdbStore:
     def scan(self) -> ScanResult:
         count, last = 0, None
         with self._env.begin() as transaction:
-            for _key, last in transaction.cursor():
+            for _key, last in transaction.cursor():  # noqa: B007 - the last one is returned
                 count += 1
         return count, last
 
@@ -351,7 +352,7 @@ class RocksStore:
 
     def scan(self) -> ScanResult:
         count, last = 0, None
-        for last in self._db.values():
+        for last in self._db.values():  # noqa: B007 - the last one is returned
             count += 1
         return count, last
 

@@ -17,6 +17,11 @@ inside it, imports go one way: store -> compaction, follower -> core -> index, r
 checkpoint -> errors.
 """
 
+from fasterlog.build_lookup import find_build
+
+# From a source checkout after a plain `pip install .`: the installed copy's C extension.
+__path__ = find_build(__path__, __name__, "_kvlayer_c")
+
 from . import errors
 from .errors import KeyNotFound, KVError
 from .store import KVStore, key_hash

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what is needed, then runs the whole suite once per I/O backend
-# (io_uring, then the plain pread/pwrite one). Extra arguments go to pytest.
+# The test command: installs what is needed, checks the code with ruff and mypy --strict
+# (pinned in pyproject.toml, configured there), then runs the whole suite once per I/O backend
+# (io_uring, then the plain pread/pwrite one). Extra arguments go to pytest. It exits non-zero
+# when a lint, a type check or a test fails; every step runs either way, so one report has all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,6 +19,11 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 status=0
+echo "=== ruff check"
+python3 -m ruff check . || status=1
+echo "=== mypy (strict)"
+python3 -m mypy || status=1
+
 for backend in io_uring plain; do
     echo "=== tests with the ${backend} backend"
     # Short mode, as CI runs it: tests marked slow are skipped. The long mode (the slow
