@@ -10,9 +10,11 @@ constants checked by _format.py against FORMAT.md's C header), the typed Python 
 (log.py FasterLog, over the shared C handle of handle.py), tails that follow commits in threads
 or asyncio (tail.py), the named cursor files retention reads (cursors.py), whole-file durable
 writes for side files (durable.py), the one funnel from C codes to exceptions (errors.py), test
-hooks for crashes, faults and power-loss states (testing.py) and, until the command line moves
-above the layers, its `fasterlog` commands (cli.py). It imports nothing of ours: consumers,
-kvlayer and the server stand on it, never the other way round.
+hooks for crashes, faults and power-loss states (testing.py), the log's own subcommands
+(cli.py, which fasterlog_cli finds through an entry point) and the support every package's
+subcommands share (cli_support.py), and how a source checkout finds an installed build
+(build_lookup.py). It imports nothing of ours: consumers, kvlayer, the server and the command
+line stand on it, never the other way round.
 """
 
 from .build_lookup import find_build
