@@ -39,7 +39,7 @@ def _liburing_link() -> dict[str, list[str]]:
 # which the core calls only at its public entry points and never while holding a lock of its
 # own (so retaking the GIL can never deadlock against a core lock). This leans on cffi
 # emitting Py_BEGIN/END_ALLOW_THREADS in its wrappers: the version is pinned in pyproject.toml
-# and tests/test_gil.py checks both halves (appends keep the GIL, waits release it).
+# and tests/fasterlog/test_gil.py checks both halves (appends keep the GIL, waits release it).
 PREAMBLE = """
 #include "fl_internal.h"
 

@@ -1,7 +1,7 @@
 /* Internal declarations shared by the C core's files. The public surface is fasterlog.h; this
  * header adds the structures the core, device and recovery code share.
  *
- * The files, each calling only files listed before it (tests/test_c_layout.py checks that the
+ * The files, each calling only files listed before it (tests/fasterlog/test_c_layout.py checks that the
  * calls form no cycle):
  *   fl_util.c      messages, full reads, deadlines, the default blocking hooks
  *   fl_crc32c.c    CRC32C

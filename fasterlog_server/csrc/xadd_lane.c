@@ -7,7 +7,7 @@
  * StreamStore.add_now: the id, msgpack, five list and attribute updates), as much as the
  * kernel's share of the request. This function does exactly what StreamStore.add_now does
  * for that frame, to the byte (add_now is the one Python encoder of entry records, and
- * tests/test_service_xadd_lane.py compares the records and the index changes), and declines (returns None, having changed nothing) for anything else, which then takes the
+ * tests/fasterlog_server/test_service_xadd_lane.py compares the records and the index changes), and declines (returns None, having changed nothing) for anything else, which then takes the
  * Python path: another shape or command, more or less than one whole frame, a stream that
  * does not exist yet, a record over entry_size_max (the Python path answers the error).
  * The stream index stays Python objects (fasterlog_server/streams.py's Stream): this only appends to

@@ -1,6 +1,6 @@
 /* On-disk format constants of kvlayer: KV records, checkpoint snapshots and the commit cookie.
  * kvlayer/FORMAT.md is the document these numbers come from; change one only together with it
- * and the tests that pin the bytes (tests/test_kvstore.py, tests/test_kv_checkpoint.py).
+ * and the tests that pin the bytes (tests/kvlayer/test_kvstore.py, tests/kvlayer/test_kv_checkpoint.py).
  * Like fasterlog's fl_format.h it is read twice, by the C compiler and by cffi's cdef (which
  * checks every value against the compiled one), so it holds only plain integer #defines.
  * kvlayer/_fast.py holds the Python twins and checks them against these at import. A magic is

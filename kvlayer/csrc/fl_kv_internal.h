@@ -2,7 +2,7 @@
  * reached only through the core's public header (fasterlog.h) and its fl_core_api table: this
  * code never sees struct fl_log, its page ring or its locks.
  *
- * The files, each calling only files listed before it (tests/test_c_layout.py):
+ * The files, each calling only files listed before it (tests/fasterlog/test_c_layout.py):
  *   fl_index.c     the hash index
  *   fl_kv_read.c   key hashes, the context, reading and parsing records, gets
  *   fl_kv_write.c  index growth, batched writes, replay
