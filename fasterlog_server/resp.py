@@ -904,11 +904,15 @@ def _encode_into(chunks: list[bytes], value: Any, resp3: bool, depth: int) -> No
     if depth > _ENCODE_DEPTH_MAX:
         raise LocalProtocolError(f"encode failed: nesting deeper than {_ENCODE_DEPTH_MAX} "
                                  "(a value that contains itself?)")
-    if isinstance(value, (SimpleString, ErrorReply)):
-        if _LINE_BREAK.search(value):
+    if isinstance(value, ErrorReply):
+        # An error may quote the client's bytes (an unknown command, a protocol error's
+        # "got"): as Redis does (addReplyErrorLength), CR and LF become spaces, so the reply
+        # stays one line and the connection lives on.
+        chunks.append(b"-" + _LINE_BREAK.sub(b" ", value) + b"\r\n")
+    elif isinstance(value, SimpleString):
+        if _LINE_BREAK.search(value):  # our own constants only: a line break is our bug
             raise LocalProtocolError(f"encode failed: {value!r} holds CR or LF")
-        chunks.append(b"+" if isinstance(value, SimpleString) else b"-")
-        chunks.append(bytes(value) + b"\r\n")
+        chunks.append(b"+" + bytes(value) + b"\r\n")
     elif isinstance(value, Verbatim):
         if resp3:
             chunks.append(b"=%d\r\n%s:%s\r\n" % (len(value) + 4, value.format.encode(), value))

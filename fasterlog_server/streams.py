@@ -45,7 +45,11 @@ from fasterlog import FasterLog
 from ._resp_speedups import xadd_lone as _xadd_lone
 
 StreamId = tuple[int, int]
-ID_MAX: StreamId = ((1 << 64) - 1, (1 << 64) - 1)
+SEQ_MAX = (1 << 64) - 1
+ID_MAX: StreamId = (SEQ_MAX, SEQ_MAX)
+# Redis 7.0's replies (t_stream.c) when no id is left: the whole space, or one ms's sequence.
+ID_EXHAUSTED = "ERR The stream has exhausted the last possible ID, unable to add more items"
+SEQ_EXHAUSTED = "ERR Elements are too large to be stored"
 PENDING_ADDRESS_BASE = 1 << 62  # placeholders for records not yet appended (see above)
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -94,6 +98,18 @@ def parse_id(text: bytes, *, missing_seq: int = 0, exclusive_ok: bool = False) -
             dash and not seq_text.isdigit()):
         raise StreamError("ERR Invalid stream ID specified as stream command argument")
     return ms, seq
+
+
+def _next_auto_id(last: StreamId, now_ms: int) -> StreamId:
+    """`*`'s id after `last` at `now_ms` (Redis's streamNextID): now, or the id after `last`
+    when the clock has not passed it, which is (ms + 1)-0 once the sequence is at its max.
+    The caller has refused last == ID_MAX."""
+    last_ms, last_seq = last
+    if now_ms > last_ms:
+        return now_ms, 0
+    if last_seq == SEQ_MAX:
+        return last_ms + 1, 0
+    return last_ms, last_seq + 1
 
 
 def _exclusive(stream_id: StreamId, missing_seq: int) -> StreamId:
@@ -217,15 +233,20 @@ class StreamStore:
     # ------------------------------------------------------------------ commands
 
     def next_id(self, name: bytes, requested: bytes) -> StreamId:
+        """XADD's id for `requested` (`*`, `ms-*` or `ms-seq`), as Redis 7.0 picks it: an id
+        is never reused, and past the last possible one the stream takes no more."""
         last = self.streams[name].last_id if name in self.streams else (0, 0)
+        if last == ID_MAX:
+            raise StreamError(ID_EXHAUSTED)
         if requested == b"*":
-            ms = max(time.time_ns() // 1_000_000, last[0])
-            return (ms, last[1] + 1) if ms == last[0] else (ms, 0)
+            return _next_auto_id(last, time.time_ns() // 1_000_000)
         if requested.endswith(b"-*"):
             ms = parse_id(requested[:-2])[0]
             if ms < last[0]:
                 raise StreamError("ERR The ID specified in XADD is equal or smaller than the "
                                   "target stream top item")
+            if ms == last[0] and last[1] == SEQ_MAX:
+                raise StreamError(SEQ_EXHAUSTED)  # Redis 7.0's words for it (EDOM)
             return (ms, last[1] + 1) if ms == last[0] else (ms, 0 if ms > 0 else 1)
         stream_id = parse_id(requested)
         if stream_id == (0, 0):
@@ -245,12 +266,10 @@ class StreamStore:
         next_id(name, b"*")). Returns the id's text; refuses (StreamError) a record over
         entry_size_max, having changed nothing."""
         if stream_id is None:
-            last_ms, last_seq = stream.last_id
-            ms = time.time_ns() // 1_000_000  # as the C form reads CLOCK_REALTIME
-            if ms <= last_ms:
-                ms, seq = last_ms, last_seq + 1
-            else:
-                seq = 0
+            if stream.last_id == ID_MAX:
+                raise StreamError(ID_EXHAUSTED)
+            # Now in ms, as the C form reads CLOCK_REALTIME.
+            ms, seq = _next_auto_id(stream.last_id, time.time_ns() // 1_000_000)
         else:
             ms, seq = stream_id
         payload = _packb([b"xadd", name, ms, seq, fields])
