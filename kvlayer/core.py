@@ -5,8 +5,9 @@ and change the store's state only through the members declared here, never throu
 the modules depend one way: store -> compaction, follower -> core -> index, records, checkpoint.
 
 The rules the state keeps are store.py's (its module docstring): rule 2 (chains) through the
-index, rule 3 (one writer) through `write_lock`, rule 4 (writes applied before their commit)
-in `write_columns`, rule 5 (recovery) in `recover`, rule 6 (the chain floor) in `chain_floor`.
+index, rule 3 (one writer) through `write_lock`, rule 4 (writes applied before their commit,
+and discarded when the commit fails) in `write_columns` and `discard_uncommitted`, rule 5
+(recovery) in `recover`, rule 6 (the chain floor) in `chain_floor`.
 
 Members, by who changes them (all under `write_lock` unless said otherwise):
 - the log, the index (a follower's rebuild swaps in a fresh one) and `live_count`;
@@ -27,7 +28,7 @@ import threading
 import time
 
 from fasterlog import FasterLog
-from fasterlog.errors import raise_for
+from fasterlog.errors import FasterLogError, raise_for
 
 from . import _fast
 from . import checkpoint as checkpoint_files
@@ -58,7 +59,7 @@ class StoreCore:
         "checkpoint_every_bytes", "checkpoint_every_ms", "checkpoints", "checkpoints_kept_count",
         "closed", "cookie_written", "feature_threads", "features_stop", "index",
         "last_checkpoint_s", "live_count", "log", "read_only", "recover_end", "recovered_from",
-        "scan_for_markers", "write_lock",
+        "scan_for_markers", "uncommitted_writes", "write_lock",
     )
 
     def __init__(self, log: FasterLog, index_buckets_count_log2: int, *,
@@ -93,6 +94,8 @@ class StoreCore:
         # A follower's cookie is the one of its open: a rebuild after a truncation finds the
         # newer checkpoints by their markers instead (follower.py, rule 4).
         self.scan_for_markers = scan_for_markers
+        # Writes in the index since the last successful commit (discard_uncommitted).
+        self.uncommitted_writes = False
 
     @property
     def chain_floor(self) -> int:
@@ -143,13 +146,22 @@ class StoreCore:
 
     def write_checked(self, latest: dict[bytes, bytes | None], operation: str, *,
                       commit: bool) -> list[int]:
-        """Writes checked keys and values (None: delete) as one batch, commits if asked, and
-        checkpoints when either bound (bytes or time) is due."""
+        """Writes checked keys and values (None: delete) as one batch (`write_lists`)."""
+        return self.write_lists(list(latest), list(latest.values()), operation, commit=commit)
+
+    def write_lists(self, keys: list[bytes], values: list[bytes | None], operation: str, *,
+                    commit: bool) -> list[int]:
+        """Writes checked keys and values (None: delete; a key given twice takes its last
+        value) as one batch, commits if asked, and checkpoints when either bound (bytes or
+        time) is due: every write of the store comes here."""
         with self.write_lock:
             self.check_open(operation)
             self.check_writable(operation)
-            addresses = (self.write_columns(list(latest), list(latest.values()), operation)
-                         if latest else [])
+            try:
+                addresses = self.write_columns(keys, values, operation) if keys else []
+            except FasterLogError:
+                self.discard_uncommitted()  # earlier commit=False writes of a fenced log
+                raise
             if commit:
                 self.commit_locked()
             if 0 < self.checkpoint_every_bytes <= self.bytes_since_checkpoint or (
@@ -192,8 +204,28 @@ class StoreCore:
             raise_for(records, operation, info)
         self.bytes_since_checkpoint += int(result.bytes_count)
         self.live_count += int(result.live_change)
+        self.uncommitted_writes = True  # in the index, not durable until commit_locked
         written: list[int] = ffi.unpack(addresses, records)
         return written
+
+    def discard_uncommitted(self) -> None:
+        """Rule 4 of store.py: after a failed write or commit on a fenced log, the index is
+        rebuilt from what the log committed (the newest checkpoint, then the committed
+        records), so no read returns a write that was not made durable and never can be: the
+        fenced log refuses every later commit. Costs a recovery, once per fence; a log that
+        is not fenced keeps its uncommitted writes (a later commit may still make them
+        durable). The write lock is held."""
+        if not self.uncommitted_writes or not self.log.fenced:
+            return
+        fresh = StoreCore(self.log, self.index.buckets_count_log2(),
+                          checkpoints_kept_count=self.checkpoints_kept_count)
+        fresh.recover()
+        self.index = fresh.index  # with its own chain floor (rule 6)
+        self.live_count = fresh.live_count
+        self.checkpoints = fresh.checkpoints
+        self.base = fresh.base
+        self.bytes_since_checkpoint = fresh.bytes_since_checkpoint
+        self.uncommitted_writes = False
 
     def _cookie_state(self) -> tuple[int, tuple[int, ...]]:
         return (self.index.buckets_count_log2(),
@@ -206,13 +238,19 @@ class StoreCore:
         open finds them without a scan. The cookie is sticky, so it is written only when it
         changes; other users' entries in it are kept."""
         state = self._cookie_state()
-        if state != self.cookie_written:
-            shared = checkpoint_files.decode_cookie(self.log.cookie).shared
-            cookie = checkpoint_files.encode_cookie(state[0], list(state[1]), shared)
-            committed = self.log.commit(cookie=cookie)
-            self.cookie_written = state
-            return committed
-        return self.log.commit()
+        try:
+            if state != self.cookie_written:
+                shared = checkpoint_files.decode_cookie(self.log.cookie).shared
+                cookie = checkpoint_files.encode_cookie(state[0], list(state[1]), shared)
+                committed = self.log.commit(cookie=cookie)
+                self.cookie_written = state
+            else:
+                committed = self.log.commit()
+        except FasterLogError:
+            self.discard_uncommitted()  # a failed commit fences the log: rule 4
+            raise
+        self.uncommitted_writes = False
+        return committed
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -18,8 +18,10 @@ Rules and invariants:
    this process, and the log's writer lock keeps other processes out. Reads take no lock.
 4. A write is applied to the index after it is appended and before it is committed, so a
    process reads its own writes; put/delete/put_many commit before returning unless
-   commit=False. A failed commit fences the log, so nothing un-durable is served afterwards by a
-   store that could be reopened.
+   commit=False. A failed commit fences the log, and the store then discards what it had not
+   committed (StoreCore.discard_uncommitted rebuilds the index from the committed log): a
+   write that raised is never read back, and neither are commit=False writes the fence made
+   impossible to commit. Reads go on; writes raise the log's LogFencedError until a reopen.
 5. Recovery restores the index from the newest checkpoint whose snapshot checks out (the cookie
    says where the markers are; without a kvlayer cookie the log is scanned for them), then
    replays the records from its position. An unusable snapshot is skipped with a warning on the
@@ -357,7 +359,9 @@ class KVStore:
             if core.read_only:  # a follower lists what it applied
                 end = core.applied_until
             else:
-                if core.log.tail_address > core.log.committed_until_address:
+                # (A fenced log cannot commit: its uncommitted writes were discarded, rule 4.)
+                if core.log.tail_address > core.log.committed_until_address and (
+                        not core.log.fenced):
                     core.commit_locked()
                 end = core.log.committed_until_address
         latest: dict[bytes, bytes | None] = {}
@@ -426,15 +430,9 @@ class KVStore:
         # of a key given twice. Anything else takes the checked path.
         if ({type(key) for key in keys} | {type(value) for value in values}) <= {bytes} and (
                 not keys or max(map(len, keys)) <= key_size_max_bytes):
-            core = self._core
-            with core.write_lock:
-                core.check_open("put_many")
-                addresses = core.write_columns(keys, values, "put_many") if keys else []
-                if commit:
-                    core.commit_locked()
-                if 0 < core.checkpoint_every_bytes <= core.bytes_since_checkpoint:
-                    core.checkpoint()
-                return addresses
+            # The same checks, commit and checkpoints as every write (StoreCore.write_lists).
+            return self._core.write_lists(keys, values, "put_many",
+                                          commit=commit)
         checked = [(as_key(key, "put_many"), as_value(value, "put_many"))
                    for key, value in zip(keys, values, strict=True)]
         return self.write_batch(checked, commit=commit, _operation="put_many")
