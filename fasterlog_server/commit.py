@@ -15,7 +15,10 @@ Rules:
    A committer never calls back from inside `enlist` or `request`: the caller may set up its
    wait after enlisting.
 4. A failed append or sync fences the log (fasterlog's rule); every waiter of that commit gets
-   the error, and later writes are refused by the log itself.
+   the error, and so does every waiter enlisted for a later one (`fail_enlisted`): the
+   coordinator's `on_failure` hook (the server's LogKeeper, recovery.py) is told at once, drops
+   the pending records and reloads the committed state, so nothing that was answered with an
+   error stays visible, and nothing pending before the failure is committed after a reopen.
 5. Readers that wait for news see entries below `visible_until_address()`: the committed ones
    with fsync always, every appended one with everysec (whose replies do not wait for syncs).
 """
@@ -83,9 +86,11 @@ class ThreadCommitter:
     commit runs share the next one."""
 
     def __init__(self, commit: Callable[[], object],
-                 prepare: Callable[[], object] = lambda: None) -> None:
-        self._commit = commit
+                 prepare: Callable[[], object] = lambda: None,
+                 on_failure: Callable[[BaseException], None] = lambda error: None) -> None:
+        self.commit_call = commit  # the log's commit (a reopen gives a new log: `adopt`)
         self._prepare = prepare  # on the event loop, just before each commit: the append
+        self._on_failure = on_failure  # after the failed commit's waiters are answered
         self._waiters: list[CommitWaiter] = []  # answered in arrival order
         self._running = False
         # Waiters served and commits run: requests_count / commits_count is the group size.
@@ -96,9 +101,19 @@ class ThreadCommitter:
     def _timed_commit(self) -> None:
         started = time.perf_counter()
         try:
-            self._commit()
+            self.commit_call()
         finally:
             self.commit_seconds_total += time.perf_counter() - started
+
+    @property
+    def running(self) -> bool:
+        """A commit is in flight (its worker may still finish it)."""
+        return self._running
+
+    def fail_enlisted(self, error: BaseException) -> None:
+        """Answers every waiter not yet taken by a commit with `error` (rule 4)."""
+        waiters, self._waiters = self._waiters, []
+        _answer(waiters, error)
 
     def request(self) -> asyncio.Future[None]:
         """A future resolved by the next commit that starts after this call."""
@@ -127,6 +142,7 @@ class ThreadCommitter:
                     await loop.run_in_executor(None, self._timed_commit)
                 except Exception as error:  # noqa: BLE001 - a failed commit fences the log:
                     _answer(waiters, error)  # every waiter is told (rule 4)
+                    self._on_failure(error)
                     continue
                 _answer(waiters, None)
         finally:
@@ -155,10 +171,12 @@ class LoopCommitter:
     nobody new ends the gathering. Same interface as ThreadCommitter."""
 
     def __init__(self, commit: Callable[[], object], prepare: Callable[[], object], *,
+                 on_failure: Callable[[BaseException], None] = lambda error: None,
                  gather_iterations_max: int = COMMIT_GATHER_ITERATIONS_MAX,
                  gather_max_s: float = COMMIT_GATHER_MAX_S) -> None:
-        self._commit = commit
+        self.commit_call = commit  # the log's commit (a reopen gives a new log: `adopt`)
         self._prepare = prepare  # the append of every waiter's pending records
+        self._on_failure = on_failure  # after the failed commit's waiters are answered
         self._gather_iterations_max = gather_iterations_max
         self._gather_max_s = gather_max_s
         self._enlisted: list[CommitWaiter] = []
@@ -204,6 +222,13 @@ class LoopCommitter:
         flushed and committed by it)."""
         self._run()
 
+    running = False  # its commits run inside one callback: never in flight between two
+
+    def fail_enlisted(self, error: BaseException) -> None:
+        """Answers every waiter not yet committed with `error` (rule 4)."""
+        waiters, self._enlisted = self._enlisted, []
+        _answer(waiters, error)
+
     def _run(self) -> None:
         waiters, self._enlisted = self._enlisted, []
         if not waiters:
@@ -212,11 +237,12 @@ class LoopCommitter:
         started = time.perf_counter()
         try:
             self._prepare()
-            self._commit()
+            self.commit_call()
         except Exception as error:  # noqa: BLE001 - a failed append or sync fences the log:
             # every waiter gets the error, later writes are refused
             self.commit_seconds_total += time.perf_counter() - started
             _answer(waiters, error)
+            self._on_failure(error)
             return
         self.commit_seconds_total += time.perf_counter() - started
         _answer(waiters, None)
@@ -241,13 +267,38 @@ class CommitCoordinator:
         self.replies_wait_for_commit = fsync == "always"
         self.stream_committer: Committer
         self.kv_committer: Committer
+        failed = self._failed
         if self.replies_wait_for_commit:
-            self.stream_committer = LoopCommitter(log.commit, streams.flush)
-            self.kv_committer = LoopCommitter(kv.store.log.commit, kv.flush)
+            self.stream_committer = LoopCommitter(log.commit, streams.flush, on_failure=failed)
+            self.kv_committer = LoopCommitter(kv.store.log.commit, kv.flush, on_failure=failed)
         else:
-            self.stream_committer = ThreadCommitter(log.commit, streams.flush)
-            self.kv_committer = ThreadCommitter(kv.store.log.commit, kv.flush)
+            self.stream_committer = ThreadCommitter(log.commit, streams.flush, failed)
+            self.kv_committer = ThreadCommitter(kv.store.log.commit, kv.flush, failed)
         self._every_second_task: asyncio.Task[None] | None = None
+        # Told of every failed append or commit (rule 4): the server's LogKeeper sets it.
+        self.on_failure: Callable[[BaseException], None] = lambda error: None
+        # False while the logs are read-only (recovery.py): close() has nothing to commit.
+        self.writable = True
+
+    def _failed(self, error: BaseException) -> None:
+        """A commit or an append failed (rule 4): the hook, once per failure."""
+        self.on_failure(error)
+
+    def fail_enlisted(self, error: BaseException) -> None:
+        """Answers every waiter of both logs not yet taken by a commit with `error`."""
+        self.stream_committer.fail_enlisted(error)
+        self.kv_committer.fail_enlisted(error)
+
+    @property
+    def committing(self) -> bool:
+        """A commit of either log is in flight."""
+        return self.stream_committer.running or self.kv_committer.running
+
+    def adopt(self, log: FasterLog, kv: KeyValues) -> None:
+        """After a reopen: commits go to `log` and to `kv`'s store's log (recovery.py)."""
+        self._log = log
+        self.stream_committer.commit_call = log.commit
+        self.kv_committer.commit_call = kv.store.log.commit
 
     def visible_until_address(self) -> int:
         """Entries below this address are shown to XREAD and XREADGROUP (rule 5)."""
@@ -289,16 +340,25 @@ class CommitCoordinator:
         return self.kv_committer if log == "kv" else self.stream_committer
 
     def append_pending(self) -> None:
-        """Appends both logs' pending records now. Raises if an append fails."""
-        self._streams.flush()
-        self._kv.flush()
+        """Appends both logs' pending records now. Raises if an append fails (the failure
+        goes to `on_failure` first)."""
+        try:
+            self._streams.flush()
+            self._kv.flush()
+        except Exception as error:  # every failed append: rule 4, then re-raised
+            self._failed(error)
+            raise
 
     async def commit_batch(self, wrote: bool, sync_required: bool) -> None:
         """The end of a batch that goes on in a task: appends every pending record now (one
         atomic batch per log), then awaits the commits its replies must wait for (none with
         fsync everysec, unless `sync_required`). Raises if an append or a commit fails."""
-        wrote_streams = self._streams.flush()
-        wrote_kv = self._kv.flush()
+        try:
+            wrote_streams = self._streams.flush()
+            wrote_kv = self._kv.flush()
+        except Exception as error:  # every failed append: rule 4, then re-raised
+            self._failed(error)
+            raise
         if not self.replies_wait_for_commit and not sync_required:
             return
         waits: list[asyncio.Future[None]] = []
@@ -324,9 +384,14 @@ class CommitCoordinator:
     async def _commit_every_second(self) -> None:
         while True:
             await asyncio.sleep(EVERYSEC_COMMIT_INTERVAL_S)
-            self._streams.flush()
-            self._kv.flush()
-            await asyncio.gather(self.stream_committer.commit(), self.kv_committer.commit())
+            if not self.writable:  # read-only logs (recovery.py): nothing to commit
+                continue
+            try:
+                self.append_pending()
+                await asyncio.gather(self.stream_committer.commit(),
+                                     self.kv_committer.commit())
+            except Exception as error:  # noqa: BLE001 - told to on_failure (rule 4); the
+                _logger.debug("every-second commit: %s", error)  # next second tries again
 
     async def close(self) -> None:
         """Stops the every-second commit, appends and commits what is pending in both logs
@@ -337,6 +402,8 @@ class CommitCoordinator:
         loop = asyncio.get_running_loop()
         for flush, commit in ((self._streams.flush, self._log.commit),
                               (self._kv.flush, self._kv.store.commit)):
+            if not self.writable:
+                break
             try:
                 flush()
                 await loop.run_in_executor(None, commit)

@@ -36,6 +36,8 @@ Rules:
    has two batches in flight.
 2. A connection's replies are written in the order of its commands. The replies of a batch
    that wrote wait for its commits (commit.py); those of a batch that wrote nothing go at once.
+   When a commit fails, each reply it covered is the error (`_failed_replies`: one per
+   command, so the client stays in step) and the connection stays open.
 3. Back-pressure: past `output_buffer_size_max_bytes` of unsent replies the slow reader is
    disconnected.
 4. A malformed frame gets -ERR and a closed connection; no input crashes the server.
@@ -315,9 +317,9 @@ class Connection:
         (replies, close), self._held = self._held, _NOTHING_HELD
         self.state = _STATE_TRANSITIONS[self.state][DONE]  # _transition(DONE), inlined
         if error is not None:
-            self._send([self._batch_failed(error)], True)
-            return
-        self._batch_committed()
+            replies = self._failed_replies(error, len(replies))
+        else:
+            self._batch_committed()
         if self._send(replies, close) and (
                 self.input is not OPEN or self.codec.buffered_size_bytes):
             self._pump()  # input came while the batch waited (else _pump would find none)
@@ -376,7 +378,7 @@ class Connection:
             try:
                 self._coordinator.append_pending()
             except Exception as error:  # noqa: BLE001 - the append failed: answered as such
-                self._send([self._batch_failed(error)], True)
+                self._send(self._failed_replies(error, 1), False)
                 return
             self._batch_committed()
             self._send([reply], False)
@@ -427,8 +429,10 @@ class Connection:
                 waits_count = coordinator.enlist_batch(self, marks, client.wrote,
                                                        client.sync_required)
             except Exception as error:  # noqa: BLE001 - the append failed: answered as such
-                self._send([self._batch_failed(error)], True)
-                return
+                if not self._send(self._failed_replies(error, len(replies)), close):
+                    return
+                commands = None
+                continue
             if waits_count:
                 # The common write: the group commits call commit_done, no task or future.
                 self._hold(replies, close, waits_count)
@@ -452,12 +456,15 @@ class Connection:
         then wait)."""
         client = self.client
         close = False
+        committed_count = 0  # replies whose writes a commit of this batch made durable
         try:
             while True:
                 failure = await self._commit_now()
-                if failure is not None:
-                    replies, close = [failure], True
+                if failure is not None:  # the rest of the batch is answered with the error
+                    replies = replies[:committed_count] + [failure] * (
+                        len(commands) - committed_count)
                     break
+                committed_count = len(replies)
                 if blocked is not None:
                     self._transition(BLOCK)
                     self._blocked_task = asyncio.current_task()
@@ -472,7 +479,8 @@ class Connection:
                     break
             failure = await self._commit_now()
             if failure is not None:
-                replies, close = [failure], True
+                replies = replies[:committed_count] + [failure] * (
+                    len(replies) - committed_count)
         except asyncio.CancelledError:
             return  # the client left while blocked
         finally:
@@ -526,13 +534,21 @@ class Connection:
             written_keys.clear()
 
     def _batch_failed(self, error: BaseException) -> bytes:
-        """The error reply of a failed append or commit (which fences the log)."""
+        """The error reply of a failed append or commit (which fences the log: the server
+        then refuses writes and reloads what was committed, recovery.py)."""
         client = self.client
         client.wrote = client.sync_required = False
-        _logger.error("commit failed: %s", error)
+        client.written_keys.clear()  # nothing of theirs was committed: no reader wakes
+        _logger.debug("commit failed: %s", error)
         return resp.encode(resp.ErrorReply(b"ERR commit failed: " +
                                            " ".join(str(error).split()).encode()),
                            client.protocol)
+
+    def _failed_replies(self, error: BaseException, count: int) -> list[bytes]:
+        """A failed batch's `count` replies: each one is the error (a read of the batch may
+        have seen its writes), so the client's replies stay in step and the connection stays
+        open; later writes get the fence's refusal (fence.py)."""
+        return [self._batch_failed(error)] * count
 
     def _send(self, replies: list[bytes], close: bool) -> bool:
         """Writes the replies; False when the connection is done (closed, or a slow reader

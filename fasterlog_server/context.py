@@ -29,6 +29,7 @@ from kvlayer import KVStore
 
 from . import resp
 from .commit import CommitCoordinator, LogName
+from .fence import WriteFence
 from .groups import GroupStore
 from .keyvalues import KeyValues
 from .notify import BlockedReaders, Watches
@@ -111,6 +112,8 @@ class ServerContext:
         self.coordinator = CommitCoordinator(settings.fsync, log, self.streams, self.kv)
         self.closing = False
         self.xadd_lane_enabled = True
+        # Set while the logs cannot take writes (fence.py; recovery.py moves it).
+        self.fence = WriteFence()
 
     def visible_until_address(self) -> int:
         """Entries below it are shown to XREAD and XREADGROUP (commit.py rule 5)."""

@@ -119,6 +119,7 @@ LANES: dict[bytes, Lane] = {name: spec.lane for name, spec in COMMANDS.items()
                             if spec.lane is not None}
 _COMMITTED_READS = frozenset(name for name, spec in COMMANDS.items()
                              if COMMITTED_READS in spec.flags)
+_DATA_FLAGS = frozenset((READONLY, WRITE, BLOCKING))  # what a reload refuses (fence.py)
 _QUEUED = resp.SimpleString(b"QUEUED")
 _NOAUTH = resp.ErrorReply(b"NOAUTH Authentication required.")
 
@@ -145,6 +146,14 @@ def dispatch(context: ServerContext, client: Client, arguments: list[bytes],
             client.multi_error = True
         return resp.ErrorReply(b"ERR wrong number of arguments for '%s' command"
                                % name.lower()), False
+    if context.fence.active:  # the logs cannot take writes (fence.py)
+        flags = spec.flags
+        refused = context.fence.refuse(
+            client, name, WRITE in flags, not flags.isdisjoint(_DATA_FLAGS),
+            name == b"EXEC" and client.multi is not None and any(
+                WRITE in COMMANDS[queued[0].upper()].flags for queued in client.multi))
+        if refused is not None:
+            return refused, False
     if client.multi is not None and NOT_QUEUED not in spec.flags:
         client.multi.append(arguments)
         return _QUEUED, False

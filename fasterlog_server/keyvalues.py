@@ -70,6 +70,18 @@ class KeyValues:
             if envelope[:1] == b"\x01":
                 self.expires[key] = unpack(envelope)[1]  # type: ignore[assignment]
 
+    def adopt(self, other: KeyValues) -> None:
+        """Takes `other`'s store and expiries (a reload of the committed state, recovery.py);
+        pending writes are dropped."""
+        self.store = other.store
+        self.expires = other.expires
+        self._record_size_max_bytes = other.store.log.entry_size_max
+        self.discard_pending()
+
+    def discard_pending(self) -> None:
+        """Forgets the writes not yet given to the store (their commit failed)."""
+        self._pending.clear()
+
     def get(self, key: bytes, now: int | None = None) -> tuple[bytes, int | None] | None:
         """The live value of `key` and its expire-at ms (None: no expiry), or None. (The
         commonest read of the server: `unpack` is inlined for a value without expiry.)"""

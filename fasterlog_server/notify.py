@@ -39,6 +39,12 @@ class Watches:
             for watcher in watchers:
                 watcher.dirty = True
 
+    def touch_all(self) -> None:
+        """Every key may have changed (a reload of the committed state, recovery.py)."""
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher.dirty = True
+
     def watch(self, client: Client, keys: list[bytes]) -> None:
         for key in keys:
             self._watchers.setdefault(key, set()).add(client)
@@ -91,6 +97,10 @@ class BlockedReaders:
             for waiter in self._waiters.pop(key, ()):
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def wake_all(self) -> None:
+        """Every reader looks again (the state was reloaded, recovery.py)."""
+        self.wake(list(self._waiters))
 
     def waiting_count(self, key: bytes) -> int:
         """How many readers are blocked on `key` now."""

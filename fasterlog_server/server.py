@@ -52,6 +52,7 @@ from .dispatch import COMMANDS
 from .groups import GroupStore, now_ms
 from .keyvalues import KeyValues
 from .notify import BlockedReaders
+from .recovery import LogKeeper, open_kv_store, open_stream_log
 from .settings import (
     EXPIRE_SWEEP_INTERVAL_S,
     EXPIRE_SWEEP_KEYS_MAX,
@@ -66,8 +67,9 @@ _logger = logging.getLogger("fasterlog.service")
 
 
 def open_log(directory: str, settings: ServerSettings, **log_settings: Any) -> FasterLog:
-    """The stream log as the server opens it (the CLI and tests share this)."""
-    return FasterLog.open(directory, **log_settings)
+    """The stream log as the server opens it (the CLI and tests share this): read-only, with a
+    warning, when a full disk refuses the writer's open (recovery.py rule 4)."""
+    return open_stream_log(directory, **log_settings)
 
 
 _DEFAULT_SETTINGS = ServerSettings()
@@ -81,12 +83,15 @@ class Server:
         self.settings = settings
         # The KV view: its own log in <log>/kv, sized like the stream log (keyvalues.py).
         self._owns_kv_store = kv_store is None
+        kv_path = os.path.join(log.path, KV_DIRECTORY_NAME)
         if kv_store is None:
             sizes = log.settings
-            kv_store = KVStore.open(os.path.join(log.path, KV_DIRECTORY_NAME), **{
+            kv_store = open_kv_store(kv_path, sizes["readonly"], **{
                 name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
                                                "segment_size_bytes")})
         self.context = ServerContext(log, settings, kv_store, COMMANDS)
+        # A failed write: read-only until the logs reopen by themselves (recovery.py).
+        self.keeper = LogKeeper(self.context, kv_path)
         self.connections = Connections(settings.maxclients)
         self._server: asyncio.AbstractServer | None = None
         self._expire_task: asyncio.Task[None] | None = None
@@ -139,6 +144,7 @@ class Server:
         self.port = self._server.sockets[0].getsockname()[1]
         self._expire_task = asyncio.create_task(self._expire_periodically())
         self.context.coordinator.start()
+        self.keeper.start(self._owns_kv_store)
 
     async def close(self) -> None:
         """Stops accepting, commits what was appended, and closes the listening socket and
@@ -149,6 +155,7 @@ class Server:
         if self._expire_task is not None:
             self._expire_task.cancel()
         await self.context.coordinator.close()
+        await self.keeper.close()  # the logs it opened, the KV store the server opened among them
         if self._owns_kv_store:
             self.context.kv.store.close()
         if self._server is not None:
@@ -162,6 +169,8 @@ class Server:
         context = self.context
         while True:
             await asyncio.sleep(EXPIRE_SWEEP_INTERVAL_S)
+            if context.fence.active:  # no writes while the logs are read-only
+                continue
             expired = context.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
             if not expired:
                 continue

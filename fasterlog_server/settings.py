@@ -27,6 +27,7 @@ __all__ = [
     "EVERYSEC_COMMIT_INTERVAL_S",
     "EXPIRE_SWEEP_INTERVAL_S",
     "EXPIRE_SWEEP_KEYS_MAX",
+    "FENCE_REOPEN_INTERVAL_S",
     "FSYNC_POLICIES",
     "KV_DIRECTORY_NAME",
     "MAXCLIENTS_REPLY",
@@ -128,3 +129,9 @@ EXPIRE_SWEEP_KEYS_MAX = 1000
 
 # Redis strings live in a kvlayer store in this subdirectory of the stream log's directory.
 KV_DIRECTORY_NAME = "kv"
+
+# After a failed write the logs are read-only until they can be reopened as writers
+# (recovery.py rule 3): how often a reopen is tried. Each try replays both logs in a worker
+# thread, so it is tried only once the file system has room for a new segment of each log
+# (the larger segment size, twice: what the preallocation of the next segments takes).
+FENCE_REOPEN_INTERVAL_S = 1.0

@@ -142,8 +142,25 @@ class StreamStore:
         self._pending_streams: set[bytes] = set()  # streams holding placeholder addresses
         # Called with the key every record changes (the server's WATCH bookkeeping).
         self.on_write: Callable[[bytes], None] = lambda key: None
+        # False while the server refuses writes (recovery.py): the C lane declines then, so
+        # every write goes to its handler, which the dispatcher refuses.
+        self.writable = True
         if replay:
             self.replay()
+
+    def adopt(self, other: StreamStore) -> None:
+        """Takes `other`'s log and streams (a reload of the committed state, recovery.py),
+        keeping this store's appliers and hooks; pending records are dropped."""
+        self.log = other.log
+        self.streams = other.streams
+        self._entry_size_max = other.log.entry_size_max
+        self.discard_pending()
+
+    def discard_pending(self) -> None:
+        """Forgets the records not yet appended (their commit failed, recovery.py). The index
+        still names their placeholders until the reload replaces it."""
+        self._pending.clear()
+        self._pending_streams.clear()
 
     # ------------------------------------------------------------------ replay
 
@@ -295,6 +312,8 @@ class StreamStore:
         (csrc/xadd_lane.c): the same record, to the byte, and the same effects. Returns the
         key and the encoded reply (the id as a bulk string), or None having done nothing: any
         other input, a new stream, a record too big (the caller's general path answers)."""
+        if not self.writable:
+            return None
         taken = _xadd_lone(data, bulk_size_max_bytes, arguments_count_max, self.streams,
                            self._pending, self._entry_size_max)
         if taken is not None:

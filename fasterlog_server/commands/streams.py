@@ -73,8 +73,8 @@ def xadd_lane(context: ServerContext, client: Client, arguments: list[bytes]) ->
     """XADD's lane: `XADD key * field value` on an existing stream, with no dispatch and no
     reply objects (the record joins the batch's one append, streams.StreamStore.add_now). A
     record too big for an entry raises, having written nothing."""
-    if len(arguments) != 5 or arguments[2] != b"*":
-        return None
+    if len(arguments) != 5 or arguments[2] != b"*" or context.fence.active:
+        return None  # (a fenced server: the dispatcher refuses it, fence.py)
     store = context.streams
     stream = store.streams.get(arguments[1])
     if stream is None:

@@ -39,7 +39,7 @@ def get(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
 
 def get_lane(context: ServerContext, client: Client, arguments: list[bytes]) -> bytes | None:
     """GET's lane: the encoded reply for a key that is not a stream."""
-    if len(arguments) != 2 or arguments[1] in context.streams.streams:
+    if len(arguments) != 2 or arguments[1] in context.streams.streams or context.fence.active:
         return None
     found = context.kv.get(arguments[1])
     if found is None:
@@ -121,8 +121,8 @@ def set_lane(context: ServerContext, client: Client, arguments: list[bytes]) -> 
     """SET's lane: `SET key value` (no option) on a key that is not a stream, as set_ does it
     (there is no stream to delete). A value too big for a record raises, having written
     nothing."""
-    if len(arguments) != 3 or arguments[1] in context.streams.streams:
-        return None
+    if len(arguments) != 3 or arguments[1] in context.streams.streams or context.fence.active:
+        return None  # (a fenced server: the dispatcher refuses it, fence.py)
     context.kv.put(arguments[1], arguments[2], None)
     context.touch(arguments[1])
     return b"+OK\r\n"
