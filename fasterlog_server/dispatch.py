@@ -119,7 +119,6 @@ LANES: dict[bytes, Lane] = {name: spec.lane for name, spec in COMMANDS.items()
                             if spec.lane is not None}
 _COMMITTED_READS = frozenset(name for name, spec in COMMANDS.items()
                              if COMMITTED_READS in spec.flags)
-_QUEUED = resp.SimpleString(b"QUEUED")
 _NOAUTH = resp.ErrorReply(b"NOAUTH Authentication required.")
 
 
@@ -146,8 +145,7 @@ def dispatch(context: ServerContext, client: Client, arguments: list[bytes],
         return resp.ErrorReply(b"ERR wrong number of arguments for '%s' command"
                                % name.lower()), False
     if client.multi is not None and NOT_QUEUED not in spec.flags:
-        client.multi.append(arguments)
-        return _QUEUED, False
+        return transactions.queue(context, client, arguments), False  # within its bounds
     return call(context, client, spec.handler, arguments)
 
 

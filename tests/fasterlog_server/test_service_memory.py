@@ -18,11 +18,13 @@ import struct
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fasterlog import FasterLog
-from fasterlog_server import Server, ServerSettings
+from fasterlog_server import Server, ServerSettings, resp
+from tests.support.servers import RunningServer
 from tests.support.settings import SMALL_SETTINGS
 
 try:
@@ -119,3 +121,65 @@ def test_closed_connections_are_freed_without_the_cyclic_gc(tmp_path: Path,
         run_with_server(tmp_path / "data", loop_name, body)
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------ MULTI queue bounds
+
+class RawClient:
+    """One connection that sends commands and parses the replies (no client library: its
+    response callbacks would reinterpret QUEUED and errors)."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.parser = resp.RespParser()
+
+    def __call__(self, *words: bytes | str) -> Any:
+        self.socket.sendall(command(*(w.encode() if isinstance(w, str) else w for w in words)))
+        while (reply := self.parser.next_reply()) is resp.NEED_MORE:
+            chunk = self.socket.recv(1 << 16)
+            assert chunk, "closed by the server"
+            self.parser.feed(chunk)
+        return reply
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def test_a_multi_queue_past_its_bounds_is_discarded_and_exec_aborts(tmp_path: Path) -> None:
+    """Issue 14 defect 6: MULTI queued without bound (a million commands: 485 MB, EXEC 5.7 s
+    on the loop). Past multi_queue_count_max or multi_queue_size_max_bytes the command gets an
+    error, the queue is dropped, later commands are refused alike and EXEC answers EXECABORT
+    (Redis's answer after a command that failed to queue); nothing of it is applied."""
+    server = RunningServer(tmp_path / "data", multi_queue_count_max=5,
+                           multi_queue_size_max_bytes=4096)
+    client = RawClient(server.port)
+    try:
+        # The count bound: five queue, the sixth and later are refused.
+        assert client("MULTI") == b"OK"
+        for index in range(5):
+            assert client("SET", f"k{index}", "v") == b"QUEUED"
+        for index in range(5, 8):
+            refused = client("SET", f"k{index}", "v")
+            assert isinstance(refused, resp.ErrorReply)
+            assert b"multi_queue_count_max 5 " in refused
+        assert client("EXEC").startswith(b"EXECABORT")
+        assert client("MGET", *(f"k{index}" for index in range(8))) == [None] * 8
+        # The bytes bound: 4 KiB of queued arguments.
+        assert client("MULTI") == b"OK"
+        assert client("SET", "small", "v") == b"QUEUED"
+        assert b"multi_queue_size_max_bytes 4096" in client("SET", "big", b"x" * 4096)
+        assert client("EXEC").startswith(b"EXECABORT")
+        assert client("GET", "small") is None
+        # Within the bounds a transaction runs as before, and DISCARD clears an overflow.
+        assert client("MULTI") == b"OK"
+        for _ in range(5):
+            assert client("SET", "x", "y") == b"QUEUED"
+        assert client("EXEC") == [b"OK"] * 5
+        assert client("MULTI") == b"OK"
+        for _ in range(6):
+            client("SET", "x", "z")
+        assert client("DISCARD") == b"OK"
+        assert client("GET", "x") == b"y"
+    finally:
+        client.close()
+        server.stop()
