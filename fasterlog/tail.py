@@ -128,7 +128,10 @@ class _CommitWatcher:
     """One per (log, event loop): watches the commit eventfd and wakes awaiting tasks."""
 
     def __init__(self, handle: LogHandle, loop: asyncio.AbstractEventLoop) -> None:
-        self._handle = handle
+        # Weak: the registry (_watchers) is keyed weakly by the handle, and a value that held
+        # its key would keep every log's entry (and its loops) forever. A waiter holds the
+        # handle while it waits (wait_for_commit_async, AsyncTail), so it is alive then.
+        self._handle = weakref.ref(handle)
         self.loop = loop
         self._waiters: list[tuple[int, asyncio.Future[int]]] = []
         self._fd = handle.commit_eventfd("tail_async")
@@ -149,7 +152,11 @@ class _CommitWatcher:
                 os.read(self._fd, _EVENTFD_READ_BYTES)
             except BlockingIOError:
                 pass
-        state = self._handle.state()
+        handle = self._handle()
+        if handle is None:  # the log is gone: nobody can be waiting (see __init__)
+            self.wake_all(lib.FL_E_CLOSED)
+            return
+        state = handle.state()
         committed, completed, closed = (state.committed_until_address, state.completed,
                                         state.closed)
         still_waiting = []

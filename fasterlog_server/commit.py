@@ -93,6 +93,9 @@ class ThreadCommitter:
         self._on_failure = on_failure  # after the failed commit's waiters are answered
         self._waiters: list[CommitWaiter] = []  # answered in arrival order
         self._running = False
+        # The task of the commits in progress, kept: the loop holds only a weak reference to
+        # a task, which could otherwise be collected mid-commit.
+        self._task: asyncio.Task[None] | None = None
         # Waiters served and commits run: requests_count / commits_count is the group size.
         self.requests_count = 0
         self.commits_count = 0
@@ -125,7 +128,7 @@ class ThreadCommitter:
         self.requests_count += 1
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def commit(self) -> None:
         await self.request()
@@ -147,6 +150,7 @@ class ThreadCommitter:
                 _answer(waiters, None)
         finally:
             self._running = False
+            self._task = None  # no cycle through the finished task
 
     def close(self) -> None:
         """Nothing to do: its task answers every waiter it took."""

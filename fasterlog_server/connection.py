@@ -56,6 +56,7 @@ import asyncio
 import enum
 import itertools
 import logging
+from collections.abc import Iterator
 from typing import Protocol, cast
 
 from . import resp
@@ -159,6 +160,9 @@ class _Detached:
     def resume_reading(self) -> None: ...
 
 
+_DETACHED = _Detached()
+
+
 class Connections:
     """The open connections, at most `maxclients` (rule 5), and the client ids."""
 
@@ -186,6 +190,9 @@ class Connections:
     def __len__(self) -> int:
         return len(self._open)
 
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._open))
+
 
 _NOTHING_HELD: tuple[list[bytes], bool] = ([], False)
 
@@ -209,7 +216,7 @@ class Connection:
                              authenticated=not settings.requirepass)
         self.codec = resp.RespReader(settings.limits,
                                      authentication_required=not self.client.authenticated)
-        self._sink: Sink = _Detached()
+        self._sink: Sink = _DETACHED
         self.state = READY
         self.input = OPEN
         self.output = OPEN
@@ -218,6 +225,7 @@ class Connection:
         self._commit_error: BaseException | None = None
         self._held = _NOTHING_HELD
         self._blocked_task: asyncio.Task[None] | None = None  # BLOCKED's task, to cancel
+        self._continue_task: asyncio.Task[None] | None = None  # CONTINUING's task
 
     def _transition(self, event: Event) -> None:
         """Every change of state, input or output goes through here."""
@@ -344,12 +352,18 @@ class Connection:
             self._pump()
 
     def lost(self) -> None:
-        """Event: the transport is closed."""
+        """Event: the transport is closed. What the connection holds is given back now, not
+        when the connection object goes (a commit it enlisted with may still hold it until
+        that commit ends): its buffered input, held replies and MULTI queue."""
         self._transition(CLOSE)
         self._context.watches.unwatch(self.client)
         self._connections.forget(self)
         if self._blocked_task is not None:  # a blocked reader that left stops waiting now
             self._blocked_task.cancel()
+        self.codec.discard()
+        self._held = _NOTHING_HELD
+        self.client.multi = None
+        self._sink = _DETACHED
 
     def close(self) -> None:
         """Closes the transport (its buffered replies still go out)."""
@@ -422,7 +436,8 @@ class Connection:
             codec.authentication_required = not client.authenticated
             if blocked is not None or (index < len(commands) and not close):
                 self._transition(CONTINUE)
-                asyncio.get_running_loop().create_task(
+                # Kept: the loop holds a task only weakly. Dropped when it ends (_continue).
+                self._continue_task = asyncio.get_running_loop().create_task(
                     self._continue(commands, index, replies, blocked))
                 return
             try:
@@ -484,7 +499,7 @@ class Connection:
         except asyncio.CancelledError:
             return  # the client left while blocked
         finally:
-            self._blocked_task = None
+            self._blocked_task = self._continue_task = None  # no cycle through the task
             self._transition(DONE)
         if self._send(replies, close):
             self._pump()

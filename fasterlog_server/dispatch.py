@@ -120,7 +120,6 @@ LANES: dict[bytes, Lane] = {name: spec.lane for name, spec in COMMANDS.items()
 _COMMITTED_READS = frozenset(name for name, spec in COMMANDS.items()
                              if COMMITTED_READS in spec.flags)
 _DATA_FLAGS = frozenset((READONLY, WRITE, BLOCKING))  # what a reload refuses (fence.py)
-_QUEUED = resp.SimpleString(b"QUEUED")
 _NOAUTH = resp.ErrorReply(b"NOAUTH Authentication required.")
 
 
@@ -155,8 +154,7 @@ def dispatch(context: ServerContext, client: Client, arguments: list[bytes],
         if refused is not None:
             return refused, False
     if client.multi is not None and NOT_QUEUED not in spec.flags:
-        client.multi.append(arguments)
-        return _QUEUED, False
+        return transactions.queue(context, client, arguments), False  # within its bounds
     return call(context, client, spec.handler, arguments)
 
 

@@ -254,7 +254,11 @@ class _Buffer:
         self._buffer_offset = 0
         self._item_offset = 0
         self._scan_position = 0  # A partial line at _position holds no terminator before this.
-        self._failure: RemoteProtocolError | None = None
+        # The message of the error that failed the reader (invariant 2). Kept as text, not as
+        # the exception: a raised exception holds its traceback, whose frames hold this reader
+        # and the connection that called it, a cycle only the cyclic GC would free (with the
+        # buffer in it).
+        self._failure: str | None = None
 
     @property
     def buffered_size_bytes(self) -> int:
@@ -280,8 +284,17 @@ class _Buffer:
                                      f"{self._failure}; close the connection")
 
     def _fail(self, message: str) -> NoReturn:
-        self._failure = RemoteProtocolError(message)
-        raise self._failure
+        self._failure = message
+        raise RemoteProtocolError(message)
+
+    def discard(self) -> None:
+        """Gives the buffered bytes back at once (the connection is closed); the reader is
+        failed from here on."""
+        self._buffer = bytearray()
+        self._position = self._scan_position = 0
+        self._buffer_offset = self._item_offset = 0
+        if self._failure is None:
+            self._failure = "the connection is closed"
 
     def _compact(self) -> None:
         """Drops consumed bytes when that is cheap in amortised terms (invariant 3)."""
@@ -362,8 +375,9 @@ class RespReader(_Buffer):
                              _fast_headers(limits.bulk_size_max_bytes))
         # accelerated: whole arrays are split in C (csrc/resp_split.c); False keeps the pure
         # Python fast path, the reference the tests compare the C one against.
+        # (Chosen per call, not kept as a bound method: a bound method held by its own object
+        # is a reference cycle, and the reader and its buffer would wait for the cyclic GC.)
         self._accelerated = accelerated
-        self._take = self._take_whole_arrays_c if accelerated else self._take_whole_arrays
 
     def next_command(self) -> list[bytes] | Literal[NeedMore.NEED_MORE]:
         """The next whole command, or NEED_MORE. Empty commands (blank lines, `*0`) are skipped.
@@ -419,7 +433,10 @@ class RespReader(_Buffer):
             return [] if command is NEED_MORE else [command]
         while len(commands) < count_max:
             if self._arguments_remaining_count == 0 and self._failure is None:
-                self._take(commands, count_max)
+                if self._accelerated:
+                    self._take_whole_arrays_c(commands, count_max)
+                else:
+                    self._take_whole_arrays(commands, count_max)
                 if len(commands) >= count_max or not self._buffer:
                     break  # enough, or everything fed is taken (compacted away)
             try:
@@ -429,7 +446,7 @@ class RespReader(_Buffer):
                 # next_command): they are returned now and the error on the next call.
                 if not commands:
                     raise
-                self._deferred_failure = failure
+                self._deferred_failure = failure.with_traceback(None)  # no cycle: see _failure
                 break
             if command is NEED_MORE:
                 break
@@ -461,7 +478,8 @@ class RespReader(_Buffer):
         except RemoteProtocolError as failure:
             if not commands:
                 raise
-            self._deferred_failure = failure  # the commands before it run first
+            # The commands before it run first; no traceback kept (no cycle: see _failure).
+            self._deferred_failure = failure.with_traceback(None)
         return commands
 
     def _take_whole_arrays(self, commands: list[list[bytes]], count_max: int) -> None:

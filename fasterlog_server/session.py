@@ -24,6 +24,8 @@ class Client:
     written_keys: set[bytes] = field(default_factory=set)  # streams to wake readers of
     multi: list[list[bytes]] | None = None  # MULTI's queued commands
     multi_error: bool = False  # a command failed to queue: EXEC answers EXECABORT
+    multi_size_bytes: int = 0  # what the queue holds (ServerSettings.multi_queue_size_max_bytes)
+    multi_overflowed: bool = False  # past a queue bound: the queue is dropped, nothing queues
     watched: set[bytes] = field(default_factory=set)
     dirty: bool = False  # a watched key changed: EXEC answers nil
 

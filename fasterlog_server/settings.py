@@ -31,6 +31,7 @@ __all__ = [
     "FSYNC_POLICIES",
     "KV_DIRECTORY_NAME",
     "MAXCLIENTS_REPLY",
+    "MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES",
     "OUTPUT_HIGH_WATER_BYTES",
     "READ_SIZE_BYTES",
     "ServerSettings",
@@ -68,6 +69,13 @@ class ServerSettings:
     maxclients: connections served at once, Redis's name and default. Each connection may hold
         up to the bounds above; past it a new connection gets Redis's reply (MAXCLIENTS_REPLY)
         and is closed at once, as redis-server does.
+    multi_queue_count_max, multi_queue_size_max_bytes: the commands one MULTI may queue, and
+        their bytes (arguments plus MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES each, what holding
+        them costs). Redis has no such bound (a million queued commands took 485 MB and an
+        EXEC of 5.7 s with the loop blocked). Past either, the command is answered with an
+        error, the queue is dropped and EXEC answers EXECABORT, as Redis does after any
+        command that failed to queue. 10,000 commands is `pipeline_depth_max`: an EXEC then
+        holds the loop no longer than one batch does.
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +86,8 @@ class ServerSettings:
     pipeline_depth_max: int = 10_000
     output_buffer_size_max_bytes: int = 64 << 20
     maxclients: int = 10_000
+    multi_queue_count_max: int = 10_000
+    multi_queue_size_max_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_POLICIES:
@@ -85,9 +95,11 @@ class ServerSettings:
         if not is_loopback(self.host) and not self.requirepass:
             raise ValueError(f"refusing to listen on {self.host}: a non-loopback address "
                              "needs --requirepass")
-        if not isinstance(self.maxclients, int) or isinstance(self.maxclients, bool) or \
-                self.maxclients < 1:
-            raise ValueError(f"maxclients must be a positive int, not {self.maxclients!r}")
+        for name in ("maxclients", "pipeline_depth_max", "output_buffer_size_max_bytes",
+                     "multi_queue_count_max", "multi_queue_size_max_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +113,10 @@ def is_loopback(host: str) -> bool:
 
 # Redis's exact reply to a connection over maxclients, sent before it is closed.
 MAXCLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+
+# What one queued argument costs beyond its bytes (a bytes object's header and the list slot
+# that holds it, on 64-bit CPython), counted against multi_queue_size_max_bytes.
+MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES = 48
 
 # Buffered input past which a connection whose batch is waiting (for its commit, or in a
 # blocking read) stops reading from its socket: the kernel's buffers and TCP flow control then

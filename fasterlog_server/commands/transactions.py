@@ -1,9 +1,11 @@
 """Transactions: MULTI, DISCARD, EXEC, WATCH, UNWATCH.
 
 MULTI queues (dispatch.py refuses unknown commands and wrong arities at queue time, which makes
-EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
-dirty on any write to a watched key (notify.Watches); EXEC of a dirty client answers nil.
-Blocking reads inside EXEC do not block.
+EXEC answer EXECABORT), within the bounds multi_queue_count_max and multi_queue_size_max_bytes
+(settings.py): past either the queue is dropped, every later command is answered with the same
+error, and EXEC answers EXECABORT. EXEC runs the queue with nothing in between. WATCH marks
+the client dirty on any write to a watched key (notify.Watches); EXEC of a dirty client answers
+nil. Blocking reads inside EXEC do not block.
 """
 
 from __future__ import annotations
@@ -14,14 +16,38 @@ from .. import resp
 from ..context import Blocked, ServerContext
 from ..errors import CommandError
 from ..session import Client
+from ..settings import MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES
 from .base import OK, call
+
+_QUEUED = resp.SimpleString(b"QUEUED")
 
 
 def multi(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     if client.multi is not None:
         raise CommandError("ERR MULTI calls can not be nested")
     client.multi, client.multi_error = [], False
+    client.multi_size_bytes, client.multi_overflowed = 0, False
     return OK
+
+
+def queue(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    """Queues one command inside MULTI (dispatch.py), within the queue's bounds."""
+    queued = client.multi
+    assert queued is not None, "queue outside MULTI"
+    settings = context.settings
+    size = sum(map(len, arguments)) + MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES * len(arguments)
+    if not client.multi_overflowed and len(queued) < settings.multi_queue_count_max and \
+            client.multi_size_bytes + size <= settings.multi_queue_size_max_bytes:
+        queued.append(arguments)
+        client.multi_size_bytes += size
+        return _QUEUED
+    queued.clear()  # the transaction is discarded: what it held is given back now
+    client.multi_error = client.multi_overflowed = True
+    client.multi_size_bytes = 0
+    return resp.ErrorReply(
+        b"ERR MULTI queue over its bounds (multi_queue_count_max %d commands, "
+        b"multi_queue_size_max_bytes %d): transaction discarded, EXEC answers EXECABORT"
+        % (settings.multi_queue_count_max, settings.multi_queue_size_max_bytes))
 
 
 def discard(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:

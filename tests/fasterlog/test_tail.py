@@ -9,6 +9,7 @@ while idle, and never see uncommitted entries.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -293,3 +294,34 @@ def test_close_ends_a_wait_for_commit_in_another_thread_and_waits_for_it_to_leav
             assert len(outcomes) == 3
             assert all(isinstance(outcome, errors.LogClosedError) for outcome in outcomes), \
                 outcomes
+
+
+def test_the_commit_watcher_registry_forgets_a_log_once_it_is_gone(tmp_path: Path) -> None:
+    """Issue 14 defect 13: the registry of eventfd watchers is keyed weakly by the log's
+    handle, but each watcher held its handle, so no entry ever went (a log and its loop kept
+    for the life of the process). Checked with the cyclic GC off: plain reference counting
+    must free the entry."""
+    from fasterlog import tail
+
+    before = len(tail._watchers)  # the registry itself: what this test is about
+
+    async def wait_once(log: FasterLog) -> None:
+        address = log.append(b"x")
+        log.commit()
+        assert await log.wait_for_commit_async(address, timeout=5)
+        waiting = asyncio.ensure_future(log.wait_for_commit_async(address + 10**6, timeout=5))
+        await asyncio.sleep(0.01)  # a watcher now watches the eventfd
+        log.append(b"y")
+        log.commit()
+        assert await waiting is False  # the log's tail never reaches it: times out quietly
+
+    gc.disable()
+    try:
+        log = FasterLog.open(tmp_path / "log", **SMALL_SETTINGS)
+        asyncio.run(wait_once(log))
+        assert len(tail._watchers) == before + 1
+        log.close()
+        del log
+        assert len(tail._watchers) == before
+    finally:
+        gc.enable()
