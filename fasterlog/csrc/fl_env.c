@@ -49,6 +49,12 @@ int fl_io_fdatasync(int fd) { return io_sync(fd, 1); }
 
 int fl_io_fallocate(int fd, uint64_t size) {
     int rc = posix_fallocate(fd, 0, (off_t)size); /* an errno itself, not -1 */
+    /* Where the file system cannot preallocate, still give the file its full size (sparse):
+     * recovery takes a segment shorter than that for a cut file (fl_recovery.c). */
+    struct stat st;
+    if ((rc == EOPNOTSUPP || rc == EINVAL) && fstat(fd, &st) == 0 &&
+        (st.st_size >= (off_t)size || ftruncate(fd, (off_t)size) == 0))
+        rc = 0;
     if (rc != 0) return -rc;
     if (fl_trace_running()) fl_trace_fd_op(FL_TRACE_EXTEND, 0, fd, 0, size, NULL);
     return 0;

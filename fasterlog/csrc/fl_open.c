@@ -102,7 +102,8 @@ static int has_segment_files(int directory_fd) {
     return found;
 }
 
-static int load_or_create_meta(fl_log *log, fl_meta *meta, fl_error_info *error) {
+static int load_or_create_meta(fl_log *log, fl_meta *meta, int *created,
+                               fl_error_info *error) {
     int rc = fl_meta_read(log->directory_fd, meta);
     if (rc == -ENOENT) {
         if (log->readonly) {
@@ -123,6 +124,7 @@ static int load_or_create_meta(fl_log *log, fl_meta *meta, fl_error_info *error)
         meta->begin_address = FL_FIRST_ADDRESS;
         meta->recovery_start_address = FL_FIRST_ADDRESS;
         meta->committed_until_address = FL_FIRST_ADDRESS;
+        *created = 1; /* from here on, a failed open removes what it made (open_impl) */
         return fl_meta_write(log->directory_fd, meta);
     }
     if (rc == FL_E_CORRUPT) fl_set_message(error, "fasterlog.meta fails its checksum");
@@ -343,12 +345,12 @@ static int open_as_writer(fl_log *log, fl_meta *meta, fl_error_info *error) {
     return fl_auto_commit_start(log);
 }
 
-static int open_steps(fl_log *log, fl_error_info *error) {
+static int open_steps(fl_log *log, int *created, fl_error_info *error) {
     fl_crc32c_hardware(); /* picks the CRC implementation before any frame is made */
     int rc = open_directory(log, error);
     if (rc < 0) return rc;
     fl_meta meta;
-    rc = load_or_create_meta(log, &meta, error);
+    rc = load_or_create_meta(log, &meta, created, error);
     if (rc < 0) return rc;
     rc = ring_alloc(log, &meta);
     if (rc < 0) return rc;
@@ -377,6 +379,29 @@ static int open_steps(fl_log *log, fl_error_info *error) {
     return 0;
 }
 
+/* Undoes a failed first open: its segment files first, then the meta file (so a crash in
+ * between leaves a meta file the retry can still open with the same settings, never segments
+ * without one), then the shared page; the directory and the lock file stay. */
+static void remove_new_log(const char *directory) {
+    int directory_fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory_fd < 0) return;
+    int fd = dup(directory_fd);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (dir != NULL) {
+        struct dirent *entry;
+        while ((entry = readdir(dir)) != NULL)
+            if (strncmp(entry->d_name, "segment-", 8) == 0)
+                (void)fl_io_unlinkat(directory_fd, entry->d_name);
+        closedir(dir);
+    }
+    (void)fl_io_fsync(directory_fd);
+    (void)fl_io_unlinkat(directory_fd, "fasterlog.meta");
+    (void)fl_io_unlinkat(directory_fd, "fasterlog.meta.tmp");
+    (void)fl_io_unlinkat(directory_fd, "fasterlog.shm");
+    (void)fl_io_fsync(directory_fd);
+    close(directory_fd);
+}
+
 static int open_impl(const char *directory, const fl_settings *settings, fl_log **log_out,
                      fl_error_info *error) {
     fl_error_info ignored;
@@ -386,9 +411,18 @@ static int open_impl(const char *directory, const fl_settings *settings, fl_log 
     fl_settings checked = *settings;
     fl_log *log = log_alloc(directory, &checked);
     if (log == NULL) return FL_E_NOMEM;
-    int rc = open_steps(log, error);
+    int created = 0;
+    int rc = open_steps(log, &created, error);
     if (rc < 0) {
+        /* A failed first open (a full disk while preallocating the first segment, say) must
+         * leave nothing that binds a retry to its settings: keep the writer lock (a dup of
+         * its descriptor holds the flock) while the files it made are removed. */
+        int held_lock_fd = created && log->lock_fd >= 0 ? dup(log->lock_fd) : -1;
         log_shutdown(log, 0); /* no commit, no meta write: the open failed */
+        if (held_lock_fd >= 0) {
+            remove_new_log(log->directory);
+            close(held_lock_fd);
+        }
         free_impl(log);
         return rc;
     }

@@ -9,7 +9,16 @@
  *    a valid commit record numbered two or more above the recovered one: commits are placed
  *    only after the previous sync finished (invariant 5 in fl_internal.h), so its existence
  *    proves the commit after the recovered one was synced, and X lies inside it: FL_E_CORRUPT.
- * 4. Else X is the torn tail: cut there. Later writes overwrite what lies beyond. */
+ * 4. Else X is the torn tail: cut there. Later writes overwrite what lies beyond.
+ *
+ * Before steps 2 and 3, the segment files that committed data needs are checked: every
+ * segment from the recovered begin up to the highest address known to be durable (the meta
+ * file's committed-until, or the end of the commit before the recovered one: the recovered
+ * commit was placed only after that one's sync) must exist at its full, preallocated size. A
+ * segment is preallocated before its first write, and the first sync of the file makes the
+ * size durable with the data (FORMAT.md, Recovery step 2), so a missing or short one is
+ * damage from outside the crash model (a deleted file, a cut copy), never a torn write:
+ * FL_E_CORRUPT naming the segment and the addresses it lost, not a silent cut. */
 #include "fl_internal.h"
 
 #include <dirent.h>
@@ -18,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct recovered_commit {
@@ -29,6 +40,7 @@ typedef struct recovered_commit {
     uint32_t cookie_size; /* FL_NO_COOKIE: no cookie */
     int completed;
     uint64_t cookie_offset; /* in the page buffer when found, copied out at once */
+    uint64_t previous_end;  /* end of the commit before this one in the scan, 0: none seen */
 } recovered_commit;
 
 typedef struct recovery {
@@ -204,7 +216,9 @@ static int scan_forward(recovery *r, recovered_commit *last, uint64_t *end_out) 
             uint64_t expected = last->found ? last->number + 1 : r->meta->commit_number;
             if (!last->found && position != r->meta->recovery_start_address) expected++;
             if (number != expected) break;
+            uint64_t previous_end = last->found ? last->end : 0;
             if (!commit_record_read(r, position, &view, last)) break;
+            last->previous_end = previous_end;
         }
         if (view.kind != 0) previous_epoch = view.epoch;
         position += view.frame_size;
@@ -229,6 +243,68 @@ static int load_tail_page(recovery *r, uint64_t tail) {
     return 0;
 }
 
+/* 1 when no writer holds the lock (a read-only open cannot race a truncation then). */
+static int no_writer_now(fl_log *log) {
+    int fd = openat(log->directory_fd, "fasterlog.lock", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;
+    int free_now = flock(fd, LOCK_SH | LOCK_NB) == 0;
+    close(fd); /* releases the probe's lock at once */
+    return free_now;
+}
+
+/* The segment check (see the top of this file): segments of [begin, durable_until) must be
+ * present and full. A read-only open beside a live writer tolerates missing segments at the
+ * bottom of the range (a truncation may be deleting them as it runs): reads there report it. */
+static int check_segments(recovery *r, uint64_t begin, uint64_t durable_until,
+                          fl_error_info *error) {
+    fl_log *log = r->log;
+    if (durable_until <= begin) return 0;
+    uint64_t first = begin / log->segment_size_bytes;
+    uint64_t last = (durable_until - 1) / log->segment_size_bytes;
+    int strict = !log->readonly || no_writer_now(log);
+    int seen_present = 0;
+    for (uint64_t segment = first; segment <= last; segment++) {
+        char name[64];
+        fl_segment_name(segment, name, sizeof name);
+        struct stat st;
+        uint64_t segment_start = segment * log->segment_size_bytes;
+        uint64_t segment_end = segment_start + log->segment_size_bytes;
+        uint64_t size = 0;
+        int missing = 0;
+        if (fstatat(log->directory_fd, name, &st, 0) == 0) {
+            size = (uint64_t)st.st_size;
+            if (size >= log->segment_size_bytes) {
+                seen_present = 1;
+                continue;
+            }
+        } else if (errno != ENOENT) {
+            int rc = -errno;
+            fl_set_message(error, "cannot stat %s", name);
+            return rc;
+        } else if (!strict && !seen_present) {
+            continue;
+        } else {
+            missing = 1;
+        }
+        uint64_t lost_from = segment_start + size < begin ? begin : segment_start + size;
+        error->address = lost_from;
+        if (missing)
+            fl_set_message(error, "committed data is damaged: %s is missing, log addresses "
+                           "[%llu, %llu) are lost (committed until at least %llu)", name,
+                           (unsigned long long)lost_from, (unsigned long long)segment_end,
+                           (unsigned long long)durable_until);
+        else
+            fl_set_message(error, "committed data is damaged: %s is %llu bytes, not %llu, log "
+                           "addresses [%llu, %llu) are lost (committed until at least %llu)",
+                           name, (unsigned long long)size,
+                           (unsigned long long)log->segment_size_bytes,
+                           (unsigned long long)lost_from, (unsigned long long)segment_end,
+                           (unsigned long long)durable_until);
+        return FL_E_CORRUPT;
+    }
+    return 0;
+}
+
 int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
     recovery r = {.log = log, .meta = meta, .page_loaded = UINT64_MAX, .fd = -1};
     int rc = find_last_segment(&r);
@@ -238,6 +314,12 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
     recovered_commit last = {0};
     uint64_t end = FL_FIRST_ADDRESS;
     rc = scan_forward(&r, &last, &end);
+    if (rc == 0) {
+        uint64_t durable_until = meta->committed_until_address;
+        if (last.previous_end > durable_until) durable_until = last.previous_end;
+        rc = check_segments(&r, last.found ? last.begin_address : meta->begin_address,
+                            durable_until, error);
+    }
     if (rc == 0 && end < meta->committed_until_address) {
         error->address = end;
         fl_set_message(error, "committed data is damaged at address %llu (recorded committed "
