@@ -52,17 +52,31 @@ void fl_blocking_end(void *token) { PyEval_RestoreThread((PyThreadState *)token)
 #define Py_END_ALLOW_THREADS }
 """
 
-ffibuilder = cffi.FFI()
-ffibuilder.cdef((CSRC / "fl_format.h").read_text() + (CSRC / "fasterlog.h").read_text())
-ffibuilder.set_source(
-    "fasterlog._fasterlog_c",
-    PREAMBLE,
-    sources=[str(pathlib.Path("fasterlog") / "csrc" / name) for name in SOURCES],
-    include_dirs=[str(CSRC)],
-    extra_compile_args=["-std=c11", "-O2", "-UNDEBUG", "-Wall", "-Wextra", "-Werror", "-pthread"],
-    extra_link_args=["-pthread"],
-    **_liburing_link(),
-)
+COMPILE_ARGS = ["-std=c11", "-O2", "-UNDEBUG", "-Wall", "-Wextra", "-Werror", "-pthread"]
+
+
+def make_builder(extra_compile_args: tuple[str, ...] = (),
+                 extra_link_args: tuple[str, ...] = (), absolute_sources: bool = False) -> cffi.FFI:
+    """The core's builder; the extra flags come after the release ones (the sanitizer builds
+    of tests/support/sanitizers.py add -fsanitize=... and a lower -O). Sources are named
+    relative to the repository root, as setuptools wants them, unless `absolute_sources`
+    (FFI.compile runs the compiler in its temporary directory)."""
+    root = CSRC.parent.parent if absolute_sources else pathlib.Path()
+    builder = cffi.FFI()
+    builder.cdef((CSRC / "fl_format.h").read_text() + (CSRC / "fasterlog.h").read_text())
+    builder.set_source(
+        "fasterlog._fasterlog_c",
+        PREAMBLE,
+        sources=[str(root / "fasterlog" / "csrc" / name) for name in SOURCES],
+        include_dirs=[str(CSRC)],
+        extra_compile_args=COMPILE_ARGS + list(extra_compile_args),
+        extra_link_args=["-pthread", *extra_link_args],
+        **_liburing_link(),
+    )
+    return builder
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -9,6 +9,10 @@
     ├── RetentionError                  truncate_until would pass a named cursor (.cursor)
     ├── CursorNotFoundError (KeyError)  no named cursor of that name
     ├── CorruptionError                 a checksum or structure check failed (.address)
+    ├── MemoryFullError                 the ring holds only unwritten pages (try_append's no)
+    ├── NotInMemoryError                a memory-only read cannot answer (ask read)
+    ├── BufferTooSmallError (ValueError)  a caller's buffer is too small (.size_needed)
+    ├── WaitWokenError (InterruptedError)  a wait was ended by wake()
     ├── EntryTooLarge (ValueError)      an entry above entry_size_max
     ├── InvalidAddressError (ValueError)  out of range, unaligned, not an entry start
     │   └── TruncatedError              below the begin address (.begin_address)
@@ -24,6 +28,8 @@ Rules of the funnel:
 1. A failed C call's code becomes an exception in one place, `exception_for` (`raise_for`
    raises it): the table `_BUILDERS` maps each of the core's FL_E_* codes to the function that
    builds its exception, and `-errno` codes become LogIOError (DiskFullError for ENOSPC).
+   Every code of fasterlog.h's enum fl_status is in it (tests/fasterlog/test_errors.py reads
+   the header and fails on one that is not), and `code_name` names each.
 2. Layers above add their own codes with `register_code` (kvlayer's FL_E_KV_* and the index's
    FL_E_INDEX_BUSY, from kvlayer/errors.py), since this package imports none of them. A code may
    be registered once; the log's own codes cannot be replaced.
@@ -115,6 +121,26 @@ class TruncatedError(InvalidAddressError):
         self.begin_address = begin_address
 
 
+class MemoryFullError(FasterLogError):
+    """The memory ring holds only pages not yet written (try_append answers None for it)."""
+
+
+class NotInMemoryError(FasterLogError):
+    """A read that answers only from memory could not: the entry must be read with read()."""
+
+
+class BufferTooSmallError(FasterLogError, ValueError):
+    """A caller's buffer is too small for the entry; `size_needed` is the size that would do."""
+
+    def __init__(self, message: str, size_needed: int) -> None:
+        super().__init__(message)
+        self.size_needed = size_needed
+
+
+class WaitWokenError(FasterLogError, InterruptedError):
+    """A wait for a commit was ended early by wake() (how tails are stopped)."""
+
+
 class SettingsError(FasterLogError, ValueError):
     """Invalid settings, or settings that differ from the existing log's."""
 
@@ -184,6 +210,12 @@ def _short_write(failure: Failure) -> BaseException:
                                                "(short write)"))
 
 
+def _buffer(failure: Failure) -> BaseException:
+    needed = int(failure.info.size_needed) if failure.info is not None else 0
+    return BufferTooSmallError(failure.text(f"the buffer is too small (needs {needed} bytes)"),
+                               needed)
+
+
 def _simple(error: Callable[[str], BaseException], default: str) -> Builder:
     return lambda failure: error(failure.text(default))
 
@@ -206,7 +238,14 @@ _BUILDERS: dict[int, Builder] = {
     lib.FL_E_SHORT_WRITE: _short_write,
     lib.FL_E_NOMEM: _simple(MemoryError, "out of memory"),
     lib.FL_E_TIMEOUT: _simple(TimeoutError, "timed out"),
+    lib.FL_E_FULL: _simple(MemoryFullError, "the memory ring holds only pages not yet written"),
+    lib.FL_E_BUFFER: _buffer,
+    lib.FL_E_WOKEN: _simple(WaitWokenError, "the wait was ended by wake()"),
+    lib.FL_E_NOT_IN_MEMORY: _simple(NotInMemoryError, "the entry is not in memory"),
 }
+# Each code's name in fasterlog.h (cffi gives the enum's members as `lib` attributes).
+_CODE_NAMES: dict[int, str] = {getattr(lib, name): name for name in dir(lib)
+                               if name.startswith("FL_E_")}
 _CORE_CODES = frozenset(_BUILDERS)
 # -errno codes: the operating system's numbers stop below this.
 _ERRNO_LIMIT = 4096
@@ -257,10 +296,23 @@ def raise_for(code: int, operation: str, info: Any = None, address: int = 0, *,
     raise exception_for(code, operation, info, address, detail=detail)
 
 
+def code_name(code: int) -> str:
+    """The name of a negative C code: FL_E_* for the core's, the errno name for -errno, else
+    "error code N"."""
+    if code in _CODE_NAMES:
+        return _CODE_NAMES[code]
+    if -_ERRNO_LIMIT < code < 0:
+        return _errno.errorcode.get(-code, f"errno {-code}")
+    return f"error code {code}"
+
+
 def fence_reason(code: int) -> str:
     """Says in words why a log was fenced, for LogFencedError messages."""
     if code == lib.FL_E_SHORT_WRITE:
         return "a short write"
     if -_ERRNO_LIMIT < code < 0:
-        return f"{_errno.errorcode.get(-code, str(-code))} ({os.strerror(-code)})"
+        return f"{code_name(code)} ({os.strerror(-code)})"
+    if code in _CODE_NAMES:
+        words = str(exception_for(code, "fence")).removeprefix("fence failed: ")
+        return f"{code_name(code)} ({words})"
     return f"error code {code}"

@@ -151,9 +151,10 @@ class FasterLog:
                             "backend", os.strerror(-state.io_uring_refused))
 
     def close(self) -> None:
-        """Commits what was appended, records a clean shutdown and releases the directory."""
-        if self._closed:
-            return
+        """Commits what was appended, records a clean shutdown and releases the directory.
+        Safe while other threads use the log: the core refuses their new calls with
+        LogClosedError, lets those in flight finish, then closes. A second close (here or in
+        another thread) returns once the first has finished."""
         self._closed = True
         rc = lib.fl_close(self._log)
         if rc < 0:
@@ -490,6 +491,8 @@ class FasterLog:
         # One C call fills a buffer with up to 4096 checked frames; one struct.unpack_from
         # turns all their payloads into bytes objects (the per-entry cost is then in C).
         state = self._handle.state()
+        if state.closed:  # an empty range would otherwise end quietly
+            self._fail(lib.FL_E_CLOSED, "scan")
         position = state.begin_address if begin is None else self._check_address(begin, "scan")
         limit = state.committed_until_address if end is None else self._check_address(end, "scan")
         capacity = max(_SCAN_BUFFER_MIN_BYTES, self._entry_size_max + 64)

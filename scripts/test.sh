@@ -9,8 +9,10 @@ bash scripts/setup.sh
 
 # A runaway allocation fails its test with MemoryError and a traceback instead of waking the
 # machine's OOM killer (an earlier run lost its whole pytest process to it, with no trace of
-# which test): 16 GiB of address space per process is far above what any test needs.
-ulimit -v 16777216 2>/dev/null || true
+# which test): 16 GiB of address space per process is far above what any test needs. A soft
+# limit only: the sanitizer children of tests/reliability/test_reliability_races.py reserve
+# terabytes of address space and raise their own soft limit back (tests/support/sanitizers.py).
+ulimit -S -v 16777216 2>/dev/null || true
 
 # Each pass gets its own temporary directory, removed when it ends: many tests open logs with
 # the default 1 GiB preallocated segments, a pass leaves about 11 GB behind, and pytest's own

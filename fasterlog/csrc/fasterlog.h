@@ -7,7 +7,9 @@
  * - Functions that can fail return 0 (or a non-negative value) on success and a negative code
  *   on failure: -errno for operating-system errors, or one of enum fl_status below.
  * - Every fl_log function may be called from any thread; a log is internally locked.
- * - After fl_close the handle stays valid (calls return FL_E_CLOSED) until fl_free. */
+ * - After fl_close the handle stays valid (calls return FL_E_CLOSED) until fl_free. fl_close
+ *   may run while other threads are inside calls on the log: it refuses new calls, ends the
+ *   waits, and releases nothing before every call in flight has returned. */
 
 typedef struct fl_log fl_log;
 

@@ -88,6 +88,12 @@ int64_t fl_reserve_locked(fl_log *log, uint64_t frame_size, int blocking, int fo
             continue;
         }
         if (!log->open_page_claimed || log->open_page != page) {
+            /* Frames that filled the page before exactly left the tail on this page's start
+             * without sealing it; unsealed, it is never written, and the claim below would
+             * wait for its flush forever (spinning: appends of 16-byte frames into a ring of
+             * four pages never returned). */
+            if (tail % log->page_size_bytes == 0 && log->sealed_until < tail)
+                seal_page_locked(log);
             rc = claim_page_locked(log, page, blocking);
             if (rc < 0) return rc;
             if (rc == 1) continue;
@@ -127,8 +133,11 @@ void fl_write_frame(fl_log *log, uint64_t address, uint32_t kind, const void *da
 static inline int append_fast_locked(fl_log *log, uint32_t kind, const void *data,
                                      uint64_t size, uint64_t frame_size, uint64_t *address_out) {
     uint64_t tail = log->tail_address;
+    /* No call count here (locking rule 4): all of it runs under `mutex`, which close holds
+     * when it frees the ring after setting `closed`; `closing` only sends the append to the
+     * slow path, which refuses it once close has begun. */
     if (tail + frame_size > log->open_page_end || log->fenced_error || log->closed ||
-        log->completed)
+        log->completed || fl_closing(log))
         return 0; /* open_page_end is 0 on read-only logs */
     /* Invariant 2: the open page lies at or beyond sealed_until. */
     assert(tail >= log->sealed_until);
@@ -171,10 +180,13 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
         return (int64_t)tail;
     }
     pthread_mutex_unlock(&log->mutex);
-    /* A new page, possibly a wait for memory: let other threads run meanwhile. */
+    /* A new page, possibly a wait for memory and a drive of the device: counted in, so close
+     * waits for it before it destroys the device (issue 14 defect 1). */
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t address = append_slow(log, data, size, kind, blocking, frame_size);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return address;
 }
 
@@ -209,10 +221,12 @@ static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *
         source += sizes[i];
     }
     if (rc < 0 && log->tail_address != first_tail && !log->fenced_error) {
-        /* A blocking batch fails part-way only when the log is closed under it; fence so the
-         * placed half can never be committed (by close or anyone else). */
+        /* Close waits for a batch in flight (locking rule 4) and complete waits until no batch
+         * is placed, so a blocking batch cannot be cut part-way by either; should anything
+         * else cut one, fence so the placed half can never be committed. The caller gets the
+         * code that cut it. */
+        assert(rc != FL_E_CLOSED && rc != FL_E_COMPLETED);
         fl_fence_locked(log, rc);
-        rc = FL_E_FENCED;
     }
     if (rc == 0) after_append_locked(log);
     if (--log->batches_active == 0) pthread_cond_broadcast(&log->commit_cond);
@@ -223,8 +237,10 @@ static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *
 
 int64_t fl_append_batch(fl_log *log, const void *data, const uint32_t *sizes, size_t count,
                         uint64_t *addresses_out, int32_t blocking) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t rc = append_batch_impl(log, data, sizes, count, addresses_out, blocking);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }

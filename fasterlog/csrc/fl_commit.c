@@ -165,16 +165,18 @@ int64_t fl_log_commit(fl_log *log) {
 }
 
 int64_t fl_commit(fl_log *log) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t rc = fl_log_commit(log);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }
 
 int fl_set_cookie(fl_log *log, const void *cookie, size_t size) {
     if (size > FL_COOKIE_SIZE_MAX_BYTES) return FL_E_TOO_LARGE;
     pthread_mutex_lock(&log->mutex);
-    int rc = fl_writable_locked(log);
+    int rc = fl_closing(log) ? FL_E_CLOSED : fl_writable_locked(log);
     if (rc == 0) {
         memcpy(log->cookie, cookie, size);
         log->cookie_size = (uint32_t)size;
@@ -203,15 +205,16 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
     log->waiters_count++;
     while (rc == 0) {
         uint32_t sequence = 0;
-        /* Before the shared page is touched: close may be about to unmap it. */
-        if (log->closed) { rc = FL_E_CLOSED; break; }
+        /* Before the shared page is touched: close may be about to unmap it. A close that
+         * began ends the wait too: close waits for every call inside to leave. */
+        if (log->closed || fl_closing(log)) { rc = FL_E_CLOSED; break; }
         if (log->readonly) {
             /* Read the sequence before looking, so a publish in between is never missed. */
             sequence = fl_shared_sequence(log);
             fl_shared_refresh_locked(log);
         }
         if (log->committed_until > address) break;
-        if (log->closed) { rc = FL_E_CLOSED; break; }
+        if (log->closed || fl_closing(log)) { rc = FL_E_CLOSED; break; }
         if (log->fenced_error) { rc = FL_E_FENCED; break; }
         if (log->wake_generation != generation) { rc = FL_E_WOKEN; break; }
         if (log->completion_durable) { rc = FL_E_COMPLETED; break; }
@@ -243,9 +246,11 @@ static int wait_for_commit_impl(fl_log *log, uint64_t address, int64_t timeout_u
 }
 
 int fl_wait_for_commit(fl_log *log, uint64_t address, int64_t timeout_us) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int rc = wait_for_commit_impl(log, address, timeout_us);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }
 
@@ -257,18 +262,29 @@ static int commit_eventfd_impl(fl_log *log) {
     return rc < 0 ? rc : log->event_fd;
 }
 
-int fl_commit_eventfd(fl_log *log) { return commit_eventfd_impl(log); }
+int fl_commit_eventfd(fl_log *log) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
+    int rc = commit_eventfd_impl(log);
+    fl_call_exit(log);
+    return rc;
+}
 
 void fl_wake(fl_log *log) {
+    /* A closing log's waits end by themselves; the shared page may be unmapped soon. */
+    if (fl_call_enter(log) < 0) return;
     pthread_mutex_lock(&log->mutex);
     log->wake_generation++;
     pthread_cond_broadcast(&log->commit_cond);
     pthread_mutex_unlock(&log->mutex);
     fl_shared_wake_local(log);
+    fl_call_exit(log);
 }
 
 static int64_t complete_impl(fl_log *log) {
     pthread_mutex_lock(&log->mutex);
+    /* A batch being placed is let finish: completing under it would cut it part-way. */
+    while (log->batches_active > 0 && !log->fenced_error)
+        pthread_cond_wait(&log->commit_cond, &log->mutex);
     int rc = fl_writable_locked(log);
     if (rc == 0) {
         log->completed = 1;
@@ -280,9 +296,11 @@ static int64_t complete_impl(fl_log *log) {
 }
 
 int64_t fl_complete(fl_log *log) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t rc = complete_impl(log);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }
 
@@ -365,8 +383,10 @@ static int truncate_until_impl(fl_log *log, uint64_t address) {
 }
 
 int fl_truncate_until(fl_log *log, uint64_t address) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int rc = truncate_until_impl(log, address);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }

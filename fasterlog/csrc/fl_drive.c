@@ -107,8 +107,11 @@ static int queue_writes_io_locked(fl_log *log, uint64_t until, int link, int dsy
          * that sector in flight (the commit that wrote its start waited for it). */
         assert(write_start == start || !write_in_flight_beyond(log, write_start));
         uint64_t segment = write_start / log->segment_size_bytes;
-        int write_fd, read_fd;
-        int rc = fl_segment_fds(log, segment, 1, &write_fd, &read_fd);
+        /* Marked dirty under segments_lock as the descriptor is looked up: the table may be
+         * grown or shifted by other threads at any other moment (locking rule 3), and a flag
+         * written into a moved table would let the commit's sync loop skip this segment. */
+        int write_fd;
+        int rc = fl_segment_write_fd_io_locked(log, segment, &write_fd);
         if (rc < 0) return rc;
         fl_zero_wait(log, write_start, write_end);
         uint64_t tag;
@@ -119,7 +122,6 @@ static int queue_writes_io_locked(fl_log *log, uint64_t until, int link, int dsy
                              write_end - write_start, write_start % log->segment_size_bytes, tag,
                              link, dsync);
         if (rc < 0) return rc;
-        log->segments[segment - log->segments_base].dirty = 1;
         log->submitted_until = end;
     }
     return 0;

@@ -28,8 +28,18 @@
  * 1. `mutex` guards positions, the page ring and commit state. Held only for short copies.
  * 2. `io_mutex` is held by the one thread that drives the device (submits and reaps). It is
  *    taken before `mutex`, never while holding it (trylock excepted).
- * 3. `segments_lock` (rwlock) guards the segment file table: readers share it for pread,
- *    opening or deleting a segment takes it exclusively.
+ * 3. `segments_lock` (rwlock) guards the segment file table: every read or write of the table
+ *    (its pointer, base, count and entries, `dirty` flags included) holds it. Readers share it
+ *    for a lookup and the pread that uses its descriptor (so deletion can never close a
+ *    descriptor under a pread); growing the table, opening or deleting a segment takes it
+ *    exclusively. `dirty` is written under the shared lock only by the thread holding
+ *    io_mutex (rule 2), so two writers never meet. Never taken recursively (it prefers
+ *    writers, so a second shared lock could wait behind a queued writer).
+ * 4. Public calls run inside fl_call_enter/fl_call_exit (`calls_active`, an atomic count, not a
+ *    lock: the common append skips even that, see fl_append). Close sets `closing`, wakes the
+ *    waits, and only once no call is left inside does it stop the device, unmap and free what
+ *    they use; a call that enters after `closing` returns FL_E_CLOSED at once. `close_mutex`
+ *    makes a second close wait for the first.
  *
  * Addresses are byte offsets across segment files: address A lives in segment
  * A / segment_size_bytes at file offset A % segment_size_bytes. Memory holds a ring of
@@ -216,6 +226,10 @@ struct fl_log {
     pthread_mutex_t io_mutex;
     pthread_rwlock_t segments_lock;
     atomic_int io_pending; /* sealed pages wait to be submitted */
+    atomic_uint calls_active; /* public calls inside the core now (locking rule 4) */
+    atomic_int closing;       /* close began: new calls are refused, waits end */
+    pthread_cond_t calls_cond; /* calls_active fell to 0 while closing (under `mutex`) */
+    pthread_mutex_t close_mutex; /* held for the whole of a close */
     _Atomic uint64_t readahead_until; /* scans from disk asked the kernel to read up to here */
 
     fl_device device;
@@ -272,6 +286,7 @@ struct fl_log {
     uint64_t segments_base;
     uint64_t segments_count;
     uint64_t segments_capacity;
+    uint64_t segments_deleted_below; /* every segment below this one was deleted (truncation) */
 
     int32_t fenced_error;
     int32_t closed;
@@ -361,7 +376,19 @@ struct timespec fl_deadline_after_us(int64_t timeout_us);
 void fl_segment_name(uint64_t segment, char *name, size_t size);
 /* Grows the table so it covers `segment`; segments_lock held exclusively. */
 int fl_segments_cover_locked(fl_log *log, uint64_t segment);
+/* The descriptors of a segment, opened (with `create`, created) when needed. FL_E_TRUNCATED
+ * for a segment that truncation deleted. Only for descriptors nothing can delete while they
+ * are used: the writer's (at the tail) and recovery's; reads go through fl_segment_pread. */
 int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd);
+/* The writer's descriptor of `segment` (created when needed), marked dirty in the same hold of
+ * segments_lock, so the next commit's sync loop finds it (locking rule 3); io_mutex held. */
+int fl_segment_write_fd_io_locked(fl_log *log, uint64_t segment, int *write_fd);
+/* pread of `size` bytes at `offset` in `segment`, holding segments_lock (shared) from the
+ * lookup to the end of the read so truncation cannot close the descriptor in between; with
+ * `advise_bytes`, a readahead hint first. The bytes read, FL_E_TRUNCATED for a deleted
+ * segment, FL_E_ADDRESS for a missing file, or -errno. */
+int64_t fl_segment_pread(fl_log *log, uint64_t segment, void *buffer, uint64_t size,
+                         uint64_t offset, uint64_t advise_bytes);
 void fl_segments_delete_below(fl_log *log, uint64_t begin_address);
 void fl_segments_close_all(fl_log *log);
 
@@ -399,6 +426,37 @@ int fl_entry_start_check(fl_log *log, uint64_t address);
 int64_t fl_log_commit(fl_log *log);
 int fl_auto_commit_start(fl_log *log);
 void fl_auto_commit_stop(fl_log *log);
+
+/* ---- calls in flight (locking rule 4) ---- */
+/* Counts a public call in; FL_E_CLOSED (not counted) once close has begun. The count is
+ * raised before `closing` is read and close sets `closing` before it reads the count (both
+ * sequentially consistent), so either the call sees `closing` or close sees the call. */
+static inline int fl_call_enter(fl_log *log) {
+    atomic_fetch_add(&log->calls_active, 1);
+    if (atomic_load(&log->closing)) {
+        if (atomic_fetch_sub(&log->calls_active, 1) == 1) {
+            pthread_mutex_lock(&log->mutex);
+            pthread_cond_broadcast(&log->calls_cond);
+            pthread_mutex_unlock(&log->mutex);
+        }
+        return FL_E_CLOSED;
+    }
+    return 0;
+}
+/* Counts a call out; the last one out of a closing log lets close go on. `mutex` not held. */
+static inline void fl_call_exit(fl_log *log) {
+    unsigned before = atomic_fetch_sub(&log->calls_active, 1);
+    /* Invariant: every exit follows its enter. */
+    assert(before > 0);
+    if (before == 1 && atomic_load(&log->closing)) {
+        pthread_mutex_lock(&log->mutex);
+        pthread_cond_broadcast(&log->calls_cond);
+        pthread_mutex_unlock(&log->mutex);
+    }
+}
+static inline int fl_closing(fl_log *log) {
+    return atomic_load_explicit(&log->closing, memory_order_relaxed);
+}
 
 /* ---- invariants ---- */
 /* Invariant 1 for the positions the writer moves, checked where it moves them (`mutex` held).

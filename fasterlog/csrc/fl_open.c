@@ -151,7 +151,15 @@ static fl_log *log_alloc(const char *directory, const fl_settings *settings) {
     pthread_cond_init(&log->flush_cond, NULL);
     pthread_cond_init(&log->auto_commit_cond, NULL);
     pthread_cond_init(&log->zero_cond, NULL);
-    pthread_rwlock_init(&log->segments_lock, NULL);
+    pthread_cond_init(&log->calls_cond, NULL);
+    pthread_mutex_init(&log->close_mutex, NULL);
+    /* Writers first: readers hold the lock for each pread (locking rule 3), and many scans
+     * must not starve the truncation that waits to delete a segment. */
+    pthread_rwlockattr_t attributes;
+    pthread_rwlockattr_init(&attributes);
+    pthread_rwlockattr_setkind_np(&attributes, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&log->segments_lock, &attributes);
+    pthread_rwlockattr_destroy(&attributes);
     log->settings = *settings;
     log->readonly = settings->readonly != 0;
     log->direct_io = settings->direct_io != 0;
@@ -197,13 +205,32 @@ static int write_clean_meta(fl_log *log) {
     return fl_meta_write(log->directory_fd, &meta);
 }
 
+/* Locking rule 4: refuses new calls and waits until every public call inside the core has
+ * left. The waits among them end (they see `closing`); a read-only waiter sleeps on the shared
+ * page's futex, so it is woken until it is gone (a wake can land just before it sleeps, hence
+ * the short timed wait). Appends, batches, commits and reads in flight finish: the device and
+ * the ring are still there. */
+static void calls_drain(fl_log *log) {
+    atomic_store(&log->closing, 1);
+    pthread_mutex_lock(&log->mutex);
+    while (atomic_load(&log->calls_active) > 0) {
+        pthread_cond_broadcast(&log->commit_cond);
+        pthread_cond_broadcast(&log->flush_cond);
+        if (log->readonly) fl_shared_wake_local(log);
+        struct timespec deadline = fl_deadline_after_us(1000);
+        pthread_cond_timedwait(&log->calls_cond, &log->mutex, &deadline);
+    }
+    pthread_mutex_unlock(&log->mutex);
+}
+
 /* Releases every resource; with `clean`, after a final commit and a clean meta file. */
-static int log_shutdown(fl_log *log, int clean) {
+static int log_shutdown_locked(fl_log *log, int clean) {
     int rc = 0;
     pthread_mutex_lock(&log->mutex);
     int was_closed = log->closed;
     pthread_mutex_unlock(&log->mutex);
     if (was_closed) return 0;
+    calls_drain(log);
     fl_auto_commit_stop(log);
     fl_zero_stop(log);
     fl_follow_stop(log);
@@ -229,14 +256,23 @@ static int log_shutdown(fl_log *log, int clean) {
     if (clean && !log->readonly && !fenced && rc == 0) rc = write_clean_meta(log);
     fl_segments_close_all(log);
     pthread_mutex_lock(&log->mutex);
-    free(log->memory);
-    log->memory = NULL;
+    uint8_t *memory = log->memory;
+    __atomic_store_n(&log->memory, NULL, __ATOMIC_RELAXED); /* fl_prefetch reads it unlocked */
+    free(memory);
     pthread_mutex_unlock(&log->mutex);
     fl_shared_close(log);
     if (log->event_fd >= 0) close(log->event_fd);
     if (log->lock_fd >= 0) close(log->lock_fd); /* releases the flock */
     if (log->directory_fd >= 0) close(log->directory_fd);
     log->event_fd = log->lock_fd = log->directory_fd = -1;
+    return rc;
+}
+
+/* A second close (another thread's, or fl_free's) waits for the first to finish. */
+static int log_shutdown(fl_log *log, int clean) {
+    pthread_mutex_lock(&log->close_mutex);
+    int rc = log_shutdown_locked(log, clean);
+    pthread_mutex_unlock(&log->close_mutex);
     return rc;
 }
 
@@ -249,6 +285,8 @@ static void free_impl(fl_log *log) {
     pthread_cond_destroy(&log->auto_commit_cond);
     pthread_cond_destroy(&log->zero_cond);
     pthread_rwlock_destroy(&log->segments_lock);
+    pthread_cond_destroy(&log->calls_cond);
+    pthread_mutex_destroy(&log->close_mutex);
     free(log->cookie);
     free(log->directory);
     free(log);
@@ -267,7 +305,7 @@ static int sync_recovered(fl_log *log, uint64_t recovery_start_address) {
     for (uint64_t segment = first; segment <= last; segment++) {
         int read_fd;
         int rc = fl_segment_fds(log, segment, 0, NULL, &read_fd);
-        if (rc == FL_E_ADDRESS) continue; /* below begin and deleted */
+        if (rc == FL_E_ADDRESS || rc == FL_E_TRUNCATED) continue; /* below begin, deleted */
         if (rc < 0) return rc;
         rc = fl_io_fdatasync(read_fd);
         if (rc < 0) return rc;
@@ -460,10 +498,15 @@ void fl_free(fl_log *log) {
 
 void fl_get_state(fl_log *log, fl_state *state) {
     memset(state, 0, sizeof *state);
-    if (pthread_mutex_trylock(&log->io_mutex) == 0) {
-        /* Opportunistic: account for writes that finished since anyone last looked. */
-        if (!log->closed && log->inflight_count > 0) fl_drive_reap_io_locked(log, 0);
-        pthread_mutex_unlock(&log->io_mutex);
+    /* Counted in only for the reap, which needs the device; the snapshot below is answered
+     * after close too. */
+    if (fl_call_enter(log) == 0) {
+        if (!log->readonly && pthread_mutex_trylock(&log->io_mutex) == 0) {
+            /* Opportunistic: account for writes that finished since anyone last looked. */
+            if (log->inflight_count > 0) fl_drive_reap_io_locked(log, 0);
+            pthread_mutex_unlock(&log->io_mutex);
+        }
+        fl_call_exit(log);
     }
     pthread_mutex_lock(&log->mutex);
     if (log->readonly && !log->closed) fl_shared_refresh_locked(log);
@@ -478,7 +521,7 @@ void fl_get_state(fl_log *log, fl_state *state) {
     state->epoch = log->epoch;
     state->io_backend = log->device.backend ? log->device.backend : FL_IO_PLAIN;
     state->fenced_error = log->fenced_error;
-    state->closed = log->closed;
+    state->closed = log->closed || fl_closing(log);
     state->readonly = log->readonly;
     state->direct_io = log->direct_io;
     state->io_uring_refused = log->io_uring_refused;
@@ -500,8 +543,10 @@ static int fault_set_impl(fl_log *log, int32_t ops, uint64_t after_count, int32_
 
 int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error, int32_t persistent,
                  int32_t short_write) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int rc = fault_set_impl(log, ops, after_count, error, persistent, short_write);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }

@@ -33,24 +33,40 @@ static int64_t copy_range(fl_log *log, uint64_t address, void *buffer, uint64_t 
     }
     pthread_mutex_unlock(&log->mutex);
     *from_memory = 0;
-    int read_fd;
-    int rc = fl_segment_fds(log, address / log->segment_size_bytes, 0, NULL, &read_fd);
-    if (rc < 0) return rc;
     uint64_t offset = address % log->segment_size_bytes;
     uint64_t ahead = atomic_load(&log->readahead_until);
+    uint64_t advise_bytes = 0;
     if (read_ahead_bytes > 0 && (address + size > ahead || address + read_ahead_bytes < ahead)) {
         /* A long scan from disk: ask the kernel to read well ahead. It issues those reads
          * asynchronously and many at a time, so the scan is not bound by the latency of one
          * read after another (a racing update of the mark only costs an extra hint). */
-        uint64_t length = log->segment_size_bytes - offset;
-        if (length > read_ahead_bytes) length = read_ahead_bytes;
-        posix_fadvise(read_fd, (off_t)offset, (off_t)length, POSIX_FADV_WILLNEED);
-        atomic_store(&log->readahead_until, address + length - length / 4);
+        advise_bytes = log->segment_size_bytes - offset;
+        if (advise_bytes > read_ahead_bytes) advise_bytes = read_ahead_bytes;
+        atomic_store(&log->readahead_until, address + advise_bytes - advise_bytes / 4);
     }
-    pthread_rwlock_rdlock(&log->segments_lock);
-    int64_t got = fl_pread_full(read_fd, buffer, size, offset);
-    pthread_rwlock_unlock(&log->segments_lock);
+    /* The lookup and the pread share one hold of segments_lock: a truncation racing this read
+     * either waits for it or has deleted the segment first (FL_E_TRUNCATED), never closes the
+     * descriptor under it (issue 14 defect 3). */
+    int64_t got = fl_segment_pread(log, address / log->segment_size_bytes, buffer, size, offset,
+                                   advise_bytes);
+    if (got == FL_E_ADDRESS) {
+        /* No such file: a writer in another process may have deleted it under a read-only
+         * log's reader after moving the begin address past it. */
+        pthread_mutex_lock(&log->mutex);
+        if (log->readonly && !log->closed) fl_shared_refresh_locked(log);
+        if (address < log->begin_address) got = FL_E_TRUNCATED;
+        pthread_mutex_unlock(&log->mutex);
+    }
     return got;
+}
+
+/* FL_E_TRUNCATED's details once a read found its bytes gone: the begin address now. */
+static void truncated_details(fl_log *log, uint64_t address, fl_error_info *error) {
+    if (error == NULL) return;
+    pthread_mutex_lock(&log->mutex);
+    error->address = address;
+    error->begin_address = log->begin_address;
+    pthread_mutex_unlock(&log->mutex);
 }
 
 /* Limits a read or scan: returns 0, or a code with error->address/begin_address set. */
@@ -146,9 +162,12 @@ static int64_t read_impl(fl_log *log, uint64_t address, void *buffer, size_t cap
 
 int64_t fl_read(fl_log *log, uint64_t address, void *buffer, size_t capacity, int32_t *kind_out,
                 fl_error_info *error) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t rc = read_impl(log, address, buffer, capacity, kind_out, error);
+    if (rc == FL_E_TRUNCATED) truncated_details(log, address, error);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }
 
@@ -208,7 +227,7 @@ int64_t fl_read_in_memory(fl_log *log, uint64_t address, void *buffer, size_t ca
 void fl_prefetch(fl_log *log, uint64_t address) {
     /* Read without the lock: memory, page_size_bytes and pages_count are fixed while the log
      * is open, so any value lands inside the ring (or the ring is already gone: no load). */
-    const uint8_t *memory = log->memory;
+    const uint8_t *memory = __atomic_load_n(&log->memory, __ATOMIC_RELAXED);
     if (memory == NULL) return;
     const uint8_t *at = memory + (fl_page_of(log, address) % log->pages_count) *
                                      log->page_size_bytes + address % log->page_size_bytes;
@@ -241,10 +260,13 @@ static int64_t read_many_impl(fl_log *log, const uint64_t *addresses, size_t cou
 int64_t fl_read_many(fl_log *log, const uint64_t *addresses, size_t count, void *buffer,
                      size_t capacity, uint32_t *offsets_out, uint32_t *sizes_out,
                      int32_t *kinds_out, fl_error_info *error) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t rc = read_many_impl(log, addresses, count, buffer, capacity, offsets_out, sizes_out,
                                 kinds_out, error);
+    if (rc == FL_E_TRUNCATED && error) truncated_details(log, error->address, error);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }
 
@@ -343,6 +365,7 @@ static int64_t scan_copy_chunk(fl_log *log, scan_call *s, fl_error_info *error) 
                               : 0;
     int64_t got = copy_range(log, s->position, s->buffer + s->used, size, &from_memory,
                                 read_ahead);
+    if (got == FL_E_TRUNCATED) truncated_details(log, s->position, error);
     if (got < 0) return got;
     if ((uint64_t)got < size) {
         /* Committed bytes missing from the file: damage, not the end of the log. */
@@ -400,11 +423,13 @@ int64_t fl_scan(fl_log *log, uint64_t from_address, uint64_t until_address, int3
                 void *buffer, size_t capacity, uint64_t *addresses_out, uint32_t *offsets_out,
                 uint32_t *sizes_out, int32_t *kinds_out, size_t count_max,
                 uint64_t *next_address_out, fl_error_info *error) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int64_t rc = scan_impl(log, from_address, until_address, include, buffer, capacity,
                            addresses_out, offsets_out, sizes_out, kinds_out, count_max,
                            next_address_out, error);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }
 
@@ -464,8 +489,10 @@ static int verify_impl(fl_log *log, uint64_t from_address, uint64_t until_addres
 
 int fl_verify(fl_log *log, uint64_t from_address, uint64_t until_address, uint64_t *good_until_out,
               fl_error_info *error) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
     int rc = verify_impl(log, from_address, until_address, good_until_out, error);
     fl_blocking_end(token);
+    fl_call_exit(log);
     return rc;
 }

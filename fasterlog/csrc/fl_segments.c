@@ -17,10 +17,13 @@ void fl_segment_name(uint64_t segment, char *name, size_t size) {
     snprintf(name, size, "segment-%08llu.fl", (unsigned long long)segment);
 }
 
-/* Grows the table so it covers `segment`; segments_lock held exclusively. */
+/* Grows the table so it covers `segment`; segments_lock held exclusively. The table starts at
+ * the begin address's segment (recovery) and only truncation moves its base up, so a segment
+ * below it lies below the begin address. */
 int fl_segments_cover_locked(fl_log *log, uint64_t segment) {
+    if (segment < log->segments_deleted_below) return FL_E_TRUNCATED;
     if (log->segments_count == 0) log->segments_base = segment;
-    if (segment < log->segments_base) return FL_E_ADDRESS;
+    if (segment < log->segments_base) return FL_E_TRUNCATED;
     uint64_t needed = segment - log->segments_base + 1;
     if (needed <= log->segments_count) return 0;
     if (needed > log->segments_capacity) {
@@ -72,41 +75,98 @@ static int segment_create(fl_log *log, uint64_t segment, fl_segment *entry) {
     return 0;
 }
 
-/* Returns the descriptors of a segment, opening (and with `create`, creating) it. Takes
- * segments_lock itself. The returned descriptors stay valid until the segment is deleted,
- * which only happens below the begin address. */
+/* The table entry of `segment` when it has the descriptors asked for; segments_lock held. */
+static fl_segment *entry_if_open_locked(fl_log *log, uint64_t segment, int create) {
+    if (log->segments_count == 0 || segment < log->segments_base ||
+        segment - log->segments_base >= log->segments_count)
+        return NULL;
+    fl_segment *entry = &log->segments[segment - log->segments_base];
+    return entry->read_fd >= 0 && (!create || entry->write_fd >= 0) ? entry : NULL;
+}
+
+/* Opens (with `create`, creates) the segment's descriptors; segments_lock held exclusively. */
+static int segment_open_locked(fl_log *log, uint64_t segment, int create, fl_segment **out) {
+    int rc = fl_segments_cover_locked(log, segment);
+    if (rc < 0) return rc;
+    fl_segment *entry = &log->segments[segment - log->segments_base];
+    if (create && entry->write_fd < 0) rc = segment_create(log, segment, entry);
+    if (rc == 0 && entry->read_fd < 0) {
+        char name[64];
+        fl_segment_name(segment, name, sizeof name);
+        entry->read_fd = openat(log->directory_fd, name, O_RDONLY | O_CLOEXEC);
+        if (entry->read_fd < 0) rc = errno == ENOENT ? FL_E_ADDRESS : -errno;
+    }
+    *out = entry;
+    return rc;
+}
+
 int fl_segment_fds(fl_log *log, uint64_t segment, int create, int *write_fd, int *read_fd) {
     pthread_rwlock_rdlock(&log->segments_lock);
-    if (log->segments_count > 0 && segment >= log->segments_base &&
-        segment - log->segments_base < log->segments_count) {
-        fl_segment *entry = &log->segments[segment - log->segments_base];
-        if (entry->read_fd >= 0 && (!create || entry->write_fd >= 0)) {
-            if (write_fd) *write_fd = entry->write_fd;
-            *read_fd = entry->read_fd;
-            pthread_rwlock_unlock(&log->segments_lock);
-            return 0;
-        }
+    fl_segment *entry = entry_if_open_locked(log, segment, create);
+    if (entry != NULL) {
+        if (write_fd) *write_fd = entry->write_fd;
+        *read_fd = entry->read_fd;
+        pthread_rwlock_unlock(&log->segments_lock);
+        return 0;
     }
     pthread_rwlock_unlock(&log->segments_lock);
 
     pthread_rwlock_wrlock(&log->segments_lock);
-    int rc = fl_segments_cover_locked(log, segment);
+    int rc = segment_open_locked(log, segment, create, &entry);
     if (rc == 0) {
-        fl_segment *entry = &log->segments[segment - log->segments_base];
-        if (create && entry->write_fd < 0) rc = segment_create(log, segment, entry);
-        if (rc == 0 && entry->read_fd < 0) {
-            char name[64];
-            fl_segment_name(segment, name, sizeof name);
-            entry->read_fd = openat(log->directory_fd, name, O_RDONLY | O_CLOEXEC);
-            if (entry->read_fd < 0) rc = errno == ENOENT ? FL_E_ADDRESS : -errno;
-        }
-        if (rc == 0) {
-            if (write_fd) *write_fd = entry->write_fd;
-            *read_fd = entry->read_fd;
-        }
+        if (write_fd) *write_fd = entry->write_fd;
+        *read_fd = entry->read_fd;
     }
     pthread_rwlock_unlock(&log->segments_lock);
     return rc;
+}
+
+int fl_segment_write_fd_io_locked(fl_log *log, uint64_t segment, int *write_fd) {
+    pthread_rwlock_rdlock(&log->segments_lock);
+    fl_segment *entry = entry_if_open_locked(log, segment, 1);
+    if (entry != NULL) {
+        /* Shared lock: the table cannot move; only this thread (io_mutex) writes `dirty`. */
+        entry->dirty = 1;
+        *write_fd = entry->write_fd;
+        pthread_rwlock_unlock(&log->segments_lock);
+        return 0;
+    }
+    pthread_rwlock_unlock(&log->segments_lock);
+    pthread_rwlock_wrlock(&log->segments_lock);
+    int rc = segment_open_locked(log, segment, 1, &entry);
+    if (rc == 0) {
+        entry->dirty = 1;
+        *write_fd = entry->write_fd;
+    }
+    pthread_rwlock_unlock(&log->segments_lock);
+    return rc;
+}
+
+int64_t fl_segment_pread(fl_log *log, uint64_t segment, void *buffer, uint64_t size,
+                         uint64_t offset, uint64_t advise_bytes) {
+    for (;;) {
+        pthread_rwlock_rdlock(&log->segments_lock);
+        if (segment < log->segments_deleted_below) {
+            pthread_rwlock_unlock(&log->segments_lock);
+            return FL_E_TRUNCATED;
+        }
+        fl_segment *entry = entry_if_open_locked(log, segment, 0);
+        if (entry != NULL) {
+            if (advise_bytes > 0)
+                posix_fadvise(entry->read_fd, (off_t)offset, (off_t)advise_bytes,
+                              POSIX_FADV_WILLNEED);
+            int64_t got = fl_pread_full(entry->read_fd, buffer, size, offset);
+            pthread_rwlock_unlock(&log->segments_lock);
+            return got;
+        }
+        pthread_rwlock_unlock(&log->segments_lock);
+        /* Not open yet: open it, then read under a fresh shared hold (it may be deleted in
+         * between, which the next turn reports). */
+        pthread_rwlock_wrlock(&log->segments_lock);
+        int rc = segment_open_locked(log, segment, 0, &entry);
+        pthread_rwlock_unlock(&log->segments_lock);
+        if (rc < 0) return rc;
+    }
 }
 
 /* Deletes whole segments below `begin_address`. The caller made the new begin durable. */
@@ -124,6 +184,9 @@ void fl_segments_delete_below(fl_log *log, uint64_t begin_address) {
         log->segments_count--;
         log->segments_base++;
     }
+    /* Reads that looked the begin address up before it moved find out here (fl_segment_pread)
+     * rather than through a descriptor this loop closed. */
+    if (log->segments_deleted_below < first_kept) log->segments_deleted_below = first_kept;
     /* Older segments may exist on disk without a table entry (never opened since recovery). */
     for (uint64_t s = first_kept; s-- > 0;) {
         char name[64];

@@ -34,7 +34,37 @@ CORE_CODES = {
     "FL_E_SHORT_WRITE": errors.LogIOError,
     "FL_E_NOMEM": MemoryError,
     "FL_E_TIMEOUT": TimeoutError,
+    "FL_E_FULL": errors.MemoryFullError,
+    "FL_E_BUFFER": errors.BufferTooSmallError,
+    "FL_E_WOKEN": errors.WaitWokenError,
+    "FL_E_NOT_IN_MEMORY": errors.NotInMemoryError,
 }
+HEADER = Path(__file__).resolve().parents[2] / "fasterlog" / "csrc" / "fasterlog.h"
+
+
+def test_every_code_the_header_declares_has_a_name_and_an_exception_of_its_own() -> None:
+    # Read from fasterlog.h itself, so a code added there without a table entry fails here
+    # (FL_E_FULL, FL_E_BUFFER, FL_E_WOKEN and FL_E_NOT_IN_MEMORY had none: a generic
+    # "error code -100004").
+    import re
+
+    enum = re.search(r"enum fl_status \{(.*?)\};", HEADER.read_text(), re.S)
+    assert enum is not None
+    names = re.findall(r"\b(FL_E_[A-Z_]+)\s*=", enum.group(1))
+    assert len(names) >= 18
+    assert sorted(names) == sorted(CORE_CODES)
+    for name in names:
+        code = getattr(lib, name)
+        assert errors.code_name(code) == name
+        error = errors.exception_for(code, "probe")
+        assert type(error) is not errors.FasterLogError, name
+        assert f"error code {code}" not in str(error), name
+
+
+def test_a_fence_reason_names_the_code_that_fenced_the_log() -> None:
+    reason = errors.fence_reason(lib.FL_E_CLOSED)
+    assert reason.startswith("FL_E_CLOSED (") and "-100001" not in reason
+    assert errors.fence_reason(-errno.ENOSPC).startswith("ENOSPC (")
 
 
 @pytest.mark.parametrize("name", sorted(CORE_CODES))
