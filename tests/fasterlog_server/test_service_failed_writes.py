@@ -173,3 +173,31 @@ def test_the_server_reopens_its_logs_by_itself_and_a_restart_agrees(tmp_path: Pa
     finally:
         client.close()
         server.stop()
+
+
+def test_with_fsync_everysec_a_failed_commit_fences_and_the_server_recovers(
+        tmp_path: Path) -> None:
+    # Replies do not wait for syncs here (not durable per reply): the failure surfaces at the
+    # commit every second, in the worker thread's committer; the server must still end with
+    # what the log committed, and reopen.
+    server = RunningServer(tmp_path / "data", fsync="everysec")
+    client = RawClient(server.port)
+    try:
+        populate(client)
+        assert isinstance(client.call("LOG.COMMIT"), int)  # the tail it committed
+        fault_testing.inject_fault(server.server.log, "any", errno=errno.ENOSPC)
+        reply = client.call("XADD", "s", "*", "f", "unsynced")
+        assert isinstance(reply, bytes)  # answered at once (or refused), never hung up on
+        deadline = time.monotonic() + recovery_timeout_s
+        while server.server.keeper.reopened_count == 0:  # the commit of the next second fails
+            assert time.monotonic() < deadline, "never fenced and reopened"
+            assert isinstance(client.call("GET", "k"), bytes)  # reads are answered meanwhile
+            time.sleep(0.05)
+        wait_until_writable(client)
+        assert client.call("XLEN", "s") in (2, 3)  # the unsynced entry only if it was synced
+        assert client.call("XRANGE", "s", "-", "+")[:2] == [[b"1-1", [b"f", b"one"]],
+                                                          [b"2-1", [b"f", b"two"]]]
+        assert client.call("PING") == b"PONG"
+    finally:
+        client.close()
+        server.stop()
