@@ -10,15 +10,16 @@ Rules:
    KV view are rebuilt from what they committed; the loop swaps them in whole
    (StreamStore.adopt, KeyValues.adopt, CommitCoordinator.adopt), stops loading and closes the
    fenced writers. Reads then show exactly what a restart would show; writes stay refused.
-3. Reopen: every `reopen_interval_s`, once the file system has room for the next segment of
-   each log (twice the larger segment size: what their preallocation takes), a worker
-   thread opens both logs as writers (recovery as at open, a new writer epoch) and rebuilds the
-   state from them; the loop swaps it in, closes the read-only logs and accepts writes again.
-   An open that fails (the disk is still full) is closed again and retried later; the server
-   stays read-only meanwhile, and says so once in the log.
+3. Reopen: every `reopen_interval_s`, once the file system has room for a new segment (the
+   larger segment size of the two logs: what a preallocation takes), a worker thread opens
+   both logs as writers (recovery as at open, a new writer epoch) and rebuilds the state from
+   them; the loop swaps it in, closes the read-only logs and accepts writes again. An open
+   that fails (the disk is still full) is closed again and retried later; the server stays
+   read-only meanwhile, and says so once in the log.
 4. Startup on a full disk: a log that cannot be opened as a writer (an OSError, DiskFullError
    included) is opened read-only with a warning (`open_stream_log`, `open_kv_store`); the
-   keeper then starts at rule 1, so the server serves reads and reopens by rule 3.
+   keeper then refuses writes and reopens by rule 3 (with one log a writer and the other
+   read-only, by rule 1: both are reopened together).
 5. The keeper closes every log it opened (`close`); the stream log the server was given is the
    caller's to close (closing it twice does nothing).
 Blocked readers look again and every WATCH is broken after each swap: any key may have changed.
@@ -131,9 +132,9 @@ class LogKeeper:
         self._log_path = context.log.path
         self._kv_path = kv_path
         self.reopen_interval_s = reopen_interval_s
-        # Rule 3's room: both logs' next segments.
-        self.free_bytes_min = 2 * max(context.log.settings["segment_size_bytes"],
-                                      context.kv.store.log.settings["segment_size_bytes"])
+        # Rule 3's room: a new segment of the log with the larger ones.
+        self.free_bytes_min = max(context.log.settings["segment_size_bytes"],
+                                  context.kv.store.log.settings["segment_size_bytes"])
         self._opened: list[KVStore | FasterLog] = []
         self._task: asyncio.Task[None] | None = None
         self.reopened_count = 0  # writers reopened after a failure (tests and INFO read it)
@@ -144,12 +145,24 @@ class LogKeeper:
         return self._context.fence.refusal is None
 
     def start(self, kv_store_owned: bool) -> None:
-        """On the running loop: a server opened read-only (rule 4) starts at rule 1."""
+        """On the running loop: a server opened read-only (rule 4) refuses writes and starts
+        reopening (rule 3); with one log a writer and the other not, it goes by rule 1 (both
+        are reopened together)."""
         if kv_store_owned:
             self._opened.append(self._context.kv.store)
-        log, store = self._context.log, self._context.kv.store
-        if log.settings["readonly"] or store.read_only:
-            self.failed("the log could not be opened for writing")
+        log_read_only = self._context.log.settings["readonly"]
+        kv_read_only = self._context.kv.store.read_only
+        if log_read_only != kv_read_only:
+            self.failed("a log could not be opened for writing")
+        elif log_read_only:
+            self._refuse_writes("the log could not be opened for writing (is the disk full?)")
+            self._task = asyncio.get_running_loop().create_task(self._reopen_writers())
+
+    def _refuse_writes(self, error: BaseException | str) -> None:
+        context = self._context
+        context.fence.refuse_writes(error)
+        context.streams.writable = False
+        context.coordinator.writable = False
 
     def failed(self, error: BaseException | str) -> None:
         """Rule 1 (the coordinator's on_failure hook), on the event loop."""
@@ -157,24 +170,22 @@ class LogKeeper:
         if context.fence.refusal is None:
             _logger.error("write failed: %s; refusing writes, reloading the committed state",
                           error)
-        context.fence.refuse_writes(error)
+        self._refuse_writes(error)
         context.fence.set_loading(True)
-        context.streams.writable = False
-        coordinator = context.coordinator
-        coordinator.writable = False
         failure = error if isinstance(error, BaseException) else FasterLogError(error)
-        coordinator.fail_enlisted(failure)
+        context.coordinator.fail_enlisted(failure)
         context.streams.discard_pending()
         context.kv.discard_pending()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
+        """Rule 2, then rule 3."""
         loop = asyncio.get_running_loop()
         context = self._context
         while context.coordinator.committing:  # its waiters get its own result
             await asyncio.sleep(_IDLE_POLL_S)
-        while True:  # rule 2: until the read-only open works
+        while True:  # until the read-only open works
             try:
                 state = await loop.run_in_executor(None, _open_state, self._log_path,
                                                    self._kv_path, True)
@@ -184,6 +195,12 @@ class LogKeeper:
                 await asyncio.sleep(self.reopen_interval_s)
         await self._swap(state)
         context.fence.set_loading(False)
+        await self._reopen_writers()
+
+    async def _reopen_writers(self) -> None:
+        """Rule 3: from read-only logs, until both open as writers."""
+        loop = asyncio.get_running_loop()
+        context = self._context
         said = False
         while True:  # rule 3
             await asyncio.sleep(self.reopen_interval_s)

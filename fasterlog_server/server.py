@@ -28,6 +28,9 @@ Rules (each kept by the module named):
    inside it, is all-or-nothing per log after a crash (context.py).
 8. Transactions and WATCH: commands/transactions.py, notify.py. The commands, their arities
    and flags: dispatch.py, the only place that names them.
+9. A failed commit is answered with the error and the connection stays open; the server then
+   refuses writes (MISCONF), serves what the logs committed, and reopens them by itself once
+   they can write; on a full disk it starts read-only (fence.py, recovery.py).
 
 This module assembles the server: `Server` (the shared context, the listening socket, the
 connections and the expiry sweep), `open_log`, and `serve` and `run` for the command line.

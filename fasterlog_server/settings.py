@@ -148,6 +148,6 @@ KV_DIRECTORY_NAME = "kv"
 
 # After a failed write the logs are read-only until they can be reopened as writers
 # (recovery.py rule 3): how often a reopen is tried. Each try replays both logs in a worker
-# thread, so it is tried only once the file system has room for a new segment of each log
-# (the larger segment size, twice: what the preallocation of the next segments takes).
+# thread, so it is tried only once the file system has room for a new segment (the larger
+# segment size of the two logs: what one preallocation takes).
 FENCE_REOPEN_INTERVAL_S = 1.0
