@@ -33,6 +33,10 @@ __all__ = [
     "MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES",
     "OUTPUT_HIGH_WATER_BYTES",
     "READ_SIZE_BYTES",
+    "REPLIES_BATCH_SIZE_MAX_BYTES",
+    "STREAMED_REPLY_SIZE_MIN_BYTES",
+    "STREAM_CHUNK_SIZE_BYTES",
+    "STREAM_STEP_SIZE_MAX_BYTES",
     "ServerSettings",
     "is_loopback",
 ]
@@ -126,6 +130,22 @@ READ_SIZE_BYTES = 64 << 10
 # the transport's high-water mark). The hard limit, past which the client is disconnected, is
 # ServerSettings.output_buffer_size_max_bytes.
 OUTPUT_HIGH_WATER_BYTES = 64 << 10
+
+# Replies built by one run of a batch before they are written (dispatch.py rule 6): the batch
+# goes on once the socket has taken them (below OUTPUT_HIGH_WATER_BYTES), so a pipeline of big
+# replies holds about this much plus one reply, not the whole pipeline's replies (a GET
+# pipeline of 250 x 4 MB took 1,962 MB). Four high-water marks: a pipeline of small replies
+# (10,000 GETs of 20 bytes) is written in one piece.
+REPLIES_BATCH_SIZE_MAX_BYTES = 256 << 10
+# A reply that grows with the data (MGET, XRANGE, XREVRANGE) becomes a streamed reply
+# (streamed.py) once what it read passes this: what comes after is read and encoded as the
+# socket drains, so any size goes to a fast reader and a slow one holds about one element. Below
+# it a reply is built whole, from one moment's data (an MGET under 8 MiB is atomic).
+STREAMED_REPLY_SIZE_MIN_BYTES = 8 << 20
+# A streamed reply is written in pieces of at least this many bytes (one element may be more),
+# and at most STREAM_STEP_SIZE_MAX_BYTES in one step of the event loop before the others run.
+STREAM_CHUNK_SIZE_BYTES = 256 << 10
+STREAM_STEP_SIZE_MAX_BYTES = 4 << 20
 
 # How long a commit with fsync always may wait for more writers (commit.LoopCommitter): loop
 # iterations, and time since its first waiter. While every iteration brings new writers one
