@@ -50,6 +50,10 @@ Rules:
    EXEC's say) disconnects the client, as Redis's client-output-buffer-limit does.
 4. A malformed frame gets -ERR and a closed connection; no input crashes the server.
 5. Past `maxclients` open connections a new one gets Redis's reply and is closed at once.
+6. Every connection's buffers together (its codec's input and its transport's unsent output,
+   counted when they change) stay within `client_buffers_size_max_bytes`: past it the biggest
+   holder is disconnected (Connections.count_buffers). A half-sent request left for
+   `request_timeout_s` without a byte disconnects its client (`_request_timed_out`).
 
 Sans-IO: the machine touches no socket. It writes to a `Sink` (what it needs of an
 asyncio.Transport) and is driven by its event methods (`attach`, `receive`, `input_ended`,
@@ -184,10 +188,27 @@ _DETACHED = _Detached()
 class Connections:
     """The open connections, at most `maxclients` (rule 5), and the client ids."""
 
-    def __init__(self, maxclients: int) -> None:
+    def __init__(self, maxclients: int, buffers_size_max_bytes: int = 1 << 62) -> None:
         self._maxclients = maxclients
         self._open: set[Connection] = set()
         self._client_ids = itertools.count(1)
+        # Rule 6: what every connection's buffers hold, as each last counted its own.
+        self._buffers_size_max_bytes = buffers_size_max_bytes
+        self.buffers_size_bytes = 0
+
+    def count_buffers(self, delta_bytes: int) -> None:
+        """A connection's buffers changed by `delta_bytes`; past the bound the connection
+        that holds the most is disconnected, until the total is within it (rule 6)."""
+        self.buffers_size_bytes += delta_bytes
+        while self.buffers_size_bytes > self._buffers_size_max_bytes and self._open:
+            biggest = max(self._open, key=lambda connection: connection.buffers_size_bytes)
+            if not biggest.buffers_size_bytes:
+                break
+            _logger.warning("client %d: %d bytes buffered, the most while all clients hold "
+                            "%d (client_buffers_size_max_bytes %d): closing",
+                            biggest.client.id, biggest.buffers_size_bytes,
+                            self.buffers_size_bytes, self._buffers_size_max_bytes)
+            biggest.abort()
 
     def next_client_id(self) -> int:
         return next(self._client_ids)
@@ -251,6 +272,11 @@ class Connection:
         # STREAMING's data: the reply, whether to close after it, the scheduled next step.
         self._streaming: tuple[Streamed, bool] | None = None
         self._stream_step_handle: asyncio.Handle | None = None
+        # Rule 6: the buffers as last counted, and a half-sent request's timer.
+        self.buffers_size_bytes = 0
+        self._request_timeout_s = settings.request_timeout_s
+        self._input_at_s = 0.0
+        self._request_timer: asyncio.TimerHandle | None = None
 
     @property
     def held_output_size_bytes(self) -> int:
@@ -320,6 +346,10 @@ class Connection:
         except RemoteProtocolError as error:
             self._protocol_error(error)
             return
+        if self.codec.buffered_size_bytes or self.buffers_size_bytes:
+            self._input_held()
+            if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
+                return
         if lone and len(commands) == 1:
             command = commands[0]
             lane = None if declined else LANES.get(command[0].upper())
@@ -382,6 +412,8 @@ class Connection:
     def writing_resumed(self) -> None:
         """Event: the transport's output buffer drained below its low-water mark."""
         self._transition(WRITING_RESUMED)
+        if self.buffers_size_bytes:
+            self._count_buffers()
         if self.state is STREAMING:
             self._stream_on()
         elif self.state is READY:
@@ -398,6 +430,11 @@ class Connection:
             self._blocked_task.cancel()
         if self._stream_step_handle is not None:
             self._stream_step_handle.cancel()
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+        self._connections.count_buffers(-self.buffers_size_bytes)
+        self.buffers_size_bytes = 0
         self._stream_step_handle = self._streaming = self._rest = None
         self.codec.discard()
         self._held = _NOTHING_HELD
@@ -409,6 +446,47 @@ class Connection:
         self._sink.close()
         self._transition(CLOSE)
 
+    def abort(self) -> None:
+        """Drops the connection and what it holds at once (rule 6)."""
+        self._sink.abort()
+        self._transition(CLOSE)
+        self._connections.count_buffers(-self.buffers_size_bytes)
+        self.buffers_size_bytes = 0
+
+    def _count_buffers(self) -> None:
+        """Rule 6: tells the registry how much this connection's buffers hold now."""
+        size = self.codec.buffered_size_bytes + self._sink.get_write_buffer_size()
+        delta_bytes = size - self.buffers_size_bytes
+        if delta_bytes:
+            self.buffers_size_bytes = size
+            self._connections.count_buffers(delta_bytes)
+
+    def _input_held(self) -> None:
+        """Input stays buffered: counted (rule 6), and a half-sent request gets its timer."""
+        loop = asyncio.get_running_loop()
+        self._input_at_s = loop.time()
+        if self._request_timer is None and self.codec.buffered_size_bytes:
+            self._request_timer = loop.call_at(self._input_at_s + self._request_timeout_s,
+                                               self._request_timed_out)
+        self._count_buffers()
+
+    def _request_timed_out(self) -> None:
+        """Rule 6: a half-sent request without a byte for request_timeout_s disconnects its
+        client; input held while the server is the one that waits (a batch in flight, a full
+        socket) does not count."""
+        self._request_timer = None
+        if self.state is CLOSED or not self.codec.buffered_size_bytes:
+            return
+        loop = asyncio.get_running_loop()
+        due_s = self._input_at_s + self._request_timeout_s
+        if self.state is READY and self.output is OPEN and loop.time() >= due_s:
+            _logger.warning("client %d: a request half-sent for %.1f s, closing",
+                            self.client.id, self._request_timeout_s)
+            self.abort()
+            return
+        self._request_timer = loop.call_at(max(due_s, loop.time() + 0.1),
+                                           self._request_timed_out)
+
     # ------------------------------------------------------------------ running commands
 
     def _buffer(self, data: bytes) -> None:
@@ -419,6 +497,9 @@ class Connection:
             self.codec.feed(data)
         except RemoteProtocolError as error:
             self._protocol_error(error)
+            return
+        self._input_held()
+        if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
             return
         if self.input is OPEN and self.codec.buffered_size_bytes >= READ_SIZE_BYTES:
             self._transition(READING_PAUSED)
@@ -505,6 +586,8 @@ class Connection:
             commands = None
         if self.state is not READY or self.output is not OPEN:
             return
+        if self.buffers_size_bytes:  # the input it ran is no longer held (rule 6)
+            self._count_buffers()
         if self.input is ENDED:
             self.close()
         elif self.input is PAUSED:
@@ -636,7 +719,10 @@ class Connection:
     def _within_output_limit(self) -> bool:
         """Rule 3's hard limit: past it the client is disconnected (False)."""
         sink = self._sink
-        if sink.get_write_buffer_size() <= self._output_size_max_bytes:
+        held_bytes = sink.get_write_buffer_size()
+        if held_bytes or self.buffers_size_bytes:
+            self._count_buffers()
+        if held_bytes <= self._output_size_max_bytes:
             return True
         _logger.warning("client %d: output buffer over its limit, closing", self.client.id)
         sink.abort()

@@ -87,7 +87,8 @@ class Server:
                 name: sizes[name] for name in ("page_size_bytes", "memory_size_bytes",
                                                "segment_size_bytes")})
         self.context = ServerContext(log, settings, kv_store, COMMANDS)
-        self.connections = Connections(settings.maxclients)
+        self.connections = Connections(settings.maxclients,
+                                       settings.client_buffers_size_max_bytes)
         self._server: asyncio.AbstractServer | None = None
         self._expire_task: asyncio.Task[None] | None = None
         self.port = settings.port

@@ -79,6 +79,15 @@ class ServerSettings:
         error, the queue is dropped and EXEC answers EXECABORT, as Redis does after any
         command that failed to queue. 10,000 commands is `pipeline_depth_max`: an EXEC then
         holds the loop no longer than one batch does.
+    request_timeout_s: a client whose buffered input holds a half-sent request, and that sent
+        nothing for this long, is disconnected (Redis's `timeout` closes any idle client, by
+        default never; this one only a request left unfinished: 20 clients that each sent most
+        of a 60 MiB bulk and stopped held 1,248 MB for as long as they liked). A client that
+        keeps sending is bounded by the next one instead.
+    client_buffers_size_max_bytes: the query and output buffers of every client together
+        (each is also bounded alone: the codec's query_buffer_size_max_bytes, Redis's
+        client-query-buffer-limit, and output_buffer_size_max_bytes). Past it the client that
+        holds the most is disconnected, until the total is below it again.
     """
 
     host: str = "127.0.0.1"
@@ -91,15 +100,22 @@ class ServerSettings:
     maxclients: int = 10_000
     multi_queue_count_max: int = 10_000
     multi_queue_size_max_bytes: int = 64 << 20
+    request_timeout_s: float = 30.0
+    client_buffers_size_max_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
+        if not isinstance(self.request_timeout_s, (int, float)) or \
+                isinstance(self.request_timeout_s, bool) or not self.request_timeout_s > 0:
+            raise ValueError("request_timeout_s must be a positive number, not "
+                             f"{self.request_timeout_s!r}")
         if self.fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be 'always' or 'everysec', not {self.fsync!r}")
         if not is_loopback(self.host) and not self.requirepass:
             raise ValueError(f"refusing to listen on {self.host}: a non-loopback address "
                              "needs --requirepass")
         for name in ("maxclients", "pipeline_depth_max", "output_buffer_size_max_bytes",
-                     "multi_queue_count_max", "multi_queue_size_max_bytes"):
+                     "multi_queue_count_max", "multi_queue_size_max_bytes",
+                     "client_buffers_size_max_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
