@@ -12,6 +12,7 @@ that step (a bad event there fails as a KeyError):
                         READY --CONTINUE--> CONTINUING --DONE--> READY
                         CONTINUING --BLOCK--> BLOCKED --UNBLOCK--> CONTINUING
                         (BLOCKED --DONE--> READY: a blocked read cancelled)
+                        READY --STREAM--> STREAMING --DONE--> READY
                         any --CLOSE--> CLOSED, which absorbs every later event
     input               OPEN <--READING_PAUSED / READING_RESUMED--> PAUSED; --INPUT_ENDED--> ENDED
     output              OPEN <--WRITING_PAUSED / WRITING_RESUMED--> PAUSED
@@ -24,6 +25,9 @@ AWAITING_COMMIT: the batch's replies are held until every commit it enlisted wit
 CONTINUING: the batch goes on in a task: it commits before a read that must see its writes,
     or before and after a blocking read.
 BLOCKED: that task waits in a blocking read; the client's EOF ends it at once (as in Redis).
+STREAMING: a streamed reply (streamed.py) goes out piece by piece while the socket takes it
+    (output OPEN), at most STREAM_STEP_SIZE_MAX_BYTES per step of the event loop; the rest of
+    the batch (`_rest`) and later input wait for its end.
 CLOSED: the transport is closed or closing: nothing more runs or is written. A commit may
     still end afterwards: its bookkeeping runs (blocked readers of the keys it wrote wake).
 Input PAUSED: we stopped reading because READ_SIZE_BYTES are buffered. Input ENDED: the client
@@ -38,10 +42,20 @@ Rules:
    that wrote wait for its commits (commit.py); those of a batch that wrote nothing go at once.
    When a commit fails, each reply it covered is the error (`_failed_replies`: one per
    command, so the client stays in step) and the connection stays open.
-3. Back-pressure: past `output_buffer_size_max_bytes` of unsent replies the slow reader is
-   disconnected.
+3. Output is bounded by counting replies as they are built (dispatch.py rule 6): a batch stops
+   once its replies reach REPLIES_BATCH_SIZE_MAX_BYTES and its rest (`_rest`) runs only once
+   the socket has taken them (output OPEN); a reply that grows with the data is streamed
+   (STREAMING). So a client, fast or slow, makes the server hold about the high-water mark,
+   one batch's replies and one reply (or one element of a streamed one), and a fast reader
+   gets a reply of any size. `output_buffer_size_max_bytes` is the hard limit on what the
+   transport holds beyond what the socket took: a reply that takes it past (one built whole,
+   EXEC's say) disconnects the client, as Redis's client-output-buffer-limit does.
 4. A malformed frame gets -ERR and a closed connection; no input crashes the server.
 5. Past `maxclients` open connections a new one gets Redis's reply and is closed at once.
+6. Every connection's buffers together (its codec's input and its transport's unsent output,
+   counted when they change) stay within `client_buffers_size_max_bytes`: past it the biggest
+   holder is disconnected (Connections.count_buffers). A half-sent request left for
+   `request_timeout_s` without a byte disconnects its client (`_request_timed_out`).
 
 Sans-IO: the machine touches no socket. It writes to a `Sink` (what it needs of an
 asyncio.Transport) and is driven by its event methods (`attach`, `receive`, `input_ended`,
@@ -62,10 +76,17 @@ from typing import Protocol, cast
 from . import resp
 from .commit import CommitCoordinator, Committer
 from .context import Blocked, Reply, ServerContext
-from .dispatch import LANES, run_sync
+from .dispatch import LANES, OUTPUT_FULL, run_sync
 from .errors import CommandError, LocalProtocolError, RemoteProtocolError
 from .session import Client
-from .settings import MAXCLIENTS_REPLY, OUTPUT_HIGH_WATER_BYTES, READ_SIZE_BYTES
+from .settings import (
+    MAXCLIENTS_REPLY,
+    OUTPUT_HIGH_WATER_BYTES,
+    READ_SIZE_BYTES,
+    STREAM_CHUNK_SIZE_BYTES,
+    STREAM_STEP_SIZE_MAX_BYTES,
+)
+from .streamed import Streamed
 from .streams import StreamError
 
 __all__ = ["Connection", "ConnectionProtocol", "Connections", "Event", "Flow", "Sink", "State"]
@@ -78,7 +99,8 @@ class State(enum.IntEnum):  # IntEnum: hashed in C, as the tables below look the
     AWAITING_COMMIT = 1
     CONTINUING = 2
     BLOCKED = 3
-    CLOSED = 4
+    STREAMING = 4
+    CLOSED = 5
 
 
 class Flow(enum.IntEnum):
@@ -95,28 +117,30 @@ class Event(enum.IntEnum):
     CONTINUE = 1  # the batch goes on in a task
     BLOCK = 2
     UNBLOCK = 3
-    DONE = 4  # the batch is answered (or its task ended)
-    CLOSE = 5  # the transport is closed or closing
+    DONE = 4  # the batch is answered (or its task ended, or its streamed reply is sent)
+    STREAM = 5  # a streamed reply goes out as the socket takes it
+    CLOSE = 6  # the transport is closed or closing
     # The input.
-    READING_PAUSED = 6
-    READING_RESUMED = 7
-    INPUT_ENDED = 8
+    READING_PAUSED = 7
+    READING_RESUMED = 8
+    INPUT_ENDED = 9
     # The output.
-    WRITING_PAUSED = 9
-    WRITING_RESUMED = 10
+    WRITING_PAUSED = 10
+    WRITING_RESUMED = 11
 
 
-READY, AWAITING_COMMIT, CONTINUING, BLOCKED, CLOSED = State
+READY, AWAITING_COMMIT, CONTINUING, BLOCKED, STREAMING, CLOSED = State
 OPEN, PAUSED, ENDED = Flow
-(HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, CLOSE, READING_PAUSED, READING_RESUMED, INPUT_ENDED,
- WRITING_PAUSED, WRITING_RESUMED) = Event
+(HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, STREAM, CLOSE, READING_PAUSED, READING_RESUMED,
+ INPUT_ENDED, WRITING_PAUSED, WRITING_RESUMED) = Event
 
 _STATE_TRANSITIONS: dict[State, dict[Event, State]] = {
-    READY: {HOLD: AWAITING_COMMIT, CONTINUE: CONTINUING, CLOSE: CLOSED},
+    READY: {HOLD: AWAITING_COMMIT, CONTINUE: CONTINUING, STREAM: STREAMING, CLOSE: CLOSED},
     AWAITING_COMMIT: {DONE: READY, CLOSE: CLOSED},
     CONTINUING: {BLOCK: BLOCKED, DONE: READY, CLOSE: CLOSED},
     BLOCKED: {UNBLOCK: CONTINUING, DONE: READY, CLOSE: CLOSED},
-    CLOSED: dict.fromkeys((HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, CLOSE), CLOSED),
+    STREAMING: {DONE: READY, CLOSE: CLOSED},
+    CLOSED: dict.fromkeys((HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, STREAM, CLOSE), CLOSED),
 }
 _INPUT_TRANSITIONS: dict[Flow, dict[Event, Flow]] = {
     OPEN: {READING_PAUSED: PAUSED, INPUT_ENDED: ENDED},
@@ -166,10 +190,27 @@ _DETACHED = _Detached()
 class Connections:
     """The open connections, at most `maxclients` (rule 5), and the client ids."""
 
-    def __init__(self, maxclients: int) -> None:
+    def __init__(self, maxclients: int, buffers_size_max_bytes: int = 1 << 62) -> None:
         self._maxclients = maxclients
         self._open: set[Connection] = set()
         self._client_ids = itertools.count(1)
+        # Rule 6: what every connection's buffers hold, as each last counted its own.
+        self._buffers_size_max_bytes = buffers_size_max_bytes
+        self.buffers_size_bytes = 0
+
+    def count_buffers(self, delta_bytes: int) -> None:
+        """A connection's buffers changed by `delta_bytes`; past the bound the connection
+        that holds the most is disconnected, until the total is within it (rule 6)."""
+        self.buffers_size_bytes += delta_bytes
+        while self.buffers_size_bytes > self._buffers_size_max_bytes and self._open:
+            biggest = max(self._open, key=lambda connection: connection.buffers_size_bytes)
+            if not biggest.buffers_size_bytes:
+                break
+            _logger.warning("client %d: %d bytes buffered, the most while all clients hold "
+                            "%d (client_buffers_size_max_bytes %d): closing",
+                            biggest.client.id, biggest.buffers_size_bytes,
+                            self.buffers_size_bytes, self._buffers_size_max_bytes)
+            biggest.abort()
 
     def next_client_id(self) -> int:
         return next(self._client_ids)
@@ -194,7 +235,8 @@ class Connections:
         return iter(list(self._open))
 
 
-_NOTHING_HELD: tuple[list[bytes], bool] = ([], False)
+Replies = list[bytes | Streamed]
+_NOTHING_HELD: tuple[Replies, bool] = ([], False)
 
 
 class Connection:
@@ -226,6 +268,23 @@ class Connection:
         self._held = _NOTHING_HELD
         self._blocked_task: asyncio.Task[None] | None = None  # BLOCKED's task, to cancel
         self._continue_task: asyncio.Task[None] | None = None  # CONTINUING's task
+        # The commands of a batch not run yet, from this index, because its replies were due
+        # first (rule 3); run before any new input.
+        self._rest: tuple[list[list[bytes]], int] | None = None
+        # STREAMING's data: the reply, whether to close after it, the scheduled next step.
+        self._streaming: tuple[Streamed, bool] | None = None
+        self._stream_step_handle: asyncio.Handle | None = None
+        # Rule 6: the buffers as last counted, and a half-sent request's timer.
+        self.buffers_size_bytes = 0
+        self._request_timeout_s = settings.request_timeout_s
+        self._input_at_s = 0.0
+        self._request_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def held_output_size_bytes(self) -> int:
+        """Replies written to the transport and not yet taken by the socket (what rule 3's
+        hard limit bounds)."""
+        return self._sink.get_write_buffer_size()
 
     def _transition(self, event: Event) -> None:
         """Every change of state, input or output goes through here."""
@@ -289,6 +348,10 @@ class Connection:
         except RemoteProtocolError as error:
             self._protocol_error(error)
             return
+        if self.codec.buffered_size_bytes or self.buffers_size_bytes:
+            self._input_held()
+            if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
+                return
         if lone and len(commands) == 1:
             command = commands[0]
             lane = None if declined else LANES.get(command[0].upper())
@@ -328,8 +391,8 @@ class Connection:
             replies = self._failed_replies(error, len(replies))
         else:
             self._batch_committed()
-        if self._send(replies, close) and (
-                self.input is not OPEN or self.codec.buffered_size_bytes):
+        if self._send(replies, close) and (self.input is not OPEN or self._rest is not None or
+                                           self.codec.buffered_size_bytes):
             self._pump()  # input came while the batch waited (else _pump would find none)
 
     def input_ended(self) -> bool:
@@ -337,7 +400,10 @@ class Connection:
         be waiting for its commit), then the connection closes; a blocked reader that hangs up
         is gone at once (as in Redis). True: keep the transport open for the replies."""
         self._transition(INPUT_ENDED)
-        if self.state is not AWAITING_COMMIT and self.state is not CONTINUING:
+        # With a batch in flight, a streamed reply, the rest of a batch or replies still to
+        # drain, what is due runs first and the end of _pump closes.
+        if self.state is BLOCKED or (self.state is READY and self._rest is None and
+                                     self.output is OPEN):
             self.close()
         return True
 
@@ -348,7 +414,11 @@ class Connection:
     def writing_resumed(self) -> None:
         """Event: the transport's output buffer drained below its low-water mark."""
         self._transition(WRITING_RESUMED)
-        if self.state is READY:
+        if self.buffers_size_bytes:
+            self._count_buffers()
+        if self.state is STREAMING:
+            self._stream_on()
+        elif self.state is READY:
             self._pump()
 
     def lost(self) -> None:
@@ -360,6 +430,14 @@ class Connection:
         self._connections.forget(self)
         if self._blocked_task is not None:  # a blocked reader that left stops waiting now
             self._blocked_task.cancel()
+        if self._stream_step_handle is not None:
+            self._stream_step_handle.cancel()
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+        self._connections.count_buffers(-self.buffers_size_bytes)
+        self.buffers_size_bytes = 0
+        self._stream_step_handle = self._streaming = self._rest = None
         self.codec.discard()
         self._held = _NOTHING_HELD
         self.client.multi = None
@@ -369,6 +447,47 @@ class Connection:
         """Closes the transport (its buffered replies still go out)."""
         self._sink.close()
         self._transition(CLOSE)
+
+    def abort(self) -> None:
+        """Drops the connection and what it holds at once (rule 6)."""
+        self._sink.abort()
+        self._transition(CLOSE)
+        self._connections.count_buffers(-self.buffers_size_bytes)
+        self.buffers_size_bytes = 0
+
+    def _count_buffers(self) -> None:
+        """Rule 6: tells the registry how much this connection's buffers hold now."""
+        size = self.codec.buffered_size_bytes + self._sink.get_write_buffer_size()
+        delta_bytes = size - self.buffers_size_bytes
+        if delta_bytes:
+            self.buffers_size_bytes = size
+            self._connections.count_buffers(delta_bytes)
+
+    def _input_held(self) -> None:
+        """Input stays buffered: counted (rule 6), and a half-sent request gets its timer."""
+        loop = asyncio.get_running_loop()
+        self._input_at_s = loop.time()
+        if self._request_timer is None and self.codec.buffered_size_bytes:
+            self._request_timer = loop.call_at(self._input_at_s + self._request_timeout_s,
+                                               self._request_timed_out)
+        self._count_buffers()
+
+    def _request_timed_out(self) -> None:
+        """Rule 6: a half-sent request without a byte for request_timeout_s disconnects its
+        client; input held while the server is the one that waits (a batch in flight, a full
+        socket) does not count."""
+        self._request_timer = None
+        if self.state is CLOSED or not self.codec.buffered_size_bytes:
+            return
+        loop = asyncio.get_running_loop()
+        due_s = self._input_at_s + self._request_timeout_s
+        if self.state is READY and self.output is OPEN and loop.time() >= due_s:
+            _logger.warning("client %d: a request half-sent for %.1f s, closing",
+                            self.client.id, self._request_timeout_s)
+            self.abort()
+            return
+        self._request_timer = loop.call_at(max(due_s, loop.time() + 0.1),
+                                           self._request_timed_out)
 
     # ------------------------------------------------------------------ running commands
 
@@ -380,6 +499,9 @@ class Connection:
             self.codec.feed(data)
         except RemoteProtocolError as error:
             self._protocol_error(error)
+            return
+        self._input_held()
+        if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
             return
         if self.input is OPEN and self.codec.buffered_size_bytes >= READ_SIZE_BYTES:
             self._transition(READING_PAUSED)
@@ -403,7 +525,7 @@ class Connection:
         self._commit_waits_count = 1
         self._held = ([reply], False)
 
-    def _hold(self, replies: list[bytes], close: bool, waits_count: int) -> None:
+    def _hold(self, replies: Replies, close: bool, waits_count: int) -> None:
         """The batch waits for `waits_count` commits it enlisted with (they never call back
         from inside enlist: commit.py rule 3)."""
         self._transition(HOLD)
@@ -411,30 +533,40 @@ class Connection:
         self._held = (replies, close)
 
     def _pump(self, commands: list[list[bytes]] | None = None, lanes: bool = True) -> None:
-        """Runs `commands` (a batch already taken from the reader), then the whole commands
-        buffered, batch by batch (`pipeline_depth_max` commands per batch), until the buffer
-        holds none or a batch must wait. `lanes`: see run_sync."""
+        """Runs `commands` (a batch already taken from the reader), then the rest of a batch
+        (`_rest`) or the whole commands buffered, batch by batch (`pipeline_depth_max`
+        commands per batch), until the buffer holds none, a batch must wait, or the socket
+        must take the replies first (rule 3). `lanes`: see run_sync."""
         context, client, codec = self._context, self.client, self.codec
         coordinator = self._coordinator
+        start = 0
         while self.state is READY and self.output is OPEN and not context.closing:
             if commands is None:
-                try:
-                    commands = codec.next_commands(self._depth_max)
-                except RemoteProtocolError as error:
-                    self._protocol_error(error)
-                    return
-                if not commands:
-                    break
+                if self._rest is not None:
+                    (commands, start), self._rest = self._rest, None
+                else:
+                    try:
+                        commands = codec.next_commands(self._depth_max)
+                    except RemoteProtocolError as error:
+                        self._protocol_error(error)
+                        return
+                    if not commands:
+                        break
+                    start = 0
             elif not commands:
                 commands = None
                 continue
-            replies: list[bytes] = []
+            replies: Replies = []
             client.wrote = False
             marks = coordinator.marks()
-            index, close, blocked = run_sync(context, client, commands, 0, replies, lanes)
+            index, close, blocked = run_sync(context, client, commands, start, replies, lanes)
             lanes = True
             codec.authentication_required = not client.authenticated
-            if blocked is not None or (index < len(commands) and not close):
+            if blocked is OUTPUT_FULL:  # the replies go first, the rest runs after (rule 3)
+                if index < len(commands):
+                    self._rest = (commands, index)
+            elif blocked is not None or (index < len(commands) and not close):
+                assert blocked is None or isinstance(blocked, Blocked)
                 self._transition(CONTINUE)
                 # Kept: the loop holds a task only weakly. Dropped when it ends (_continue).
                 self._continue_task = asyncio.get_running_loop().create_task(
@@ -458,17 +590,20 @@ class Connection:
             commands = None
         if self.state is not READY or self.output is not OPEN:
             return
+        if self.buffers_size_bytes:  # the input it ran is no longer held (rule 6)
+            self._count_buffers()
         if self.input is ENDED:
             self.close()
         elif self.input is PAUSED:
             self._transition(READING_RESUMED)
             self._sink.resume_reading()
 
-    async def _continue(self, commands: list[list[bytes]], index: int, replies: list[bytes],
+    async def _continue(self, commands: list[list[bytes]], index: int, replies: Replies,
                         blocked: Blocked | None) -> None:
         """The rest of a batch that must wait (state CONTINUING): before a read that must see
         the batch's writes (commit first), or in a blocking read (commit what came before,
-        then wait)."""
+        then wait). It ends early when its replies are due first (rule 3: `_rest` holds what
+        is left)."""
         client = self.client
         close = False
         committed_count = 0  # replies whose writes a commit of this batch made durable
@@ -487,9 +622,13 @@ class Connection:
                     self._blocked_task = None
                     self._transition(UNBLOCK)
                     replies.append(resp.encode(reply, client.protocol))
-                index, close, blocked = run_sync(self._context, client, commands, index,
-                                                 replies)
+                index, close, stop = run_sync(self._context, client, commands, index, replies)
                 self.codec.authentication_required = not client.authenticated
+                if stop is OUTPUT_FULL:
+                    if index < len(commands):
+                        self._rest = (commands, index)
+                    break
+                blocked = stop if isinstance(stop, Blocked) else None
                 if close or (blocked is None and index == len(commands)):
                     break
             failure = await self._commit_now()
@@ -559,29 +698,99 @@ class Connection:
                                            " ".join(str(error).split()).encode()),
                            client.protocol)
 
-    def _failed_replies(self, error: BaseException, count: int) -> list[bytes]:
+    def _failed_replies(self, error: BaseException, count: int) -> Replies:
         """A failed batch's `count` replies: each one is the error (a read of the batch may
         have seen its writes), so the client's replies stay in step and the connection stays
         open; later writes get the fence's refusal (fence.py)."""
         return [self._batch_failed(error)] * count
 
-    def _send(self, replies: list[bytes], close: bool) -> bool:
-        """Writes the replies; False when the connection is done (closed, or a slow reader
-        over its output buffer limit, disconnected: rule 3)."""
+    def _send(self, replies: Replies, close: bool) -> bool:
+        """Writes the replies (a streamed one, always the last, is started: STREAMING);
+        False when nothing more is to run now (closed, a client over the output limit
+        disconnected, or a streamed reply still going out: rule 3)."""
         sink = self._sink
         if self.state is CLOSED or sink.is_closing():
             return False
+        streamed = None
         if replies:
-            sink.write(b"".join(replies) if len(replies) > 1 else replies[0])
-        if sink.get_write_buffer_size() > self._output_size_max_bytes:
-            _logger.warning("client %d: output buffer over its limit, closing", self.client.id)
-            sink.abort()
-            self._transition(CLOSE)
+            if replies[-1].__class__ is Streamed:
+                streamed = cast(Streamed, replies.pop())
+            if len(replies) == 1:
+                sink.write(cast(bytes, replies[0]))
+            elif replies:
+                sink.write(b"".join(cast(list[bytes], replies)))
+        if not self._within_output_limit():
             return False
+        if streamed is not None:
+            self._transition(STREAM)
+            self._streaming = (streamed, close)
+            sink.write(streamed.header())
+            if not self._stream_step():
+                return False
         if close:
             self.close()
             return False
         return True
+
+    def _within_output_limit(self) -> bool:
+        """Rule 3's hard limit: past it the client is disconnected (False)."""
+        sink = self._sink
+        held_bytes = sink.get_write_buffer_size()
+        if held_bytes or self.buffers_size_bytes:
+            self._count_buffers()
+        if held_bytes <= self._output_size_max_bytes:
+            return True
+        _logger.warning("client %d: output buffer over its limit, closing", self.client.id)
+        sink.abort()
+        self._transition(CLOSE)
+        return False
+
+    def _stream_step(self) -> bool:
+        """Sends more of the streamed reply while the socket takes it (output OPEN), at most
+        STREAM_STEP_SIZE_MAX_BYTES before the next step is left to the loop's next round.
+        True once it is all sent (state READY again); False while it goes on, or when the
+        connection is closed."""
+        assert self._streaming is not None, "a stream step without a streamed reply"
+        streamed = self._streaming[0]
+        sink, protocol = self._sink, self.client.protocol
+        sent_size = 0
+        while self.output is OPEN:
+            if sent_size >= STREAM_STEP_SIZE_MAX_BYTES:
+                self._stream_step_handle = asyncio.get_running_loop().call_soon(self._stream_on)
+                return False
+            try:
+                chunk = streamed.take(STREAM_CHUNK_SIZE_BYTES, protocol)
+            except Exception:
+                # A read failed mid-reply (a truncation under it): the reply can be neither
+                # finished nor taken back, so the connection goes.
+                _logger.exception("client %d: a streamed reply failed, closing",
+                                  self.client.id)
+                sink.abort()
+                self._transition(CLOSE)
+                return False
+            if chunk is None:
+                self._streaming = None
+                self._transition(DONE)
+                return True
+            sink.write(chunk)
+            sent_size += len(chunk)
+            if not self._within_output_limit():
+                return False
+        return False  # the socket is full: writing_resumed goes on
+
+    def _stream_on(self) -> None:
+        """The next step of a streamed reply (the socket drained, or the loop came round);
+        once it is sent, the connection goes on as after any reply."""
+        self._stream_step_handle = None
+        if self.state is not STREAMING or self._streaming is None:
+            return
+        close = self._streaming[1]
+        if not self._stream_step():
+            return
+        if close:
+            self.close()
+        else:
+            self._pump()
 
     def _protocol_error(self, error: RemoteProtocolError) -> None:
         """Rule 4: the error, then the connection is closed."""

@@ -20,6 +20,9 @@ Rules:
    runs on), so a pipelined XADD then XREAD reads its own write, as with Redis.
 5. Replies keep the order of the commands; a command that blocks, or closes the connection
    (QUIT), ends the synchronous run of its batch (`run_sync`).
+6. Replies are counted as they are built: a run stops (OUTPUT_FULL) once its replies reach
+   REPLIES_BATCH_SIZE_MAX_BYTES, or after a streamed reply (streamed.py), and the caller
+   runs the rest once the socket has taken them (connection.py rule 3).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from .context import (
     ServerContext,
 )
 from .session import Client
+from .settings import REPLIES_BATCH_SIZE_MAX_BYTES
+from .streamed import Streamed
 from .streams import StreamError
 
-__all__ = ["COMMANDS", "LANES", "dispatch", "run_sync"]
+__all__ = ["COMMANDS", "LANES", "OUTPUT_FULL", "OutputFull", "dispatch", "run_sync"]
 
 
 def _spec(name: str, handler: Handler, arity: int | None, *flags: str,
@@ -158,18 +163,31 @@ def dispatch(context: ServerContext, client: Client, arguments: list[bytes],
     return call(context, client, spec.handler, arguments)
 
 
+class OutputFull:
+    """The type of OUTPUT_FULL: run_sync stopped because its replies are due first (rule 6)."""
+
+    def __repr__(self) -> str:
+        return "OUTPUT_FULL"
+
+
+OUTPUT_FULL = OutputFull()
+
+
 def run_sync(context: ServerContext, client: Client, commands: list[list[bytes]], index: int,
-             replies: list[bytes], lanes: bool = True) -> tuple[int, bool, Blocked | None]:
+             replies: list[bytes | Streamed], lanes: bool = True,
+             ) -> tuple[int, bool, Blocked | OutputFull | None]:
     """Runs `commands[index:]` while none needs an await, appending encoded replies.
 
     Returns (next index, close, blocked): it stops before a read that must first see this
     batch's writes committed (rule 4: the caller commits, then calls again at the same
     index), after a command that blocks (the caller commits, waits, and appends its reply),
-    after a command that closes the connection, or at the end. `lanes=False`: the caller
-    already decided that the commands take no lane (rule 3)."""
+    after a command that closes the connection, once its replies are due first (rule 6:
+    blocked is OUTPUT_FULL, and a Streamed reply is the last one), or at the end.
+    `lanes=False`: the caller already decided that the commands take no lane (rule 3)."""
     stream_store = context.streams
     protocol = client.protocol
     count = len(commands)
+    size = 0  # of the replies built by this run (rule 6)
     while index < count:
         arguments = commands[index]
         name = arguments[0].upper()
@@ -184,6 +202,9 @@ def run_sync(context: ServerContext, client: Client, commands: list[list[bytes]]
                     if reply is not None:
                         index += 1
                         replies.append(reply)
+                        size += len(reply)
+                        if size >= REPLIES_BATCH_SIZE_MAX_BYTES and index < count:
+                            return index, False, OUTPUT_FULL
                         continue
             if name in _COMMITTED_READS and (client.wrote or stream_store.pending_count):
                 return index, False, None
@@ -191,8 +212,15 @@ def run_sync(context: ServerContext, client: Client, commands: list[list[bytes]]
         index += 1
         if isinstance(reply, Blocked):
             return index, close, reply
-        replies.append(resp.encode(reply, client.protocol))
+        if reply.__class__ is Streamed:
+            replies.append(reply)
+            return index, close, OUTPUT_FULL
+        encoded = resp.encode(reply, client.protocol)
+        replies.append(encoded)
         protocol = client.protocol
         if close:
             return index, True, None
+        size += len(encoded)
+        if size >= REPLIES_BATCH_SIZE_MAX_BYTES and index < count:
+            return index, False, OUTPUT_FULL
     return index, False, None

@@ -95,7 +95,8 @@ class Server:
         self.context = ServerContext(log, settings, kv_store, COMMANDS)
         # A failed write: read-only until the logs reopen by themselves (recovery.py).
         self.keeper = LogKeeper(self.context, kv_path)
-        self.connections = Connections(settings.maxclients)
+        self.connections = Connections(settings.maxclients,
+                                       settings.client_buffers_size_max_bytes)
         self._server: asyncio.AbstractServer | None = None
         self._expire_task: asyncio.Task[None] | None = None
         self.port = settings.port

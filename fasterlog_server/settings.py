@@ -34,6 +34,10 @@ __all__ = [
     "MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES",
     "OUTPUT_HIGH_WATER_BYTES",
     "READ_SIZE_BYTES",
+    "REPLIES_BATCH_SIZE_MAX_BYTES",
+    "STREAMED_REPLY_SIZE_MIN_BYTES",
+    "STREAM_CHUNK_SIZE_BYTES",
+    "STREAM_STEP_SIZE_MAX_BYTES",
     "ServerSettings",
     "is_loopback",
 ]
@@ -76,6 +80,15 @@ class ServerSettings:
         error, the queue is dropped and EXEC answers EXECABORT, as Redis does after any
         command that failed to queue. 10,000 commands is `pipeline_depth_max`: an EXEC then
         holds the loop no longer than one batch does.
+    request_timeout_s: a client whose buffered input holds a half-sent request, and that sent
+        nothing for this long, is disconnected (Redis's `timeout` closes any idle client, by
+        default never; this one only a request left unfinished: 20 clients that each sent most
+        of a 60 MiB bulk and stopped held 1,248 MB for as long as they liked). A client that
+        keeps sending is bounded by the next one instead.
+    client_buffers_size_max_bytes: the query and output buffers of every client together
+        (each is also bounded alone: the codec's query_buffer_size_max_bytes, Redis's
+        client-query-buffer-limit, and output_buffer_size_max_bytes). Past it the client that
+        holds the most is disconnected, until the total is below it again.
     """
 
     host: str = "127.0.0.1"
@@ -88,15 +101,22 @@ class ServerSettings:
     maxclients: int = 10_000
     multi_queue_count_max: int = 10_000
     multi_queue_size_max_bytes: int = 64 << 20
+    request_timeout_s: float = 30.0
+    client_buffers_size_max_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
+        if not isinstance(self.request_timeout_s, (int, float)) or \
+                isinstance(self.request_timeout_s, bool) or not self.request_timeout_s > 0:
+            raise ValueError("request_timeout_s must be a positive number, not "
+                             f"{self.request_timeout_s!r}")
         if self.fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be 'always' or 'everysec', not {self.fsync!r}")
         if not is_loopback(self.host) and not self.requirepass:
             raise ValueError(f"refusing to listen on {self.host}: a non-loopback address "
                              "needs --requirepass")
         for name in ("maxclients", "pipeline_depth_max", "output_buffer_size_max_bytes",
-                     "multi_queue_count_max", "multi_queue_size_max_bytes"):
+                     "multi_queue_count_max", "multi_queue_size_max_bytes",
+                     "client_buffers_size_max_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
@@ -127,6 +147,24 @@ READ_SIZE_BYTES = 64 << 10
 # the transport's high-water mark). The hard limit, past which the client is disconnected, is
 # ServerSettings.output_buffer_size_max_bytes.
 OUTPUT_HIGH_WATER_BYTES = 64 << 10
+
+# Replies built by one run of a batch before they are written (dispatch.py rule 6): the batch
+# goes on once the socket has taken them (below OUTPUT_HIGH_WATER_BYTES), so a pipeline of big
+# replies holds about this much plus one reply, not the whole pipeline's replies (a GET
+# pipeline of 250 x 4 MB took 1,962 MB). Four high-water marks: a pipeline of small replies
+# (10,000 GETs of 20 bytes) is written in one piece.
+REPLIES_BATCH_SIZE_MAX_BYTES = 256 << 10
+# A reply that grows with the data (MGET, XRANGE, XREVRANGE) becomes a streamed reply
+# (streamed.py) once what it read passes this: what comes after is read and encoded as the
+# socket drains, so any size goes to a fast reader and a slow one holds about one element. Below
+# it a reply is built whole, from one moment's data (an MGET under 1 MiB is atomic). 1 MiB: one
+# step of the event loop reads and encodes about that much, so a PING beside an XRANGE pipeline
+# of 4 MiB replies waits for 1 MiB of work, not 4 (p99 over 100 ms with 8 MiB, loaded machine).
+STREAMED_REPLY_SIZE_MIN_BYTES = 1 << 20
+# A streamed reply is written in pieces of at least this many bytes (one element may be more),
+# and at most STREAM_STEP_SIZE_MAX_BYTES in one step of the event loop before the others run.
+STREAM_CHUNK_SIZE_BYTES = 256 << 10
+STREAM_STEP_SIZE_MAX_BYTES = 4 << 20
 
 # How long a commit with fsync always may wait for more writers (commit.LoopCommitter): loop
 # iterations, and time since its first waiter. While every iteration brings new writers one

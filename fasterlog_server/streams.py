@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -423,15 +423,46 @@ class StreamStore:
 
     def range(self, name: bytes, start: StreamId, end: StreamId, count: int | None,
               reverse: bool = False) -> list[list[Any]]:
+        return self.range_read(name, start, end, count, reverse)[0]
+
+    def range_read(self, name: bytes, start: StreamId, end: StreamId, count: int | None,
+                   reverse: bool = False, size_max_bytes: int | None = None,
+                   ) -> tuple[list[list[Any]], int, Iterator[list[Any]] | None]:
+        """XRANGE's entries as `range`, read until their records pass `size_max_bytes`:
+        (the entries read, the range's count, the rest or None). The rest are the entries of
+        this moment (their ids and addresses, and the records of pending ones, are taken
+        now), read from the log as the iterator is walked (a streamed reply: streamed.py)."""
         stream = self.streams.get(name)
         if stream is None or start > end or count == 0:
-            return []
+            return [], 0, None
         low = bisect.bisect_left(stream.ids, start)
         high = bisect.bisect_right(stream.ids, end)
         indexes = range(high - 1, low - 1, -1) if reverse else range(low, high)
         if count is not None:
             indexes = indexes[:count]
-        return [self.entry(stream, index) for index in indexes]
+        entries = []
+        size = 0
+        for position, index in enumerate(indexes):
+            record = self.read_record(stream.addresses[index])
+            entries.append([format_id(stream.ids[index]),
+                            list(msgpack.unpackb(record, raw=True)[4])])
+            size += len(record)
+            if size_max_bytes is not None and size >= size_max_bytes and \
+                    position + 1 < len(indexes):
+                rest = indexes[position + 1:]
+                ids = [stream.ids[index] for index in rest]
+                sources: list[int | bytes] = [
+                    address if address < PENDING_ADDRESS_BASE else self.read_record(address)
+                    for address in (stream.addresses[index] for index in rest)]
+                return entries, len(indexes), self._read_later(ids, sources)
+        return entries, len(entries), None
+
+    def _read_later(self, ids: list[StreamId], sources: list[int | bytes],
+                    ) -> Iterator[list[Any]]:
+        """range_read's rest: each entry read from its address (or its pending record)."""
+        for stream_id, source in zip(ids, sources, strict=True):
+            record = self.log.read(source) if isinstance(source, int) else source
+            yield [format_id(stream_id), list(msgpack.unpackb(record, raw=True)[4])]
 
     def entry(self, stream: Stream, index: int) -> list[Any]:
         record = msgpack.unpackb(self.read_record(stream.addresses[index]), raw=True)

@@ -36,6 +36,7 @@ tests=(
     tests/reliability/test_reliability_races.py
     "tests/fasterlog_server/test_service_xadd_lane.py::test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd"
     tests/reliability/test_reliability_full_disk.py
+    tests/reliability/test_reliability_memory.py
 )
 status=0
 python3 -m pytest -q -s "${mode[@]}" "${tests[@]}" "$@" || status=$?

@@ -14,6 +14,8 @@ from .. import resp
 from ..context import Blocked, ServerContext
 from ..errors import CommandError
 from ..session import Client
+from ..settings import STREAMED_REPLY_SIZE_MIN_BYTES
+from ..streamed import Streamed
 from ..streams import ID_MAX, parse_id
 from .base import arity, integer, not_a_string
 
@@ -103,7 +105,10 @@ def _range(context: ServerContext, arguments: list[bytes], reverse: bool) -> Any
         count = max(0, integer(arguments[5]))
     elif len(arguments) != 4:
         raise CommandError("ERR syntax error")
-    return context.streams.range(key, start, end, count, reverse)
+    entries, count, rest = context.streams.range_read(key, start, end, count, reverse,
+                                                      STREAMED_REPLY_SIZE_MIN_BYTES)
+    # Past STREAMED_REPLY_SIZE_MIN_BYTES the rest is read as the socket takes the reply.
+    return entries if rest is None else Streamed(count, entries, rest)
 
 
 def xrange(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:

@@ -7,12 +7,15 @@ key answers WRONGTYPE, except SET, which replaces the stream (as Redis does).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ..context import ServerContext
 from ..errors import CommandError
 from ..groups import now_ms
 from ..session import Client
+from ..settings import STREAMED_REPLY_SIZE_MIN_BYTES
+from ..streamed import Streamed
 from .base import (
     INT64_MAX,
     INT64_MIN,
@@ -49,12 +52,30 @@ def get_lane(context: ServerContext, client: Client, arguments: list[bytes]) -> 
 
 
 def mget(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    """The values, read at once while they stay under STREAMED_REPLY_SIZE_MIN_BYTES (an
+    atomic read); past it the rest are read as the socket takes the reply (streamed.py),
+    so a write by another client meanwhile may be seen (settings.py)."""
     now = now_ms()
-    values = []
-    for key in arguments[1:]:
+    values: list[bytes | None] = []
+    size = 0
+    keys = arguments[1:]
+    for position, key in enumerate(keys):
         found = None if key in context.streams.streams else context.kv.get(key, now)
-        values.append(None if found is None else found[0])
+        if found is None:
+            values.append(None)
+            continue
+        values.append(found[0])
+        size += len(found[0])
+        if size >= STREAMED_REPLY_SIZE_MIN_BYTES and position + 1 < len(keys):
+            return Streamed(len(keys), values, _values_later(context, keys[position + 1:]))
     return values
+
+
+def _values_later(context: ServerContext, keys: list[bytes]) -> Iterator[bytes | None]:
+    """The values of a streamed MGET's rest, each read when its turn to be sent comes."""
+    for key in keys:
+        found = None if key in context.streams.streams else context.kv.get(key)
+        yield None if found is None else found[0]
 
 
 def _put(context: ServerContext, client: Client, key: bytes, value: bytes,

@@ -17,6 +17,7 @@ from ..context import Blocked, ServerContext
 from ..errors import CommandError
 from ..session import Client
 from ..settings import MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES
+from ..streamed import Streamed
 from .base import OK, call
 
 _QUEUED = resp.SimpleString(b"QUEUED")
@@ -77,6 +78,8 @@ def exec_(context: ServerContext, client: Client, arguments: list[bytes]) -> Any
         reply, _ = call(context, client, handler, queued_arguments)
         if isinstance(reply, Blocked):  # inside MULTI a blocking read does not block
             reply = reply.timeout_reply
+        elif isinstance(reply, Streamed):  # inside EXEC's reply it is built whole
+            reply = reply.whole()
         replies.append(reply)
     return replies
 

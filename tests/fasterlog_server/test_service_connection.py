@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from fasterlog_server import resp
 from fasterlog_server.commit import LoopCommitter
-from fasterlog_server.settings import COMMIT_GATHER_ITERATIONS_MAX, COMMIT_GATHER_MAX_S
+from fasterlog_server.settings import (
+    COMMIT_GATHER_ITERATIONS_MAX,
+    COMMIT_GATHER_MAX_S,
+    OUTPUT_HIGH_WATER_BYTES,
+    REPLIES_BATCH_SIZE_MAX_BYTES,
+    STREAM_CHUNK_SIZE_BYTES,
+)
 from tests.support.servers import RunningServer, raw_exchange
 
 redis = pytest.importorskip("redis")
@@ -130,15 +137,52 @@ def test_two_connections_interleave_without_mixing_replies(running: LoopServer) 
     assert not errors, errors
 
 
-def test_a_slow_reader_over_its_output_limit_is_disconnected(tmp_path: Path) -> None:
+def test_a_slow_reader_is_held_to_a_bound_then_gets_every_reply(running: LoopServer) -> None:
+    """Issue 14 defect 6: the output limit was checked only after a whole batch was answered
+    (a GET pipeline of 250 x 4 MB took the server to 1,962 MB). Now replies are counted as
+    they are built: while the client does not read, the server holds about one batch's
+    replies (REPLIES_BATCH_SIZE_MAX_BYTES) plus the high-water mark plus one reply, and the
+    client is paused, not disconnected; once it reads it gets every reply."""
+    value = b"x" * (32 << 10)
+    redis.Redis(port=running.port).set("big", value)
+    commands_count = 1024  # 32 MiB of replies, more than the kernel's socket buffers take
+    bound_bytes = REPLIES_BATCH_SIZE_MAX_BYTES + OUTPUT_HIGH_WATER_BYTES + 2 * len(value)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
+        sender = threading.Thread(target=sock.sendall,
+                                  args=(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * commands_count,))
+        sender.start()
+        held_max_bytes = 0
+        for _ in range(50):  # half a second without reading
+            time.sleep(0.01)
+            held_max_bytes = max([held_max_bytes, *(
+                connection.held_output_size_bytes for connection in running.server.connections)])
+        assert 0 < held_max_bytes <= bound_bytes
+        expected = b"$%d\r\n%s\r\n" % (len(value), value)
+        size = 0
+        while size < commands_count * len(expected):
+            chunk = sock.recv(1 << 20)
+            assert chunk, "closed early"
+            size += len(chunk)
+        sender.join(30)
+        assert size == commands_count * len(expected)
+
+
+def test_a_reply_built_whole_past_the_output_limit_disconnects(tmp_path: Path) -> None:
+    """A reply that is not streamed (EXEC's, built whole), to a client that does not read,
+    and that leaves more than output_buffer_size_max_bytes unsent disconnects the client, as
+    Redis's client-output-buffer-limit does; the server lives on."""
     server = RunningServer(tmp_path / "data", output_buffer_size_max_bytes=1 << 20)
     try:
         client = redis.Redis(port=server.port)
-        client.set("big", b"x" * (32 << 10))
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            # 1024 GETs of 32 KiB (32 MiB of replies, more than the kernel's socket buffers
-            # take) in one go, and nothing read for a while.
-            sock.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 1024)
+        client.mset({f"k{index}": b"x" * (32 << 10) for index in range(64)})  # 2 MiB
+        mget = b"*65\r\n$4\r\nMGET\r\n" + b"".join(
+            b"$%d\r\nk%d\r\n" % (len(b"k%d" % index), index) for index in range(64))
+        request = b"*1\r\n$5\r\nMULTI\r\n" + mget * 8 + b"*1\r\n$4\r\nEXEC\r\n"  # 16 MiB
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(request)
             time.sleep(0.5)
             received = 0
             try:
@@ -146,9 +190,9 @@ def test_a_slow_reader_over_its_output_limit_is_disconnected(tmp_path: Path) -> 
                     received += len(chunk)
             except ConnectionError:
                 pass
-            # Disconnected: what the kernel held arrives, the rest was dropped.
-            assert received < 1024 * (32 << 10)
-        assert client.ping() is True  # the server lives on
+            assert received < 8 * 64 * (32 << 10)  # cut: what the kernel held, no more
+        assert client.ping() is True
+        assert len(client.mget([f"k{index}" for index in range(64)])) == 64
     finally:
         server.stop()
 
@@ -318,3 +362,93 @@ def test_loop_committer_answers_every_waiter_of_a_failed_commit_with_its_error()
     sizes, told = _commit_sizes(12, failure)
     assert sum(sizes) == 12
     assert all(outcome == [failure] for outcome in told)
+
+
+def read_replies(sock: socket.socket, count: int) -> list[object]:
+    parser = resp.RespParser(resp.RespLimits(bulk_size_max_bytes=64 << 20,
+                                             query_buffer_size_max_bytes=1 << 30))
+    replies: list[object] = []
+    while len(replies) < count:
+        reply = parser.next_reply()
+        if reply is resp.NEED_MORE:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "closed early"
+            parser.feed(chunk)
+        else:
+            replies.append(reply)
+    return replies
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_replies_larger_than_the_output_limit_go_whole_to_a_fast_reader(
+        tmp_path: Path, loop_name: str) -> None:
+    """Issue 14 defect 6, the other way round: a single reply over the output limit cut even
+    a client that read as fast as it could (an XRANGE of 74 MB against 64 MiB). MGET and
+    XRANGE stream a reply past STREAMED_REPLY_SIZE_MIN_BYTES, so one of 80 MiB (MGET) and one
+    of 12 MiB (XRANGE, XREVRANGE) reach a reader against a 1 MiB limit, followed in order by
+    the pipeline's next replies; inside EXEC the same MGET is built whole and is the same."""
+    server = LoopServer(tmp_path / "data", loop_name, output_buffer_size_max_bytes=1 << 20)
+    try:
+        client = redis.Redis(port=server.port)
+        value = b"v" * (32 << 10)
+        client.set("k", value)
+        keys_count = 2600  # 2,600 x 32 KiB: 81 MiB
+        entries_count = 384  # 12 MiB
+        for index in range(entries_count):
+            client.xadd("s", {"i": str(index), "pad": value[:30 << 10]})
+        mget = b"*%d\r\n$4\r\nMGET\r\n" % (keys_count + 1) + b"$1\r\nk\r\n" * keys_count
+        request = (mget + b"*1\r\n$4\r\nPING\r\n" +
+                   b"*4\r\n$6\r\nXRANGE\r\n$1\r\ns\r\n$1\r\n-\r\n$1\r\n+\r\n" +
+                   b"*4\r\n$9\r\nXREVRANGE\r\n$1\r\ns\r\n$1\r\n+\r\n$1\r\n-\r\n" +
+                   b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(request)
+            big, pong, forward, backward, single = read_replies(sock, 5)
+        assert big == [value] * keys_count
+        assert pong == b"PONG"
+        assert isinstance(forward, list) and isinstance(backward, list)
+        assert [entry[1][1] for entry in forward] == [b"%d" % i for i in range(entries_count)]
+        assert backward == forward[::-1]
+        assert single == value
+        keys = [f"k{index}" for index in range(300)]  # 9.4 MiB: streamed outside EXEC
+        client.mset({key: value for key in keys})
+        pipeline = client.pipeline(transaction=True)
+        pipeline.mget(keys)
+        with pytest.raises(redis.ConnectionError):  # EXEC's reply is built whole: over 1 MiB
+            pipeline.execute()
+        assert client.mget(keys) == [value] * 300
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_streamed_reply_to_a_slow_reader_holds_one_piece_at_a_time(
+        tmp_path: Path, loop_name: str) -> None:
+    """While the client reads nothing, an 81 MiB MGET makes the server hold no more than the
+    high-water mark, a piece and an element (before: the whole reply, three times over, 3 GB
+    for 250 x 4 MB); other clients are answered meanwhile; then every byte arrives."""
+    server = LoopServer(tmp_path / "data", loop_name)
+    try:
+        client = redis.Redis(port=server.port)
+        value = b"v" * (32 << 10)
+        client.set("k", value)
+        keys_count = 2600
+        bound_bytes = OUTPUT_HIGH_WATER_BYTES + STREAM_CHUNK_SIZE_BYTES + 2 * len(value) + \
+            REPLIES_BATCH_SIZE_MAX_BYTES
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.settimeout(60)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"*%d\r\n$4\r\nMGET\r\n" % (keys_count + 1) +
+                         b"$1\r\nk\r\n" * keys_count)
+            held_max_bytes = 0
+            for _ in range(30):
+                time.sleep(0.01)
+                held_max_bytes = max([held_max_bytes, *(
+                    connection.held_output_size_bytes
+                    for connection in server.server.connections)])
+                assert client.ping() is True
+            assert 0 < held_max_bytes <= bound_bytes
+            assert read_replies(sock, 1) == [[value] * keys_count]
+    finally:
+        server.stop()

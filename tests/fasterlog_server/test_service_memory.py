@@ -183,3 +183,67 @@ def test_a_multi_queue_past_its_bounds_is_discarded_and_exec_aborts(tmp_path: Pa
     finally:
         client.close()
         server.stop()
+
+
+# ------------------------------------------------------------------ query buffers
+
+def closed_by_server(client: socket.socket, timeout_s: float) -> bool:
+    client.settimeout(timeout_s)
+    try:
+        return client.recv(1 << 16) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_half_sent_request_left_idle_is_disconnected_after_request_timeout_s(
+        tmp_path: Path) -> None:
+    """Issue 14 defect 6: a half-sent bulk was held for as long as its client liked (20 x
+    60 MiB: 1,248 MB for 15 s and more). After request_timeout_s without a byte its client is
+    disconnected; an idle client with nothing half-sent stays, and so does one that keeps
+    sending."""
+    server = RunningServer(tmp_path / "data", request_timeout_s=0.5)
+    half_sent = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\n" + b"x" * 500_000
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    stalled = socket.create_connection(("127.0.0.1", server.port))
+    trickling = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        stalled.sendall(half_sent)
+        trickling.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\n")
+        for _ in range(10):  # a byte every 0.1 s for a second
+            trickling.sendall(b"x")
+            assert not closed_by_server(trickling, 0.1)
+        assert closed_by_server(stalled, 5)
+        assert not closed_by_server(idle, 0.1)
+        idle.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert idle.recv(64) == b"+PONG\r\n"
+    finally:
+        for client in (idle, stalled, trickling):
+            client.close()
+        server.stop()
+
+
+def test_past_client_buffers_size_max_bytes_the_biggest_holder_is_disconnected(
+        tmp_path: Path) -> None:
+    """Issue 14 defect 6: nothing bounded the query buffers of all clients together. With
+    client_buffers_size_max_bytes of 8 MiB, four clients that each send 3 MiB of a 4 MiB bulk
+    cannot all stay: the biggest holders are cut until the total is within the bound (the
+    count never passes it by more than one read), and the server answers others."""
+    server = RunningServer(tmp_path / "data", client_buffers_size_max_bytes=8 << 20)
+    bulk_size_bytes = 4 << 20
+    half_sent = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % bulk_size_bytes + b"x" * (3 << 20)
+    clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+    try:
+        for client in clients:
+            client.sendall(half_sent)
+        closed = [closed_by_server(client, 2) for client in clients]
+        assert 1 <= sum(closed) <= 2
+        assert server.server.connections.buffers_size_bytes <= 8 << 20
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as other:
+            other.sendall(b"*1\r\n$4\r\nPING\r\n")
+            assert other.recv(64) == b"+PONG\r\n"
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
