@@ -53,6 +53,7 @@ from .groups import GroupStore, now_ms
 from .keyvalues import KeyValues
 from .notify import BlockedReaders
 from .settings import (
+    EXPIRE_SWEEP_BACKOFF_MAX_S,
     EXPIRE_SWEEP_INTERVAL_S,
     EXPIRE_SWEEP_KEYS_MAX,
     KV_DIRECTORY_NAME,
@@ -90,6 +91,7 @@ class Server:
         self.connections = Connections(settings.maxclients)
         self._server: asyncio.AbstractServer | None = None
         self._expire_task: asyncio.Task[None] | None = None
+        self.expire_rounds_count = 0  # sweep rounds that succeeded (tests watch it go on)
         self.port = settings.port
 
     # What tests and tools look at (the context holds the rest).
@@ -130,6 +132,11 @@ class Server:
     def xadd_lane_enabled(self, enabled: bool) -> None:
         self.context.xadd_lane_enabled = enabled
 
+    @property
+    def expire_sweep_running(self) -> bool:
+        """The expiry sweep's task is alive (it must outlive a failed round)."""
+        return self._expire_task is not None and not self._expire_task.done()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         context, connections = self.context, self.connections
@@ -158,21 +165,31 @@ class Server:
 
     async def _expire_periodically(self) -> None:
         """Deletes expired keys durably, a bounded number per round (reads already treat them
-        as missing; this gives the space back and keeps DBSIZE's count cheap)."""
-        context = self.context
+        as missing; this gives the space back and keeps DBSIZE's count cheap). A round that
+        fails (a fenced log, a full disk) is logged and the sweep backs off and goes on: it
+        must outlive the failure, so that it works again once the log does."""
+        backoff_s = EXPIRE_SWEEP_INTERVAL_S
         while True:
-            await asyncio.sleep(EXPIRE_SWEEP_INTERVAL_S)
-            expired = context.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
-            if not expired:
-                continue
-            for key in expired:
-                context.kv.delete(key)
-                context.touch(key)
-            context.kv.flush()
+            await asyncio.sleep(backoff_s)
             try:
-                await context.coordinator.commit_kv()
-            except Exception as error:  # noqa: BLE001 - the next write reports a fenced log
-                _logger.error("expiry commit failed: %s", error)
+                await self._expire_round()
+            except Exception as error:  # noqa: BLE001 - logged; the next round tries again
+                backoff_s = min(backoff_s * 2, EXPIRE_SWEEP_BACKOFF_MAX_S)
+                _logger.error("expiry sweep failed (next try in %.1f s): %s", backoff_s, error)
+                continue
+            backoff_s = EXPIRE_SWEEP_INTERVAL_S
+            self.expire_rounds_count += 1
+
+    async def _expire_round(self) -> None:
+        context = self.context
+        expired = context.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
+        if not expired:
+            return
+        for key in expired:
+            context.kv.delete(key)
+            context.touch(key)
+        context.kv.flush()
+        await context.coordinator.commit_kv()
 
 
 async def serve(directory: str, settings: ServerSettings,

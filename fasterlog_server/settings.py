@@ -25,6 +25,7 @@ __all__ = [
     "COMMIT_GATHER_ITERATIONS_MAX",
     "COMMIT_GATHER_MAX_S",
     "EVERYSEC_COMMIT_INTERVAL_S",
+    "EXPIRE_SWEEP_BACKOFF_MAX_S",
     "EXPIRE_SWEEP_INTERVAL_S",
     "EXPIRE_SWEEP_KEYS_MAX",
     "FSYNC_POLICIES",
@@ -125,6 +126,9 @@ EVERYSEC_COMMIT_INTERVAL_S = 1.0
 # round holds the event loop for a bounded time and writes one KV batch of bounded size.
 EXPIRE_SWEEP_INTERVAL_S = 0.1
 EXPIRE_SWEEP_KEYS_MAX = 1000
+# A failed round (fenced log, full disk) doubles the wait before the next, up to this: the
+# sweep keeps trying without filling the log file with one error a tick.
+EXPIRE_SWEEP_BACKOFF_MAX_S = 5.0
 
 # Redis strings live in a kvlayer store in this subdirectory of the stream log's directory.
 KV_DIRECTORY_NAME = "kv"

@@ -4,6 +4,11 @@ MULTI queues (dispatch.py refuses unknown commands and wrong arities at queue ti
 EXEC answer EXECABORT); EXEC runs the queue with nothing in between. WATCH marks the client
 dirty on any write to a watched key (notify.Watches); EXEC of a dirty client answers nil.
 Blocking reads inside EXEC do not block.
+
+EXEC is one atomic batch per log: nothing it runs commits a log by itself, so its records are
+appended and committed once, after the last queued command. The commands that do commit a log
+(KV.CHECKPOINT, LOG.TRUNCATE: flag NO_MULTI) are refused at queue time with Redis's answer for
+SAVE ("ERR Command not allowed inside a transaction"), which makes EXEC answer EXECABORT.
 """
 
 from __future__ import annotations
