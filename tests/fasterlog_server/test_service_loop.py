@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import pytest
 
 from fasterlog import FasterLog
 from fasterlog import testing as fault_testing
+from tests.support.figures import record
+from tests.support.mode import scaled
 from tests.support.servers import RunningServer, raw_exchange
 
 redis = pytest.importorskip("redis")
@@ -216,3 +219,70 @@ def test_expiry_sweep_survives_a_failed_round(tmp_path: Path) -> None:
         client.close()
     finally:
         server.stop()
+
+
+class _PingProbe:
+    """PINGs the server from a thread on its own connection, one at a time, and keeps each
+    round trip's time: the event loop's latency while something else runs."""
+
+    def __init__(self, port: int) -> None:
+        self._client = redis.Redis(port=port, socket_timeout=60)
+        self._stop = threading.Event()
+        self.latencies_s: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self._client.ping()
+            self.latencies_s.append(time.perf_counter() - started)
+            time.sleep(0.002)
+
+    def stop(self) -> tuple[float, float]:
+        """(p99, max) in ms."""
+        self._stop.set()
+        self._thread.join(60)
+        self._client.close()
+        ordered = sorted(self.latencies_s)
+        return (ordered[int(len(ordered) * 0.99)] * 1000, ordered[-1] * 1000)
+
+
+def test_scan_over_many_keys_keeps_ping_p99_under_100_ms(tmp_path: Path) -> None:
+    # Before the fix every SCAN call replayed the whole KV log into a dict (seconds at 300k
+    # keys with 3 versions each), with nothing else answered meanwhile.
+    keys_count = scaled(30_000, 300_000)
+    server = RunningServer(tmp_path / "data")
+    try:
+        client = redis.Redis(port=server.port, socket_timeout=120)
+        for version in range(3):
+            for start in range(0, keys_count, 2000):
+                client.mset({b"key:%d" % i: b"v%d" % version
+                             for i in range(start, min(start + 2000, keys_count))})
+        probe = _PingProbe(server.port)
+        seen: set[bytes] = set()
+        cursor, calls, slowest_s = 0, 0, 0.0
+        deadline = time.monotonic() + scaled(20, 120)
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            cursor, keys = client.scan(cursor, count=100)
+            slowest_s = max(slowest_s, time.perf_counter() - started)
+            seen.update(keys)
+            calls += 1
+            if cursor == 0:
+                break
+        p99_ms, max_ms = probe.stop()
+        client.close()
+    finally:
+        server.stop()
+    record("scan_ping_latency",
+           f"SCAN COUNT 100 over {keys_count} keys x 3 versions: {calls} calls, full "
+           f"iteration {'done' if cursor == 0 else 'not done'}, slowest call "
+           f"{slowest_s * 1000:.1f} ms; concurrent PING p99 {p99_ms:.1f} ms, max {max_ms:.1f} ms",
+           {"keys": keys_count, "calls": calls, "slowest_call_ms": round(slowest_s * 1000, 1),
+            "ping_p99_ms": round(p99_ms, 1), "ping_max_ms": round(max_ms, 1)},
+           "python -m pytest -s tests/fasterlog_server/test_service_loop.py::"
+           "test_scan_over_many_keys_keeps_ping_p99_under_100_ms")
+    assert cursor == 0, f"the iteration did not finish in time ({calls} calls)"
+    assert seen == {b"key:%d" % i for i in range(keys_count)}
+    assert p99_ms < 100, p99_ms
