@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fasterlog import FasterLog
+from fasterlog.errors import FasterLogError
 from kvlayer import KVStore
 
 from .commit import CommitCoordinator
@@ -53,6 +54,7 @@ from .groups import GroupStore, now_ms
 from .keyvalues import KeyValues
 from .notify import BlockedReaders
 from .settings import (
+    EXPIRE_DISCOVERY_KEYS_MAX,
     EXPIRE_SWEEP_BACKOFF_MAX_S,
     EXPIRE_SWEEP_INTERVAL_S,
     EXPIRE_SWEEP_KEYS_MAX,
@@ -157,7 +159,15 @@ class Server:
             self._expire_task.cancel()
         await self.context.coordinator.close()
         if self._owns_kv_store:
-            self.context.kv.store.close()
+            # A checkpoint at a clean stop: the next start restores the KV index from it and
+            # replays only what follows, instead of the whole KV log (in a worker thread:
+            # connections still finish sending their replies meanwhile).
+            store = self.context.kv.store
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, store.checkpoint)
+            except FasterLogError as error:  # a fenced KV log: the next start replays it
+                _logger.error("closing: KV checkpoint failed: %s", error)
+            store.close()
         if self._server is not None:
             # After the commits: wait_closed waits for open connections on Python 3.12+.
             self.connections.close_all()
@@ -182,6 +192,7 @@ class Server:
 
     async def _expire_round(self) -> None:
         context = self.context
+        context.kv.discover_expiring(EXPIRE_DISCOVERY_KEYS_MAX)
         expired = context.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
         if not expired:
             return
