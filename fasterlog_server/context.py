@@ -37,7 +37,7 @@ from .session import Client
 from .settings import ServerSettings
 from .streams import StreamStore
 
-__all__ = ["BLOCKING", "COMMITTED_READS", "NOT_QUEUED", "NO_AUTH", "READONLY", "WRITE",
+__all__ = ["BLOCKING", "COMMITTED_READS", "NOT_QUEUED", "NO_AUTH", "NO_MULTI", "READONLY", "WRITE",
            "Blocked", "CommandSpec", "Handler", "Lane", "Reply", "ServerContext"]
 
 # A reply before encoding: whatever resp.encode takes, or Blocked, or commands.base.QUIT.
@@ -50,6 +50,10 @@ READONLY = "readonly"  # never changes data
 BLOCKING = "blocking"  # may wait (BLOCK, WAIT, WAITAOF): returns Blocked
 NO_AUTH = "no-auth"  # runs before the client has authenticated
 NOT_QUEUED = "not-queued"  # inside MULTI it runs at once instead of being queued
+# Refused inside MULTI (making EXEC answer EXECABORT), as Redis refuses SAVE: a command that
+# commits a log itself (KV.CHECKPOINT, LOG.TRUNCATE) would commit the transaction's earlier
+# writes mid-EXEC, so the transaction would no longer be one atomic batch per log.
+NO_MULTI = "no-multi"
 COMMITTED_READS = "committed-reads"  # reads only committed entries: a batch commits first
 
 

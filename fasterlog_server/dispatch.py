@@ -6,7 +6,9 @@ Rules:
    queued by MULTI, with Redis's error texts; any of them failing inside MULTI makes EXEC
    answer EXECABORT. Before AUTH only the NO_AUTH commands run.
 2. Inside MULTI every command is queued, except the NOT_QUEUED ones (MULTI, EXEC, DISCARD,
-   WATCH, QUIT, RESET), which run at once.
+   WATCH, QUIT, RESET), which run at once, and the NO_MULTI ones (KV.CHECKPOINT,
+   LOG.TRUNCATE), refused with Redis's text for SAVE: they commit a log themselves, which
+   would break EXEC's one atomic batch per log (EXEC then answers EXECABORT).
 3. Hot lanes: GET, plain SET, and `XADD key * field value` on an existing stream each have a
    lane (context.Lane), taken outside MULTI by an authenticated client. Whether a command
    takes its lane is decided once, by the lane itself: `run_sync` tries it for each command
@@ -34,6 +36,7 @@ from .context import (
     BLOCKING,
     COMMITTED_READS,
     NO_AUTH,
+    NO_MULTI,
     NOT_QUEUED,
     READONLY,
     WRITE,
@@ -114,8 +117,8 @@ COMMANDS: dict[bytes, CommandSpec] = {spec.name: spec for spec in (
     _spec("CONFIG", admin.config, -2),
     _spec("WAITAOF", admin.waitaof, 4, BLOCKING),
     _spec("WAIT", admin.wait, 3, BLOCKING),
-    _spec("KV.CHECKPOINT", admin.kv_checkpoint, 1),
-    _spec("LOG.TRUNCATE", admin.log_truncate, 2, WRITE),
+    _spec("KV.CHECKPOINT", admin.kv_checkpoint, 1, NO_MULTI),
+    _spec("LOG.TRUNCATE", admin.log_truncate, 2, WRITE, NO_MULTI),
     _spec("LOG.COMMIT", admin.log_commit, 1),
     _spec("LOG.INFO", admin.log_info, 1),
 )}
@@ -126,6 +129,7 @@ _COMMITTED_READS = frozenset(name for name, spec in COMMANDS.items()
                              if COMMITTED_READS in spec.flags)
 _DATA_FLAGS = frozenset((READONLY, WRITE, BLOCKING))  # what a reload refuses (fence.py)
 _NOAUTH = resp.ErrorReply(b"NOAUTH Authentication required.")
+_NOT_IN_MULTI = resp.ErrorReply(b"ERR Command not allowed inside a transaction")
 
 
 def dispatch(context: ServerContext, client: Client, arguments: list[bytes],
@@ -159,6 +163,9 @@ def dispatch(context: ServerContext, client: Client, arguments: list[bytes],
         if refused is not None:
             return refused, False
     if client.multi is not None and NOT_QUEUED not in spec.flags:
+        if NO_MULTI in spec.flags:  # rule 2
+            client.multi_error = True
+            return _NOT_IN_MULTI, False
         return transactions.queue(context, client, arguments), False  # within its bounds
     return call(context, client, spec.handler, arguments)
 

@@ -37,6 +37,8 @@ ENVELOPE_PLAIN = 0
 ENVELOPE_EXPIRING = 1
 _EXPIRY = struct.Struct("<Q")
 _BATCH_KEYS_MAX = 65535  # kvlayer's batch_ops_count_max
+_DISCOVERY_AT_OPEN_KEYS_MAX = 10_000  # about 30 ms of reads at open, then the sweep goes on
+_DISCOVERY_STEP_KEYS = 1000
 
 
 def now_ms() -> int:
@@ -63,12 +65,19 @@ class KeyValues:
         self._pending: dict[bytes, bytes | None] = {}
         self.writes_count = 0  # puts and deletes ever made: the server tells a batch's writes
         self._record_size_max_bytes = store.log.entry_size_max
-        # Every live key that has an expiry -> its expire-at ms (rebuilt at open: the sweep
-        # and DBSIZE need them without reading every value).
+        # Live keys that have an expiry -> their expire-at ms: those written since the open,
+        # and those found by `discover_expiring`, which the expiry sweep calls a bounded
+        # number of keys at a time (the open used to read every value of the store here, a
+        # pass over the whole KV log on the event loop: seconds at 300k keys). Until the
+        # discovery is over DBSIZE may count keys that expired before the restart, as Redis
+        # counts expired keys its sweep has not reached yet; reads never show them.
         self.expires: dict[bytes, int] = {}
-        for key, envelope in store.items():
-            if envelope[:1] == b"\x01":
-                self.expires[key] = unpack(envelope)[1]  # type: ignore[assignment]
+        self.discovery_cursor: int | None = 0  # None: every key was looked at
+        # A small store is looked at whole before serving (DBSIZE exact from the start, as
+        # before), at a bounded cost: a bigger one goes on in the sweep's rounds.
+        looked_at = 0
+        while self.discovery_cursor is not None and looked_at < _DISCOVERY_AT_OPEN_KEYS_MAX:
+            looked_at += self.discover_expiring(_DISCOVERY_STEP_KEYS)
 
     def adopt(self, other: KeyValues) -> None:
         """Takes `other`'s store and expiries (a reload of the committed state, recovery.py);
@@ -142,6 +151,18 @@ class KeyValues:
         for key, envelope in self._pending.items():
             live += (envelope is not None) - (self.store.get(key) is not None)
         return live - sum(1 for at in self.expires.values() if at <= now)
+
+    def discover_expiring(self, keys_count: int) -> int:
+        """One step of the pass over the store's keys (KVStore.scan: O(keys_count)) that
+        notes the expiries of keys written before the open; returns the keys looked at."""
+        if self.discovery_cursor is None:
+            return 0
+        cursor, keys = self.store.scan(self.discovery_cursor, keys_count)
+        for key, envelope in zip(keys, self.store.get_many(keys), strict=True):
+            if envelope is not None and envelope[:1] == b"\x01" and key not in self._pending:
+                self.expires.setdefault(key, _EXPIRY.unpack_from(envelope, 1)[0])
+        self.discovery_cursor = cursor or None
+        return len(keys)
 
     def expired(self, now: int, limit: int) -> list[bytes]:
         found = []

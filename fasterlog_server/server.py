@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fasterlog import FasterLog
+from fasterlog.errors import FasterLogError
 from kvlayer import KVStore
 
 from .commit import CommitCoordinator
@@ -57,6 +58,8 @@ from .keyvalues import KeyValues
 from .notify import BlockedReaders
 from .recovery import LogKeeper, open_kv_store, open_stream_log
 from .settings import (
+    EXPIRE_DISCOVERY_KEYS_MAX,
+    EXPIRE_SWEEP_BACKOFF_MAX_S,
     EXPIRE_SWEEP_INTERVAL_S,
     EXPIRE_SWEEP_KEYS_MAX,
     KV_DIRECTORY_NAME,
@@ -99,6 +102,7 @@ class Server:
                                        settings.client_buffers_size_max_bytes)
         self._server: asyncio.AbstractServer | None = None
         self._expire_task: asyncio.Task[None] | None = None
+        self.expire_rounds_count = 0  # sweep rounds that succeeded (tests watch it go on)
         self.port = settings.port
 
     # What tests and tools look at (the context holds the rest).
@@ -139,6 +143,11 @@ class Server:
     def xadd_lane_enabled(self, enabled: bool) -> None:
         self.context.xadd_lane_enabled = enabled
 
+    @property
+    def expire_sweep_running(self) -> bool:
+        """The expiry sweep's task is alive (it must outlive a failed round)."""
+        return self._expire_task is not None and not self._expire_task.done()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         context, connections = self.context, self.connections
@@ -159,9 +168,18 @@ class Server:
         if self._expire_task is not None:
             self._expire_task.cancel()
         await self.context.coordinator.close()
+        store = self.context.kv.store
+        if self._owns_kv_store and not self.context.fence.active:
+            # A checkpoint at a clean stop: the next start restores the KV index from it and
+            # replays only what follows, instead of the whole KV log (in a worker thread:
+            # connections still finish sending their replies meanwhile).
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, store.checkpoint)
+            except FasterLogError as error:  # a fenced KV log: the next start replays it
+                _logger.error("closing: KV checkpoint failed: %s", error)
         await self.keeper.close()  # the logs it opened, the KV store the server opened among them
         if self._owns_kv_store:
-            self.context.kv.store.close()
+            store.close()
         if self._server is not None:
             # After the commits: wait_closed waits for open connections on Python 3.12+.
             self.connections.close_all()
@@ -169,23 +187,34 @@ class Server:
 
     async def _expire_periodically(self) -> None:
         """Deletes expired keys durably, a bounded number per round (reads already treat them
-        as missing; this gives the space back and keeps DBSIZE's count cheap)."""
-        context = self.context
+        as missing; this gives the space back and keeps DBSIZE's count cheap). A round that
+        fails (a fenced log, a full disk) is logged and the sweep backs off and goes on: it
+        must outlive the failure, so that it works again once the log does."""
+        backoff_s = EXPIRE_SWEEP_INTERVAL_S
         while True:
-            await asyncio.sleep(EXPIRE_SWEEP_INTERVAL_S)
-            if context.fence.active:  # no writes while the logs are read-only
-                continue
-            expired = context.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
-            if not expired:
-                continue
-            for key in expired:
-                context.kv.delete(key)
-                context.touch(key)
-            context.kv.flush()
+            await asyncio.sleep(backoff_s)
             try:
-                await context.coordinator.commit_kv()
-            except Exception as error:  # noqa: BLE001 - the next write reports a fenced log
-                _logger.error("expiry commit failed: %s", error)
+                await self._expire_round()
+            except Exception as error:  # noqa: BLE001 - logged; the next round tries again
+                backoff_s = min(backoff_s * 2, EXPIRE_SWEEP_BACKOFF_MAX_S)
+                _logger.error("expiry sweep failed (next try in %.1f s): %s", backoff_s, error)
+                continue
+            backoff_s = EXPIRE_SWEEP_INTERVAL_S
+            self.expire_rounds_count += 1
+
+    async def _expire_round(self) -> None:
+        context = self.context
+        if context.fence.active:  # no writes while the logs are read-only (recovery.py)
+            return
+        context.kv.discover_expiring(EXPIRE_DISCOVERY_KEYS_MAX)
+        expired = context.kv.expired(now_ms(), EXPIRE_SWEEP_KEYS_MAX)
+        if not expired:
+            return
+        for key in expired:
+            context.kv.delete(key)
+            context.touch(key)
+        context.kv.flush()
+        await context.coordinator.commit_kv()
 
 
 async def serve(directory: str, settings: ServerSettings,

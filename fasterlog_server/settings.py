@@ -25,6 +25,8 @@ __all__ = [
     "COMMIT_GATHER_ITERATIONS_MAX",
     "COMMIT_GATHER_MAX_S",
     "EVERYSEC_COMMIT_INTERVAL_S",
+    "EXPIRE_DISCOVERY_KEYS_MAX",
+    "EXPIRE_SWEEP_BACKOFF_MAX_S",
     "EXPIRE_SWEEP_INTERVAL_S",
     "EXPIRE_SWEEP_KEYS_MAX",
     "FENCE_REOPEN_INTERVAL_S",
@@ -180,6 +182,12 @@ EVERYSEC_COMMIT_INTERVAL_S = 1.0
 # round holds the event loop for a bounded time and writes one KV batch of bounded size.
 EXPIRE_SWEEP_INTERVAL_S = 0.1
 EXPIRE_SWEEP_KEYS_MAX = 1000
+# A failed round (fenced log, full disk) doubles the wait before the next, up to this: the
+# sweep keeps trying without filling the log file with one error a tick.
+EXPIRE_SWEEP_BACKOFF_MAX_S = 5.0
+# Keys whose expiries the sweep looks up per round after a start, until it has seen every key
+# written before it (keyvalues.KeyValues.discover_expiring): a bounded step on the loop.
+EXPIRE_DISCOVERY_KEYS_MAX = 200
 
 # Redis strings live in a kvlayer store in this subdirectory of the stream log's directory.
 KV_DIRECTORY_NAME = "kv"

@@ -73,6 +73,23 @@ class HashIndex:
         previous_out[0] = previous
         return len(ops)
 
+    def scan_bucket(self, cursor: int) -> tuple[int, int, list[tuple[int, int]]]:
+        """One step of the bucket cursor (fl_index_scan): (next cursor, 0 when done; the
+        table's buckets_count_log2; the (bucket, entry word) pairs of the bucket visited)."""
+        capacity = 64
+        while True:
+            pairs = ffi.new("uint64_t[]", 2 * capacity)
+            next_cursor = ffi.new("uint64_t *")
+            bits = ffi.new("uint32_t *")
+            count = lib.fl_index_scan(self.handle, cursor, pairs, capacity, next_cursor, bits)
+            if count == lib.FL_E_BUFFER:  # a long overflow chain: room for all of it
+                capacity = int(next_cursor[0])
+                continue
+            assert count >= 0, f"index scan failed with code {count}"
+            words: list[int] = ffi.unpack(pairs, 2 * count)
+            return int(next_cursor[0]), int(bits[0]), list(zip(words[::2], words[1::2],
+                                                              strict=True))
+
     def set_chain_floor(self, address: int) -> None:
         """Store rule 6: walks (here and in fl_kv.c) end below `address`."""
         self.chain_floor = address

@@ -389,6 +389,67 @@ class KVStore:
     def keys(self) -> Iterator[bytes]:
         return (key for key, _ in self.items())
 
+    def scan(self, cursor: int = 0, count: int = 10) -> tuple[int, list[bytes]]:
+        """A step of a cursor iteration over the live keys, as Redis's SCAN: returns (next
+        cursor, keys); start at 0, stop when the cursor returned is 0. Each step walks whole
+        index buckets, in the reverse-binary order of fl_index_scan, until it found `count`
+        keys or walked 10 * `count` buckets, so it costs O(count) records (times the versions
+        each key has), not O(keys). Every key live for the whole iteration is returned, some
+        more than once (a grow of the index between steps can show a bucket's keys again); a
+        key written or deleted meanwhile may or may not be. Sees writes not committed yet, as
+        get does (rule 4)."""
+        core = self._core
+        core.check_open("scan")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueTypeError(f"scan failed: count must be a positive int, not {count!r}")
+        if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
+            raise ValueTypeError(f"scan failed: cursor must be an int >= 0, not {cursor!r}")
+        found: list[bytes] = []
+        for _bucket in range(10 * count):
+            for _ in range(truncated_read_retries_max):
+                index = core.index  # a follower's rebuild may swap it: one per bucket
+                next_cursor, bits, pairs = index.scan_bucket(cursor)
+                try:
+                    keys = self._live_keys_of(pairs, (1 << bits) - 1)
+                    break
+                except TruncatedError:  # a compaction moved the begin: the heads moved too
+                    if core.read_only:
+                        follower.catch_up(core)
+            else:
+                raise KVError(f"scan failed: {truncated_read_retries_max} compactions in a row "
+                              f"truncated the records this scan was walking")
+            found += keys
+            cursor = next_cursor
+            if cursor == 0 or len(found) >= count:
+                break
+        return cursor, found
+
+    def _live_keys_of(self, pairs: list[tuple[int, int]], mask: int) -> list[bytes]:
+        """The live keys of the chains whose heads are `pairs` (bucket, entry word): each
+        chain is walked from its head (newest first) to its end or the chain floor (rule 6);
+        a key's first operation met is its newest (rule 2). A chain may hold records of other
+        buckets' keys (fl_index.c rule 4: a bounded split keeps a superset): only the keys of
+        the entry's own bucket and tag are taken."""
+        address_mask = (1 << lib.FL_INDEX_ADDRESS_BITS) - 1
+        tag_mask = (1 << lib.FL_INDEX_TAG_BITS) - 1
+        core = self._core
+        read = core.log.read
+        live: list[bytes] = []
+        for bucket, word in pairs:
+            tag = (word >> lib.FL_INDEX_ADDRESS_BITS) & tag_mask
+            address, seen = word & address_mask, set()
+            while address and address >= core.chain_floor:
+                _, previous, ops = decode_record(read(address), address)
+                for op in reversed(ops):
+                    if (op.hash & mask != bucket or (op.hash >> lib.FL_INDEX_ADDRESS_BITS)
+                            & tag_mask != tag or op.key in seen):
+                        continue
+                    seen.add(op.key)
+                    if op.kind == OP_PUT:
+                        live.append(op.key)
+                address = previous
+        return live
+
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()
 

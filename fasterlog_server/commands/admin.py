@@ -12,6 +12,8 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
+from fasterlog.errors import FasterLogError
+
 from .. import resp
 from ..context import Blocked, ServerContext
 from ..errors import CommandError
@@ -76,27 +78,43 @@ def wait(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     return 0
 
 
+def _failed(operation: str, error: FasterLogError) -> CommandError:
+    """A typed error of the log or the store (a fenced log, a full disk, a bad address) as an
+    error reply: the client is answered and keeps its connection."""
+    return CommandError(f"ERR {operation} failed: " + " ".join(str(error).split()))
+
+
 def kv_checkpoint(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     """Checkpoints the KV index (kvlayer); answers the log position it covers. Runs on the
-    event loop: an administrative command, other clients wait for it."""
-    context.kv.flush()
-    return context.kv.store.checkpoint().position
+    event loop: an administrative command, other clients wait for it. Refused inside MULTI
+    (dispatch.py rule 2): it commits the KV log."""
+    try:
+        context.kv.flush()
+        return context.kv.store.checkpoint().position
+    except FasterLogError as error:  # kvlayer's errors are FasterLogErrors too
+        raise _failed("KV.CHECKPOINT", error) from None
 
 
 def log_truncate(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     """Moves the stream log's begin to ADDRESS. The state that lives in records below it
     (each stream's last id and counters, every group) is first restated at the tail and
-    committed, so a restart recovers it; entries below the address leave their streams."""
+    committed, so a restart recovers it; entries below the address leave their streams.
+    Refused inside MULTI (dispatch.py rule 2): it commits the stream log."""
     address = integer(arguments[1])
     if not 0 <= address <= context.log.committed_until_address:
         raise CommandError("ERR LOG.TRUNCATE address must be a committed address")
-    context.groups.restate()
-    context.streams.flush()
-    context.log.commit()
+    if context.log.fenced:
+        # Answered here: past this point the batch's own commit would fail on the fenced
+        # log, and a failed batch commit closes the connection.
+        raise CommandError("ERR LOG.TRUNCATE failed: the log is fenced after an I/O error; "
+                           "reads go on, writes are refused until it is reopened")
     try:
+        context.groups.restate()
+        context.streams.flush()
+        context.log.commit()
         context.log.truncate_until(address)
-    except Exception as error:  # noqa: BLE001 - a typed fasterlog error: answered as text
-        raise CommandError("ERR " + " ".join(str(error).split())) from None
+    except FasterLogError as error:
+        raise _failed("LOG.TRUNCATE", error) from None
     context.streams.forget_below(context.log.begin_address)
     client.wrote = True  # the batch's commit makes the new begin durable
     return OK

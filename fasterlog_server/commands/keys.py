@@ -68,13 +68,14 @@ def pttl(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     return _ttl(context, arguments[1], 1)
 
 
-def scan(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
-    """Keys in the order of their 64-bit hash; the cursor is the hash to go on from, so a key
-    present for the whole iteration is returned exactly once whatever is written meanwhile.
-    Costs a pass over every key per call until kvlayer can walk its index."""
-    cursor = parse_integer(arguments[1])
-    if cursor is None or not 0 <= cursor < 1 << 64:
-        raise CommandError("ERR invalid cursor")
+# SCAN's cursor: below STREAMS_PHASE it is the KV index's bucket cursor (KVStore.scan), then
+# STREAMS_PHASE plus the top 40 bits of the next stream key's hash (kvlayer.key_hash).
+STREAMS_PHASE = 1 << 40
+_STREAM_HASH_SHIFT = 24
+assert STREAMS_PHASE >> 40 == 1 and 64 - _STREAM_HASH_SHIFT == 40
+
+
+def _scan_options(arguments: list[bytes]) -> tuple[str | None, int, bytes | None]:
     pattern: str | None = None
     count, kind = 10, None
     position = 2
@@ -94,21 +95,53 @@ def scan(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
         else:
             raise CommandError("ERR syntax error")
         position += 2
+    return pattern, count, kind
+
+
+def _scan_streams(context: ServerContext, cursor: int, count: int) -> tuple[int, list[bytes]]:
+    """Stream keys in the order of their hash's top 40 bits, from `cursor`'s. (Streams live in
+    memory; this pass is over their names, not over the KV log.)"""
+    start = cursor - STREAMS_PHASE
+    found = sorted((key_hash(key) >> _STREAM_HASH_SHIFT, key)
+                   for key in context.streams.streams
+                   if key_hash(key) >> _STREAM_HASH_SHIFT >= start)
+    if len(found) <= count:
+        return 0, [key for _, key in found]
+    # Keys sharing the next position are all taken, so none is skipped by the next call.
+    end = count
+    while end < len(found) and found[end][0] == found[count - 1][0]:
+        end += 1
+    if end == len(found):
+        return 0, [key for _, key in found]
+    return STREAMS_PHASE + found[end][0], [key for _, key in found[:end]]
+
+
+def scan(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
+    """Strings first, through the KV index's bucket cursor (KVStore.scan: a call walks whole
+    buckets until COUNT keys or 10 * COUNT buckets, so its work is O(COUNT) whatever the number
+    of keys), then streams. A key present for the whole iteration is returned, maybe more than
+    once (Redis's guarantee); MATCH and TYPE filter what a call found, as Redis's do."""
+    cursor = parse_integer(arguments[1])
+    if cursor is None or not 0 <= cursor < 1 << 64:
+        raise CommandError("ERR invalid cursor")
+    pattern, count, kind = _scan_options(arguments)
     now = now_ms()
-    found: list[tuple[int, bytes, bytes]] = []
-    for key in context.streams.streams:
-        hashed = key_hash(key)
-        if hashed >= cursor:
-            found.append((hashed, key, b"stream"))
-    for key in context.kv.keys():
-        hashed = key_hash(key)
-        if hashed >= cursor and key not in context.streams.streams and \
-                context.kv.get(key, now) is not None:
-            found.append((hashed, key, b"string"))
-    found.sort()
-    page, rest = found[:count], found[count:]
-    next_cursor = rest[0][0] if rest else 0
-    keys = [key for _, key, key_kind in page
+    page: list[tuple[bytes, bytes]] = []
+    if cursor < STREAMS_PHASE:
+        # Writes pending in the overlay join the index first (they are in this batch's
+        # commit either way), so the cursor sees them.
+        context.kv.flush()
+        next_cursor, keys = context.kv.store.scan(cursor, count)
+        page = [(key, b"string") for key in keys if key not in context.streams.streams
+                and context.kv.get(key, now) is not None]
+        if next_cursor == 0:
+            next_cursor = STREAMS_PHASE
+    else:
+        next_cursor, keys = _scan_streams(context, cursor, count)
+        page = [(key, b"stream") for key in keys]
+    if next_cursor == STREAMS_PHASE and not context.streams.streams:
+        next_cursor = 0
+    keys = [key for key, key_kind in page
             if (kind is None or key_kind == kind) and (
                 pattern is None or fnmatch.fnmatchcase(key.decode("latin-1"), pattern))]
     return [b"%d" % next_cursor, keys]

@@ -6,6 +6,11 @@ EXEC answer EXECABORT), within the bounds multi_queue_count_max and multi_queue_
 error, and EXEC answers EXECABORT. EXEC runs the queue with nothing in between. WATCH marks
 the client dirty on any write to a watched key (notify.Watches); EXEC of a dirty client answers
 nil. Blocking reads inside EXEC do not block.
+
+EXEC is one atomic batch per log: nothing it runs commits a log by itself, so its records are
+appended and committed once, after the last queued command. The commands that do commit a log
+(KV.CHECKPOINT, LOG.TRUNCATE: flag NO_MULTI) are refused at queue time with Redis's answer for
+SAVE ("ERR Command not allowed inside a transaction"), which makes EXEC answer EXECABORT.
 """
 
 from __future__ import annotations

@@ -458,6 +458,49 @@ int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context) {
     return rc;
 }
 
+/* ------------------------------------------------------------------ cursor scan */
+
+static uint64_t reverse_bits(uint64_t value) {
+    uint64_t reversed = 0;
+    for (int i = 0; i < 64; i++, value >>= 1) reversed = reversed << 1 | (value & 1);
+    return reversed;
+}
+
+int64_t fl_index_scan(fl_index *index, uint64_t cursor, uint64_t *pairs_out, size_t capacity,
+                      uint64_t *cursor_out, uint32_t *buckets_count_log2_out) {
+    pthread_rwlock_rdlock(&index->table_lock);
+    const fl_index_table *table = index->table;
+    uint64_t mask = table->buckets_count - 1;
+    uint64_t bucket_index = cursor & mask;
+    const fl_index_bucket *bucket = &table->buckets[bucket_index];
+    size_t count = 0;
+    for (;;) {
+        for (int i = 0; i < FL_INDEX_ENTRIES_PER_BUCKET; i++) {
+            uint64_t entry = atomic_load_explicit(&bucket->entries[i], memory_order_acquire);
+            if (entry == 0) continue;
+            if (count < capacity) {
+                pairs_out[2 * count] = bucket_index;
+                pairs_out[2 * count + 1] = entry;
+            }
+            count++;
+        }
+        uint64_t link = atomic_load_explicit(&bucket->overflow, memory_order_acquire);
+        if (link == 0) break;
+        bucket = overflow_bucket(table, link);
+    }
+    *buckets_count_log2_out = table->buckets_count_log2;
+    pthread_rwlock_unlock(&index->table_lock);
+    if (count > capacity) {
+        *cursor_out = count;
+        return FL_E_BUFFER;
+    }
+    /* Redis's reverse-binary increment of the bucket bits: set the bits above the mask, so
+     * the increment of the reversed value carries through them into the mask's bits. */
+    uint64_t next = reverse_bits(reverse_bits(cursor | ~mask) + 1);
+    *cursor_out = next;
+    return (int64_t)count;
+}
+
 /* ------------------------------------------------------------------ bulk load */
 
 /* Restoring a checkpoint: one call instead of one upsert (and one cffi crossing) per key.

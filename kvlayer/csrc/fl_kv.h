@@ -76,6 +76,16 @@ int fl_index_should_grow(fl_index *index);
 /* Doubles the table, splitting each chain by walking its records through `resolve` (at most
  * FL_INDEX_SPLIT_WALK_MAX records per entry: past that, both halves keep a candidate). */
 int fl_index_grow(fl_index *index, fl_index_resolve_fn resolve, void *context);
+/* A cursor over the table's buckets, as Redis's dictScan: visits the bucket `cursor` selects
+ * (cursor & mask) and writes each entry of its chain as the pair (bucket, entry word) to
+ * `pairs_out` (2 words per entry). The next cursor, in reverse-binary order, goes to
+ * `*cursor_out` (0: the iteration is over) and the table's size to `*buckets_count_log2_out`.
+ * The reverse-binary order makes a doubling between two calls harmless: a bucket's two halves
+ * both come after any cursor that came before the bucket, so every entry present for the whole
+ * iteration is visited (some twice). Returns the entries written, or FL_E_BUFFER when the
+ * chain holds more than `capacity` entries (then `*cursor_out` is the count needed). */
+int64_t fl_index_scan(fl_index *index, uint64_t cursor, uint64_t *pairs_out, size_t capacity,
+                      uint64_t *cursor_out, uint32_t *buckets_count_log2_out);
 
 /* ==================================================================== KV fast path (fl_kv_*.c)
  *
