@@ -909,7 +909,7 @@ def _encode_into(chunks: list[bytes], value: Any, resp3: bool, depth: int) -> No
         # An error may quote the client's bytes (an unknown command, a protocol error's
         # "got"): as Redis does (addReplyErrorLength), CR and LF become spaces, so the reply
         # stays one line and the connection lives on.
-        if b"\r" in value or b"\n" in value:  # rare: checked first, the common case copies once
+        if _LINE_BREAK.search(value):  # rare: looked for first, so the common case copies once
             value = ErrorReply(value.translate(_LINE_BREAKS_TO_SPACES))
         chunks.append(b"-" + value + b"\r\n")
     elif isinstance(value, SimpleString):
