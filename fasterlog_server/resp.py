@@ -898,6 +898,7 @@ def _underflows(text: bytes) -> bool:
 
 _ENCODE_DEPTH_MAX: Final = 64
 _LINE_BREAK: Final = re.compile(rb"[\r\n]")
+_LINE_BREAKS_TO_SPACES: Final = bytes.maketrans(b"\r\n", b"  ")
 
 
 def encode(value: Any, protocol: int = 2) -> bytes:
@@ -926,7 +927,9 @@ def _encode_into(chunks: list[bytes], value: Any, resp3: bool, depth: int) -> No
         # An error may quote the client's bytes (an unknown command, a protocol error's
         # "got"): as Redis does (addReplyErrorLength), CR and LF become spaces, so the reply
         # stays one line and the connection lives on.
-        chunks.append(b"-" + _LINE_BREAK.sub(b" ", value) + b"\r\n")
+        if _LINE_BREAK.search(value):  # rare: looked for first, so the common case copies once
+            value = ErrorReply(value.translate(_LINE_BREAKS_TO_SPACES))
+        chunks.append(b"-" + value + b"\r\n")
     elif isinstance(value, SimpleString):
         if _LINE_BREAK.search(value):  # our own constants only: a line break is our bug
             raise LocalProtocolError(f"encode failed: {value!r} holds CR or LF")
