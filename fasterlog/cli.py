@@ -6,6 +6,7 @@
     fasterlog demo [--dir DIR]           append, commit, kill -9 a writer, recover, check
     fasterlog tail DIR [--from A] [--follow] [--format text|json]
     fasterlog cursors DIR [--json]       named cursors: positions, lag in entries and bytes
+    fasterlog backup SRC DEST [--json]   a consistent copy of the committed prefix, online
 
 Each is a `Command` (fasterlog/cli_support.py) named in pyproject.toml's "fasterlog.commands"
 entry-point group; the dispatcher above every layer (fasterlog_cli) builds the parser from
@@ -49,6 +50,7 @@ from typing import Any, NoReturn, TextIO
 
 from . import errors
 from ._format import KIND_COMMIT, KIND_DATA, KIND_MARKER, KIND_PADDING, EntryKind
+from .backup import backup
 from .cli_support import (
     EXIT_OK,
     CliError,
@@ -62,8 +64,8 @@ from .cli_support import (
 )
 from .log import FasterLog
 
-__all__ = ["CURSORS_COMMAND", "DEMO_COMMAND", "DUMP_COMMAND", "INFO_COMMAND", "TAIL_COMMAND",
-           "VERIFY_COMMAND", "demo_writer", "run_demo"]
+__all__ = ["BACKUP_COMMAND", "CURSORS_COMMAND", "DEMO_COMMAND", "DUMP_COMMAND", "INFO_COMMAND",
+           "TAIL_COMMAND", "VERIFY_COMMAND", "demo_writer", "run_demo"]
 
 KIND_NAMES = {KIND_DATA: "data", KIND_MARKER: "marker", KIND_COMMIT: "commit",
               KIND_PADDING: "padding"}
@@ -674,6 +676,27 @@ def command_cursors(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- backup
+
+
+def command_backup(arguments: argparse.Namespace) -> int:
+    if not os.path.isdir(arguments.source):
+        raise CliError(f"{arguments.source}: no such directory")
+    result = backup(arguments.source, arguments.target)
+    info = {"target": result.target, "committed_until_address": result.committed_until_address,
+            "begin_address": result.begin_address, "commit_number": result.commit_number,
+            "segments_count": result.segments_count, "bytes_copied": result.bytes_copied,
+            "attempts": result.attempts}
+    if arguments.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"backup of {arguments.source} in {result.target}: committed until "
+              f"{result.committed_until_address} (begin {result.begin_address}, commit "
+              f"{result.commit_number}), {result.segments_count} segment(s), "
+              f"{size_text(result.bytes_copied)} copied")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- registration
 # The dispatcher (fasterlog_cli) finds these through pyproject.toml's "fasterlog.commands"
 # entry points; `order` keeps `fasterlog --help` in this order, before serve (70) and kv (80).
@@ -681,6 +704,12 @@ def command_cursors(arguments: argparse.Namespace) -> int:
 
 def _add_directory_and_json_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_backup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="the log directory (its writer may run)")
+    parser.add_argument("target", metavar="DEST", help="a new (or empty) directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -732,3 +761,6 @@ TAIL_COMMAND = Command(name="tail",
                        order=50, add_arguments=_add_tail_arguments, run=command_tail)
 CURSORS_COMMAND = Command(name="cursors", help="named cursors: positions and lag", order=60,
                           add_arguments=_add_directory_and_json_arguments, run=command_cursors)
+BACKUP_COMMAND = Command(name="backup", order=62,
+                         help="copy the committed prefix of a log, while its writer runs",
+                         add_arguments=_add_backup_arguments, run=command_backup)

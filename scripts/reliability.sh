@@ -31,6 +31,7 @@ tests=(
     "tests/reliability/test_corruption.py::test_torn_tail_is_cut_back_to_the_last_complete_commit"
     "tests/reliability/test_corruption.py::test_corrupted_frame_in_the_middle_is_reported_with_its_address_and_never_cut"
     "tests/reliability/test_damage.py::test_segment_cut_at_any_offset_is_reported_never_cut_silently"
+    "tests/reliability/test_damage.py::test_online_backups_of_a_live_log_always_open_with_the_committed_prefix"
     "tests/fasterlog_server/test_service.py::test_limits_and_auth_attacked_with_raw_sockets_figure"
     tests/reliability/test_reliability_fuzz.py
     tests/reliability/test_reliability_races.py
