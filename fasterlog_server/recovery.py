@@ -57,10 +57,15 @@ _IDLE_POLL_S = 0.01  # rule 2's wait for a commit in flight (one sync: about a m
 def open_stream_log(directory: str, **log_settings: Any) -> FasterLog:
     """The stream log as a writer, or read-only with a warning when the disk refuses the
     writer's open of an existing log (rule 4)."""
+    # Whether the log existed before this open: a failed first open may leave a meta file,
+    # which is no log to serve read-only (rule 4 is for an existing log only).
+    existed = os.path.exists(os.path.join(directory, "fasterlog.meta"))
     try:
         return FasterLog.open(directory, **log_settings)
     except OSError as error:
-        if not os.path.exists(os.path.join(directory, "fasterlog.meta")):
+        if not existed:
+            _logger.error("cannot create %s (%s): a new log needs room for its first segments "
+                          "(segment_size_bytes each)", directory, error)
             raise
         _logger.warning("cannot open %s for writing (%s): serving it read-only until it can "
                         "be reopened", directory, error)

@@ -18,6 +18,7 @@ tests/reliability/test_reliability_full_disk.py runs the same on a real full fil
 from __future__ import annotations
 
 import errno
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from typing import Any
 import pytest
 
 from fasterlog import testing as fault_testing
-from fasterlog_server import resp
+from fasterlog_server import ServerSettings, resp
+from fasterlog_server.server import open_log
+from tests.support.fullfs import small_filesystem
 from tests.support.raw_client import RawClient, is_error
 from tests.support.servers import RunningServer
 
@@ -201,3 +204,13 @@ def test_with_fsync_everysec_a_failed_commit_fences_and_the_server_recovers(
     finally:
         client.close()
         server.stop()
+
+
+def test_a_fresh_server_on_a_too_small_disk_fails_with_the_disk_error() -> None:
+    """A first open the disk refuses is an error, not an empty read-only log (recovery.py
+    rule 4 is for an existing log only)."""
+    with small_filesystem(8 << 20) as mount:
+        with pytest.raises(OSError) as raised:
+            log = open_log(os.path.join(mount, "data"), ServerSettings())  # 1 GiB segments
+            log.close()
+        assert raised.value.errno == errno.ENOSPC
