@@ -395,17 +395,31 @@ def read(directory: str | os.PathLike[str], name: str, *, salt: int | None = Non
 def read_all(directory: str | os.PathLike[str]) -> dict[str, int]:
     """Every cursor's durable position, by name. A cursor deleted while we look is left out;
     a corrupt one raises CorruptionError (retention must not guess)."""
+    positions, damaged = read_all_checked(directory)
+    if damaged:
+        raise next(iter(damaged.values()))
+    return positions
+
+
+def read_all_checked(directory: str | os.PathLike[str]
+                     ) -> tuple[dict[str, int], dict[str, errors.CorruptionError]]:
+    """Every cursor's durable position by name, and apart from them the damaged cursors, by
+    name, with the CorruptionError reading each raised: one damaged file is reported for that
+    cursor alone (truncate_until warns about it and goes on, FasterLog.check_retention)."""
     found = names(directory)
     if not found:
-        return {}
+        return {}, {}
     salt = log_salt(directory)
-    positions = {}
+    positions: dict[str, int] = {}
+    damaged: dict[str, errors.CorruptionError] = {}
     for name in found:
         try:
             positions[name] = read(directory, name, salt=salt)
         except KeyError:
             continue
-    return positions
+        except errors.CorruptionError as error:
+            damaged[name] = error
+    return positions, damaged
 
 
 def write(directory: str | os.PathLike[str], name: str, position: int) -> None:

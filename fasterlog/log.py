@@ -563,7 +563,15 @@ class FasterLog:
             return
         from . import cursors  # the cursor files are part of the log's on-disk format
 
-        positions = cursors.read_all(self._path)
+        positions, damaged = cursors.read_all_checked(self._path)
+        for damaged_name, error in damaged.items():
+            # A damaged cursor has no position to keep: its consumer cannot resume from it
+            # (Consumer raises CorruptionError until the cursor is deleted or rewritten), and
+            # letting it pin the log would stop retention for every other cursor until the
+            # disk fills. So it is skipped, loudly.
+            _logger.warning("truncate_until %d: cursor %r is damaged and not counted (%s); "
+                            "delete or rewrite it (fasterlog.cursors.delete / write)",
+                            address, damaged_name, error)
         if not positions:
             return
         name, position = min(positions.items(), key=lambda item: item[1])

@@ -133,6 +133,27 @@ def test_a_file_without_a_valid_slot_is_a_corruption_error(made_log: FasterLog, 
         Consumer(made_log, "reader")
 
 
+def test_a_damaged_cursor_is_reported_for_itself_and_does_not_block_retention(
+        log_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 14 defect 11: one corrupted cursor file made truncate_until raise for the whole log.
+    with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
+        addresses = log.append_many([b"entry-%d" % i for i in range(10)])
+        log.commit()
+        cursors.write(log_dir, "good", addresses[5])
+        cursors.write(log_dir, "bad", addresses[2])
+        faults.zero_range(log_dir / "cursors" / "bad.cursor", 0, 2 * SLOT)
+        with Consumer(log, "good") as consumer:  # the other cursors open as before
+            assert consumer.position == addresses[5]
+        with pytest.raises(errors.CorruptionError, match="bad.cursor"):
+            Consumer(log, "bad")
+        with caplog.at_level("WARNING", logger="fasterlog"):
+            log.truncate_until(addresses[4])  # past the damaged cursor's old position
+        assert "cursor 'bad' is damaged" in caplog.text
+        assert log.begin_address == addresses[4]
+        with pytest.raises(errors.RetentionError, match="'good'"):
+            log.truncate_until(addresses[6])  # the sound cursor still holds the log
+
+
 def test_a_cursor_copied_from_another_log_is_refused(made_log: FasterLog, log_dir: Path,
                                                      tmp_path: Path) -> None:
     other = tmp_path / "other"
