@@ -124,9 +124,12 @@ def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subproce
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert child.stdout is not None
     child.port = int(child.stdout.readline())  # type: ignore[attr-defined]
-    yield child
-    child.terminate()
-    child.wait(60)
+    try:
+        yield child
+    finally:
+        child.terminate()
+        child.wait(60)
+        child.stdout.close()  # else its pipe is left to the GC (an unraisable ResourceWarning)
 
 
 def connect(port: int) -> socket.socket:
