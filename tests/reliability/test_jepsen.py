@@ -21,6 +21,7 @@ follower, and a corrupt cursor file, all with typed errors.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import random
 import select
@@ -35,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from consumers import Consumer, CursorInUseError, UnknownCursorError, delete_cursor
-from fasterlog import FasterLog, cursors, errors
+from fasterlog import FasterLog, cursors
 from tests.support.processes import ROOT
 from tests.support.settings import SMALL_SETTINGS
 
@@ -386,7 +387,7 @@ def test_cursor_deleted_by_another_process_and_bad_seeks_in_a_follower(log_dir: 
 
 
 def test_a_corrupt_cursor_file_stops_a_consumer_process_with_a_typed_error(
-        log_dir: Path) -> None:
+        log_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with FasterLog.open(log_dir, **SMALL_SETTINGS) as log:
         log.append(b"x")
         log.commit()
@@ -402,5 +403,8 @@ def test_a_corrupt_cursor_file_stops_a_consumer_process_with_a_typed_error(
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("corrupt cursor read failed: ")
         assert "no valid slot" in result.stdout
-        with pytest.raises(errors.CorruptionError):
-            log.truncate_until(log.committed_until_address)  # retention does not guess
+        # Retention leaves the damaged cursor out, with a warning naming it (its position is
+        # unknown; pinning the log on it would stop retention until the disk fills).
+        with caplog.at_level(logging.WARNING, logger="fasterlog"):
+            log.truncate_until(log.committed_until_address)
+        assert "cursor 'reader' is damaged" in caplog.text
