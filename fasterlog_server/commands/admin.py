@@ -88,6 +88,11 @@ def kv_checkpoint(context: ServerContext, client: Client, arguments: list[bytes]
     """Checkpoints the KV index (kvlayer); answers the log position it covers. Runs on the
     event loop: an administrative command, other clients wait for it. Refused inside MULTI
     (dispatch.py rule 2): it commits the KV log."""
+    if context.fence.active:
+        # Answered here, not by the store: while fenced the store may be a read-only reload
+        # (recovery.py), whose own refusal would name read_only rather than the failed write.
+        raise CommandError("ERR KV.CHECKPOINT failed: the log is fenced after an I/O error; "
+                           "reads go on, writes are refused until it is reopened")
     try:
         context.kv.flush()
         return context.kv.store.checkpoint().position
