@@ -796,13 +796,13 @@ def test_feeding_one_byte_at_a_time_takes_linear_time(name: str) -> None:
     timings = []
     for size in (15_000, 60_000):
         best = math.inf
-        for _ in range(2):
+        for _ in range(4):  # best of 4: a loaded machine once stretched one round 10x
             feed, out = feeder()
             best = min(best, seconds_bytewise(feed, make(size)))
             assert out
         timings.append(best)
     # Four times the input: linear work takes about 4x, a quadratic rescan 16x.
-    assert timings[1] < 8 * timings[0], timings
+    assert timings[1] < 10 * timings[0], timings
 
 
 # The fast path splits at CRLFs and checks each `$N` against its payload: payloads made of
