@@ -172,9 +172,10 @@ class StoreCore:
     def write_columns(self, keys: list[bytes], values: list[bytes | None],
                       operation: str) -> list[int]:
         """Appends a batch of checked keys and values (None: delete) as one record per chain
-        and applies it to the index, in one C call (fl_kv_write: it hashes, checks liveness,
-        groups, encodes, appends, upserts and grows). A key given twice takes its last value;
-        the write lock is held."""
+        (several, linked, for a chain whose operations pass entry_size_max together), in one
+        atomic append, and applies it to the index, in one C call (fl_kv_write: it hashes,
+        checks liveness, groups, encodes, appends, upserts and grows). A key given twice takes
+        its last value; the write lock is held."""
         count = len(keys)
         key_sizes = array.array("I", map(len, keys))
         if None in values:

@@ -100,6 +100,13 @@ int64_t fl_append(fl_log *log, const void *data, size_t size, int32_t kind, int3
 int64_t fl_append_entry(fl_log *log, const char *data, size_t size);
 int64_t fl_append_batch(fl_log *log, const void *data, const uint32_t *sizes, size_t count,
                         uint64_t *addresses_out, int32_t blocking);
+/* fl_append_batch where entry i may hold the address of an earlier entry of the batch: when
+ * links[i] != 0, the address of entry links[i] - 1 (< i) is written as a u64 little-endian
+ * into `data` at link_offsets[i] of entry i before it is placed (-EINVAL for a link that does
+ * not point back or does not fit). For layers whose records chain to each other (kvlayer). */
+int64_t fl_append_batch_linked(fl_log *log, void *data, const uint32_t *sizes, size_t count,
+                               const uint32_t *links, const uint32_t *link_offsets,
+                               uint64_t *addresses_out, int32_t blocking);
 
 int64_t fl_commit(fl_log *log);
 int fl_set_cookie(fl_log *log, const void *cookie, size_t size);
@@ -238,6 +245,10 @@ typedef struct fl_core_api {
     void (*get_settings)(fl_log *log, fl_settings *settings_out);
     int64_t (*append_batch)(fl_log *log, const void *data, const uint32_t *sizes, size_t count,
                             uint64_t *addresses_out, int32_t blocking);
+    int64_t (*append_batch_linked)(fl_log *log, void *data, const uint32_t *sizes,
+                                   size_t count, const uint32_t *links,
+                                   const uint32_t *link_offsets, uint64_t *addresses_out,
+                                   int32_t blocking);
     int64_t (*read)(fl_log *log, uint64_t address, void *buffer, size_t capacity,
                     int32_t *kind_out, fl_error_info *error_out);
     int64_t (*read_in_memory)(fl_log *log, uint64_t address, void *buffer, size_t capacity,

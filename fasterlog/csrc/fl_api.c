@@ -8,6 +8,7 @@ static const fl_core_api core_api = {
     .get_state = fl_get_state,
     .get_settings = fl_get_settings,
     .append_batch = fl_append_batch,
+    .append_batch_linked = fl_append_batch_linked,
     .read = fl_read,
     .read_in_memory = fl_read_in_memory,
     .prefetch = fl_prefetch,

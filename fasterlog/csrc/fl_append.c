@@ -5,6 +5,7 @@
  * CRC with the caller's GIL kept. */
 #include "fl_internal.h"
 
+#include <errno.h>
 #include <string.h>
 
 /* Ends the page the tail is in: the rest becomes a padding frame (or a zero gap shorter than
@@ -194,13 +195,31 @@ int64_t fl_append_entry(fl_log *log, const char *data, size_t size) {
     return fl_append(log, data, size, FL_KIND_DATA, 1);
 }
 
+/* A link names an earlier entry of the same batch (links[i] - 1 < i, 0 for none) and an
+ * offset in entry i that has room for its address (u64 little-endian). */
+static int links_valid(const uint32_t *sizes, size_t count, const uint32_t *links,
+                       const uint32_t *link_offsets) {
+    for (size_t i = 0; links != NULL && i < count; i++) {
+        if (links[i] == 0) continue;
+        if (links[i] - 1 >= i || sizes[i] < sizeof(uint64_t) ||
+            link_offsets[i] > sizes[i] - sizeof(uint64_t))
+            return 0;
+    }
+    return 1;
+}
+
 /* All or nothing: while a batch is being placed (batches_active > 0), no commit record is
  * placed, even when the batch lets go of the mutex to wait for memory, so no commit can cover
- * part of it. Batches always block for memory. */
+ * part of it. Batches always block for memory. An entry with a link gets the address of the
+ * earlier entry it names written into its bytes right before it is placed (and checksummed):
+ * the one way to point at an entry of the same batch, whose address is known only here. */
 static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *sizes,
-                                 size_t count, uint64_t *addresses_out, int32_t blocking) {
+                                 size_t count, const uint32_t *links,
+                                 const uint32_t *link_offsets, uint64_t *addresses_out,
+                                 int32_t blocking) {
     for (size_t i = 0; i < count; i++)
         if (sizes[i] > log->entry_size_max) return FL_E_TOO_LARGE;
+    if (!links_valid(sizes, count, links, link_offsets)) return -EINVAL;
     pthread_mutex_lock(&log->mutex);
     log->batches_active++;
     const uint8_t *source = data;
@@ -208,6 +227,8 @@ static int64_t append_batch_impl(fl_log *log, const void *data, const uint32_t *
     uint64_t first_tail = log->tail_address;
     for (size_t i = 0; i < count; i++) {
         uint64_t frame_size = fl_frame_size(sizes[i]);
+        if (links != NULL && links[i] != 0) /* the caller's buffer: fl_append_batch_linked */
+            fl_store64((uint8_t *)source + link_offsets[i], addresses_out[links[i] - 1]);
         if (!append_fast_locked(log, FL_KIND_DATA, source, sizes[i], frame_size,
                                 &addresses_out[i])) {
             int64_t address = fl_reserve_locked(log, frame_size, blocking, 0);
@@ -239,7 +260,20 @@ int64_t fl_append_batch(fl_log *log, const void *data, const uint32_t *sizes, si
                         uint64_t *addresses_out, int32_t blocking) {
     if (fl_call_enter(log) < 0) return FL_E_CLOSED;
     void *token = fl_blocking_begin();
-    int64_t rc = append_batch_impl(log, data, sizes, count, addresses_out, blocking);
+    int64_t rc = append_batch_impl(log, data, sizes, count, NULL, NULL, addresses_out,
+                                   blocking);
+    fl_blocking_end(token);
+    fl_call_exit(log);
+    return rc;
+}
+
+int64_t fl_append_batch_linked(fl_log *log, void *data, const uint32_t *sizes, size_t count,
+                               const uint32_t *links, const uint32_t *link_offsets,
+                               uint64_t *addresses_out, int32_t blocking) {
+    if (fl_call_enter(log) < 0) return FL_E_CLOSED;
+    void *token = fl_blocking_begin();
+    int64_t rc = append_batch_impl(log, data, sizes, count, links, link_offsets,
+                                   addresses_out, blocking);
     fl_blocking_end(token);
     fl_call_exit(log);
     return rc;

@@ -168,8 +168,10 @@ int64_t fl_kv_get_many(fl_kv *kv, const char *keys, const uint32_t *key_sizes, s
                        uint32_t *missing_out, uint64_t *missing_count_out,
                        fl_error_info *error);
 /* Appends one batch (a key given twice takes its last value; a value size of 0xFFFFFFFF
- * writes a tombstone) as one record per index chain, upserts the index and grows it when
- * loaded. addresses_out needs room for `count`. Returns the records count. */
+ * writes a tombstone) atomically as one record per index chain (several, linked, when the
+ * chain's operations pass entry_size_max together), upserts the index and grows it when
+ * loaded. FL_E_TOO_LARGE only for one operation over entry_size_max. addresses_out needs room
+ * for `count`. Returns the records count. */
 int64_t fl_kv_write(fl_kv *kv, const char *keys, const uint32_t *key_sizes, const char *values,
                     const uint32_t *value_sizes, size_t count, uint64_t *addresses_out,
                     fl_kv_write_result *result_out, fl_error_info *error);

@@ -1,6 +1,6 @@
 /* The write side of kvlayer's hot paths: growing the index (records read back through the
- * core to split chains), batched writes (one record per index chain, rule 3 of
- * fl_kv_internal.h) and replay at open. All of them are the index's one writer: the caller
+ * core to split chains), batched writes (one record per index chain, or a linked run of them
+ * when one would pass entry_size_max; rule 3 of fl_kv_internal.h) and replay at open. All of them are the index's one writer: the caller
  * serializes them. */
 #include "fl_kv_internal.h"
 
@@ -100,7 +100,16 @@ typedef struct write_batch {
     uint32_t groups_count;
     uint32_t index_bits;          /* the index size the records are written with */
     int64_t live_change;
-    uint32_t *record_sizes;       /* per group */
+    /* The records, in group order: one per group unless a group's operations pass
+     * entry_size_max together, then several, each linked to the one before (batch_measure). */
+    uint32_t records_count;
+    uint8_t *record_scratch;      /* one allocation for the per-record arrays */
+    uint32_t *record_sizes;
+    uint32_t *record_group;
+    uint32_t *record_first;       /* its first member (a distinct key) + 1 */
+    uint32_t *record_ops;         /* its members: record_first and the next ones of its group */
+    uint32_t *record_links;       /* the record before it in its chain + 1, or 0 (the head) */
+    uint32_t *record_link_offsets;
     uint64_t total_bytes;
 } write_batch;
 
@@ -203,41 +212,79 @@ static int batch_group(fl_kv *kv, write_batch *b, fl_error_info *error) {
     return 0;
 }
 
-/* Each group's record size; FL_E_TOO_LARGE (size_needed) for a record above entry_size_max. */
+/* Starts record r of group g at member d (+ 1), linked to record r - 1 when it continues
+ * the group's chain. */
+static void record_start(write_batch *b, uint32_t r, uint32_t g, uint32_t d, int continues) {
+    b->record_group[r] = g;
+    b->record_first[r] = d;
+    b->record_ops[r] = 0;
+    b->record_sizes[r] = FL_KV_RECORD_HEADER_SIZE_BYTES;
+    b->record_links[r] = continues ? r : 0; /* record r - 1, + 1 */
+    b->record_link_offsets[r] = FL_KV_RECORD_PREVIOUS_OFFSET;
+}
+
+/* The records and their sizes: each group's members in order, a new record of the same chain
+ * whenever the next member would take the record past entry_size_max (the keys of a batch are
+ * distinct, so which record of the chain holds a key does not matter to reads). FL_E_TOO_LARGE
+ * (size_needed) only for one operation that passes it alone. At most one record per distinct
+ * key, so the arrays hold distinct_count records. */
 static int batch_measure(fl_kv *kv, write_batch *b, fl_error_info *error) {
-    b->record_sizes = malloc(sizeof(uint32_t) * b->groups_count);
-    if (b->record_sizes == NULL) return FL_E_NOMEM;
+    size_t capacity = b->distinct_count;
+    b->record_scratch = malloc(sizeof(uint32_t) * 6 * capacity);
+    if (b->record_scratch == NULL) return FL_E_NOMEM;
+    uint32_t *arrays = (uint32_t *)b->record_scratch;
+    b->record_sizes = arrays;
+    b->record_group = arrays + capacity;
+    b->record_first = arrays + 2 * capacity;
+    b->record_ops = arrays + 3 * capacity;
+    b->record_links = arrays + 4 * capacity;
+    b->record_link_offsets = arrays + 5 * capacity;
+    uint32_t r = 0;
     for (uint32_t g = 0; g < b->groups_count; g++) {
-        uint64_t size = FL_KV_RECORD_HEADER_SIZE_BYTES;
+        record_start(b, r, g, b->group_first[g] + 1, 0);
         for (uint32_t d = b->group_first[g] + 1; d != 0; d = b->member_next[d - 1]) {
             uint32_t w = b->winner[d - 1];
-            size += FL_KV_OP_HEADER_SIZE_BYTES + b->key_sizes[w] +
-                    (b->value_sizes[w] == FL_KV_VALUE_DELETE ? 0 : b->value_sizes[w]);
+            uint64_t op_size = FL_KV_OP_HEADER_SIZE_BYTES + (uint64_t)b->key_sizes[w] +
+                               (b->value_sizes[w] == FL_KV_VALUE_DELETE ? 0 : b->value_sizes[w]);
+            if (FL_KV_RECORD_HEADER_SIZE_BYTES + op_size > kv->entry_size_max) {
+                if (error != NULL) error->size_needed = FL_KV_RECORD_HEADER_SIZE_BYTES + op_size;
+                return FL_E_TOO_LARGE;
+            }
+            if (b->record_ops[r] > 0 && b->record_sizes[r] + op_size > kv->entry_size_max) {
+                b->total_bytes += b->record_sizes[r];
+                r++;
+                assert(r < capacity);
+                record_start(b, r, g, d, 1);
+            }
+            b->record_sizes[r] += (uint32_t)op_size;
+            b->record_ops[r]++;
         }
-        if (size > kv->entry_size_max) {
-            if (error != NULL) error->size_needed = size;
-            return FL_E_TOO_LARGE;
-        }
-        b->record_sizes[g] = (uint32_t)size;
-        b->total_bytes += size;
+        b->total_bytes += b->record_sizes[r];
+        r++;
     }
+    b->records_count = r;
     return 0;
 }
 
-/* One record per group, members in first-occurrence order (kvlayer/FORMAT.md "KV records"). */
+/* The records (kvlayer/FORMAT.md "KV records"), each a run of its group's members in
+ * first-occurrence order. A record that continues a chain gets the address of the record
+ * before it from the core at placement (its previous_address is 0 here). */
 static void batch_encode(const write_batch *b, uint8_t *data) {
     uint8_t *out = data;
-    for (uint32_t g = 0; g < b->groups_count; g++) {
-        uint32_t ops = 0;
-        for (uint32_t d = b->group_first[g] + 1; d != 0; d = b->member_next[d - 1]) ops++;
+    for (uint32_t r = 0; r < b->records_count; r++) {
+        uint32_t ops = b->record_ops[r];
         /* At most FL_KV_BATCH_OPS_MAX distinct keys (fl_kv_write): the u16 field holds them. */
         assert(ops >= 1 && ops <= FL_KV_BATCH_OPS_MAX);
+        uint8_t *record = out;
         out[FL_KV_RECORD_VERSION_OFFSET] = FL_KV_RECORD_VERSION;
         out[FL_KV_RECORD_INDEX_BITS_OFFSET] = (uint8_t)b->index_bits;
         fl_kv_store16(out + FL_KV_RECORD_OPS_COUNT_OFFSET, ops);
-        fl_kv_store64(out + FL_KV_RECORD_PREVIOUS_OFFSET, b->heads[g]);
+        fl_kv_store64(out + FL_KV_RECORD_PREVIOUS_OFFSET,
+                      b->record_links[r] ? 0 : b->heads[b->record_group[r]]);
         out += FL_KV_RECORD_HEADER_SIZE_BYTES;
-        for (uint32_t d = b->group_first[g] + 1; d != 0; d = b->member_next[d - 1]) {
+        uint32_t d = b->record_first[r];
+        for (uint32_t k = 0; k < ops; k++, d = b->member_next[d - 1]) {
+            assert(d != 0);
             uint32_t w = b->winner[d - 1];
             uint32_t first = b->distinct[d - 1];
             int is_delete = b->value_sizes[w] == FL_KV_VALUE_DELETE;
@@ -253,23 +300,28 @@ static void batch_encode(const write_batch *b, uint8_t *data) {
             if (value_size) memcpy(out, b->values + b->value_offsets[w], value_size);
             out += value_size;
         }
+        /* The sizes measured are the bytes encoded. */
+        assert((uint64_t)(out - record) == b->record_sizes[r]);
     }
-    /* The sizes measured are the bytes encoded. */
     assert((uint64_t)(out - data) == b->total_bytes);
 }
 
-/* Encodes and appends the records, then points each chain's index entry at its record. */
+/* Encodes and appends the records as one batch (all or nothing), then points each chain's
+ * index entry at its newest record, in record order as replay does. */
 static int64_t batch_append(fl_kv *kv, write_batch *b, uint64_t *addresses_out) {
     uint8_t *data = malloc(b->total_bytes ? b->total_bytes : 1);
     if (data == NULL) return FL_E_NOMEM;
     batch_encode(b, data);
-    int64_t rc = kv->core->append_batch(kv->log, data, b->record_sizes, b->groups_count,
-                                        addresses_out, 1);
+    int64_t rc = kv->core->append_batch_linked(kv->log, data, b->record_sizes,
+                                               b->records_count, b->record_links,
+                                               b->record_link_offsets, addresses_out, 1);
     free(data);
     if (rc < 0) return rc;
-    for (uint32_t g = 0; g < b->groups_count; g++) {
-        if (fl_index_upsert(kv->index, b->hashes[b->distinct[b->group_first[g]]], b->heads[g],
-                            addresses_out[g]) < 0)
+    for (uint32_t r = 0; r < b->records_count; r++) {
+        uint32_t g = b->record_group[r];
+        uint64_t head = b->record_links[r] ? addresses_out[r - 1] : b->heads[g];
+        if (fl_index_upsert(kv->index, b->hashes[b->distinct[b->group_first[g]]], head,
+                            addresses_out[r]) < 0)
             return FL_E_KV_INDEX;
     }
     return 0;
@@ -301,12 +353,12 @@ int64_t fl_kv_write(fl_kv *kv, const char *keys, const uint32_t *key_sizes, cons
     if (rc == 0) rc = batch_append(kv, &b, addresses_out);
     if (rc == 0) {
         result_out->live_change = b.live_change;
-        result_out->records_count = b.groups_count;
+        result_out->records_count = b.records_count;
         result_out->bytes_count = b.total_bytes;
         rc = fl_kv_grow(kv, 0, 1, error);
-        if (rc == 0) rc = b.groups_count;
+        if (rc == 0) rc = b.records_count;
     }
-    free(b.record_sizes);
+    free(b.record_scratch);
     free(b.scratch);
     return rc;
 }

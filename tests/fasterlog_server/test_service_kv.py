@@ -133,6 +133,43 @@ def test_mget_mset_and_counters(running: RunningServer, protocol: int) -> None:
     client.close()
 
 
+def test_big_values_sharing_an_index_chain_are_one_atomic_mset(tmp_path: Path) -> None:
+    """Regression: the pending writes of a batch go to one write_batch, one record per index
+    chain; keys sharing a chain whose values passed a page together failed the whole batch
+    with ValueTooLarge, and that failed append fenced the server (MSET of 2,000 x 32 KiB on 64
+    KiB pages hit it at random). The keys here are picked to share chains."""
+    server = RunningServer(tmp_path / "data")
+    store = server.server.context.kv.store
+    index_bits = store.index_stats()["buckets_count_log2"]
+    by_chain: dict[tuple[int, int], list[bytes]] = {}
+    keys: list[bytes] = []
+    for i in range(5_000_000):  # 3 chains of 3 keys: a few million hashes at 2^24 chains
+        key = b"k%d" % i
+        hash_ = store.key_hash(key)
+        members = by_chain.setdefault((hash_ & ((1 << index_bits) - 1), hash_ >> 48 & 0x3FFF),
+                                      [])
+        members.append(key)
+        if len(members) == 3:
+            keys += members
+            if len(keys) == 9:
+                break
+    assert len(keys) == 9
+    value_size = store.log.entry_size_max // 2  # two of a chain do not fit one record
+    values = {key: bytes([n]) * value_size for n, key in enumerate(keys)}
+    client = redis.Redis(port=server.port)
+    assert client.mset(values) is True
+    assert client.set("after", "1") is True  # still writable: not fenced
+    assert client.mget(keys) == [values[key] for key in keys]
+    client.close()
+    server.stop()
+    server = RunningServer(tmp_path / "data")
+    client = redis.Redis(port=server.port)
+    assert client.mget(keys) == [values[key] for key in keys]
+    assert client.dbsize() == 10
+    client.close()
+    server.stop()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_keys_of_both_kinds(running: RunningServer, protocol: int) -> None:
     client = client_for(running, protocol)
