@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,11 +27,11 @@ from fasterlog import FasterLog
 from fasterlog import testing as fault_testing
 from tests.support.figures import record
 from tests.support.mode import scaled
+from tests.support.redis_peer import REDIS_SERVER, redis_peer
 from tests.support.servers import RunningServer, raw_exchange
 
 redis = pytest.importorskip("redis")
 
-REDIS_SERVER = shutil.which("redis-server")
 _START_TIMEOUT_S = 30
 _EXEC_TIMEOUT_S = 30
 
@@ -157,22 +156,8 @@ def test_commands_that_commit_are_refused_inside_multi_as_redis_refuses_save(
     assert ours == expected
     if REDIS_SERVER is None:
         return
-    process = subprocess.Popen([REDIS_SERVER, "--port", str(_REDIS_PORT), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", _REDIS_PORT), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
+    with redis_peer(tmp_path / "redis", port=_REDIS_PORT):
         assert _multi_refusal(_REDIS_PORT) == expected
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.mark.parametrize("command", ["KV.CHECKPOINT", "LOG.TRUNCATE"])

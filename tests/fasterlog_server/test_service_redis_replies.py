@@ -13,71 +13,22 @@ XADD's refusals must also survive a restart of our server (the exhausted id is r
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fasterlog_server import resp
+from tests.support.redis_peer import command, exchange, needs_redis, redis_peer
 from tests.support.servers import RunningServer
-
-REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
-                                 "(scripts/setup.sh installs it)")
-redis_start_timeout_s = 30
-reply_timeout_s = 10
 
 SEQ_MAX = (1 << 64) - 1
 
 
-def command(*words: bytes | str) -> bytes:
-    """A RESP array of bulk strings."""
-    data = [word.encode() if isinstance(word, str) else word for word in words]
-    return b"*%d\r\n" % len(data) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in data)
-
-
-def exchange(port: int, payload: bytes) -> bytes:
-    """Sends `payload` (which ends with PING where the connection should stay open) and
-    returns what comes back until the PING's reply or a close (b"<EOF>" appended)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=reply_timeout_s) as connection:
-        connection.sendall(payload)
-        received = b""
-        while not received.endswith(b"+PONG\r\n"):
-            chunk = connection.recv(65536)
-            if not chunk:
-                return received + b"<EOF>"
-            received += chunk
-    return received
-
-
 @pytest.fixture
 def redis_port(tmp_path: Path) -> Iterator[int]:
-    """A redis-server 7 on 127.0.0.1 without persistence, stopped (by its pid) afterwards."""
-    assert REDIS_SERVER is not None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + redis_start_timeout_s
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
+    with redis_peer(tmp_path / "redis") as port:
         yield port
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture

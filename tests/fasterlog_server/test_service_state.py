@@ -12,9 +12,7 @@ same settings: the same bytes must come back.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,11 +27,11 @@ from fasterlog_server.context import BLOCKING, READONLY, WRITE, Blocked
 from fasterlog_server.dispatch import COMMANDS, dispatch
 from fasterlog_server.errors import LocalProtocolError
 from fasterlog_server.settings import MAXCLIENTS_REPLY, READ_SIZE_BYTES
+from tests.support.redis_peer import needs_redis, redis_peer
 from tests.support.servers import RunningServer
 
 redis = pytest.importorskip("redis")
 
-REDIS_SERVER = shutil.which("redis-server")
 
 
 class RecordingSink:
@@ -318,31 +316,11 @@ def test_over_maxclients_a_connection_gets_redis_reply_and_is_closed(tmp_path: P
         server.stop()
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
-                    "(scripts/setup.sh installs it)")
+@needs_redis
 def test_maxclients_behaves_as_redis_server_does(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert REDIS_SERVER is not None
-    process = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--maxclients", "2",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--logfile",
-         str(tmp_path / "redis.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
-        time.sleep(0.1)  # the probe connection above is gone before the exchange starts
+    with redis_peer(tmp_path / "redis", "--maxclients", "2") as port:
+        time.sleep(0.1)  # the start probe's connection is gone before the exchange starts
         assert maxclients_exchange(port) == EXPECTED_EXCHANGE
-    finally:
-        process.terminate()  # our own child, by pid
-        process.wait(30)
 
 
 # ---------------------------------------------------------------------- the table's flags
