@@ -109,6 +109,9 @@ __all__ = [
 ]
 
 index_buckets_count_log2_default = 10
+# Empty buckets a scan step may walk beyond its 10 x count (each costs a call, no read): the
+# default index's size, so a store whose index has not grown is one step.
+scan_empty_buckets_max = 1 << index_buckets_count_log2_default
 checkpoint_every_bytes_default = 0  # 0: no automatic checkpoints
 checkpoint_every_ms_default = 0  # 0: no checkpoints by time
 truncated_read_retries_max = 64  # a get racing this many compactions in a row gives up
@@ -393,8 +396,11 @@ class KVStore:
         """A step of a cursor iteration over the live keys, as Redis's SCAN: returns (next
         cursor, keys); start at 0, stop when the cursor returned is 0. Each step walks whole
         index buckets, in the reverse-binary order of fl_index_scan, until it found `count`
-        keys or walked 10 * `count` buckets, so it costs O(count) records (times the versions
-        each key has), not O(keys). Every key live for the whole iteration is returned, some
+        keys or walked 10 * `count` buckets that hold any (and scan_empty_buckets_max empty
+        ones more), so it costs O(count) records (times the versions each key has), not
+        O(keys); an index that has not grown (a small store) is walked whole in one step, so
+        its first step returns every key and cursor 0, as Redis's SCAN does on a small
+        keyspace. Every key live for the whole iteration is returned, some
         more than once (a grow of the index between steps can show a bucket's keys again); a
         key written or deleted meanwhile may or may not be. Sees writes not committed yet, as
         get does (rule 4)."""
@@ -405,7 +411,8 @@ class KVStore:
         if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
             raise ValueTypeError(f"scan failed: cursor must be an int >= 0, not {cursor!r}")
         found: list[bytes] = []
-        for _bucket in range(10 * count):
+        buckets_left, empty_left = 10 * count, scan_empty_buckets_max
+        while buckets_left > 0:
             for _ in range(truncated_read_retries_max):
                 index = core.index  # a follower's rebuild may swap it: one per bucket
                 next_cursor, bits, pairs = index.scan_bucket(cursor)
@@ -422,6 +429,10 @@ class KVStore:
             cursor = next_cursor
             if cursor == 0 or len(found) >= count:
                 break
+            if pairs or empty_left == 0:
+                buckets_left -= 1
+            else:
+                empty_left -= 1
         return cursor, found
 
     def _live_keys_of(self, pairs: list[tuple[int, int]], mask: int) -> list[bytes]:

@@ -9,12 +9,11 @@ commit counters.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 from fasterlog.errors import FasterLogError
 
-from .. import resp
+from .. import glob, resp
 from ..context import Blocked, ServerContext
 from ..errors import CommandError
 from ..session import Client
@@ -49,8 +48,9 @@ def config(context: ServerContext, client: Client, arguments: list[bytes]) -> An
               b"appendfsync": context.settings.fsync.encode()}  # "always" or "everysec"
     found = resp.Map()
     for pattern in arguments[2:]:
+        tokens = glob.compile_pattern(pattern.lower())  # Redis matches names case-blind
         for key, value in values.items():
-            if fnmatch.fnmatchcase(key.decode(), pattern.decode(errors="replace")):
+            if glob.matches(tokens, key):
                 found[key] = value
     return found
 

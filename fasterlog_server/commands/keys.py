@@ -7,17 +7,16 @@ one kind replaces the other (SET on a stream key deletes the stream, as Redis do
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 from kvlayer import key_hash
 
-from .. import resp
+from .. import glob, resp
 from ..context import ServerContext
 from ..errors import CommandError
 from ..groups import now_ms
 from ..session import Client
-from .base import delete_stream, integer, parse_integer
+from .base import delete_stream, integer
 
 
 def dbsize(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -75,8 +74,8 @@ _STREAM_HASH_SHIFT = 24
 assert STREAMS_PHASE >> 40 == 1 and 64 - _STREAM_HASH_SHIFT == 40
 
 
-def _scan_options(arguments: list[bytes]) -> tuple[str | None, int, bytes | None]:
-    pattern: str | None = None
+def _scan_options(arguments: list[bytes]) -> tuple[bytes | None, int, bytes | None]:
+    pattern: bytes | None = None
     count, kind = 10, None
     position = 2
     while position < len(arguments):
@@ -85,7 +84,7 @@ def _scan_options(arguments: list[bytes]) -> tuple[str | None, int, bytes | None
             raise CommandError("ERR syntax error")
         value = arguments[position + 1]
         if option == b"MATCH":
-            pattern = value.decode("latin-1")
+            pattern = None if value == b"*" else value  # `*` is no filter, as in Redis
         elif option == b"COUNT":
             count = integer(value)
             if count < 1:
@@ -121,9 +120,7 @@ def scan(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     buckets until COUNT keys or 10 * COUNT buckets, so its work is O(COUNT) whatever the number
     of keys), then streams. A key present for the whole iteration is returned, maybe more than
     once (Redis's guarantee); MATCH and TYPE filter what a call found, as Redis's do."""
-    cursor = parse_integer(arguments[1])
-    if cursor is None or not 0 <= cursor < 1 << 64:
-        raise CommandError("ERR invalid cursor")
+    cursor = scan_cursor(arguments[1])
     pattern, count, kind = _scan_options(arguments)
     now = now_ms()
     page: list[tuple[bytes, bytes]] = []
@@ -141,7 +138,22 @@ def scan(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
         page = [(key, b"stream") for key in keys]
     if next_cursor == STREAMS_PHASE and not context.streams.streams:
         next_cursor = 0
+    tokens = None if pattern is None else glob.compile_pattern(pattern)
     keys = [key for key, key_kind in page
             if (kind is None or key_kind == kind) and (
-                pattern is None or fnmatch.fnmatchcase(key.decode("latin-1"), pattern))]
+                tokens is None or glob.matches(tokens, key))]
     return [b"%d" % next_cursor, keys]
+
+
+def scan_cursor(argument: bytes) -> int:
+    """SCAN's cursor as Redis 7.0 reads it (strtoul, base 10): an optional sign, then digits;
+    a minus wraps (-1 is 2^64 - 1) and an empty cursor is 0; a leading space, any other byte
+    or more than 64 bits is "invalid cursor"."""
+    digits = argument[1:] if argument[:1] in (b"+", b"-") else argument
+    if (digits and not digits.isdigit()) or (not digits and argument) or \
+            argument[:1].isspace():
+        raise CommandError("ERR invalid cursor")
+    value = int(digits) if digits else 0
+    if value >= 1 << 64:
+        raise CommandError("ERR invalid cursor")
+    return (-value) % (1 << 64) if argument[:1] == b"-" else value
