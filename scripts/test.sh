@@ -30,7 +30,8 @@ for backend in io_uring plain; do
     echo "=== tests with the ${backend} backend"
     # Short mode, as CI runs it: tests marked slow are skipped. The long mode (the slow
     # variants, hundreds of kills, and the long counts) runs with: bash scripts/test.sh --long
-    FASTERLOG_IO_BACKEND=$backend python3 -m pytest -q \
+    # --durations: the slowest tests are named in every CI log, to keep the run near its aim.
+    FASTERLOG_IO_BACKEND=$backend python3 -m pytest -q --durations=15 \
         --basetemp="$scratch/$backend" "$@" || status=1
     rm -rf "${scratch:?}/$backend"
 done
