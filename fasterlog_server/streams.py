@@ -41,6 +41,7 @@ from typing import Any
 import msgpack
 
 from fasterlog import FasterLog
+from kvlayer import key_hash
 
 from ._resp_speedups import xadd_lone as _xadd_lone
 
@@ -129,12 +130,50 @@ def _exclusive(stream_id: StreamId, missing_seq: int) -> StreamId:
     return ms, seq - 1
 
 
+# A stream's place in SCAN's order: the top 40 bits of its name's hash (kvlayer.key_hash), so
+# the order does not depend on when streams were made or dropped.
+NAME_POSITION_SHIFT = 24
+
+
+class StreamNames:
+    """The stream names sorted by position, kept as streams come and go, so that a SCAN step
+    costs O(log streams + COUNT) (a sort of every name on each step took 380 ms at 100k)."""
+
+    def __init__(self) -> None:
+        self._sorted: list[tuple[int, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def add(self, name: bytes) -> None:
+        bisect.insort(self._sorted, (key_hash(name) >> NAME_POSITION_SHIFT, name))
+
+    def remove(self, name: bytes) -> None:
+        item = (key_hash(name) >> NAME_POSITION_SHIFT, name)
+        index = bisect.bisect_left(self._sorted, item)
+        assert index < len(self._sorted) and self._sorted[index] == item, "not a stream name"
+        del self._sorted[index]
+
+    def page(self, position: int, count: int) -> tuple[int | None, list[bytes]]:
+        """The names from `position` on: at least `count` of them (all those sharing the last
+        one's position, so the next step skips none), and the position to go on from (None:
+        that was the last)."""
+        items = self._sorted
+        start = bisect.bisect_left(items, (position, b""))
+        end = min(start + count, len(items))
+        while end < len(items) and items[end][0] == items[end - 1][0]:
+            end += 1
+        following = items[end][0] if end < len(items) else None
+        return following, [name for _, name in items[start:end]]
+
+
 class StreamStore:
     """All streams of one log. Not thread-safe: the server calls it from its event loop."""
 
     def __init__(self, log: FasterLog, *, replay: bool = True) -> None:
         self.log = log
         self.streams: dict[bytes, Stream] = {}
+        self.names = StreamNames()  # the keys of `streams`, in SCAN's order
         self.appliers: dict[bytes, Callable[[int, list[Any]], None]] = {}
         self._pending: list[bytes] = []  # packed records not yet appended, in order
         self.writes_count = 0  # records ever made pending: the server tells a batch's writes
@@ -153,6 +192,7 @@ class StreamStore:
         keeping this store's appliers and hooks; pending records are dropped."""
         self.log = other.log
         self.streams = other.streams
+        self.names = other.names
         self._entry_size_max = other.log.entry_size_max
         self.discard_pending()
 
@@ -175,14 +215,14 @@ class StreamStore:
         if kind in self.appliers:
             self.appliers[kind](address, record)
         elif kind == b"xcreate":
-            self.streams.setdefault(name, Stream())
+            self._stream_for(name)
         elif kind == b"xmeta":
-            stream = self.streams.setdefault(name, Stream())
+            stream = self._stream_for(name)
             stream.last_id = max(stream.last_id, (record[2], record[3]))
             stream.entries_added = record[4]
             stream.max_deleted_id = (record[5], record[6])
         elif kind == b"xadd":
-            stream = self.streams.setdefault(name, Stream())
+            stream = self.streams.get(name) or self._stream_for(name)
             stream_id = (record[2], record[3])
             stream.ids.append(stream_id)
             stream.addresses.append(address)
@@ -196,12 +236,21 @@ class StreamStore:
                 if index < len(stream.ids) and stream.ids[index] == (ms, seq):
                     stream.remove(index)
         elif kind == b"xdestroy":
-            self.streams.pop(name, None)
+            if self.streams.pop(name, None) is not None:
+                self.names.remove(name)
         elif kind == b"xtrim" and name in self.streams:
             stream = self.streams[name]
             cut = bisect.bisect_left(stream.ids, (record[2], record[3]))
             del stream.ids[:cut]
             del stream.addresses[:cut]
+
+    def _stream_for(self, name: bytes) -> Stream:
+        """The stream `name`, made (and named in `names`) if it is new."""
+        stream = self.streams.get(name)
+        if stream is None:
+            stream = self.streams[name] = Stream()
+            self.names.add(name)
+        return stream
 
     def write(self, record: list[Any]) -> int:
         """Appends one record and applies it (the only way state changes)."""
@@ -332,6 +381,7 @@ class StreamStore:
         stream = Stream()
         self.add_now(name, stream, fields, stream_id)  # raises before the stream is kept
         self.streams[name] = stream
+        self.names.add(name)
 
     def trim(self, name: bytes, *, maxlen: int | None = None,
              minid: StreamId | None = None) -> int:

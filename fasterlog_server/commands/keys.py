@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvlayer import key_hash
-
 from .. import glob, resp
 from ..context import ServerContext
 from ..errors import CommandError
 from ..groups import now_ms
 from ..session import Client
+from ..streams import NAME_POSITION_SHIFT
 from .base import delete_stream, integer
 
 
@@ -68,10 +67,9 @@ def pttl(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
 
 
 # SCAN's cursor: below STREAMS_PHASE it is the KV index's bucket cursor (KVStore.scan), then
-# STREAMS_PHASE plus the top 40 bits of the next stream key's hash (kvlayer.key_hash).
+# STREAMS_PHASE plus the next stream name's position (streams.StreamNames: 40 bits of its hash).
 STREAMS_PHASE = 1 << 40
-_STREAM_HASH_SHIFT = 24
-assert STREAMS_PHASE >> 40 == 1 and 64 - _STREAM_HASH_SHIFT == 40
+assert 64 - NAME_POSITION_SHIFT == 40
 
 
 def _scan_options(arguments: list[bytes]) -> tuple[bytes | None, int, bytes | None]:
@@ -98,21 +96,9 @@ def _scan_options(arguments: list[bytes]) -> tuple[bytes | None, int, bytes | No
 
 
 def _scan_streams(context: ServerContext, cursor: int, count: int) -> tuple[int, list[bytes]]:
-    """Stream keys in the order of their hash's top 40 bits, from `cursor`'s. (Streams live in
-    memory; this pass is over their names, not over the KV log.)"""
-    start = cursor - STREAMS_PHASE
-    found = sorted((key_hash(key) >> _STREAM_HASH_SHIFT, key)
-                   for key in context.streams.streams
-                   if key_hash(key) >> _STREAM_HASH_SHIFT >= start)
-    if len(found) <= count:
-        return 0, [key for _, key in found]
-    # Keys sharing the next position are all taken, so none is skipped by the next call.
-    end = count
-    while end < len(found) and found[end][0] == found[count - 1][0]:
-        end += 1
-    if end == len(found):
-        return 0, [key for _, key in found]
-    return STREAMS_PHASE + found[end][0], [key for _, key in found[:end]]
+    """Stream names in position order from `cursor`'s (StreamNames: O(log streams + count))."""
+    following, names = context.streams.names.page(cursor - STREAMS_PHASE, count)
+    return (0 if following is None else STREAMS_PHASE + following), names
 
 
 def scan(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
