@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
+from fasterlog import FasterLog
+from fasterlog.testing import pause_read
 from tests.support import sanitizers
 from tests.support.children import truncation_pause
 from tests.support.figures import record
@@ -82,3 +85,31 @@ def test_held_reads_racing_truncation_under_address_and_undefined_behaviour_sani
            {"cases": len(counts["cases"]), "wrong_errors": 0, "truncated": counts["truncated"],
             "right_bytes": counts["right_bytes"], "build": "ASan+UBSan build"},
            f"python3 -m pytest -s tests/reliability/test_truncation_pause.py::{name}")
+
+
+def test_a_read_pause_holds_the_disk_read_after_the_ones_it_lets_through_and_no_memory_read(
+        scratch: str) -> None:
+    # The hook itself: `after` disk reads pass, the next one is held until released, a read
+    # answered from memory never reaches the point, and one arming holds one read.
+    log = FasterLog.open(os.path.join(scratch, "pause"), **truncation_pause.pause_settings)
+    try:
+        entries = truncation_pause.fill(log)
+        first, second = sorted(entries)[:2]
+        newest = max(entries)
+        with pause_read(log, at="before-pread", after=1) as pause:
+            assert log.read(newest) == entries[newest]  # from memory: not held
+            assert log.read(first) == entries[first]  # the one disk read let through
+            answer: dict[str, Any] = {}
+            reader = threading.Thread(target=lambda: answer.update(entry=log.read(second)))
+            reader.start()
+            assert pause.wait_held(10.0)
+            reader.join(0.2)
+            assert reader.is_alive(), "the held read returned before its release"
+            assert pause.release()
+            reader.join(10.0)
+            assert answer == {"entry": entries[second]}
+            assert log.read(second) == entries[second]  # disarmed after one
+            assert not pause.wait_held(0.05)
+            assert not pause.release()
+    finally:
+        log.close()
