@@ -16,6 +16,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import errors
 from ._fasterlog_c import ffi, lib
 from .log import FasterLog
 
@@ -23,12 +24,14 @@ __all__ = [
     "CrashState",
     "CrashStates",
     "IOTrace",
+    "ReadPause",
     "TraceOp",
     "clear_faults",
     "crash_point_names",
     "crc32c",
     "crc32c_portable",
     "inject_fault",
+    "pause_read",
     "simulate_crash",
     "trace_side_files",
 ]
@@ -53,7 +56,56 @@ def inject_fault(log: FasterLog, op: str = "any", after: int = 0, errno: int = _
 
 
 def clear_faults(log: FasterLog) -> None:
+    """Disarms every fault and read pause (a held read goes on)."""
     lib.fl_fault_set(log.c_handle, 0, 0, 0, 0, 0)
+
+
+# Where a read from a segment file can be held (fasterlog.h, enum fl_fault_op).
+_PAUSE_POINTS = {"before-segment-lookup": lib.FL_FAULT_PAUSE_BEFORE_LOOKUP,
+                 "before-pread": lib.FL_FAULT_PAUSE_BEFORE_PREAD}
+pause_held_max_s = lib.FL_FAULT_PAUSE_MAX_MS / 1000
+
+
+class ReadPause:
+    """One read held at a point of the C core's read path (made by pause_read). As a context
+    manager it releases the read on exit, whatever happened."""
+
+    def __init__(self, log: FasterLog, point: str) -> None:
+        self._handle = log.c_handle
+        self.point = point
+
+    def wait_held(self, timeout_s: float) -> bool:
+        """Waits until a read is held at the point; False if none came within `timeout_s`."""
+        return int(lib.fl_fault_pause_wait(self._handle, int(timeout_s * 1e6))) == 0
+
+    def release(self) -> bool:
+        """Lets the held read go on (and disarms the pause); returns whether one was held.
+        Raises TimeoutError if it had gone on by itself after pause_held_max_s."""
+        rc = int(lib.fl_fault_pause_release(self._handle))
+        if rc == lib.FL_E_TIMEOUT:
+            raise TimeoutError(f"read pause {self.point}: the held read went on by itself "
+                               f"after {pause_held_max_s:g} s, before the release")
+        return rc == 1
+
+    def __enter__(self) -> ReadPause:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        lib.fl_fault_pause_release(self._handle)
+
+
+def pause_read(log: FasterLog, at: str = "before-pread", after: int = 0) -> ReadPause:
+    """Holds the (after+1)-th next read from a segment file that reaches point `at`
+    ("before-segment-lookup": past its begin check, before it looks its segment up;
+    "before-pread": holding the segment's descriptor, before the pread) until the returned
+    ReadPause releases it. Replaces any armed fault (as inject_fault does). Reads answered
+    from memory never get there."""
+    if at not in _PAUSE_POINTS:
+        raise ValueError(f"pause_read: at must be one of {sorted(_PAUSE_POINTS)}, not {at!r}")
+    rc = int(lib.fl_fault_set(log.c_handle, _PAUSE_POINTS[at], after, 0, 0, 0))
+    if rc < 0:
+        errors.raise_for(rc, "pause_read")
+    return ReadPause(log, at)
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:

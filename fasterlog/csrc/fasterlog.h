@@ -41,11 +41,21 @@ enum fl_io_backend {
     FL_IO_PLAIN = 2
 };
 
-/* Which device operations a fault applies to (fl_fault_set). */
+/* Which device operations a fault applies to (fl_fault_set), and the read pauses it arms.
+ * A pause is not a failure: the (after_count+1)-th read from a segment file to reach the
+ * point waits there until fl_fault_pause_release (or FL_FAULT_PAUSE_MAX_MS passed), so a race
+ * test can hold a read exactly there while another thread truncates. One read is held, then
+ * the pause is disarmed. Reads from memory never reach these points. */
 enum fl_fault_op {
     FL_FAULT_WRITE = 1,
     FL_FAULT_FSYNC = 2,
-    FL_FAULT_ANY = 3
+    FL_FAULT_ANY = 3,
+    FL_FAULT_PAUSE_BEFORE_LOOKUP = 4, /* a read past its begin check, before its segment lookup */
+    FL_FAULT_PAUSE_BEFORE_PREAD = 8   /* a read holding its segment's descriptor, before pread */
+};
+
+enum fl_fault_limits {
+    FL_FAULT_PAUSE_MAX_MS = 30000     /* a held read goes on by itself after this long */
 };
 
 typedef struct fl_settings {
@@ -154,8 +164,17 @@ int fl_truncate_until(fl_log *log, uint64_t address);
 void fl_get_state(fl_log *log, fl_state *state_out);
 void fl_get_settings(fl_log *log, fl_settings *settings_out);
 
+/* Arms a fault (FL_FAULT_WRITE/FSYNC bits: error, persistent and short_write apply) and/or a
+ * read pause (FL_FAULT_PAUSE_* bits), replacing what was armed; ops 0 clears both and lets a
+ * held read go. after_count: matching operations (reads reaching the point) let through first. */
 int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error,
                  int32_t persistent, int32_t short_write);
+/* Waits up to timeout_us until a read is held at the armed pause point: 0, or FL_E_TIMEOUT.
+ * This and fl_fault_pause_release work while the log closes (close waits for the held read). */
+int fl_fault_pause_wait(fl_log *log, int64_t timeout_us);
+/* Lets the held read go on and disarms the pause: 1 when a read was held, 0 when none was,
+ * FL_E_TIMEOUT when it had already gone on by itself after FL_FAULT_PAUSE_MAX_MS. */
+int fl_fault_pause_release(fl_log *log);
 
 uint32_t fl_crc32c(uint32_t crc, const void *data, size_t size);
 /* The table-driven CRC32C, whatever the CPU has: tests check it agrees with fl_crc32c. */

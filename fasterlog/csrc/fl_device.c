@@ -20,7 +20,8 @@
  *   under the same mutex every operation runs under (rule 1), rather than chosen at open by a
  *   setting: a log in production never pays for it, and no test needs to know in advance.
  * So the device of a log in production is its backend's table alone: no fault or trace check
- * on its path.
+ * on its path. Reads do not pass through the device; fl_fault_set arms pauses on their path
+ * instead (the read pauses below), which cost an unarmed read one relaxed load.
  *
  * Rules:
  * 1. Every operation on a device, and every change of its stack, happens with the log's
@@ -271,6 +272,82 @@ static int fault_reap(fl_device *device, fl_completion *out, uint32_t capacity,
 }
 
 static const fl_device_ops fault_ops = {fault_write, fault_fsync, fault_submit, fault_reap};
+
+/* ------------------------------------------------------------------ read pauses
+ *
+ * The fault layer's counterpart for reads (fl_internal.h): a read held at a named point of the
+ * read path until the test lets it go, so a race with truncation happens exactly there rather
+ * than once in thousands of rounds. One read is held per arming; it waits at most
+ * FL_FAULT_PAUSE_MAX_MS, so a test that fails before its release cannot hang the log. */
+
+void fl_read_pause_init(fl_read_pause *pause) {
+    atomic_init(&pause->armed, 0);
+    pause->after_count = 0;
+    pause->held_count = 0;
+    pause->release_number = 0;
+    pause->gave_up = 0;
+    pthread_mutex_init(&pause->mutex, NULL);
+    pthread_cond_init(&pause->cond, NULL);
+}
+
+void fl_read_pause_destroy(fl_read_pause *pause) {
+    pthread_mutex_destroy(&pause->mutex);
+    pthread_cond_destroy(&pause->cond);
+}
+
+void fl_read_pause_arm(fl_read_pause *pause, int32_t points, uint64_t after_count) {
+    pthread_mutex_lock(&pause->mutex);
+    pause->release_number++; /* a read held by an earlier arming goes on */
+    pause->after_count = after_count;
+    pause->gave_up = 0;
+    atomic_store(&pause->armed, points);
+    pthread_cond_broadcast(&pause->cond);
+    pthread_mutex_unlock(&pause->mutex);
+}
+
+void fl_read_pause_hold(fl_read_pause *pause, int32_t point) {
+    pthread_mutex_lock(&pause->mutex);
+    int take = (atomic_load(&pause->armed) & point) != 0; /* another read may have taken it */
+    if (take && pause->after_count > 0) {
+        pause->after_count--;
+        take = 0;
+    }
+    if (take) {
+        atomic_store(&pause->armed, 0); /* one read per arming */
+        uint64_t release_number = pause->release_number;
+        pause->held_count++;
+        pthread_cond_broadcast(&pause->cond);
+        struct timespec deadline = fl_deadline_after_us((int64_t)FL_FAULT_PAUSE_MAX_MS * 1000);
+        int rc = 0;
+        while (pause->release_number == release_number && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&pause->cond, &pause->mutex, &deadline);
+        if (pause->release_number == release_number) pause->gave_up = 1;
+        pause->held_count--;
+    }
+    pthread_mutex_unlock(&pause->mutex);
+}
+
+int fl_read_pause_wait_held(fl_read_pause *pause, int64_t timeout_us) {
+    pthread_mutex_lock(&pause->mutex);
+    struct timespec deadline = fl_deadline_after_us(timeout_us);
+    int rc = 0;
+    while (pause->held_count == 0 && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&pause->cond, &pause->mutex, &deadline);
+    int held = pause->held_count > 0;
+    pthread_mutex_unlock(&pause->mutex);
+    return held ? 0 : FL_E_TIMEOUT;
+}
+
+int fl_read_pause_release(fl_read_pause *pause) {
+    pthread_mutex_lock(&pause->mutex);
+    int rc = pause->gave_up ? FL_E_TIMEOUT : pause->held_count > 0 ? 1 : 0;
+    atomic_store(&pause->armed, 0);
+    pause->gave_up = 0;
+    pause->release_number++;
+    pthread_cond_broadcast(&pause->cond);
+    pthread_mutex_unlock(&pause->mutex);
+    return rc;
+}
 
 /* ------------------------------------------------------------------ stacks */
 

@@ -7,7 +7,8 @@
  *   fl_crc32c.c    CRC32C
  *   fl_trace.c     the I/O trace's recording
  *   fl_env.c       file calls outside the device (traced), named crash points
- *   fl_device.c    the device: io_uring and plain backends, the trace and fault layers
+ *   fl_device.c    the device: io_uring and plain backends, the trace and fault layers,
+ *                  and the read path's pauses for race tests
  *   fl_frame.c     frame validation
  *   fl_meta.c      the meta file
  *   fl_segments.c  segment files: names, descriptors, creation, deletion
@@ -186,6 +187,37 @@ static inline int fl_device_reap(fl_device *device, fl_completion *out, uint32_t
     return device->ops->reap(device, out, capacity, wait_count);
 }
 
+/* ---- read pauses (fl_device.c, the fault layer's for reads) ----
+ * Reads do not go through the device: they pread segment files, many threads at once, without
+ * io_mutex. So instead of a layer, the read path passes named points (enum fl_fault_op's
+ * FL_FAULT_PAUSE_*), where a read waits while a test holds it (fl_fault_set arms one). Unarmed,
+ * a point costs one relaxed load of `armed`. */
+typedef struct fl_read_pause {
+    atomic_int armed;        /* FL_FAULT_PAUSE_* bits armed; 0: none */
+    /* The rest under `mutex`, which nothing else takes and which is never held across a
+     * call into the core: the test's release cannot wait for a lock the held read holds. */
+    uint64_t after_count;    /* reads to let pass the point before one is held */
+    uint32_t held_count;     /* reads waiting at a point now (0 or 1) */
+    uint64_t release_number; /* raised by every release: a held read waits for it to move */
+    int32_t gave_up;         /* the held read went on by itself (FL_FAULT_PAUSE_MAX_MS) */
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;     /* a read was held, or released */
+} fl_read_pause;
+
+void fl_read_pause_init(fl_read_pause *pause);
+void fl_read_pause_destroy(fl_read_pause *pause);
+/* Arms `points` (0: disarms) for the read after `after_count` more; a held read is let go. */
+void fl_read_pause_arm(fl_read_pause *pause, int32_t points, uint64_t after_count);
+/* The slow path of fl_read_pause_point: holds this read if the pause is still armed. */
+void fl_read_pause_hold(fl_read_pause *pause, int32_t point);
+int fl_read_pause_wait_held(fl_read_pause *pause, int64_t timeout_us);
+int fl_read_pause_release(fl_read_pause *pause);
+
+static inline void fl_read_pause_point(fl_read_pause *pause, int32_t point) {
+    if (atomic_load_explicit(&pause->armed, memory_order_relaxed) & point)
+        fl_read_pause_hold(pause, point);
+}
+
 /* ---- the I/O trace (fl_trace.c): the recording behind fl_trace_* ---- */
 int fl_trace_running(void);
 /* Starts a new trace buffer and marks the trace running (fl_trace_start switches the device
@@ -233,6 +265,7 @@ struct fl_log {
     _Atomic uint64_t readahead_until; /* scans from disk asked the kernel to read up to here */
 
     fl_device device;
+    fl_read_pause read_pause; /* tests only: holds a read at a point of the read path */
     char *directory;
     int directory_fd;
     int lock_fd;

@@ -153,6 +153,7 @@ static fl_log *log_alloc(const char *directory, const fl_settings *settings) {
     pthread_cond_init(&log->zero_cond, NULL);
     pthread_cond_init(&log->calls_cond, NULL);
     pthread_mutex_init(&log->close_mutex, NULL);
+    fl_read_pause_init(&log->read_pause);
     /* Writers first: readers hold the lock for each pread (locking rule 3), and many scans
      * must not starve the truncation that waits to delete a segment. */
     pthread_rwlockattr_t attributes;
@@ -287,6 +288,7 @@ static void free_impl(fl_log *log) {
     pthread_rwlock_destroy(&log->segments_lock);
     pthread_cond_destroy(&log->calls_cond);
     pthread_mutex_destroy(&log->close_mutex);
+    fl_read_pause_destroy(&log->read_pause);
     free(log->cookie);
     free(log->directory);
     free(log);
@@ -533,11 +535,15 @@ void fl_get_settings(fl_log *log, fl_settings *settings_out) { *settings_out = l
 
 static int fault_set_impl(fl_log *log, int32_t ops, uint64_t after_count, int32_t error,
                           int32_t persistent, int32_t short_write) {
-    fl_fault fault = {.ops = ops, .after_count = after_count, .error = error,
+    /* The device's operations and the read path's pauses are armed apart: reads never pass
+     * through the device (fl_internal.h, read pauses). */
+    int32_t pauses = ops & (FL_FAULT_PAUSE_BEFORE_LOOKUP | FL_FAULT_PAUSE_BEFORE_PREAD);
+    fl_fault fault = {.ops = ops & FL_FAULT_ANY, .after_count = after_count, .error = error,
                       .persistent = persistent, .short_write = short_write};
     pthread_mutex_lock(&log->io_mutex);
     fl_device_fault_set(&log->device, &fault);
     pthread_mutex_unlock(&log->io_mutex);
+    fl_read_pause_arm(&log->read_pause, pauses, after_count);
     return 0;
 }
 
@@ -550,3 +556,14 @@ int fl_fault_set(fl_log *log, int32_t ops, uint64_t after_count, int32_t error, 
     fl_call_exit(log);
     return rc;
 }
+
+/* Neither enters as a call (locking rule 4): a close waiting for the held read must not shut
+ * out the release it waits for. The pause lives until fl_free. */
+int fl_fault_pause_wait(fl_log *log, int64_t timeout_us) {
+    void *token = fl_blocking_begin();
+    int rc = fl_read_pause_wait_held(&log->read_pause, timeout_us);
+    fl_blocking_end(token);
+    return rc;
+}
+
+int fl_fault_pause_release(fl_log *log) { return fl_read_pause_release(&log->read_pause); }

@@ -33,6 +33,9 @@ static int64_t copy_range(fl_log *log, uint64_t address, void *buffer, uint64_t 
     }
     pthread_mutex_unlock(&log->mutex);
     *from_memory = 0;
+    /* Race tests hold a read here, past its begin check (check_range_start) and before its
+     * segment lookup, while truncation deletes the segment (fl_read_pause_point). */
+    fl_read_pause_point(&log->read_pause, FL_FAULT_PAUSE_BEFORE_LOOKUP);
     uint64_t offset = address % log->segment_size_bytes;
     uint64_t ahead = atomic_load(&log->readahead_until);
     uint64_t advise_bytes = 0;

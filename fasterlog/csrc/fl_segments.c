@@ -152,6 +152,9 @@ int64_t fl_segment_pread(fl_log *log, uint64_t segment, void *buffer, uint64_t s
         }
         fl_segment *entry = entry_if_open_locked(log, segment, 0);
         if (entry != NULL) {
+            /* Race tests hold a read here, between the lookup and the pread (locking rule 3
+             * says truncation then waits for it). */
+            fl_read_pause_point(&log->read_pause, FL_FAULT_PAUSE_BEFORE_PREAD);
             if (advise_bytes > 0)
                 posix_fadvise(entry->read_fd, (off_t)offset, (off_t)advise_bytes,
                               POSIX_FADV_WILLNEED);

@@ -14,7 +14,10 @@ truncate_race.py), so a SIGSEGV or a sanitizer report is a failed child with its
 not a lost test run; the child prints its counts as one JSON line. The sanitizer builds are
 compiled once per module into a temporary directory (tests/support/sanitizers.py) and loaded
 by the child through PYTHONPATH and LD_PRELOAD of the sanitizer runtime; the checkout's build
-is never touched. Short counts in CI, long ones with --long.
+is never touched (the ASan+UBSan build is the session's `asan_build`, tests/reliability/
+conftest.py, shared with test_truncation_pause.py). Short counts in CI, long ones with --long.
+The deterministic form of the truncation race, a read held at the lookup or the pread while
+truncation deletes its segment, is tests/reliability/test_truncation_pause.py.
 """
 
 from __future__ import annotations
@@ -35,16 +38,17 @@ from tests.support.mode import scaled
 from tests.support.processes import ROOT, child_env
 
 child_timeout_s = 240
-build_timeout_s = 240
 close_race_threads = 4  # tests/support/children/close_race.py threads_count
 
 
 def _run_child(module: str, arguments: list[str], env: dict[str, str],
                sanitized: bool = False) -> tuple[int, dict[str, Any], str]:
     """Runs tests.support.children.<module>; returns (exit status, its JSON line, stderr)."""
+    command = [sys.executable, "-m", f"tests.support.children.{module}", *arguments]
+    if sanitized:  # run so that the child imports the sanitizer build (sanitizers rule 4)
+        command = sanitizers.child_command(f"tests.support.children.{module}", arguments)
     completed = subprocess.run(
-        [sys.executable, "-m", f"tests.support.children.{module}", *arguments],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=child_timeout_s,
+        command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=child_timeout_s,
         preexec_fn=sanitizers.raise_address_space_limit if sanitized else None, check=False)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     counts: dict[str, Any] = json.loads(lines[-1]) if lines else {}
@@ -58,25 +62,6 @@ def _check(status: int, counts: dict[str, Any], stderr: str, what: str) -> None:
                          f"({'killed by signal ' + str(-status) if status < 0 else 'error'}); "
                          f"counts {counts}; stderr:\n{stderr[-4000:]}")
     assert counts, f"{what}: the child printed no counts; stderr:\n{stderr[-4000:]}"
-
-
-def _sanitizer_build(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if sanitizers.runtime(kind) is None:
-        pytest.skip(f"gcc has no {sanitizers.RUNTIMES[kind]} (install its sanitizer runtime)")
-    blocker = sanitizers.address_space_blocker()
-    if blocker is not None:
-        pytest.skip(blocker)
-    directory = tmp_path_factory.mktemp(f"{kind}-build")
-    subprocess.run([sys.executable, "-m", "tests.support.sanitizers", kind, str(directory)],
-                   check=True, cwd=ROOT, env=child_env(), capture_output=True,
-                   timeout=build_timeout_s)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def asan_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The core built with -fsanitize=address,undefined (a PYTHONPATH entry)."""
-    yield _sanitizer_build("address", tmp_path_factory)
 
 
 def _backend() -> str:
@@ -157,7 +142,7 @@ def test_truncation_race_under_address_and_undefined_behaviour_sanitizers(
 @pytest.fixture(scope="module")
 def tsan_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The core built with -fsanitize=thread (a PYTHONPATH entry)."""
-    yield _sanitizer_build("thread", tmp_path_factory)
+    yield sanitizers.build_or_skip("thread", tmp_path_factory)
 
 
 # The log's own thread tests, where ThreadSanitizer found the segment table race in every run

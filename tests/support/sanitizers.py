@@ -17,6 +17,9 @@ Rules:
 3. AddressSanitizer reserves terabytes of address space: it cannot start under a finite
    RLIMIT_AS (`ulimit -v`). `address_space_blocker()` says why a child cannot run; the child
    raises its soft limit to the hard one when it can (scripts/test.sh sets a soft limit).
+4. A child runs its module through `child_command`, which checks that the core it imported
+   is the sanitizer build (`python -m` from the checkout would find the checkout's own build
+   first and run it, uninstrumented, under the sanitizer runtime).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from .processes import ROOT, child_env
 
@@ -87,6 +93,25 @@ def build(kind: str, directory: Path) -> Path:
     return directory
 
 
+build_timeout_s = 240
+
+
+def build_or_skip(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `kind` build in a fresh temporary directory, compiled in a child process (the
+    compiler's setuptools warnings stay out of the test's, which turns them to errors); skips
+    the test when this machine cannot run it (rules 1 and 3)."""
+    if runtime(kind) is None:
+        pytest.skip(f"gcc has no {RUNTIMES[kind]} (install its sanitizer runtime)")
+    blocker = address_space_blocker()
+    if blocker is not None:
+        pytest.skip(blocker)
+    directory = tmp_path_factory.mktemp(f"{kind}-build")
+    subprocess.run([sys.executable, "-m", "tests.support.sanitizers", kind, str(directory)],
+                   check=True, cwd=ROOT, env=child_env(), capture_output=True,
+                   timeout=build_timeout_s)
+    return directory
+
+
 def environment(kind: str, python_path: Path, **extra: str) -> dict[str, str]:
     """A child's environment that loads the sanitizer build in `python_path`."""
     library = runtime(kind)
@@ -99,6 +124,26 @@ def environment(kind: str, python_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# Run by child_command: the child stops before any test code runs unless it imported the
+# sanitizer build (the first PYTHONPATH entry environment() sets), then runs the module.
+_CHILD_PROLOGUE = """\
+import os, runpy, sys
+import fasterlog._fasterlog_c as core
+build = os.environ["PYTHONPATH"].split(os.pathsep)[0]
+if not core.__file__.startswith(build):
+    sys.exit(f"the child imported {core.__file__}, not the sanitizer build in {build}")
+del sys.argv[0]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def child_command(module: str, arguments: list[str]) -> list[str]:
+    """`python -m module arguments` for a child with environment(...)'s build. -P keeps the
+    working directory off the front of sys.path, where -m puts it: from the checkout the
+    child would import the checkout's release build, uninstrumented, under the runtime."""
+    return [sys.executable, "-P", "-c", _CHILD_PROLOGUE, module, *arguments]
+
+
 def reports(stderr: str) -> list[str]:
     """The lines of `stderr` that start a sanitizer report."""
     return [line for line in stderr.splitlines() if any(b in line for b in REPORT_BANNERS)]
@@ -106,7 +151,5 @@ def reports(stderr: str) -> list[str]:
 
 if __name__ == "__main__":
     # python -m tests.support.sanitizers KIND DIRECTORY: the build in a process of its own
-    # (the compiler's setuptools warnings stay out of the test's, which turns them to errors).
-    import sys
-
+    # (build_or_skip runs it so).
     build(sys.argv[1], Path(sys.argv[2]))
