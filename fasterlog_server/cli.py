@@ -6,7 +6,7 @@ It uses the shared CLI support of the log layer (fasterlog/cli_support.py) and i
 above fasterlog_server.
 
     fasterlog serve [--dir DIR] [--port N] [--bind ADDRESS] [--requirepass P]
-                    [--fsync always|everysec]
+                    [--fsync always|everysec] [--kv-checkpoint-bytes N]
 """
 
 from __future__ import annotations
@@ -31,12 +31,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="always (default): a write is answered after its commit; "
                         "everysec: answered at once, committed each second (NOT durable per "
                         "reply)")
+    parser.add_argument("--kv-checkpoint-bytes", type=int, default=64 << 20,
+                        help="checkpoint the KV store by itself once this many bytes were "
+                        "committed to its log since the last checkpoint (default 64 MiB; 0: "
+                        "only at KV.CHECKPOINT and a clean stop)")
 
 
 def command_serve(arguments: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(host=arguments.bind, port=arguments.port,
-                                  requirepass=arguments.requirepass, fsync=arguments.fsync)
+                                  requirepass=arguments.requirepass, fsync=arguments.fsync,
+                                  kv_checkpoint_bytes=arguments.kv_checkpoint_bytes)
     except ValueError as error:
         raise UsageError(str(error)) from None
     run(arguments.dir, settings)  # on uvloop when it is installed, else asyncio's own loop

@@ -21,6 +21,11 @@ Rules:
    error stays visible, and nothing pending before the failure is committed after a reopen.
 5. Readers that wait for news see entries below `visible_until_address()`: the committed ones
    with fsync always, every appended one with everysec (whose replies do not wait for syncs).
+6. A committer can be held (`hold`, `release`): while held no commit of its log starts (one in
+   flight ends first: `idle`), so long work on that log runs in a worker thread without the
+   loop ever waiting for it (maintenance.py); waiters enlisted meanwhile share the first commit
+   after the release. After each commit that succeeded, `on_success` runs on the loop (the
+   automatic KV checkpoint looks there whether one is due).
 """
 
 from __future__ import annotations
@@ -87,12 +92,16 @@ class ThreadCommitter:
 
     def __init__(self, commit: Callable[[], object],
                  prepare: Callable[[], object] = lambda: None,
-                 on_failure: Callable[[BaseException], None] = lambda error: None) -> None:
+                 on_failure: Callable[[BaseException], None] = lambda error: None,
+                 on_success: Callable[[], None] = lambda: None) -> None:
         self.commit_call = commit  # the log's commit (a reopen gives a new log: `adopt`)
         self._prepare = prepare  # on the event loop, just before each commit: the append
         self._on_failure = on_failure  # after the failed commit's waiters are answered
+        self._on_success = on_success  # after a commit's waiters are answered (rule 6)
         self._waiters: list[CommitWaiter] = []  # answered in arrival order
         self._running = False
+        self._holds_count = 0  # rule 6: no commit starts while it is not 0
+        self._idle_futures: list[asyncio.Future[None]] = []  # `idle` callers, told at the end
         # The task of the commits in progress, kept: the loop holds only a weak reference to
         # a task, which could otherwise be collected mid-commit.
         self._task: asyncio.Task[None] | None = None
@@ -113,6 +122,30 @@ class ThreadCommitter:
         """A commit is in flight (its worker may still finish it)."""
         return self._running
 
+    @property
+    def held(self) -> bool:
+        """Rule 6: commits wait for a `release`."""
+        return self._holds_count > 0
+
+    def hold(self) -> None:
+        """Rule 6: no commit starts until the matching `release` (one in flight goes on)."""
+        self._holds_count += 1
+
+    def release(self) -> None:
+        """Rule 6: ends a `hold`; the waiters enlisted meanwhile get the next commit."""
+        assert self._holds_count > 0, "release without hold"
+        self._holds_count -= 1
+        if not self._holds_count and self._waiters and not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def idle(self) -> None:
+        """Returns once no commit is in flight (after `hold`, none starts again)."""
+        while self._running:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle_futures.append(future)
+            await future
+
     def fail_enlisted(self, error: BaseException) -> None:
         """Answers every waiter not yet taken by a commit with `error` (rule 4)."""
         waiters, self._waiters = self._waiters, []
@@ -126,7 +159,7 @@ class ThreadCommitter:
         """As `request`, for a waiter the commit calls (rule 3)."""
         self._waiters.append(waiter)
         self.requests_count += 1
-        if not self._running:
+        if not self._running and not self._holds_count:
             self._running = True
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -136,7 +169,7 @@ class ThreadCommitter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._waiters:
+            while self._waiters and not self._holds_count:  # rule 6: a hold waits for us
                 waiters, self._waiters = self._waiters, []
                 self.commits_count += 1
                 try:
@@ -148,9 +181,14 @@ class ThreadCommitter:
                     self._on_failure(error)
                     continue
                 _answer(waiters, None)
+                self._on_success()
         finally:
             self._running = False
             self._task = None  # no cycle through the finished task
+            idle_futures, self._idle_futures = self._idle_futures, []
+            for future in idle_futures:
+                if not future.done():
+                    future.set_result(None)
 
     def close(self) -> None:
         """Nothing to do: its task answers every waiter it took."""
@@ -176,11 +214,14 @@ class LoopCommitter:
 
     def __init__(self, commit: Callable[[], object], prepare: Callable[[], object], *,
                  on_failure: Callable[[BaseException], None] = lambda error: None,
+                 on_success: Callable[[], None] = lambda: None,
                  gather_iterations_max: int = COMMIT_GATHER_ITERATIONS_MAX,
                  gather_max_s: float = COMMIT_GATHER_MAX_S) -> None:
         self.commit_call = commit  # the log's commit (a reopen gives a new log: `adopt`)
         self._prepare = prepare  # the append of every waiter's pending records
         self._on_failure = on_failure  # after the failed commit's waiters are answered
+        self._on_success = on_success  # after a commit's waiters are answered (rule 6)
+        self._holds_count = 0  # rule 6: no commit starts while it is not 0
         self._gather_iterations_max = gather_iterations_max
         self._gather_max_s = gather_max_s
         self._enlisted: list[CommitWaiter] = []
@@ -201,15 +242,40 @@ class LoopCommitter:
     def enlist(self, waiter: CommitWaiter) -> None:
         self._enlisted.append(waiter)
         self.requests_count += 1
-        if not self._scheduled:
-            self._scheduled = True
-            loop = asyncio.get_running_loop()
-            self._seen_count = 1
-            self._iterations_count = 0
-            self._first_enlisted_s = loop.time()
-            loop.call_soon(self._gather)
+        if not self._scheduled and not self._holds_count:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        loop = asyncio.get_running_loop()
+        self._seen_count = len(self._enlisted)
+        self._iterations_count = 0
+        self._first_enlisted_s = loop.time()
+        loop.call_soon(self._gather)
+
+    @property
+    def held(self) -> bool:
+        """Rule 6: commits wait for a `release`."""
+        return self._holds_count > 0
+
+    def hold(self) -> None:
+        """Rule 6: no commit starts until the matching `release`."""
+        self._holds_count += 1
+
+    def release(self) -> None:
+        """Rule 6: ends a `hold`; the waiters enlisted meanwhile get the next commit."""
+        assert self._holds_count > 0, "release without hold"
+        self._holds_count -= 1
+        if not self._holds_count and self._enlisted and not self._scheduled:
+            self._schedule()
+
+    async def idle(self) -> None:
+        """Its commits run inside one callback: none is ever in flight between two."""
 
     def _gather(self) -> None:
+        if self._holds_count:  # rule 6: the release schedules the commit again
+            self._scheduled = False
+            return
         count = len(self._enlisted)
         if count > self._seen_count and self._iterations_count < self._gather_iterations_max:
             loop = asyncio.get_running_loop()
@@ -250,6 +316,7 @@ class LoopCommitter:
             return
         self.commit_seconds_total += time.perf_counter() - started
         _answer(waiters, None)
+        self._on_success()
 
 
 Committer: TypeAlias = "ThreadCommitter | LoopCommitter"
@@ -271,22 +338,29 @@ class CommitCoordinator:
         self.replies_wait_for_commit = fsync == "always"
         self.stream_committer: Committer
         self.kv_committer: Committer
-        failed = self._failed
+        failed, kv_committed = self._failed, self._kv_committed
         if self.replies_wait_for_commit:
             self.stream_committer = LoopCommitter(log.commit, streams.flush, on_failure=failed)
-            self.kv_committer = LoopCommitter(kv.store.log.commit, kv.flush, on_failure=failed)
+            self.kv_committer = LoopCommitter(kv.store.log.commit, kv.flush, on_failure=failed,
+                                              on_success=kv_committed)
         else:
             self.stream_committer = ThreadCommitter(log.commit, streams.flush, failed)
-            self.kv_committer = ThreadCommitter(kv.store.log.commit, kv.flush, failed)
+            self.kv_committer = ThreadCommitter(kv.store.log.commit, kv.flush, failed,
+                                                kv_committed)
         self._every_second_task: asyncio.Task[None] | None = None
         # Told of every failed append or commit (rule 4): the server's LogKeeper sets it.
         self.on_failure: Callable[[BaseException], None] = lambda error: None
+        # After each KV commit that succeeded (rule 6): the server's Maintenance sets it.
+        self.on_kv_committed: Callable[[], None] = lambda: None
         # False while the logs are read-only (recovery.py): close() has nothing to commit.
         self.writable = True
 
     def _failed(self, error: BaseException) -> None:
         """A commit or an append failed (rule 4): the hook, once per failure."""
         self.on_failure(error)
+
+    def _kv_committed(self) -> None:
+        self.on_kv_committed()
 
     def fail_enlisted(self, error: BaseException) -> None:
         """Answers every waiter of both logs not yet taken by a commit with `error`."""
@@ -295,8 +369,10 @@ class CommitCoordinator:
 
     @property
     def committing(self) -> bool:
-        """A commit of either log is in flight."""
-        return self.stream_committer.running or self.kv_committer.running
+        """A commit of either log is in flight, or long work on one (rule 6: a held
+        committer) may still commit it."""
+        stream, kv = self.stream_committer, self.kv_committer
+        return stream.running or kv.running or stream.held or kv.held
 
     def adopt(self, log: FasterLog, kv: KeyValues) -> None:
         """After a reopen: commits go to `log` and to `kv`'s store's log (recovery.py)."""

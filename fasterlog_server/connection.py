@@ -23,7 +23,8 @@ READY: no batch in flight. Commands run inside `receive`, as their bytes arrive,
 AWAITING_COMMIT: the batch's replies are held until every commit it enlisted with has called
     `commit_done` (callbacks: no task, no future).
 CONTINUING: the batch goes on in a task: it commits before a read that must see its writes,
-    or before and after a blocking read.
+    or before and after a blocking read, or a command answered later (KV.CHECKPOINT,
+    LOG.TRUNCATE: their work runs off the loop, maintenance.py).
 BLOCKED: that task waits in a blocking read; the client's EOF ends it at once (as in Redis).
 STREAMING: a streamed reply (streamed.py) goes out piece by piece while the socket takes it
     (output OPEN), at most STREAM_STEP_SIZE_MAX_BYTES per step of the event loop; the rest of
@@ -615,7 +616,11 @@ class Connection:
                         len(commands) - committed_count)
                     break
                 committed_count = len(replies)
-                if blocked is not None:
+                if blocked is not None and blocked.later is not None:
+                    # Work off the loop (maintenance.py): CONTINUING, not BLOCKED, so the
+                    # client's EOF does not cut the reply that is due.
+                    replies.append(resp.encode(await blocked.later(), client.protocol))
+                elif blocked is not None:
                     self._transition(BLOCK)
                     self._blocked_task = asyncio.current_task()
                     reply = await self._wait(blocked)

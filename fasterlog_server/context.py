@@ -20,7 +20,7 @@ Rules:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -32,13 +32,15 @@ from .commit import CommitCoordinator, LogName
 from .fence import WriteFence
 from .groups import GroupStore
 from .keyvalues import KeyValues
+from .maintenance import Maintenance
 from .notify import BlockedReaders, Watches
 from .session import Client
 from .settings import ServerSettings
 from .streams import StreamStore
 
 __all__ = ["BLOCKING", "COMMITTED_READS", "NOT_QUEUED", "NO_AUTH", "NO_MULTI", "READONLY", "WRITE",
-           "Blocked", "CommandSpec", "Handler", "Lane", "Reply", "ServerContext"]
+           "Blocked", "CommandSpec", "Handler", "Lane", "Reply", "ServerContext",
+           "answered_later"]
 
 # A reply before encoding: whatever resp.encode takes, or Blocked, or commands.base.QUIT.
 Reply: TypeAlias = Any
@@ -85,12 +87,28 @@ class CommandSpec:
 class Blocked:
     """A command that found nothing and may wait: `attempt()` returns the reply, or None for
     "still nothing"; `timeout_ms` 0 waits forever. The connection waits for a commit of a
-    write to one of `keys` (notify.BlockedReaders) and attempts again."""
+    write to one of `keys` (notify.BlockedReaders) and attempts again.
+
+    `later` (see `answered_later`): a command whose reply is made off the event loop
+    (maintenance.py). The connection commits the batch so far, then awaits `later()`, whose
+    result is the reply; the client's EOF does not cut that wait (the reply is due, as any
+    other), and the connection's later commands wait for it, as after any blocked command."""
 
     keys: list[bytes]
     timeout_ms: int
     attempt: Callable[[], Reply]
     timeout_reply: Reply = resp.NULL_ARRAY
+    later: Callable[[], Awaitable[Reply]] | None = None
+
+
+def _nothing() -> None:
+    return None
+
+
+def answered_later(later: Callable[[], Awaitable[Reply]]) -> Blocked:
+    """The reply of a handler whose work runs off the loop: `later()` starts (or joins) it once
+    the batch's earlier commands are committed, and returns the reply."""
+    return Blocked([], 0, _nothing, later=later)
 
 
 class ServerContext:
@@ -118,6 +136,8 @@ class ServerContext:
         self.xadd_lane_enabled = True
         # Set while the logs cannot take writes (fence.py; recovery.py moves it).
         self.fence = WriteFence()
+        # KV checkpoints and truncation, off the loop (maintenance.py).
+        self.maintenance = Maintenance(self)
 
     def visible_until_address(self) -> int:
         """Entries below it are shown to XREAD and XREADGROUP (commit.py rule 5)."""

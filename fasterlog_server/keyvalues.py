@@ -18,7 +18,10 @@ writes the overlay with one `KVStore.write_batch(commit=False)` (atomic), so a p
 writes cost one batch and one commit. The server's group committer flushes right before each
 commit, so the overlay holds the writes of every connection waiting for the next commit, and
 they share one batch (writes of one connection's pipeline or MULTI/EXEC are always in the same
-batch, so each stays atomic).
+batch, so each stays atomic). While a KV checkpoint runs in its worker thread it holds the
+store's write lock, which the event loop must never wait for: `held` is set meanwhile, and
+`flush` leaves the overlay as it is (reads still see it) until the first commit after the
+checkpoint (maintenance.py rule 2).
 Only KVStore's public API is used.
 """
 
@@ -64,6 +67,7 @@ class KeyValues:
         self.store = store
         self._pending: dict[bytes, bytes | None] = {}
         self.writes_count = 0  # puts and deletes ever made: the server tells a batch's writes
+        self.held = False  # a worker holds the store's write lock: flush waits (maintenance.py)
         self._record_size_max_bytes = store.log.entry_size_max
         # Live keys that have an expiry -> their expire-at ms: those written since the open,
         # and those found by `discover_expiring`, which the expiry sweep calls a bounded
@@ -135,9 +139,13 @@ class KeyValues:
         return len(self._pending)
 
     def flush(self) -> bool:
-        """Writes the overlay to the store (not committed); True if there was anything."""
+        """Writes the overlay to the store (not committed); True if there was anything. While
+        `held` the overlay stays, and True says a commit is due for it all the same: the KV
+        committer is held too, and its first commit after the checkpoint flushes first."""
         if not self._pending:
             return False
+        if self.held:
+            return True
         items = list(self._pending.items())
         self._pending.clear()
         # One write_batch is atomic; an MSET of more keys than one batch holds is split.

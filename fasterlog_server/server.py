@@ -167,6 +167,7 @@ class Server:
         self.context.closing = True  # no command runs from here on; replies due still go out
         if self._expire_task is not None:
             self._expire_task.cancel()
+        await self.context.maintenance.close()  # a checkpoint or truncation in flight ends
         await self.context.coordinator.close()
         store = self.context.kv.store
         if self._owns_kv_store and not self.context.fence.active:
@@ -230,8 +231,12 @@ async def serve(directory: str, settings: ServerSettings,
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
-    _logger.warning("fasterlog serving %s on %s:%d (fsync %s)", directory, settings.host,
-                    server.port, settings.fsync)
+    store = server.kv.store
+    # Where the KV view started: a restart after kill -9 replays only what follows it.
+    restored = "a full replay" if store.recovered_from is None else \
+        f"the checkpoint at {store.recovered_from.position}"
+    _logger.warning("fasterlog serving %s on %s:%d (fsync %s; KV view from %s)", directory,
+                    settings.host, server.port, settings.fsync, restored)
     if ready is not None:
         result = ready(server)
         if asyncio.iscoroutine(result):

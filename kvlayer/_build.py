@@ -26,8 +26,14 @@ SOURCES = ["fl_index.c", "fl_kv_read.c", "fl_kv_write.c", "fl_kv_fold.c"]
 # GIL around each cost a noticeable share of it). A call that reads from disk releases it
 # inside the core, through the core's own blocking hooks; this module holds no lock of its own
 # across a core call, and the index's writer lock is taken with trylock (fl_index.c rule 2).
+# The one exception here: a checkpoint's fold sorts and merges memory of its own for hundreds of
+# milliseconds at 10^5-10^6 keys, which must not stop other threads (the server runs it in a
+# worker thread beside its event loop), so it releases the GIL through these hooks meanwhile.
 PREAMBLE = """
 #include "fl_kv_internal.h"
+
+void *fl_kv_blocking_begin(void) { return PyEval_SaveThread(); }
+void fl_kv_blocking_end(void *token) { PyEval_RestoreThread((PyThreadState *)token); }
 
 #undef Py_BEGIN_ALLOW_THREADS
 #undef Py_END_ALLOW_THREADS

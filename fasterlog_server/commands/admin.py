@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fasterlog.errors import FasterLogError
-
 from .. import glob, resp
-from ..context import Blocked, ServerContext
+from ..context import Blocked, ServerContext, answered_later
 from ..errors import CommandError
+from ..maintenance import fenced_reply
 from ..session import Client
-from .base import OK, REDIS_VERSION, arity, integer
+from .base import REDIS_VERSION, arity, integer
 
 
 def command(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -78,51 +77,27 @@ def wait(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     return 0
 
 
-def _failed(operation: str, error: FasterLogError) -> CommandError:
-    """A typed error of the log or the store (a fenced log, a full disk, a bad address) as an
-    error reply: the client is answered and keeps its connection."""
-    return CommandError(f"ERR {operation} failed: " + " ".join(str(error).split()))
-
-
 def kv_checkpoint(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
-    """Checkpoints the KV index (kvlayer); answers the log position it covers. Runs on the
-    event loop: an administrative command, other clients wait for it. Refused inside MULTI
-    (dispatch.py rule 2): it commits the KV log."""
+    """Checkpoints the KV index (kvlayer); answers the log position it covers. The checkpoint
+    runs in a worker thread (maintenance.py): other clients are served meanwhile, this
+    connection's later commands wait for its reply. Refused inside MULTI (dispatch.py rule
+    2): it commits the KV log."""
     if context.fence.active:
-        # Answered here, not by the store: while fenced the store may be a read-only reload
-        # (recovery.py), whose own refusal would name read_only rather than the failed write.
-        raise CommandError("ERR KV.CHECKPOINT failed: the log is fenced after an I/O error; "
-                           "reads go on, writes are refused until it is reopened")
-    try:
-        context.kv.flush()
-        return context.kv.store.checkpoint().position
-    except FasterLogError as error:  # kvlayer's errors are FasterLogErrors too
-        raise _failed("KV.CHECKPOINT", error) from None
+        return fenced_reply("KV.CHECKPOINT")
+    return answered_later(context.maintenance.kv_checkpoint)
 
 
 def log_truncate(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
-    """Moves the stream log's begin to ADDRESS. The state that lives in records below it
-    (each stream's last id and counters, every group) is first restated at the tail and
-    committed, so a restart recovers it; entries below the address leave their streams.
-    Refused inside MULTI (dispatch.py rule 2): it commits the stream log."""
+    """Moves the stream log's begin to ADDRESS, after restating the state that lives below it
+    (maintenance.py, `Maintenance.truncate`): the commits and the segment deletion run in a
+    worker thread, as KV.CHECKPOINT's work does. Refused inside MULTI (dispatch.py rule 2):
+    it commits the stream log."""
     address = integer(arguments[1])
     if not 0 <= address <= context.log.committed_until_address:
         raise CommandError("ERR LOG.TRUNCATE address must be a committed address")
     if context.log.fenced:
-        # Answered here: past this point the batch's own commit would fail on the fenced
-        # log, and a failed batch commit closes the connection.
-        raise CommandError("ERR LOG.TRUNCATE failed: the log is fenced after an I/O error; "
-                           "reads go on, writes are refused until it is reopened")
-    try:
-        context.groups.restate()
-        context.streams.flush()
-        context.log.commit()
-        context.log.truncate_until(address)
-    except FasterLogError as error:
-        raise _failed("LOG.TRUNCATE", error) from None
-    context.streams.forget_below(context.log.begin_address)
-    client.wrote = True  # the batch's commit makes the new begin durable
-    return OK
+        return fenced_reply("LOG.TRUNCATE")
+    return answered_later(lambda: context.maintenance.truncate(address))
 
 
 def log_commit(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -133,6 +108,16 @@ def log_commit(context: ServerContext, client: Client, arguments: list[bytes]) -
 
 def log_info(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     log = context.log
+    store, maintenance = context.kv.store, context.maintenance
+    checkpoints = store.checkpoints
+    # The KV view's checkpoints: the open's (0: it replayed the whole KV log) and the newest,
+    # and how many this server made (automatic ones among them: maintenance.py rule 4).
+    kv_checkpoints = {
+        b"kv_recovered_from": 0 if store.recovered_from is None else
+        store.recovered_from.position,
+        b"kv_checkpoint_position": checkpoints[0].position if checkpoints else 0,
+        b"kv_checkpoints_count": maintenance.checkpoints_count,
+        b"kv_automatic_checkpoints_count": maintenance.automatic_checkpoints_count}
     return resp.Map({b"begin_address": log.begin_address, b"tail_address": log.tail_address,
                      b"committed_until_address": log.committed_until_address,
                      b"io_backend": log.io_backend.encode(),
@@ -143,4 +128,5 @@ def log_info(context: ServerContext, client: Client, arguments: list[bytes]) -> 
                         for field, value in ((b"commits", committer.commits_count),
                                              (b"commit_requests", committer.requests_count),
                                              (b"commit_time_us",
-                                              int(committer.commit_seconds_total * 1e6)))}})
+                                              int(committer.commit_seconds_total * 1e6)))},
+                     **kv_checkpoints})

@@ -19,6 +19,9 @@ typedef struct fold_operations {
     size_t capacity;
 } fold_operations;
 
+__attribute__((weak)) void *fl_kv_blocking_begin(void) { return NULL; }
+__attribute__((weak)) void fl_kv_blocking_end(void *token) { (void)token; }
+
 static int fold_entry_compare(const void *a, const void *b) {
     const fold_entry *x = a, *y = b;
     if (x->hash != y->hash) return x->hash < y->hash ? -1 : 1;
@@ -69,9 +72,12 @@ static int64_t fold_collect(fl_kv *kv, uint64_t from_address, uint64_t until_add
         position = next;
     }
     fl_kv_scan_buffers_free(&scan);
-    if (rc == 0 && operations->count)
+    if (rc == 0 && operations->count) {
+        void *token = fl_kv_blocking_begin(); /* this call's memory only */
         qsort(operations->entries, operations->count, sizeof *operations->entries,
               fold_entry_compare);
+        fl_kv_blocking_end(token);
+    }
     return rc;
 }
 
@@ -92,6 +98,7 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
      * below the begin address: store.py rule 6), so it goes. */
     size_t out = 0, b = 0, n = 0;
     uint64_t live = 0;
+    void *token = fl_kv_blocking_begin(); /* the merge reads and writes the caller's arrays */
     while (b < base_count || n < news.count) {
         uint64_t hash, word;
         if (n < news.count && (b == base_count || news.entries[n].hash <= base_hashes[b])) {
@@ -107,6 +114,7 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
         }
         if ((word & FL_KV_ENTRY_ADDRESS_MASK) < drop_below) continue;
         if (out == capacity) {
+            fl_kv_blocking_end(token);
             free(news.entries);
             return FL_E_BUFFER;
         }
@@ -115,6 +123,7 @@ int64_t fl_kv_snapshot_fold(fl_kv *kv, const uint64_t *base_hashes, const uint64
         live += !(word & FL_KV_ENTRY_DELETED);
         out++;
     }
+    fl_kv_blocking_end(token);
     free(news.entries);
     *live_count_out = live;
     return (int64_t)out;

@@ -156,6 +156,12 @@ typedef struct fl_kv_scan_buffers {
 int fl_kv_scan_buffers_alloc(const fl_kv *kv, fl_kv_scan_buffers *scan);
 void fl_kv_scan_buffers_free(fl_kv_scan_buffers *scan);
 
+/* Around long work on a call's own memory only (no core call, no lock inside): the Python
+ * binding defines these to release and retake the GIL (kvlayer/_build.py); the weak
+ * definitions in fl_kv_fold.c do nothing. */
+void *fl_kv_blocking_begin(void);
+void fl_kv_blocking_end(void *token);
+
 /* ---- growth (fl_kv_write.c) ---- */
 uint32_t fl_kv_index_bits(fl_index *index);
 

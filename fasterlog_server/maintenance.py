@@ -1,0 +1,255 @@
+"""Long work on the server's logs, off the event loop: KV checkpoints (KV.CHECKPOINT, the
+automatic ones) and the stream log's truncation (LOG.TRUNCATE).
+
+Rules:
+1. One job at a time (`_turn`), its long part in one dedicated worker thread (`_executor`): a
+   checkpoint's snapshot (a fold over the keys, a file written and synced, two commits), a
+   truncation's two commits (the second deletes the segments below the new begin and rewrites
+   the meta file). The loop only starts a job, does its short steps and awaits the rest. The
+   command that asked is answered afterwards through the connection's wait for a later reply
+   (context.answered_later): other clients are served meanwhile, and the connection's later
+   commands wait, so its replies keep their order.
+2. While a job works on a log, that log's committer is held (commit.py rule 6): no commit of
+   it starts, and waiters enlisted meanwhile share the first commit after the job. A KV
+   checkpoint holds the store's write lock, which the loop must never wait for, so the loop
+   does not write to the store either: `KeyValues.held` keeps new writes in its overlay (reads
+   see them), and the first commit after the checkpoint appends them. So a write made during
+   a checkpoint is answered after it, once a commit covers it; reads go on. (With fsync
+   everysec replies do not wait for commits: the overlay then holds what clients write during
+   one checkpoint, as a commit in flight would hold their pending records.)
+3. A checkpoint covers every KV write answered before it started: it flushes the overlay
+   first (the connection also commits its own batch before `later()` runs). A KV.CHECKPOINT
+   while one is pending shares it (one reply, the same position).
+4. Automatic checkpoints: after each KV commit that succeeded, once the KV log holds
+   `kv_checkpoint_bytes` committed past its newest checkpoint, one starts (unless one is
+   pending), so a restart after kill -9 restores the index from it and replays at most about
+   that much. KVStore's own `checkpoint_every_bytes` stays off in the server (its default):
+   it would checkpoint inside a flush, on the loop.
+5. A job's failure is its reply (`ERR <COMMAND> failed: ...`, or for an automatic checkpoint
+   a line in the server's log, and the next try after another `kv_checkpoint_bytes`). A
+   failed append or commit fences its log: the coordinator's on_failure is told
+   (recovery.py rule 1), whose reload waits for the job's end (`committing` counts a held
+   committer). A fenced server refuses both at once, with the fence's own error text.
+6. `close` waits for the pending jobs (a clean stop checkpoints after it, server.py), then
+   stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from fasterlog import FasterLog
+from fasterlog.errors import FasterLogError
+from kvlayer import KVStore
+
+from . import resp
+from .commit import CommitCoordinator
+from .fence import WriteFence
+from .groups import GroupStore
+from .keyvalues import KeyValues
+from .settings import ServerSettings
+from .streams import StreamStore
+
+__all__ = ["Maintenance", "failed_reply", "fenced_reply"]
+
+_logger = logging.getLogger("fasterlog.service")
+_OK = resp.SimpleString(b"OK")
+
+
+def failed_reply(operation: str, error: BaseException) -> resp.ErrorReply:
+    """A typed error of the log or the store (a fenced log, a full disk, a bad address) as an
+    error reply: the client is answered and keeps its connection."""
+    return resp.ErrorReply(f"ERR {operation} failed: " + " ".join(str(error).split()))
+
+
+def fenced_reply(operation: str) -> resp.ErrorReply:
+    """What a fenced server answers: its own words, not the store's (while fenced the store
+    may be a read-only reload, recovery.py, whose refusal would name read_only)."""
+    return resp.ErrorReply(f"ERR {operation} failed: the log is fenced after an I/O error; "
+                           "reads go on, writes are refused until it is reopened")
+
+
+async def _guarded(operation: str, job: Coroutine[Any, Any, Any]) -> Any:
+    """A job whose failure is always a reply: the connection awaiting it must be answered."""
+    try:
+        return await job
+    except Exception as error:  # a bug of ours: logged with its traceback, and answered
+        _logger.exception("%s failed", operation)
+        return failed_reply(operation, error)
+
+
+class _Context(Protocol):
+    """What a job works on: context.ServerContext, which holds the Maintenance (named here
+    by what it offers, so the two modules do not import each other). The logs and stores are
+    read at each use: a reload swaps them (recovery.py)."""
+
+    settings: ServerSettings
+    log: FasterLog
+    streams: StreamStore
+    groups: GroupStore
+    kv: KeyValues
+    coordinator: CommitCoordinator
+    fence: WriteFence
+
+
+class Maintenance:
+    """Rules 1-6 for one server's context."""
+
+    def __init__(self, context: _Context) -> None:
+        self._context = context
+        # Rule 1: one thread, made at the first job (a server that never checkpoints has none).
+        self._executor = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix="fasterlog-maintenance")
+        self._turn = asyncio.Lock()
+        self._checkpoint_task: asyncio.Task[Any] | None = None  # pending: shared (rule 3)
+        # Every job's task, kept: the loop holds a task only weakly.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.checkpoint_bytes = context.settings.kv_checkpoint_bytes
+        self._due_address: int | None = None  # rule 4: KV committed-until that triggers one
+        self._closing = False
+        # What ran (tests and LOG.INFO read them).
+        self.checkpoints_count = 0
+        self.automatic_checkpoints_count = 0
+        context.coordinator.on_kv_committed = self._kv_committed
+
+    def _start(self, operation: str, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(_guarded(operation, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ KV checkpoints
+
+    def kv_checkpoint(self) -> Awaitable[Any]:
+        """KV.CHECKPOINT's reply: the position it covers, or an error reply (rules 3, 5)."""
+        task = self._checkpoint_task
+        if task is None or task.done():
+            task = self._start("KV.CHECKPOINT", self._checkpoint(automatic=False))
+            self._checkpoint_task = task
+        return asyncio.shield(task)  # a client that leaves does not cancel the others' job
+
+    def _kv_committed(self) -> None:
+        """Rule 4, after each KV commit that succeeded: costs a comparison unless one is due."""
+        if not self.checkpoint_bytes or self._closing:
+            return
+        store = self._context.kv.store
+        committed_until = store.log.committed_until_address
+        if self._due_address is None:  # the first commit since the open
+            self._due_address = self._next_due(store)
+        if committed_until < self._due_address:
+            return
+        task = self._checkpoint_task
+        if task is None or task.done():
+            # Not again before the next bound, whatever this one's outcome (rule 5).
+            self._due_address = committed_until + self.checkpoint_bytes
+            self._checkpoint_task = self._start("KV.CHECKPOINT",
+                                                self._checkpoint(automatic=True))
+
+    def _next_due(self, store: KVStore) -> int:
+        checkpoints = store.checkpoints
+        since = checkpoints[0].position if checkpoints else store.log.begin_address
+        return int(since) + self.checkpoint_bytes
+
+    async def _checkpoint(self, automatic: bool) -> Any:
+        async with self._turn:
+            context = self._context
+            if context.fence.active or self._closing:
+                return fenced_reply("KV.CHECKPOINT") if context.fence.active else \
+                    resp.ErrorReply(b"ERR KV.CHECKPOINT failed: the server is closing")
+            committer = context.coordinator.kv_committer
+            committer.hold()  # rule 2
+            kv = context.kv
+            store = kv.store
+            try:
+                await committer.idle()
+                if context.fence.active:  # the commit that was in flight failed
+                    return fenced_reply("KV.CHECKPOINT")
+                try:
+                    kv.flush()  # rule 3: what was written before it is in it
+                except FasterLogError as error:  # a failed append (commit.py rule 4)
+                    context.coordinator.on_failure(error)
+                    return failed_reply("KV.CHECKPOINT", error)
+                kv.held = True
+                try:
+                    made = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, store.checkpoint)
+                finally:
+                    kv.held = False
+            except FasterLogError as error:  # kvlayer's errors are FasterLogErrors too
+                if store.log.fenced:  # its commit failed (rule 5); a snapshot file did not
+                    context.coordinator.on_failure(error)
+                if automatic:
+                    _logger.error("automatic KV checkpoint failed: %s", error)
+                return failed_reply("KV.CHECKPOINT", error)
+            finally:
+                committer.release()
+            self.checkpoints_count += 1
+            self.automatic_checkpoints_count += automatic
+            if self.checkpoint_bytes:
+                self._due_address = made.position + self.checkpoint_bytes  # rule 4
+            if automatic:
+                _logger.info("automatic KV checkpoint at position %d", made.position)
+            return made.position
+
+    # ------------------------------------------------------------------ truncation
+
+    def truncate(self, address: int) -> Awaitable[Any]:
+        """LOG.TRUNCATE's reply: OK or an error reply. The state that lives in records below
+        ADDRESS (each stream's last id and counters, every group) is first restated at the
+        tail and committed, so a restart recovers it; then the begin moves, the entries below
+        it leave their streams, and a second commit makes the begin durable and deletes the
+        segments below it."""
+        return asyncio.shield(self._start("LOG.TRUNCATE", self._truncate(address)))
+
+    async def _truncate(self, address: int) -> Any:
+        async with self._turn:
+            context = self._context
+            if context.fence.active or self._closing:
+                return fenced_reply("LOG.TRUNCATE") if context.fence.active else \
+                    resp.ErrorReply(b"ERR LOG.TRUNCATE failed: the server is closing")
+            committer = context.coordinator.stream_committer
+            committer.hold()  # rule 2
+            log = context.log
+            loop = asyncio.get_running_loop()
+            try:
+                await committer.idle()
+                if context.fence.active:
+                    return fenced_reply("LOG.TRUNCATE")
+                try:
+                    # On the loop, as every batch's records: they are the loop's state.
+                    context.groups.restate()
+                    context.streams.flush()
+                    await loop.run_in_executor(self._executor, log.commit)
+                except FasterLogError as error:  # a failed append or commit: rule 5
+                    context.coordinator.on_failure(error)
+                    return failed_reply("LOG.TRUNCATE", error)
+                try:
+                    # Cheap (no I/O but a cursor check): the begin moves and the streams
+                    # forget what is below it in the same step, so no reader on the loop
+                    # looks below it.
+                    log.truncate_until(address)
+                except FasterLogError as error:  # a cursor needs it, not an entry start
+                    return failed_reply("LOG.TRUNCATE", error)
+                context.streams.forget_below(log.begin_address)
+                try:
+                    await loop.run_in_executor(self._executor, log.commit)
+                except FasterLogError as error:
+                    context.coordinator.on_failure(error)
+                    return failed_reply("LOG.TRUNCATE", error)
+            finally:
+                committer.release()
+            return _OK
+
+    # ------------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        """Rule 6."""
+        self._closing = True
+        pending = list(self._tasks)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
