@@ -178,8 +178,9 @@ STREAM_STEP_SIZE_MAX_BYTES = 4 << 20
 # What one element of a streamed reply counts for, beyond its bytes, in those two bounds: the
 # work of making and encoding it (about 5 us, 25 us on a loaded machine), which for small
 # elements is most of the work. Without it a step of XPENDING's 50-byte rows was 87,000 rows
-# and held the loop 1.6 s; with 2 KiB a step is at most 2,048 elements.
-STREAM_ELEMENT_COST_BYTES = 2 << 10
+# and held the loop 1.6 s; with 2 KiB a step was 2,048 rows, and a PING beside it had a p99 of
+# 84 ms (loaded machine); with 8 KiB a step is at most 512 elements (about 13 ms loaded).
+STREAM_ELEMENT_COST_BYTES = 8 << 10
 
 # How long a commit with fsync always may wait for more writers (commit.LoopCommitter): loop
 # iterations, and time since its first waiter. While every iteration brings new writers one
