@@ -126,7 +126,7 @@ def attack_with(server: StreamsServer, name: str, request: bytes, label: str,
     outcome: list[int] = []
     run_attack(server, name,  # type: ignore[arg-type]
                lambda port: slow_request(port, request, label, outcome), BOUND_BYTES,
-               setup=setup_step, test_file=TEST_FILE)
+               setup=setup_step, test_file=f"{TEST_FILE}::test_{name}")
     assert outcome[0] > 2 * OUTPUT_LIMIT_BYTES, "the reply did not arrive whole"
 
 
@@ -178,7 +178,8 @@ def test_xreadgroup_blocked(streams_server: StreamsServer) -> None:
                 f"{OUTPUT_LIMIT_BYTES // MIB} MiB) read after 1 s, whole")
 
     run_attack(streams_server, "xreadgroup_blocked", attack,  # type: ignore[arg-type]
-               BOUND_BYTES, setup=new_group(b"later", b"$"), test_file=TEST_FILE)
+               BOUND_BYTES, setup=new_group(b"later", b"$"),
+               test_file=f"{TEST_FILE}::test_xreadgroup_blocked")
     assert outcome[0] > 2 * OUTPUT_LIMIT_BYTES, "the reply did not arrive whole"
 
 
