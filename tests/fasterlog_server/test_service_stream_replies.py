@@ -16,6 +16,7 @@ its own: a nested streamed reply's bytes equal the encoding of the same reply bu
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -311,3 +312,24 @@ def test_a_streamed_reply_whose_elements_run_short_fails_loudly() -> None:
     with pytest.raises(LocalProtocolError, match="1 of 3 elements missing"):
         while streamed.take(1, 2) is not None:
             pass
+
+
+def test_a_client_that_leaves_mid_reply_leaves_its_entries_pending(ours: RunningServer) -> None:
+    """XREADGROUP records its deliveries before the reply is sent: a client that resets its
+    connection after the first bytes of a streamed reply leaves every entry of it pending
+    (delivered, not received, as in Redis), and another consumer can claim them all."""
+    session = Session(ours.port, 2)
+    try:
+        setup_streams(session)
+        with socket.create_connection(("127.0.0.1", ours.port), timeout=10) as leaving:
+            leaving.sendall(command("XREADGROUP", "GROUP", "g", "gone", "STREAMS", "big", ">"))
+            assert leaving.recv(100)  # the reply has begun
+            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        summary = parse(session("XPENDING", "big", "g"))
+        assert summary[0] == BIG_COUNT and summary[3] == [[b"gone", b"%d" % BIG_COUNT]]
+        claimed = parse(session("XAUTOCLAIM", "big", "g", "other", "0", "0-0", "COUNT", "100"))
+        assert [entry[1] for entry in claimed[1]] == [
+            [b"f", big_value(i)] for i in range(1, BIG_COUNT + 1)]
+        assert session("PING", "alive") == b"$5\r\nalive\r\n"
+    finally:
+        session.close()
