@@ -626,6 +626,11 @@ class Connection:
                     reply = await self._wait(blocked)
                     self._blocked_task = None
                     self._transition(UNBLOCK)
+                    if reply.__class__ is Streamed:  # sent last, the rest after it (rule 3)
+                        replies.append(reply)
+                        if index < len(commands):
+                            self._rest = (commands, index)
+                        break
                     replies.append(resp.encode(reply, client.protocol))
                 index, close, stop = run_sync(self._context, client, commands, index, replies)
                 self.codec.authentication_required = not client.authenticated
@@ -778,7 +783,8 @@ class Connection:
                 self._transition(DONE)
                 return True
             sink.write(chunk)
-            sent_size += len(chunk)
+            # A take is a chunk's work at least (small elements: streamed.py), more if bigger.
+            sent_size += max(len(chunk), STREAM_CHUNK_SIZE_BYTES)
             if not self._within_output_limit():
                 return False
         return False  # the socket is full: writing_resumed goes on

@@ -35,10 +35,12 @@ __all__ = [
     "MAXCLIENTS_REPLY",
     "MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES",
     "OUTPUT_HIGH_WATER_BYTES",
+    "PENDING_ROWS_WHOLE_MAX",
     "READ_SIZE_BYTES",
     "REPLIES_BATCH_SIZE_MAX_BYTES",
     "STREAMED_REPLY_SIZE_MIN_BYTES",
     "STREAM_CHUNK_SIZE_BYTES",
+    "STREAM_ELEMENT_COST_BYTES",
     "STREAM_STEP_SIZE_MAX_BYTES",
     "ServerSettings",
     "is_loopback",
@@ -168,17 +170,29 @@ OUTPUT_HIGH_WATER_BYTES = 64 << 10
 # pipeline of 250 x 4 MB took 1,962 MB). Four high-water marks: a pipeline of small replies
 # (10,000 GETs of 20 bytes) is written in one piece.
 REPLIES_BATCH_SIZE_MAX_BYTES = 256 << 10
-# A reply that grows with the data (MGET, XRANGE, XREVRANGE) becomes a streamed reply
+# A reply that grows with the data (MGET, XRANGE, XREVRANGE, XREAD, XREADGROUP, XCLAIM,
+# XAUTOCLAIM, XINFO STREAM FULL's entries) becomes a streamed reply
 # (streamed.py) once what it read passes this: what comes after is read and encoded as the
 # socket drains, so any size goes to a fast reader and a slow one holds about one element. Below
 # it a reply is built whole, from one moment's data (an MGET under 1 MiB is atomic). 1 MiB: one
 # step of the event loop reads and encodes about that much, so a PING beside an XRANGE pipeline
 # of 4 MiB replies waits for 1 MiB of work, not 4 (p99 over 100 ms with 8 MiB, loaded machine).
 STREAMED_REPLY_SIZE_MIN_BYTES = 1 << 20
+# XPENDING's extended form builds its rows whole up to this many (about 60 bytes each once
+# encoded, so about STREAMED_REPLY_SIZE_MIN_BYTES of reply); past it they are built as the
+# socket takes them (a row built whole costs about 250 bytes of objects, and a PEL of millions
+# answered at once held them all, plus their encoding).
+PENDING_ROWS_WHOLE_MAX = STREAMED_REPLY_SIZE_MIN_BYTES // 64
 # A streamed reply is written in pieces of at least this many bytes (one element may be more),
 # and at most STREAM_STEP_SIZE_MAX_BYTES in one step of the event loop before the others run.
 STREAM_CHUNK_SIZE_BYTES = 256 << 10
 STREAM_STEP_SIZE_MAX_BYTES = 4 << 20
+# What one element of a streamed reply counts for, beyond its bytes, in those two bounds: the
+# work of making and encoding it (about 5 us, 25 us on a loaded machine), which for small
+# elements is most of the work. Without it a step of XPENDING's 50-byte rows was 87,000 rows
+# and held the loop 1.6 s; with 2 KiB a step was 2,048 rows, and a PING beside it had a p99 of
+# 84 ms (loaded machine); with 8 KiB a step is at most 512 elements (about 13 ms loaded).
+STREAM_ELEMENT_COST_BYTES = 8 << 10
 
 # How long a commit with fsync always may wait for more writers (commit.LoopCommitter): loop
 # iterations, and time since its first waiter. While every iteration brings new writers one

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -448,24 +448,21 @@ class StreamStore:
         return stream.ids[count - 1] if count else (0, 0)
 
     def read_after(self, name: bytes, after: StreamId, count: int | None,
-                   visible_until_address: int) -> list[list[Any]]:
-        """Visible entries with ids greater than `after`, oldest first (XREAD)."""
+                   visible_until_address: int, size_max_bytes: int | None = None,
+                   ) -> tuple[list[list[Any]], range, int, Iterator[list[Any]] | None]:
+        """Visible entries with ids greater than `after`, oldest first (XREAD), read as
+        `read_entries` reads them: (the entries read, the indexes of all of them in the
+        stream, the bytes read, the rest or None)."""
         stream = self.streams.get(name)
         if stream is None or count == 0:
-            return []
+            return [], range(0), 0, None
         low = bisect.bisect_right(stream.ids, after)
         high = stream.visible_count(visible_until_address)
         if count is not None:
             high = min(high, low + count)
-        return [self.entry(stream, index) for index in range(low, high)]
-
-    def fields(self, stream: Stream, stream_id: StreamId) -> list[bytes] | None:
-        """An entry's fields, or None when it was deleted."""
-        index = bisect.bisect_left(stream.ids, stream_id)
-        if index < len(stream.ids) and stream.ids[index] == stream_id:
-            return list(msgpack.unpackb(self.read_record(stream.addresses[index]),
-                                        raw=True)[4])
-        return None
+        indexes = range(low, max(low, high))
+        entries, size, rest = self.read_entries(stream, indexes, size_max_bytes)
+        return entries, indexes, size, rest
 
     def length(self, name: bytes) -> int:
         stream = self.streams.get(name)
@@ -478,10 +475,8 @@ class StreamStore:
     def range_read(self, name: bytes, start: StreamId, end: StreamId, count: int | None,
                    reverse: bool = False, size_max_bytes: int | None = None,
                    ) -> tuple[list[list[Any]], int, Iterator[list[Any]] | None]:
-        """XRANGE's entries as `range`, read until their records pass `size_max_bytes`:
-        (the entries read, the range's count, the rest or None). The rest are the entries of
-        this moment (their ids and addresses, and the records of pending ones, are taken
-        now), read from the log as the iterator is walked (a streamed reply: streamed.py)."""
+        """XRANGE's entries as `range`, read as `read_entries` reads them: (the entries read,
+        the range's count, the rest or None)."""
         stream = self.streams.get(name)
         if stream is None or start > end or count == 0:
             return [], 0, None
@@ -490,30 +485,43 @@ class StreamStore:
         indexes = range(high - 1, low - 1, -1) if reverse else range(low, high)
         if count is not None:
             indexes = indexes[:count]
-        entries = []
+        entries, _, rest = self.read_entries(stream, indexes, size_max_bytes)
+        return entries, len(indexes), rest
+
+    def index(self, stream: Stream, stream_id: StreamId) -> int | None:
+        """Where `stream_id` is in `stream`, or None when it is not there (deleted)."""
+        index = bisect.bisect_left(stream.ids, stream_id)
+        return index if index < len(stream.ids) and stream.ids[index] == stream_id else None
+
+    def read_entries(self, stream: Stream, indexes: Sequence[int],
+                     size_max_bytes: int | None = None,
+                     ) -> tuple[list[list[Any]], int, Iterator[list[Any]] | None]:
+        """The entries `[id, fields]` at `indexes` of `stream`, in that order, read until
+        their records pass `size_max_bytes` (None: all; 0 or less: none): (the entries read,
+        the bytes of their records, the rest or None). The rest are the entries of this
+        moment (their ids and addresses, and the records of pending ones, are taken now),
+        read from the log as the iterator is walked (a streamed reply: streamed.py), so a
+        later XDEL or flush does not change what they are; a truncation under them makes
+        the walk raise."""
+        entries: list[list[Any]] = []
         size = 0
         for position, index in enumerate(indexes):
-            record = self.read_record(stream.addresses[index])
-            entries.append([format_id(stream.ids[index]),
-                            list(msgpack.unpackb(record, raw=True)[4])])
-            size += len(record)
-            if size_max_bytes is not None and size >= size_max_bytes and \
-                    position + 1 < len(indexes):
-                rest = indexes[position + 1:]
+            if size_max_bytes is not None and size >= size_max_bytes:
+                rest = indexes[position:]
                 ids = [stream.ids[index] for index in rest]
                 sources: list[int | bytes] = [
                     address if address < PENDING_ADDRESS_BASE else self.read_record(address)
                     for address in (stream.addresses[index] for index in rest)]
-                return entries, len(indexes), self._read_later(ids, sources)
-        return entries, len(entries), None
+                return entries, size, self._read_later(ids, sources)
+            record = self.read_record(stream.addresses[index])
+            entries.append([format_id(stream.ids[index]),
+                            list(msgpack.unpackb(record, raw=True)[4])])
+            size += len(record)
+        return entries, size, None
 
     def _read_later(self, ids: list[StreamId], sources: list[int | bytes],
                     ) -> Iterator[list[Any]]:
-        """range_read's rest: each entry read from its address (or its pending record)."""
+        """read_entries' rest: each entry read from its address (or its pending record)."""
         for stream_id, source in zip(ids, sources, strict=True):
             record = self.log.read(source) if isinstance(source, int) else source
             yield [format_id(stream_id), list(msgpack.unpackb(record, raw=True)[4])]
-
-    def entry(self, stream: Stream, index: int) -> list[Any]:
-        record = msgpack.unpackb(self.read_record(stream.addresses[index]), raw=True)
-        return [format_id(stream.ids[index]), list(record[4])]

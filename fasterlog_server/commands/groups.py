@@ -3,10 +3,20 @@
 Groups are records in the stream log (groups.py); every change here is one record, so a
 restart recovers groups, PELs, owners and delivery counts exactly. XREADGROUP `>` sees only
 visible entries (commit.py rule 5) and may block, as XREAD does.
+
+Replies that grow with the data are bounded as XREAD's are (streamed.py): the entries of
+XREADGROUP, XCLAIM and XAUTOCLAIM, and of XINFO STREAM FULL, are read at once up to
+STREAMED_REPLY_SIZE_MIN_BYTES and the rest as the socket takes the reply; XPENDING's rows past
+PENDING_ROWS_WHOLE_MAX are built alike. What a command changes (deliveries, claims) is decided
+and recorded before its reply is sent, naming exactly the entries the reply holds: a client
+that leaves mid-reply leaves them pending, delivered but not received, as in Redis (they can
+be claimed). Consumer PELs and group PELs inside XINFO STREAM FULL are built whole: they are
+bounded by COUNT (10 by default) and by the PEL the server holds anyway.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from .. import resp
@@ -14,6 +24,8 @@ from ..context import Blocked, Handler, ServerContext
 from ..errors import CommandError
 from ..groups import lag, now_ms
 from ..session import Client
+from ..settings import PENDING_ROWS_WHOLE_MAX, STREAMED_REPLY_SIZE_MIN_BYTES
+from ..streamed import Streamed
 from ..streams import ID_MAX, StreamError, parse_id
 from .base import OK, arity, integer, not_a_string
 from .streams import read_options, streams_reply
@@ -149,17 +161,21 @@ def xreadgroup(context: ServerContext, client: Client, arguments: list[bytes]) -
         context.groups.require(key, name, " in XREADGROUP with GROUP option")
 
     def attempt() -> Any:
-        results: list[tuple[bytes, list[Any]]] = []
+        results: list[tuple[bytes, list[Any] | Streamed]] = []
+        budget_bytes = STREAMED_REPLY_SIZE_MIN_BYTES  # all keys together, as XREAD's
         for key, since in zip(keys, history, strict=True):
             _, group = context.groups.require(key, name, " in XREADGROUP with GROUP option")
             context.groups.consumer(key, group, consumer, now_ms())
             if since is None:
-                entries = _deliver_new(context, key, group, consumer, count, noack)
+                entries, size = _deliver_new(context, key, group, consumer, count, noack,
+                                             budget_bytes)
                 if entries:
                     results.append((key, entries))
             else:
-                results.append((key, _deliver_history(context, key, group, consumer, since,
-                                                      count)))
+                entries, size = _deliver_history(context, key, group, consumer, since, count,
+                                                 budget_bytes)
+                results.append((key, entries))
+            budget_bytes -= size
         return streams_reply(client, results) if results else None
 
     reply = attempt()
@@ -168,30 +184,40 @@ def xreadgroup(context: ServerContext, client: Client, arguments: list[bytes]) -
     return Blocked(keys, block_ms, attempt)
 
 
-def _deliver_new(context: ServerContext, key: bytes, group: Any, consumer: bytes, count: int | None,
-                 noack: bool) -> list[Any]:
-    entries = context.streams.read_after(key, group.last_id, count,
-                                        context.visible_until_address())
-    if entries:
-        ids = [parse_id(entry[0]) for entry in entries]
-        context.groups.deliver_new(key, group, consumer, ids, noack, now_ms())
-    return entries
+def _deliver_new(context: ServerContext, key: bytes, group: Any, consumer: bytes,
+                 count: int | None, noack: bool, budget_bytes: int,
+                 ) -> tuple[list[Any] | Streamed, int]:
+    """XREADGROUP `>`: the entries after the group's last id, delivered (the PEL records
+    exactly the ids the reply holds, before any of it is sent: an entry delivered but not
+    received stays pending, as in Redis); and the bytes read now. Past `budget_bytes` the
+    rest is read as the socket takes the reply."""
+    entries, indexes, size, rest = context.streams.read_after(
+        key, group.last_id, count, context.visible_until_address(), budget_bytes)
+    if not indexes:
+        return [], size
+    stream_ids = context.streams.streams[key].ids
+    ids = [stream_ids[index] for index in indexes]
+    context.groups.deliver_new(key, group, consumer, ids, noack, now_ms())
+    return (entries if rest is None else Streamed(len(indexes), entries, rest)), size
 
 
 def _deliver_history(context: ServerContext, key: bytes, group: Any, consumer: bytes,
-                     since: tuple[int, int], count: int | None) -> list[Any]:
+                     since: tuple[int, int], count: int | None, budget_bytes: int,
+                     ) -> tuple[list[Any] | Streamed, int]:
+    """XREADGROUP with an id: the consumer's pending entries after it, redelivered (a
+    deleted one is answered [id, nil] and not counted); and the bytes read now."""
     stream = context.streams.streams[key]
     mine = sorted(i for i in group.consumers[consumer].pending if i > since)[:count]
-    entries: list[Any] = []
-    redelivered = []
-    for stream_id in mine:
-        fields = context.streams.fields(stream, stream_id)
-        entries.append([b"%d-%d" % stream_id, fields])
-        if fields is not None:
-            redelivered.append(stream_id)
-    if redelivered:
-        context.groups.redeliver(key, group, consumer, redelivered, now_ms())
-    return entries
+    indexes = [context.streams.index(stream, stream_id) for stream_id in mine]
+    present = [index for index in indexes if index is not None]
+    if present:
+        context.groups.redeliver(key, group, consumer, [stream.ids[i] for i in present],
+                                 now_ms())
+    entries, size, rest = context.streams.read_entries(stream, present, budget_bytes)
+    read = itertools.chain(entries, rest or ())
+    merged = ([b"%d-%d" % stream_id, resp.NULL_ARRAY] if index is None else next(read)
+              for stream_id, index in zip(mine, indexes, strict=True))
+    return (list(merged) if rest is None else Streamed(len(mine), [], merged)), size
 
 
 def xack(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -230,16 +256,35 @@ def xpending(context: ServerContext, client: Client, arguments: list[bytes]) -> 
         arguments[position + 1], missing_seq=(1 << 64) - 1, exclusive_ok=True)
     count = integer(arguments[position + 2])
     owner = arguments[position + 3] if len(arguments) - position == 4 else None
+    return _pending_rows(group, start, end, count, owner, min_idle_ms)
+
+
+def _pending_rows(group: Any, start: tuple[int, int], end: tuple[int, int], count: int,
+                  owner: bytes | None, min_idle_ms: int) -> Any:
+    """XPENDING's extended form: [id, consumer, idle, deliveries] per pending entry in the
+    range, at most `count`. The entries are chosen now; past PENDING_ROWS_WHOLE_MAX rows the
+    rows are built as the socket takes them (streamed.py), from the entries chosen (a
+    redelivery meanwhile may show in its count, as a write meanwhile may in MGET's rest)."""
     now = now_ms()
-    rows: list[Any] = []
-    for stream_id in group.pending_between(start, end) if count > 0 else ():
-        entry = group.pending[stream_id]
-        idle_ms = max(0, now - entry.delivery_time_ms)
-        if (owner is None or entry.consumer == owner) and idle_ms >= min_idle_ms:
-            rows.append([b"%d-%d" % stream_id, entry.consumer, idle_ms, entry.delivery_count])
-            if len(rows) == count:
-                break
-    return rows
+    if count <= 0:
+        return []
+    candidates = group.pending_between(start, end)
+    if owner is None and min_idle_ms <= 0:  # every one matches: no scan
+        ids = candidates[:count]
+        chosen = [group.pending[stream_id] for stream_id in ids]
+    else:
+        ids, chosen = [], []
+        for stream_id in candidates:
+            entry = group.pending[stream_id]
+            if (owner is None or entry.consumer == owner) and \
+                    max(0, now - entry.delivery_time_ms) >= min_idle_ms:
+                ids.append(stream_id)
+                chosen.append(entry)
+                if len(ids) == count:
+                    break
+    rows = ([b"%d-%d" % stream_id, entry.consumer, max(0, now - entry.delivery_time_ms),
+             entry.delivery_count] for stream_id, entry in zip(ids, chosen, strict=True))
+    return list(rows) if len(ids) <= PENDING_ROWS_WHOLE_MAX else Streamed(len(ids), [], rows)
 
 
 def xclaim(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -282,11 +327,11 @@ def xclaim(context: ServerContext, client: Client, arguments: list[bytes]) -> An
         context.groups.set_id(key, name, last_id, group.entries_read)
     claimed: list[tuple[tuple[int, int], int, int]] = []
     deleted: list[tuple[int, int]] = []
-    replies: list[Any] = []
+    indexes: list[int] = []
     for stream_id in dict.fromkeys(ids):
         entry = group.pending.get(stream_id)
-        fields = context.streams.fields(stream, stream_id)
-        if fields is None:
+        index = context.streams.index(stream, stream_id)
+        if index is None:
             if entry is not None:
                 deleted.append(stream_id)
             continue
@@ -300,11 +345,24 @@ def xclaim(context: ServerContext, client: Client, arguments: list[bytes]) -> An
             count = entry.delivery_count
         count = retry_count if retry_count is not None else count + (0 if justid else 1)
         claimed.append((stream_id, delivery_time_ms, count))
-        replies.append(b"%d-%d" % stream_id if justid else [b"%d-%d" % stream_id, fields])
+        indexes.append(index)
     if claimed:
         context.groups.consumer(key, group, owner, now)
     context.groups.claim(key, group, owner, now, claimed, deleted)
-    return replies
+    return _claimed_reply(context, stream, claimed, indexes, justid)
+
+
+def _claimed_reply(context: ServerContext, stream: Any,
+                   claimed: list[tuple[tuple[int, int], int, int]], indexes: list[int],
+                   justid: bool) -> list[Any] | Streamed:
+    """The claimed entries (at `indexes` of `stream`), or their ids with JUSTID; entries past
+    STREAMED_REPLY_SIZE_MIN_BYTES are read as the socket takes the reply. Their claim is
+    recorded first, so the PEL names exactly what the reply holds."""
+    if justid:  # ids only: as many as the claim record, which entry_size_max bounds
+        return [b"%d-%d" % claim[0] for claim in claimed]
+    entries, _, rest = context.streams.read_entries(stream, indexes,
+                                                    STREAMED_REPLY_SIZE_MIN_BYTES)
+    return entries if rest is None else Streamed(len(indexes), entries, rest)
 
 
 def xautoclaim(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -329,7 +387,7 @@ def xautoclaim(context: ServerContext, client: Client, arguments: list[bytes]) -
     context.groups.consumer(key, group, owner, now)
     claimed: list[tuple[tuple[int, int], int, int]] = []
     deleted: list[tuple[int, int]] = []
-    replies: list[Any] = []
+    indexes: list[int] = []
     candidates = group.pending_between(start, ID_MAX)
     attempts_max = count * 10  # as Redis: bound the PEL scan, not only the claims
     scanned = 0
@@ -338,15 +396,17 @@ def xautoclaim(context: ServerContext, client: Client, arguments: list[bytes]) -
             break
         scanned += 1
         entry = group.pending[stream_id]
-        fields = context.streams.fields(stream, stream_id)
-        if fields is None:
+        index = context.streams.index(stream, stream_id)
+        if index is None:
             deleted.append(stream_id)
         elif now - entry.delivery_time_ms >= min_idle_ms:
             claimed.append((stream_id, now, entry.delivery_count + (0 if justid else 1)))
-            replies.append(b"%d-%d" % stream_id if justid else [b"%d-%d" % stream_id, fields])
+            indexes.append(index)
     next_id = candidates[scanned] if scanned < len(candidates) else (0, 0)
     context.groups.claim(key, group, owner, now, claimed, deleted)
-    return [b"%d-%d" % next_id, replies, [b"%d-%d" % i for i in deleted]]
+    entries = _claimed_reply(context, stream, claimed, indexes, justid)
+    reply = [b"%d-%d" % next_id, entries, [b"%d-%d" % i for i in deleted]]
+    return reply if entries.__class__ is not Streamed else Streamed(3, reply, iter(()))
 
 
 def xinfo(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
@@ -369,7 +429,7 @@ def xinfo(context: ServerContext, client: Client, arguments: list[bytes]) -> Any
     if sub == b"STREAM" and len(arguments) > 3:
         if stream is None:
             raise CommandError("ERR no such key")
-        return _xinfo_stream_full(context, key, stream, arguments)
+        return _xinfo_stream_full(context, key, stream, arguments, client.protocol)
     if sub not in (b"GROUPS", b"STREAM") or len(arguments) != 3:
         raise CommandError("ERR unknown subcommand or wrong number of arguments for "
                            f"'XINFO|{sub.decode(errors='replace').lower()}'")
@@ -395,7 +455,7 @@ def xinfo(context: ServerContext, client: Client, arguments: list[bytes]) -> Any
 
 
 def _xinfo_stream_full(context: ServerContext, key: bytes, stream: Any,
-                       arguments: list[bytes]) -> Any:
+                       arguments: list[bytes], protocol: int) -> Any:
     """XINFO STREAM key FULL [COUNT n]: the stream, its first COUNT entries (default 10, 0 for
     all), and every group with its PEL and consumers (each PEL limited to COUNT too)."""
     count = 10
@@ -427,10 +487,17 @@ def _xinfo_stream_full(context: ServerContext, key: bytes, stream: Any,
                           group.pending[i].delivery_time_ms, group.pending[i].delivery_count]
                          for i in pending],
             b"consumers": consumers}))
-    return resp.Map({b"length": len(stream.ids), b"radix-tree-keys": 1,
-                     b"radix-tree-nodes": 2, b"last-generated-id": b"%d-%d" % stream.last_id,
-                     b"max-deleted-entry-id": b"%d-%d" % stream.max_deleted_id,
-                     b"entries-added": stream.entries_added,
-                     b"recorded-first-entry-id": b"%d-%d" % stream.first_id,
-                     b"entries": context.streams.range(key, (0, 0), ID_MAX, limit),
-                     b"groups": groups})
+    entries, entries_count, rest = context.streams.range_read(
+        key, (0, 0), ID_MAX, limit, size_max_bytes=STREAMED_REPLY_SIZE_MIN_BYTES)
+    reply = {b"length": len(stream.ids), b"radix-tree-keys": 1, b"radix-tree-nodes": 2,
+             b"last-generated-id": b"%d-%d" % stream.last_id,
+             b"max-deleted-entry-id": b"%d-%d" % stream.max_deleted_id,
+             b"entries-added": stream.entries_added,
+             b"recorded-first-entry-id": b"%d-%d" % stream.first_id,
+             b"entries": entries if rest is None else Streamed(entries_count, entries, rest),
+             b"groups": groups}
+    if rest is None:
+        return resp.Map(reply)
+    # The entries past STREAMED_REPLY_SIZE_MIN_BYTES are read as the socket takes the reply.
+    return Streamed.map(len(reply), [part for pair in reply.items() for part in pair],
+                        iter(()), protocol)

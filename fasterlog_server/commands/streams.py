@@ -4,10 +4,14 @@ csrc/xadd_lane.c).
 
 XREAD sees only entries below ServerContext.visible_until_address() (commit.py rule 5); with
 BLOCK it returns Blocked and the connection waits for a commit of a write to its keys.
+XRANGE, XREVRANGE and XREAD read their entries at once up to STREAMED_REPLY_SIZE_MIN_BYTES and
+answer the rest as a streamed reply (streamed.py), read as the socket takes it; a blocked
+XREAD's reply, found later, is streamed alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .. import resp
@@ -134,13 +138,41 @@ def xtrim(context: ServerContext, client: Client, arguments: list[bytes]) -> Any
     return context.streams.trim(arguments[1], **trim)
 
 
-def streams_reply(client: Client, results: list[tuple[bytes, list[Any]]]) -> Any:
-    """XREAD/XREADGROUP's reply: RESP3 a map of key to entries (as Redis 7), RESP2 pairs."""
+def streams_reply(client: Client, results: list[tuple[bytes, list[Any] | Streamed]]) -> Any:
+    """XREAD/XREADGROUP's reply: RESP3 a map of key to entries (as Redis 7), RESP2 pairs.
+    When the entries of a stream are streamed (read_streams), so is the reply, each stream's
+    entries a nested Streamed (streamed.py)."""
     if not results:
         return resp.NULL_ARRAY
+    if all(entries.__class__ is not Streamed for _, entries in results):
+        if client.protocol == 3:
+            return resp.Map(results)
+        return [[key, entries] for key, entries in results]
+    nothing: Iterator[Any] = iter(())
     if client.protocol == 3:
-        return resp.Map(results)
-    return [[key, entries] for key, entries in results]
+        return Streamed.map(len(results), [part for pair in results for part in pair], nothing,
+                            3)
+    return Streamed(len(results), [
+        Streamed(2, [key, entries], nothing) if entries.__class__ is Streamed
+        else [key, entries] for key, entries in results], nothing)
+
+
+def read_streams(context: ServerContext, keys: list[bytes], afters: list[tuple[int, int]],
+                 count: int | None) -> list[tuple[bytes, list[Any] | Streamed]]:
+    """XREAD's entries: per key with visible entries after its id, the key and its entries.
+    The records are read at once until they pass STREAMED_REPLY_SIZE_MIN_BYTES, all keys
+    together; the rest, later keys included, are read as the socket takes the reply."""
+    limit = context.visible_until_address()
+    budget_bytes = STREAMED_REPLY_SIZE_MIN_BYTES
+    results: list[tuple[bytes, list[Any] | Streamed]] = []
+    for key, since in zip(keys, afters, strict=True):
+        entries, indexes, size, rest = context.streams.read_after(key, since, count, limit,
+                                                                  budget_bytes)
+        budget_bytes -= size
+        if indexes:
+            results.append((key, entries if rest is None else
+                            Streamed(len(indexes), entries, rest)))
+    return results
 
 
 def read_options(arguments: list[bytes], position: int, group: bool) -> tuple[
@@ -201,9 +233,7 @@ def xread(context: ServerContext, client: Client, arguments: list[bytes]) -> Any
             after.append(parse_id(text, missing_seq=0))
 
     def attempt() -> Any:
-        limit = context.visible_until_address()
-        results = [(key, entries) for key, since in zip(keys, after, strict=True)
-                   if (entries := context.streams.read_after(key, since, count, limit))]
+        results = read_streams(context, keys, after, count)
         return streams_reply(client, results) if results else None
 
     reply = attempt()

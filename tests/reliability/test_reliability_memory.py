@@ -138,8 +138,10 @@ def connect(port: int) -> socket.socket:
 
 def run_attack(server: subprocess.Popen[str], name: str, attack: Callable[[int], str],
                bound_bytes: int, ping_checked: bool = True,
-               setup: Callable[[int], object] | None = None) -> None:
-    """Runs `setup` (not measured), then `attack` with the probe beside it."""
+               setup: Callable[[int], object] | None = None,
+               test_file: str = "tests/reliability/test_reliability_memory.py") -> None:
+    """Runs `setup` (not measured), then `attack` with the probe beside it; `test_file`
+    holds the attack (the figure's command reruns it)."""
     port: int = server.port  # type: ignore[attr-defined]
     if setup is not None:
         setup(port)
@@ -156,7 +158,7 @@ def run_attack(server: subprocess.Popen[str], name: str, attack: Callable[[int],
            f"max {max_s * 1000:.1f} ms ({len(probe.pings_s)} PINGs)",
            {"rss_rise_bytes": rise, "bound_bytes": bound_bytes, "ping_p99_s": p99_s,
             "ping_max_s": max_s},
-           f"python3 -m pytest -s tests/reliability/test_reliability_memory.py -k {name}")
+           f"python3 -m pytest -s {test_file} -k {name}")
     assert rise <= bound_bytes
     if ping_checked:
         assert p99_s < PING_P99_MAX_S
