@@ -33,6 +33,7 @@ def command(context: ServerContext, client: Client, arguments: list[bytes]) -> A
 def info(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
     state = context.log
     lines = [b"# Server", b"redis_version:" + REDIS_VERSION, b"fasterlog_version:0.1.0",
+             b"", b"# Clients", b"maxclients:%d" % context.settings.maxclients,
              b"", b"# Persistence", b"aof_enabled:1",
              b"fasterlog_committed_until:%d" % state.committed_until_address,
              b"", b"# Keyspace", b"db0:keys=%d,expires=0,avg_ttl=0" % len(context.streams.streams)]
@@ -43,15 +44,49 @@ def config(context: ServerContext, client: Client, arguments: list[bytes]) -> An
     arity(arguments, 3)
     if arguments[1].upper() != b"GET":
         raise CommandError(f"ERR CONFIG {arguments[1].decode(errors='replace')} is not supported")
-    values = {b"save": b"", b"appendonly": b"yes",
-              b"appendfsync": context.settings.fsync.encode()}  # "always" or "everysec"
+    values = config_values(context)
     found = resp.Map()
     for pattern in arguments[2:]:
-        tokens = glob.compile_pattern(pattern.lower())  # Redis matches names case-blind
+        lowered = pattern.lower()  # Redis matches names case-blind
+        if not any(byte in b"*?[\\" for byte in lowered):
+            # A plain name is looked up, and answered under the spelling asked (Redis 7.0).
+            if lowered in values:
+                found[pattern] = values[lowered]
+            continue
+        tokens = glob.compile_pattern(lowered)
         for key, value in values.items():
             if glob.matches(tokens, key):
                 found[key] = value
     return found
+
+
+def config_values(context: ServerContext) -> dict[bytes, bytes]:
+    """What CONFIG GET shows: Redis's names for what we have in Redis's form (a tool that reads
+    maxclients or the buffer limits gets our bounds), then ours, under `fasterlog-` names that
+    cannot meet a future Redis one."""
+    settings, limits = context.settings, context.settings.limits
+    ours = {
+        "pipeline-depth-max": settings.pipeline_depth_max,
+        "multi-queue-count-max": settings.multi_queue_count_max,
+        "multi-queue-size-max-bytes": settings.multi_queue_size_max_bytes,
+        "request-timeout-ms": round(settings.request_timeout_s * 1000),
+        "client-buffers-size-max-bytes": settings.client_buffers_size_max_bytes,
+        "kv-checkpoint-bytes": settings.kv_checkpoint_bytes,
+        "arguments-count-max": limits.arguments_count_max,
+    }
+    return {
+        b"save": b"", b"appendonly": b"yes",
+        b"appendfsync": settings.fsync.encode(),  # "always" or "everysec"
+        b"maxclients": b"%d" % settings.maxclients,
+        b"timeout": b"0",  # no idle timeout: only a half-sent request times out (ours)
+        b"proto-max-bulk-len": b"%d" % limits.bulk_size_max_bytes,
+        b"client-query-buffer-limit": b"%d" % limits.query_buffer_size_max_bytes,
+        # Ours is one hard limit per client; replicas and pub/sub keep Redis's defaults.
+        b"client-output-buffer-limit": b"normal %d 0 0 slave 268435456 67108864 60 "
+                                       b"pubsub 33554432 8388608 60"
+                                       % settings.output_buffer_size_max_bytes,
+        **{b"fasterlog-" + name.encode(): b"%d" % value for name, value in ours.items()},
+    }
 
 
 def waitaof(context: ServerContext, client: Client, arguments: list[bytes]) -> Any:
