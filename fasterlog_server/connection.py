@@ -13,6 +13,7 @@ that step (a bad event there fails as a KeyError):
                         CONTINUING --BLOCK--> BLOCKED --UNBLOCK--> CONTINUING
                         (BLOCKED --DONE--> READY: a blocked read cancelled)
                         READY --STREAM--> STREAMING --DONE--> READY
+                        READY --YIELD--> YIELDED --RESUME--> READY
                         any --CLOSE--> CLOSED, which absorbs every later event
     input               OPEN <--READING_PAUSED / READING_RESUMED--> PAUSED; --INPUT_ENDED--> ENDED
     output              OPEN <--WRITING_PAUSED / WRITING_RESUMED--> PAUSED
@@ -29,6 +30,9 @@ BLOCKED: that task waits in a blocking read; the client's EOF ends it at once (a
 STREAMING: a streamed reply (streamed.py) goes out piece by piece while the socket takes it
     (output OPEN), at most STREAM_STEP_SIZE_MAX_BYTES per step of the event loop; the rest of
     the batch (`_rest`) and later input wait for its end.
+YIELDED: this step of the event loop ran `commands_per_step_max` commands and more are
+    buffered (rule 7): the rest runs in the loop's next round (`_step_on`), after the other
+    connections' callbacks.
 CLOSED: the transport is closed or closing: nothing more runs or is written. A commit may
     still end afterwards: its bookkeeping runs (blocked readers of the keys it wrote wake).
 Input PAUSED: we stopped reading because READ_SIZE_BYTES are buffered. Input ENDED: the client
@@ -57,12 +61,22 @@ Rules:
    counted when they change) stay within `client_buffers_size_max_bytes`: past it the biggest
    holder is disconnected (Connections.count_buffers). A half-sent request left for
    `request_timeout_s` without a byte disconnects its client (`_request_timed_out`).
+7. One step of the event loop (one callback: a read, a commit's answer, a drained socket)
+   runs at most `commands_per_step_max` of a connection's commands; with whole commands still
+   buffered past it the connection YIELDS and goes on in the loop's next round, so a PING
+   from another client waits for one step, not for a flood (a pipeline of 200,000 commands,
+   100,000 commands queued by MULTI). A batch runs whole in one step (its writes are appended
+   and committed together, commit.py): a batch is at most that many commands, and a batch's
+   rest (`_rest`) runs only in a step with room for all of it. EXEC is one command that runs
+   its whole queue (one atomic batch per log, never split: multi_queue_count_max bounds it).
+   While YIELDED, input is only buffered and reading pauses past READ_SIZE_BYTES, so what a
+   flooding client makes the server hold stays within the bounds of rule 1 and rule 6.
 
 Sans-IO: the machine touches no socket. It writes to a `Sink` (what it needs of an
 asyncio.Transport) and is driven by its event methods (`attach`, `receive`, `input_ended`,
 `writing_paused`, `writing_resumed`, `lost`, and `commit_done` from the committers); the
 adapter only maps transport callbacks to them. It does use the running event loop for what it
-waits on (its commits, blocking reads).
+waits on (its commits, blocking reads, the next round after a YIELD).
 """
 
 from __future__ import annotations
@@ -101,7 +115,8 @@ class State(enum.IntEnum):  # IntEnum: hashed in C, as the tables below look the
     CONTINUING = 2
     BLOCKED = 3
     STREAMING = 4
-    CLOSED = 5
+    YIELDED = 5
+    CLOSED = 6
 
 
 class Flow(enum.IntEnum):
@@ -120,28 +135,33 @@ class Event(enum.IntEnum):
     UNBLOCK = 3
     DONE = 4  # the batch is answered (or its task ended, or its streamed reply is sent)
     STREAM = 5  # a streamed reply goes out as the socket takes it
-    CLOSE = 6  # the transport is closed or closing
+    YIELD = 6  # the step's commands are spent (rule 7): the rest runs in the next round
+    RESUME = 7  # that next round
+    CLOSE = 8  # the transport is closed or closing (the last of the state's events)
     # The input.
-    READING_PAUSED = 7
-    READING_RESUMED = 8
-    INPUT_ENDED = 9
+    READING_PAUSED = 9
+    READING_RESUMED = 10
+    INPUT_ENDED = 11
     # The output.
-    WRITING_PAUSED = 10
-    WRITING_RESUMED = 11
+    WRITING_PAUSED = 12
+    WRITING_RESUMED = 13
 
 
-READY, AWAITING_COMMIT, CONTINUING, BLOCKED, STREAMING, CLOSED = State
+READY, AWAITING_COMMIT, CONTINUING, BLOCKED, STREAMING, YIELDED, CLOSED = State
 OPEN, PAUSED, ENDED = Flow
-(HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, STREAM, CLOSE, READING_PAUSED, READING_RESUMED,
- INPUT_ENDED, WRITING_PAUSED, WRITING_RESUMED) = Event
+(HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, STREAM, YIELD, RESUME, CLOSE, READING_PAUSED,
+ READING_RESUMED, INPUT_ENDED, WRITING_PAUSED, WRITING_RESUMED) = Event
 
 _STATE_TRANSITIONS: dict[State, dict[Event, State]] = {
-    READY: {HOLD: AWAITING_COMMIT, CONTINUE: CONTINUING, STREAM: STREAMING, CLOSE: CLOSED},
+    READY: {HOLD: AWAITING_COMMIT, CONTINUE: CONTINUING, STREAM: STREAMING, YIELD: YIELDED,
+            CLOSE: CLOSED},
     AWAITING_COMMIT: {DONE: READY, CLOSE: CLOSED},
     CONTINUING: {BLOCK: BLOCKED, DONE: READY, CLOSE: CLOSED},
     BLOCKED: {UNBLOCK: CONTINUING, DONE: READY, CLOSE: CLOSED},
     STREAMING: {DONE: READY, CLOSE: CLOSED},
-    CLOSED: dict.fromkeys((HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, STREAM, CLOSE), CLOSED),
+    YIELDED: {RESUME: READY, CLOSE: CLOSED},
+    CLOSED: dict.fromkeys((HOLD, CONTINUE, BLOCK, UNBLOCK, DONE, STREAM, YIELD, RESUME, CLOSE),
+                          CLOSED),
 }
 _INPUT_TRANSITIONS: dict[Flow, dict[Event, Flow]] = {
     OPEN: {READING_PAUSED: PAUSED, INPUT_ENDED: ENDED},
@@ -253,7 +273,9 @@ class Connection:
         self._kv_write_committer = self._coordinator.lone_write_committer("kv")
         settings = context.settings
         self._limits = settings.limits
-        self._depth_max = settings.pipeline_depth_max
+        # A batch's commands: pipeline_depth_max, and no more than one step runs (rule 7).
+        self._depth_max = min(settings.pipeline_depth_max, settings.commands_per_step_max)
+        self._step_max = settings.commands_per_step_max
         self._output_size_max_bytes = settings.output_buffer_size_max_bytes
         self.client = Client(connections.next_client_id(),
                              authenticated=not settings.requirepass)
@@ -275,6 +297,7 @@ class Connection:
         # STREAMING's data: the reply, whether to close after it, the scheduled next step.
         self._streaming: tuple[Streamed, bool] | None = None
         self._stream_step_handle: asyncio.Handle | None = None
+        self._step_handle: asyncio.Handle | None = None  # YIELDED's next round (rule 7)
         # Rule 6: the buffers as last counted, and a half-sent request's timer.
         self.buffers_size_bytes = 0
         self._request_timeout_s = settings.request_timeout_s
@@ -433,12 +456,14 @@ class Connection:
             self._blocked_task.cancel()
         if self._stream_step_handle is not None:
             self._stream_step_handle.cancel()
+        if self._step_handle is not None:
+            self._step_handle.cancel()
         if self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
         self._connections.count_buffers(-self.buffers_size_bytes)
         self.buffers_size_bytes = 0
-        self._stream_step_handle = self._streaming = self._rest = None
+        self._stream_step_handle = self._step_handle = self._streaming = self._rest = None
         self.codec.discard()
         self._held = _NOTHING_HELD
         self.client.multi = None
@@ -535,19 +560,30 @@ class Connection:
 
     def _pump(self, commands: list[list[bytes]] | None = None, lanes: bool = True) -> None:
         """Runs `commands` (a batch already taken from the reader), then the rest of a batch
-        (`_rest`) or the whole commands buffered, batch by batch (`pipeline_depth_max`
-        commands per batch), until the buffer holds none, a batch must wait, or the socket
-        must take the replies first (rule 3). `lanes`: see run_sync."""
+        (`_rest`) or the whole commands buffered, batch by batch (`_depth_max` commands per
+        batch), until the buffer holds none, a batch must wait, the socket must take the
+        replies first (rule 3), or this step has run its `commands_per_step_max` (rule 7:
+        YIELDED, the rest runs in the loop's next round). `lanes`: see run_sync."""
         context, client, codec = self._context, self.client, self.codec
         coordinator = self._coordinator
+        budget = self._step_max  # the commands this step may still run (rule 7)
         start = 0
         while self.state is READY and self.output is OPEN and not context.closing:
             if commands is None:
-                if self._rest is not None:
-                    (commands, start), self._rest = self._rest, None
+                rest = self._rest
+                if rest is not None:
+                    if len(rest[0]) - rest[1] > budget:  # a batch runs whole, in one step
+                        self._yield()
+                        return
+                    (commands, start), self._rest = rest, None
+                elif budget <= 0:
+                    if codec.buffered_size_bytes:  # maybe whole commands: the next round
+                        self._yield()
+                        return
+                    break
                 else:
                     try:
-                        commands = codec.next_commands(self._depth_max)
+                        commands = codec.next_commands(min(self._depth_max, budget))
                     except RemoteProtocolError as error:
                         self._protocol_error(error)
                         return
@@ -561,6 +597,7 @@ class Connection:
             client.wrote = False
             marks = coordinator.marks()
             index, close, blocked = run_sync(context, client, commands, start, replies, lanes)
+            budget -= index - start
             lanes = True
             codec.authentication_required = not client.authenticated
             if blocked is OUTPUT_FULL:  # the replies go first, the rest runs after (rule 3)
@@ -598,6 +635,33 @@ class Connection:
         elif self.input is PAUSED:
             self._transition(READING_RESUMED)
             self._sink.resume_reading()
+
+    def _yield(self) -> None:
+        """Rule 7: this step ran its commands and more may be buffered. The rest runs in the
+        loop's next round, after the callbacks already due (another client's PING among them);
+        meanwhile input is only buffered, and reading pauses while READ_SIZE_BYTES are (or
+        resumes once the steps have brought the backlog below that)."""
+        self._transition(YIELD)
+        self._step_handle = asyncio.get_running_loop().call_soon(self._step_on)
+        if self.buffers_size_bytes:  # the input it ran is no longer held (rule 6)
+            self._count_buffers()
+            if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
+                return
+        buffered_size_bytes = self.codec.buffered_size_bytes
+        if self.input is OPEN and buffered_size_bytes >= READ_SIZE_BYTES:
+            self._transition(READING_PAUSED)
+            self._sink.pause_reading()
+        elif self.input is PAUSED and buffered_size_bytes < READ_SIZE_BYTES:
+            self._transition(READING_RESUMED)
+            self._sink.resume_reading()
+
+    def _step_on(self) -> None:
+        """The loop's next round after a YIELD: the connection goes on where it stopped."""
+        self._step_handle = None
+        if self.state is not YIELDED:  # closed meanwhile
+            return
+        self._transition(RESUME)
+        self._pump()
 
     async def _continue(self, commands: list[list[bytes]], index: int, replies: Replies,
                         blocked: Blocked | None) -> None:

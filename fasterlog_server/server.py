@@ -5,12 +5,14 @@ Rules (each kept by the module named):
    survives kill -9 and power loss; `fsync="everysec"` answers at once and commits every
    second, for comparison with redis-server's default, documented as not durable per reply
    (commit.py).
-2. A connection's commands are answered in order; the writes of one pipelined read share one
-   commit, and the writes of every connection that arrive while a commit runs share the next
-   one: one append and one sync for all of them (commit.py). Commands run inside the
-   connection's `receive`, as their bytes arrive (whole commands split in C,
-   csrc/resp_split.c), so a read is answered without a task switch; a batch that must wait
-   (its commit, a blocking read) holds the connection's later input until it is answered
+2. A connection's commands are answered in order; the writes of one batch of a pipelined
+   read (at most commands_per_step_max commands) share one commit, and the writes of every
+   connection that arrive while a commit runs share the next one: one append and one sync for
+   all of them (commit.py). Commands run inside the connection's `receive`, as their bytes
+   arrive (whole commands split in C, csrc/resp_split.c), so a read is answered without a
+   task switch; a batch that must wait (its commit, a blocking read) holds the connection's
+   later input until it is answered, and one step of the event loop runs at most
+   commands_per_step_max of one connection's commands before the others are served
    (connection.py).
 3. Every buffer is bounded, each bound named with its reason (settings.py): the codec's limits,
    the commands taken from one read, a slow reader's output buffer (past it the client is

@@ -69,8 +69,21 @@ class ServerSettings:
     fsync: one of FSYNC_POLICIES.
     limits: the RESP codec's bounds per client (see `_default_limits` and resp.RespLimits).
     pipeline_depth_max: commands taken from one client's input per batch. A batch's replies are
-        held until its commit, and one batch runs without yielding the event loop, so this
-        bounds both the replies held per client and how long one client holds the loop.
+        held until its commit, so this bounds the replies held per client; a batch is also at
+        most `commands_per_step_max` commands, the smaller bound wins.
+    commands_per_step_max: the commands one connection runs in one step of the event loop
+        (one callback) before the others are served (connection.py rule 7). Past it, and with
+        whole commands still buffered, the rest runs in the loop's next round, and reading
+        pauses while READ_SIZE_BYTES are buffered. A batch (whose writes are appended and
+        committed together) runs in one step, so a batch is at most this many commands.
+        Before this bound a connection ran all it had buffered (one read of 256 KiB, 8,700
+        commands) in one step: a PING beside a MULTI flood waited 142-605 ms (p99). 500 was
+        measured on this 2-core machine under a load average of 6 (a step of 500 costs about
+        1.5 ms of CPU, but a step is what a preempted server is stuck in): PING p99 beside
+        floods of 100,000-200,000 commands 26-76 ms with 500, 35-67 ms with 300 (but a SET
+        pipeline then commits twice as often and ran up to 2x slower), 46-116 ms with 1,000.
+        Pipelines of up to 500 commands (redis-benchmark -P 16, -P 100) keep one batch, and
+        so one commit, per round.
     output_buffer_size_max_bytes: a slow reader's unsent replies past which it is disconnected
         (Redis's client-output-buffer-limit): below it the server only stops running the
         client's commands until it reads (OUTPUT_HIGH_WATER_BYTES).
@@ -82,8 +95,9 @@ class ServerSettings:
         them costs). Redis has no such bound (a million queued commands took 485 MB and an
         EXEC of 5.7 s with the loop blocked). Past either, the command is answered with an
         error, the queue is dropped and EXEC answers EXECABORT, as Redis does after any
-        command that failed to queue. 10,000 commands is `pipeline_depth_max`: an EXEC then
-        holds the loop no longer than one batch does.
+        command that failed to queue. EXEC runs its whole queue in one step (a transaction is
+        one atomic batch, never split): 10,000 commands is 20 steps' worth of
+        `commands_per_step_max`, the price of atomicity (RELIABILITY.md, memory_exec_full_queue).
     request_timeout_s: a client whose buffered input holds a half-sent request, and that sent
         nothing for this long, is disconnected (Redis's `timeout` closes any idle client, by
         default never; this one only a request left unfinished: 20 clients that each sent most
@@ -109,6 +123,7 @@ class ServerSettings:
     fsync: str = "always"
     limits: resp.RespLimits = field(default_factory=_default_limits)
     pipeline_depth_max: int = 10_000
+    commands_per_step_max: int = 500
     output_buffer_size_max_bytes: int = 64 << 20
     maxclients: int = 10_000
     multi_queue_count_max: int = 10_000
@@ -127,7 +142,8 @@ class ServerSettings:
         if not is_loopback(self.host) and not self.requirepass:
             raise ValueError(f"refusing to listen on {self.host}: a non-loopback address "
                              "needs --requirepass")
-        for name in ("maxclients", "pipeline_depth_max", "output_buffer_size_max_bytes",
+        for name in ("maxclients", "pipeline_depth_max", "commands_per_step_max",
+                     "output_buffer_size_max_bytes",
                      "multi_queue_count_max", "multi_queue_size_max_bytes",
                      "client_buffers_size_max_bytes"):
             value = getattr(self, name)

@@ -177,6 +177,77 @@ def test_reading_pauses_past_its_bound_while_a_batch_waits_and_resumes_after(
     with_server(tmp_path / "data", body)
 
 
+def test_a_flood_yields_after_commands_per_step_max_and_others_run_in_between(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        flooder, flood_sink = attached(server)
+        other, other_sink = attached(server)
+        flooder.receive(command(b"PING") * 35)
+        assert flood_sink.written == b"+PONG\r\n" * 10  # one step: 10 commands
+        assert state(flooder) is State.YIELDED
+        other.receive(command(b"PING"))  # served now, not after the flood
+        assert other_sink.written == b"+PONG\r\n" and state(other) is State.READY
+        flooder.receive(command(b"ECHO", b"last"))  # buffered behind the rest, in order
+        await asyncio.sleep(0)  # one round: one more step
+        assert flood_sink.written == b"+PONG\r\n" * 20
+        await settle()
+        assert flood_sink.written == b"+PONG\r\n" * 35 + b"$4\r\nlast\r\n"
+        assert state(flooder) is State.READY
+
+    with_server(tmp_path / "data", body, commands_per_step_max=10)
+
+
+def test_a_write_flood_commits_each_step_whole_and_exec_is_never_split(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        kv_committer = server.coordinator.kv_committer
+        commits_before = kv_committer.commits_count
+        connection.receive(command(b"SET", b"k", b"v") * 25)
+        await settle()
+        assert sink.written == b"+OK\r\n" * 25
+        assert kv_committer.commits_count - commits_before == 3  # batches of 10, 10 and 5
+        del sink.written[:]
+        queued = [command(b"SET", b"t%d" % index, b"v") for index in range(25)]
+        commits_before = kv_committer.commits_count
+        connection.receive(command(b"MULTI") + b"".join(queued) + command(b"EXEC"))
+        await settle()
+        assert sink.written == (b"+OK\r\n" + b"+QUEUED\r\n" * 25 + b"*25\r\n" +
+                                b"+OK\r\n" * 25)
+        assert kv_committer.commits_count - commits_before == 1  # EXEC's 25 SETs, whole
+        assert server.kv.get(b"t24") is not None
+
+    with_server(tmp_path / "data", body, commands_per_step_max=10)
+
+
+def test_a_yielded_flood_pauses_reading_past_its_bound_and_resumes_after(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        ping = command(b"PING")
+        count = READ_SIZE_BYTES // len(ping) + 100
+        connection.receive(ping * count)
+        assert state(connection) is State.YIELDED
+        assert not sink.reading and connection.input is Flow.PAUSED
+        for _ in range(count // 10 + 20):
+            await asyncio.sleep(0)
+        assert sink.written == b"+PONG\r\n" * count
+        assert sink.reading and connection.input is Flow.OPEN
+
+    with_server(tmp_path / "data", body, commands_per_step_max=10)
+
+
+def test_a_connection_closed_while_yielded_runs_nothing_more(tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"PING") * 25)
+        assert state(connection) is State.YIELDED
+        connection.lost()
+        await settle()
+        assert sink.written == b"+PONG\r\n" * 10 and state(connection) is State.CLOSED
+
+    with_server(tmp_path / "data", body, commands_per_step_max=10)
+
+
 def test_a_blocked_reader_that_hangs_up_is_closed_at_once(tmp_path: Path) -> None:
     async def body(server: Server) -> None:
         connection, sink = attached(server)
@@ -226,6 +297,12 @@ def test_over_maxclients_a_connection_gets_redis_reply_and_is_closed_in_process(
         assert third_sink.written == b"+PONG\r\n" and len(server.connections) == 2
 
     with_server(tmp_path / "data", body, maxclients=2)
+
+
+def test_commands_per_step_max_must_be_positive() -> None:
+    for wrong in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="commands_per_step_max"):
+            ServerSettings(commands_per_step_max=wrong)  # type: ignore[arg-type]
 
 
 def test_maxclients_must_be_positive() -> None:
