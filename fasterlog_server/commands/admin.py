@@ -67,6 +67,7 @@ def config_values(context: ServerContext) -> dict[bytes, bytes]:
     settings, limits = context.settings, context.settings.limits
     ours = {
         "pipeline-depth-max": settings.pipeline_depth_max,
+        "commands-per-step-max": settings.commands_per_step_max,
         "multi-queue-count-max": settings.multi_queue_count_max,
         "multi-queue-size-max-bytes": settings.multi_queue_size_max_bytes,
         "request-timeout-ms": round(settings.request_timeout_s * 1000),

@@ -57,6 +57,7 @@ def test_our_bounds_are_shown_with_the_values_the_server_runs_with(
     assert found["fasterlog-multi-queue-count-max"] == "123"
     assert found["fasterlog-request-timeout-ms"] == "30000"
     assert set(found) >= {"fasterlog-pipeline-depth-max", "fasterlog-kv-checkpoint-bytes",
+                          "fasterlog-commands-per-step-max",
                           "fasterlog-client-buffers-size-max-bytes",
                           "fasterlog-multi-queue-size-max-bytes"}
     assert client.info()["maxclients"] == 777
