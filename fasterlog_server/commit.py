@@ -44,6 +44,7 @@ from .settings import (
     COMMIT_GATHER_ITERATIONS_MAX,
     COMMIT_GATHER_MAX_S,
     EVERYSEC_COMMIT_INTERVAL_S,
+    HELD_OVERLAY_SIZE_MAX_BYTES,
 )
 from .streams import StreamStore
 
@@ -440,6 +441,8 @@ class CommitCoordinator:
             self._failed(error)
             raise
         if not self.replies_wait_for_commit and not sync_required:
+            if wrote_kv and self.overlay_committer() is not None:
+                await self.kv_committer.request()
             return
         waits: list[asyncio.Future[None]] = []
         if wrote_streams or wrote or sync_required:
@@ -450,6 +453,14 @@ class CommitCoordinator:
             await waits[0]
         elif waits:
             await asyncio.gather(*waits)
+
+    def overlay_committer(self) -> Committer | None:
+        """With fsync everysec, what a KV write waits for when a checkpoint holds the KV
+        committer and the overlay is past HELD_OVERLAY_SIZE_MAX_BYTES (settings.py): the KV
+        committer, whose first commit after the checkpoint covers it. None: answer now."""
+        if self._kv.held and self._kv.pending_size_bytes > HELD_OVERLAY_SIZE_MAX_BYTES:
+            return self.kv_committer
+        return None
 
     async def commit_kv(self) -> None:
         """Commits the KV log, whatever the policy (the expiry sweep's deletes, appended by

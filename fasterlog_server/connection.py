@@ -390,7 +390,7 @@ class Connection:
                         self._send([reply], False)
                     else:
                         self._answer_write(reply, self._kv_write_committer if log == "kv"
-                                           else self._stream_write_committer)
+                                           else self._stream_write_committer, log == "kv")
                     return
             self._pump(commands, lanes=False)  # decided: no lane (dispatch.py rule 3)
             return
@@ -533,18 +533,22 @@ class Connection:
             self._transition(READING_PAUSED)
             self._sink.pause_reading()
 
-    def _answer_write(self, reply: bytes, committer: Committer | None) -> None:
+    def _answer_write(self, reply: bytes, committer: Committer | None,
+                      wrote_kv: bool = False) -> None:
         """A lone write's end: `reply` goes out once `committer`'s commit covers it, or now
-        when there is none to wait for."""
+        when there is none to wait for (unless a KV write finds the held overlay past its
+        bound: commit.py `overlay_committer`)."""
         if committer is None:
             try:
                 self._coordinator.append_pending()
             except Exception as error:  # noqa: BLE001 - the append failed: answered as such
                 self._send(self._failed_replies(error, 1), False)
                 return
-            self._batch_committed()
-            self._send([reply], False)
-            return
+            committer = self._coordinator.overlay_committer() if wrote_kv else None
+            if committer is None:
+                self._batch_committed()
+                self._send([reply], False)
+                return
         committer.enlist(self)
         # _hold for one commit, and _transition(HOLD) inlined: the commonest write.
         self.state = _STATE_TRANSITIONS[self.state][HOLD]

@@ -66,6 +66,9 @@ class KeyValues:
     def __init__(self, store: KVStore) -> None:
         self.store = store
         self._pending: dict[bytes, bytes | None] = {}
+        # What the overlay holds, counted as writes come (an overwrite counts again: an upper
+        # bound, reset when the overlay is written or dropped).
+        self.pending_size_bytes = 0
         self.writes_count = 0  # puts and deletes ever made: the server tells a batch's writes
         self.held = False  # a worker holds the store's write lock: flush waits (maintenance.py)
         self._record_size_max_bytes = store.log.entry_size_max
@@ -94,6 +97,7 @@ class KeyValues:
     def discard_pending(self) -> None:
         """Forgets the writes not yet given to the store (their commit failed)."""
         self._pending.clear()
+        self.pending_size_bytes = 0
 
     def get(self, key: bytes, now: int | None = None) -> tuple[bytes, int | None] | None:
         """The live value of `key` and its expire-at ms (None: no expiry), or None. (The
@@ -123,6 +127,7 @@ class KeyValues:
                               f"({self._record_size_max_bytes})")
         self.writes_count += 1
         self._pending[key] = envelope
+        self.pending_size_bytes += len(key) + len(envelope)
         if expire_at_ms is None:
             self.expires.pop(key, None)
         else:
@@ -132,6 +137,7 @@ class KeyValues:
         """Deletes the key (a tombstone even if it is already gone: cheap and harmless)."""
         self.writes_count += 1
         self._pending[key] = None
+        self.pending_size_bytes += len(key)
         self.expires.pop(key, None)
 
     @property
@@ -148,6 +154,7 @@ class KeyValues:
             return True
         items = list(self._pending.items())
         self._pending.clear()
+        self.pending_size_bytes = 0
         # One write_batch is atomic; an MSET of more keys than one batch holds is split.
         for start in range(0, len(items), _BATCH_KEYS_MAX):
             self.store.write_batch(items[start:start + _BATCH_KEYS_MAX], commit=False)

@@ -218,6 +218,11 @@ COMMIT_GATHER_ITERATIONS_MAX = 8
 COMMIT_GATHER_MAX_S = 0.001
 # fsync everysec: the commit interval, redis-server's appendfsync everysec.
 EVERYSEC_COMMIT_INTERVAL_S = 1.0
+# With fsync everysec replies do not wait for commits, so while a KV checkpoint holds the KV
+# committer (maintenance.py rule 2) clients' writes would pile up in the overlay for as long as
+# it runs: past this many bytes pending there, a batch that wrote KV waits for the commit after
+# the checkpoint, as it would with fsync always.
+HELD_OVERLAY_SIZE_MAX_BYTES = 64 << 20
 
 # The expiry sweep (reads already treat expired keys as missing; the sweep gives the space back
 # and keeps DBSIZE's count cheap): how often it runs, and the keys it deletes per round, so one

@@ -15,6 +15,7 @@ another client made while the checkpoint ran survives the kill too.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -25,10 +26,12 @@ from typing import Any
 import pytest
 
 from fasterlog import FasterLog
+from fasterlog_server import commit
 from kvlayer import KVStore
 from tests.support.figures import record
 from tests.support.mode import scaled
 from tests.support.raw_client import RawClient
+from tests.support.redis_peer import command
 from tests.support.servers import RunningServer
 from tests.support.settings import SMALL_SETTINGS
 
@@ -275,3 +278,48 @@ def test_pipelined_checkpoint_answers_in_order_and_a_write_made_during_it_surviv
 def _encode(*words: str) -> bytes:
     return b"*%d\r\n" % len(words) + b"".join(
         b"$%d\r\n%s\r\n" % (len(word), word.encode()) for word in words)
+
+
+def test_with_fsync_everysec_writes_during_a_checkpoint_wait_past_the_overlay_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fsync everysec a write is answered before any commit, so while a checkpoint holds
+    the KV committer the overlay took every client's writes for as long as it ran (no bound).
+    Past HELD_OVERLAY_SIZE_MAX_BYTES a batch that wrote KV now waits for the commit after the
+    checkpoint. The checkpoint is stood in for by holding, as maintenance.py does."""
+    monkeypatch.setattr(commit, "HELD_OVERLAY_SIZE_MAX_BYTES", 8 << 10)
+    server = RunningServer(tmp_path / "data", fsync="everysec")
+    context = server.server.context
+    committer = context.coordinator.kv_committer
+
+    def hold() -> None:
+        committer.hold()
+        context.kv.held = True
+
+    def release() -> None:
+        context.kv.held = False
+        committer.release()
+
+    try:
+        client = redis.Redis(port=server.port, socket_timeout=0.5)
+        server.loop.call_soon_threadsafe(hold)
+        answered = 0
+        with pytest.raises(redis.TimeoutError):
+            for i in range(100):  # 100 x 1 KiB: the bound is 8 KiB
+                client.set(f"k{i}", b"v" * 1024)
+                answered += 1
+        assert 5 <= answered <= 9, answered  # answered at once until past the bound
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(command("SET", "late", "1"))
+            raw.settimeout(0.3)
+            with pytest.raises(TimeoutError):  # still past the bound: no reply while held
+                raw.recv(64)
+            server.loop.call_soon_threadsafe(release)
+            raw.settimeout(10)
+            assert raw.recv(64) == b"+OK\r\n"  # answered once the commit after it ran
+        reader = redis.Redis(port=server.port)
+        assert reader.mget([f"k{i}" for i in range(answered)]) == [b"v" * 1024] * answered
+        assert reader.get("late") == b"1"
+        reader.close()
+        client.close()
+    finally:
+        server.stop()
