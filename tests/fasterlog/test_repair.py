@@ -285,6 +285,30 @@ def test_a_missing_middle_segment_is_reported_and_nothing_written(log_dir: Path)
     assert directory_state(log_dir) == state
 
 
+def test_damage_before_later_commits_is_reported_not_cut(log_dir: Path) -> None:
+    write_log(log_dir, 300)
+    with FasterLog.open(log_dir, readonly=True) as log:
+        address = [address for address, _ in log.scan()][150]
+    meta_path(log_dir).unlink()
+    flip_bit(log_dir / "segment-00000000.fl", address + 20)  # a payload byte of entry 150
+    state = directory_state(log_dir)
+    with pytest.raises(errors.CorruptionError, match="is intact beyond it") as raised:
+        repair(log_dir)
+    assert raised.value.address == address
+    assert directory_state(log_dir) == state
+
+
+def test_a_given_salt_is_checked_against_the_frames(log_dir: Path) -> None:
+    committed = write_log(log_dir, 60)
+    salt = metafile.read(log_dir, "test").salt
+    meta_path(log_dir).unlink()
+    with pytest.raises(RepairError, match=f"salt {salt ^ 1:#x} does not match the frame"):
+        repair(log_dir, salt=salt ^ 1)
+    result = repair(log_dir, salt=salt)
+    assert (result.salt_source, result.salt) == ("option", salt)
+    assert entries_of(log_dir) == committed
+
+
 # ---------------------------------------------------------------------- the command line
 
 
