@@ -41,6 +41,10 @@ CorruptionError). `repair(directory)` writes a new one from what the segments pr
 
 Left as they are: cursor files, KV checkpoints and every other file of the layers above
 (derived state); `fasterlog.shm` (the next writer republishes it).
+
+Cost: the segments are read once and every frame is checked in Python, about 15 us a frame
+(5.5 s for 300,000 entries of 100 bytes on the development machine): minutes for a GiB of
+small entries. Repair is rare and offline, so the scan stays here rather than in the C core.
 """
 
 from __future__ import annotations
