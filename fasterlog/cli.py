@@ -7,6 +7,8 @@
     fasterlog tail DIR [--from A] [--follow] [--format text|json]
     fasterlog cursors DIR [--json]       named cursors: positions, lag in entries and bytes
     fasterlog backup SRC DEST [--json]   a consistent copy of the committed prefix, online
+    fasterlog repair DIR [--page-size N] [--segment-size N] [--salt N] [--force] [--json]
+                                         rebuild a lost or damaged fasterlog.meta
 
 Each is a `Command` (fasterlog/cli_support.py) named in pyproject.toml's "fasterlog.commands"
 entry-point group; the dispatcher above every layer (fasterlog_cli) builds the parser from
@@ -15,7 +17,8 @@ module imports nothing above the log.
 
 Rules:
 1. info, dump, verify, tail and cursors open the log with readonly=True: they never write,
-   take no writer lock, and so work while a writer runs. They see the log as of its newest
+   take no writer lock, and so work while a writer runs (repair, which writes a meta file,
+   takes the writer lock and refuses while a writer runs). They see the log as of its newest
    commit on disk when they open it (tail --follow then follows the writer's later commits).
 2. Every expected failure (a FasterLogError, an OSError, a missing directory, a bad argument)
    ends the run with one line on stderr, "fasterlog: error: ...", and a non-zero exit status:
@@ -63,9 +66,10 @@ from .cli_support import (
     size_text,
 )
 from .log import FasterLog
+from .repair import repair
 
 __all__ = ["BACKUP_COMMAND", "CURSORS_COMMAND", "DEMO_COMMAND", "DUMP_COMMAND", "INFO_COMMAND",
-           "TAIL_COMMAND", "VERIFY_COMMAND", "demo_writer", "run_demo"]
+           "REPAIR_COMMAND", "TAIL_COMMAND", "VERIFY_COMMAND", "demo_writer", "run_demo"]
 
 KIND_NAMES = {KIND_DATA: "data", KIND_MARKER: "marker", KIND_COMMIT: "commit",
               KIND_PADDING: "padding"}
@@ -697,6 +701,37 @@ def command_backup(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- repair
+
+
+def command_repair(arguments: argparse.Namespace) -> int:
+    if not os.path.isdir(arguments.directory):
+        raise CliError(f"{arguments.directory}: no such directory")
+    result = repair(arguments.directory, page_size_bytes=arguments.page_size,
+                    segment_size_bytes=arguments.segment_size, salt=arguments.salt,
+                    force=arguments.force)
+    info = {"directory": result.directory,
+            "committed_until_address": result.committed_until_address,
+            "begin_address": result.begin_address, "commit_number": result.commit_number,
+            "epoch": result.epoch, "page_size_bytes": result.page_size_bytes,
+            "segment_size_bytes": result.segment_size_bytes, "salt": result.salt,
+            "salt_source": result.salt_source, "segments_count": result.segments_count,
+            "ignored_bytes": result.ignored_bytes, "kept_meta_path": result.kept_meta_path}
+    if arguments.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"repaired {result.directory}: committed until {result.committed_until_address} "
+          f"(begin {result.begin_address}, commit {result.commit_number}); page size "
+          f"{size_text(result.page_size_bytes)}, segment size "
+          f"{size_text(result.segment_size_bytes)}, salt {result.salt:#x} "
+          f"(from {result.salt_source}), {result.segments_count} segment file(s)")
+    if result.ignored_bytes:
+        print(f"ignored {result.ignored_bytes} bytes of uncommitted frames past the last commit")
+    if result.kept_meta_path:
+        print(f"the old meta file is kept as {result.kept_meta_path}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- registration
 # The dispatcher (fasterlog_cli) finds these through pyproject.toml's "fasterlog.commands"
 # entry points; `order` keeps `fasterlog --help` in this order, before serve (70) and kv (80).
@@ -710,6 +745,38 @@ def _add_directory_and_json_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_backup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="the log directory (its writer may run)")
     parser.add_argument("target", metavar="DEST", help="a new (or empty) directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _integer_argument(text: str) -> int:
+    """A size or salt argument (argparse `type=`): decimal or 0x-prefixed, not negative."""
+    value = int(text, 0)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_integer_argument.__name__ = "integer"  # argparse: "invalid integer value: 'x'"
+
+
+def _add_repair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Rebuild a missing or damaged fasterlog.meta from the segment files: the log then "
+        "opens with exactly the committed prefix its newest valid commit record names. "
+        "Refuses (exit 1, nothing changed) when there are no segment files, when the meta "
+        "file is valid (unless --force), when a writer has the log open, and when the "
+        "segments show committed data lost. The old meta file is kept as "
+        "fasterlog.meta.before-repair; cursor files and KV checkpoints are left as they are.")
+    parser.add_argument("directory", metavar="DIR")
+    parser.add_argument("--page-size", type=_integer_argument, metavar="N",
+                        help="page_size_bytes, when the frames do not tell it")
+    parser.add_argument("--segment-size", type=_integer_argument, metavar="N",
+                        help="segment_size_bytes (default: the size of the segment files)")
+    parser.add_argument("--salt", type=_integer_argument, metavar="N",
+                        help="the log's salt (default: from the old meta block or a cursor "
+                        "file, else derived from the frames' checksums)")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even when the meta file is valid")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -764,3 +831,6 @@ CURSORS_COMMAND = Command(name="cursors", help="named cursors: positions and lag
 BACKUP_COMMAND = Command(name="backup", order=62,
                          help="copy the committed prefix of a log, while its writer runs",
                          add_arguments=_add_backup_arguments, run=command_backup)
+REPAIR_COMMAND = Command(name="repair", order=64,
+                         help="rebuild a lost or damaged meta file from the segments",
+                         add_arguments=_add_repair_arguments, run=command_repair)

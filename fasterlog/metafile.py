@@ -37,7 +37,7 @@ from ._format import (
 )
 from .durable import fsync_directory
 
-__all__ = ["META_FILE_NAME", "Meta", "decode", "encode", "read", "write"]
+__all__ = ["META_FILE_NAME", "Meta", "decode", "decode_fields", "encode", "read", "write"]
 
 META_FILE_NAME = "fasterlog.meta"
 _U64 = struct.Struct("<Q")
@@ -92,6 +92,13 @@ def decode(block: bytes, where: str) -> Meta:
         raise errors.FormatError(f"{where}: not a fasterlog {FORMAT_VERSION} meta file")
     if _U32.unpack_from(block, META_CRC_OFFSET)[0] != _crc32c(block[META_CHECKSUMMED_FROM:]):
         raise errors.CorruptionError(f"{where}: fasterlog.meta fails its checksum", 0)
+    return decode_fields(block)
+
+
+def decode_fields(block: bytes) -> Meta:
+    """The fields of a 4096-byte block, unchecked: the hints repair takes from a damaged meta
+    file, each of them checked against the segments before it is used."""
+    assert len(block) == META_SIZE_BYTES
     fields = {name: _U64.unpack_from(block, offset)[0] for name, offset in _U64_FIELDS}
     fields.update({name: _U32.unpack_from(block, offset)[0] for name, offset in _U32_FIELDS})
     return Meta(**fields)

@@ -1,7 +1,7 @@
 """The `fasterlog` dispatcher: subcommands found through entry points, one line per failure.
 
 Goal: the command line looks the same however its commands are registered. `fasterlog --help`
-lists every subcommand in its order (info, dump, verify, demo, tail, cursors, backup,
+lists every subcommand in its order (info, dump, verify, demo, tail, cursors, backup, repair,
 serve, kv), whichever way it is started (`python -m fasterlog`, `python -m fasterlog_cli`, the
 `fasterlog` script); a command loads only its own package (info never loads kvlayer or the
 server); a command that fails to load gives one error line when asked for and never stops the
@@ -25,7 +25,8 @@ import pytest
 from fasterlog import FasterLog
 
 cli_timeout_s = 60
-COMMANDS_IN_ORDER = ["info", "dump", "verify", "demo", "tail", "cursors", "backup", "serve", "kv"]
+COMMANDS_IN_ORDER = ["info", "dump", "verify", "demo", "tail", "cursors", "backup", "repair",
+                     "serve", "kv"]
 
 
 def run(*arguments: str | Path, plugins: Path | None = None, module: str = "fasterlog",
