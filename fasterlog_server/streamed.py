@@ -32,9 +32,28 @@ from . import resp
 from .errors import LocalProtocolError
 from .settings import STREAM_ELEMENT_COST_BYTES
 
-__all__ = ["Streamed"]
+__all__ = ["ReplyTooLarge", "Streamed", "size_estimate"]
 
 _MISSING = object()  # next()'s default: an iterator that ran out
+
+
+class ReplyTooLarge(Exception):
+    """A reply built whole passed the budget it was given (`Streamed.whole`)."""
+
+
+def size_estimate(reply: Any, depth: int = 0) -> int:
+    """About the bytes a reply takes encoded (at least its payload): bytes by length, arrays by
+    their elements, anything else a few bytes; deep nesting is counted flat past 8 levels."""
+    if isinstance(reply, (bytes, bytearray, memoryview)):
+        return len(reply) + 16
+    if isinstance(reply, (list, tuple)):
+        if depth >= 8:
+            return 16 * len(reply)
+        return 16 + sum(size_estimate(element, depth + 1) for element in reply)
+    if isinstance(reply, dict):
+        return 16 + sum(size_estimate(key, depth + 1) + size_estimate(value, depth + 1)
+                        for key, value in reply.items())
+    return 16
 
 
 class Streamed:
@@ -98,12 +117,22 @@ class Streamed:
             size += len(chunk) + STREAM_ELEMENT_COST_BYTES
         return b"".join(chunks) if chunks else None
 
-    def whole(self) -> Any:
+    def whole(self, budget: list[int] | None = None) -> Any:
         """Every element, as a list (a Map for a map; a streamed reply inside another reply).
-        Only before anything was taken."""
+        Only before anything was taken. With `budget` (one int, the bytes left, shared with
+        nested replies and the caller), each element's size (`size_estimate`) is taken from it
+        as it is read, and ReplyTooLarge is raised, before the next element is read, once it
+        is spent: EXEC's reply is bounded while it is built."""
         assert not self._open and self.left_count == self.count, "whole after take"
-        elements = [element.whole() if element.__class__ is Streamed else element
-                    for element in self._elements]
+        elements = []
+        for element in self._elements:
+            if element.__class__ is Streamed:
+                element = element.whole(budget)
+            elif budget is not None:
+                budget[0] -= size_estimate(element)
+            if budget is not None and budget[0] < 0:
+                raise ReplyTooLarge
+            elements.append(element)
         if len(elements) != self.left_count:
             raise LocalProtocolError(f"Streamed failed: {len(elements)} elements, "
                                      f"{self.left_count} expected")

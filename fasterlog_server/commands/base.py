@@ -4,18 +4,31 @@ uses it too)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import resp
 from ..context import Handler, Reply, ServerContext
 from ..errors import CommandError
 from ..session import Client
 from ..streams import StreamError
 
-__all__ = ["INT64_MAX", "INT64_MIN", "OK", "QUIT", "REDIS_VERSION", "WRONGTYPE", "arity",
-           "call", "delete_stream", "integer", "not_a_string", "parse_integer"]
+__all__ = ["INT64_MAX", "INT64_MIN", "OK", "QUIT", "REDIS_VERSION", "WRONGTYPE", "CloseAfter",
+           "arity", "call", "delete_stream", "integer", "not_a_string", "parse_integer"]
 
 REDIS_VERSION = b"7.4.0"  # what HELLO and INFO report: the Redis whose commands we follow
 OK = resp.SimpleString(b"OK")
 QUIT = object()  # a handler's reply that closes the connection after +OK
+
+
+class CloseAfter:
+    """A handler's reply that closes the connection after `reply` is sent."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+
+
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 parse_integer = resp.parse_integer
@@ -58,4 +71,6 @@ def call(context: ServerContext, client: Client, handler: Handler,
         return resp.ErrorReply(" ".join(str(error).split()).encode()), False
     if reply is QUIT:
         return OK, True
+    if reply.__class__ is CloseAfter:
+        return reply.reply, True
     return reply, False

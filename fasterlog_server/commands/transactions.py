@@ -22,8 +22,8 @@ from ..context import Blocked, ServerContext
 from ..errors import CommandError
 from ..session import Client
 from ..settings import MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES
-from ..streamed import Streamed
-from .base import OK, call
+from ..streamed import ReplyTooLarge, Streamed, size_estimate
+from .base import OK, CloseAfter, call
 
 _QUEUED = resp.SimpleString(b"QUEUED")
 
@@ -77,15 +77,36 @@ def exec_(context: ServerContext, client: Client, arguments: list[bytes]) -> Any
         raise CommandError("EXECABORT Transaction discarded because of previous errors.")
     if dirty:
         return resp.NULL_ARRAY
-    replies = []
+    # The reply is built whole, so it is bounded as it is built: past the client's output
+    # limit the rest of the queue still runs (the transaction is atomic) but no more of the
+    # reply is kept, and the client gets an error and is disconnected, as Redis disconnects a
+    # client past its client-output-buffer-limit (it builds the reply first; this never does).
+    budget = [context.settings.output_buffer_size_max_bytes]
+    replies: list[Any] | None = []
     for queued_arguments in queued:
         handler = context.commands[queued_arguments[0].upper()].handler
         reply, _ = call(context, client, handler, queued_arguments)
+        if replies is None:
+            continue  # over the limit: the commands run, their replies are dropped
         if isinstance(reply, Blocked):  # inside MULTI a blocking read does not block
             reply = reply.timeout_reply
         elif isinstance(reply, Streamed):  # inside EXEC's reply it is built whole
-            reply = reply.whole()
+            try:
+                reply = reply.whole(budget)
+            except ReplyTooLarge:
+                replies = None
+                continue
+        else:
+            budget[0] -= size_estimate(reply)
+        if budget[0] < 0:
+            replies = None
+            continue
         replies.append(reply)
+    if replies is None:
+        return CloseAfter(resp.ErrorReply(
+            b"ERR EXEC reply over the client's output buffer limit (%d bytes): the "
+            b"transaction ran, the connection is closed"
+            % context.settings.output_buffer_size_max_bytes))
     return replies
 
 

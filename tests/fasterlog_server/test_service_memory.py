@@ -15,6 +15,7 @@ import asyncio
 import gc
 import socket
 import struct
+import tracemalloc
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from fasterlog import FasterLog
 from fasterlog_server import Server, ServerSettings, resp
 from tests.support.servers import RunningServer
 from tests.support.settings import SMALL_SETTINGS
+
+redis = pytest.importorskip("redis")
 
 try:
     import uvloop
@@ -247,3 +250,41 @@ def test_past_client_buffers_size_max_bytes_the_biggest_holder_is_disconnected(
         for client in clients:
             client.close()
         server.stop()
+
+
+def test_exec_reply_is_bounded_while_it_is_built_and_the_transaction_still_runs(
+        tmp_path: Path) -> None:
+    """Inside EXEC a streamed reply (MGET, XRANGE...) is built whole, and 200 queued MGETs of
+    2 MiB each built 400 MiB before the output limit was looked at. Now EXEC counts its reply
+    as it builds it: past output_buffer_size_max_bytes the rest of the queue still runs (a SET
+    queued last is applied) but no more of the reply is kept, and the client gets an error
+    and is disconnected."""
+    server = RunningServer(tmp_path / "data", output_buffer_size_max_bytes=1 << 20)
+    try:
+        client = redis.Redis(port=server.port)
+        client.mset({f"k{index}": b"x" * (32 << 10) for index in range(64)})  # 2 MiB
+        mget = resp_command(b"MGET", *(b"k%d" % index for index in range(64)))
+        request = (resp_command(b"MULTI") + mget * 200 + resp_command(b"SET", b"last", b"1")
+                   + resp_command(b"EXEC"))
+        tracemalloc.start()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                sock.sendall(request)
+                received = b""
+                while chunk := sock.recv(1 << 20):
+                    received += chunk
+            peak_bytes = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert received.endswith(b"-ERR EXEC reply over the client's output buffer limit "
+                                 b"(1048576 bytes): the transaction ran, the connection is "
+                                 b"closed\r\n"), received[-200:]
+        assert peak_bytes < 48 << 20, f"peak {peak_bytes >> 20} MiB while EXEC ran"
+        assert client.get("last") == b"1"  # the queue ran to its end
+        assert client.ping() is True
+    finally:
+        server.stop()
+
+
+def resp_command(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
