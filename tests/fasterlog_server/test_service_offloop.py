@@ -360,7 +360,7 @@ def test_log_truncate_restates_100k_streams_and_a_50k_pel_off_the_loop_exactly(
     # Before the fix the restatement ran in one loop step (PING waited for all of it), and
     # the one xgclaim of a 50k PEL passed entry_size_max: LOG.TRUNCATE failed.
     streams_count = scaled(100_000, 100_000)
-    pending_count = scaled(50_000, 50_000)
+    pending_count = scaled(50_000, 50_000, "FASTERLOG_TEST_RESTATE_PENDING")
     directory = tmp_path / "data"
     server = RunningServer(directory)
     try:
