@@ -22,6 +22,14 @@ Records (ids are [ms, seq]; entries_read -1 means "not known", Redis's invalid c
      [id, ...]]
         XCLAIM, XAUTOCLAIM: each listed id becomes pending for the consumer with that delivery
         time and count; the ids of the last list had their entries deleted and leave the PEL
+    [b"xgrestate", stream, group, ms, seq, entries_read]
+    [b"xgrestateconsumer", stream, group, consumer, seen_time_ms, active_time_ms]
+    [b"xgrestatepending", stream, group, consumer, [[ms, seq, delivery_time_ms, count], ...]]
+        LOG.TRUNCATE's restatement of a group, a consumer, some pending entries (several
+        records per consumer when its PEL is large, each adds): each asserts what is true at
+        its place in the log. Unlike xgcreate they replace nothing, so a restatement cut by a
+        crash, replayed over the full history, changes nothing; after a truncation the group
+        absent below is made by its xgrestate (maintenance.py rule 7).
 A record naming a stream or group that no longer exists is ignored (a DEL came first).
 
 Invariants: each id in `Group.pending` is in exactly one consumer's `pending` set, that of
@@ -34,14 +42,16 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .streams import Stream, StreamError, StreamId, StreamStore
+from .streams import SEQ_MAX, Stream, StreamError, StreamId, StreamStore
 
 INVALID_ENTRIES_READ = -1
 RECORD_KINDS = (b"xgcreate", b"xgsetid", b"xgdestroy", b"xgconsumer", b"xgdelconsumer",
-                b"xgdeliver", b"xgredeliver", b"xgack", b"xgclaim")
+                b"xgdeliver", b"xgredeliver", b"xgack", b"xgclaim", b"xgrestate",
+                b"xgrestateconsumer", b"xgrestatepending")
 
 
 def now_ms() -> int:
@@ -93,6 +103,23 @@ class Group:
         low = bisect.bisect_left(self.pending_ids, start)
         high = bisect.bisect_right(self.pending_ids, end)
         return self.pending_ids[low:high]
+
+
+class _Steps:
+    """What the current step of a restatement has spent, against its bound."""
+
+    def __init__(self, items_max: int) -> None:
+        assert items_max > 0, "a step must restate something"
+        self.items_max = items_max
+        self.left = items_max
+
+    def spend(self, items_count: int) -> bool:
+        """True when the step is over (the next one starts full)."""
+        self.left -= items_count
+        if self.left > 0:
+            return False
+        self.left = self.items_max
+        return True
 
 
 def _ids(items: list[Any]) -> list[StreamId]:
@@ -222,22 +249,77 @@ class GroupStore:
                                 [[i[0], i[1], t, n] for i, t, n in claimed],
                                 [list(i) for i in deleted]])
 
-    def restate(self) -> None:
-        """Restates every stream and group at the tail (xmeta, then per group xgcreate,
-        xgconsumer and xgclaim records), so the log below can be truncated. A group's
-        xgcreate replaces it whole on replay, and the records after rebuild it."""
-        self.streams.restate()
-        write = self.streams.write
-        for key, stream in list(self.streams.streams.items()):
-            for name, group in list(stream.groups.items()):
-                write([b"xgcreate", key, name, *group.last_id, group.entries_read])
-                for consumer in group.consumers.values():
-                    write([b"xgconsumer", key, name, consumer.name, consumer.seen_time_ms])
-                    pending = sorted(consumer.pending)
-                    if pending:
-                        write([b"xgclaim", key, name, consumer.name, consumer.seen_time_ms,
-                               [[i[0], i[1], group.pending[i].delivery_time_ms,
-                                 group.pending[i].delivery_count] for i in pending], []])
+    def restate_steps(self, step_items_max: int) -> Iterator[None]:
+        """Restates every stream and group at the tail (maintenance.py rule 7), yielding after
+        `step_items_max` streams, groups, consumers or pending entries: per stream an xmeta
+        record, per group an xgrestate, one xgrestateconsumer per consumer, then its pending
+        entries in xgrestatepending records that each fit entry_size_max. Between two steps
+        anything may change: after each step the stream and group are looked up again, and
+        one deleted or replaced meanwhile is left (its successor's records all follow)."""
+        steps = _Steps(step_items_max)
+        position: int | None = 0
+        while position is not None:
+            # Streams by SCAN's order, a page at a time (O(log streams + page)).
+            position, page = self.streams.names.page(position, step_items_max)
+            for key in page:
+                stream = self.streams.streams.get(key)
+                if stream is None:
+                    continue
+                self.streams.restate(key, stream)
+                if steps.spend(1):
+                    yield
+                for name in list(stream.groups):  # a copy: groups come and go meanwhile
+                    group = stream.groups.get(name)
+                    if group is None or self.streams.streams.get(key) is not stream:
+                        continue
+                    for _ in self._restate_group(key, group, steps):
+                        yield
+                        if self.streams.streams.get(key) is not stream or \
+                                stream.groups.get(name) is not group:
+                            break  # deleted or replaced meanwhile: see above
+
+    def _restate_group(self, key: bytes, group: Group, steps: _Steps) -> Iterator[None]:
+        """One group's restatement records; yields where a step ends."""
+        write = self.streams.write_restated
+        name = group.name
+        write([b"xgrestate", key, name, *group.last_id, group.entries_read])
+        if steps.spend(1):
+            yield
+        for consumer_name in list(group.consumers):  # a copy: consumers come and go meanwhile
+            consumer = group.consumers.get(consumer_name)
+            if consumer is not None:
+                write([b"xgrestateconsumer", key, name, consumer_name,
+                       consumer.seen_time_ms, consumer.active_time_ms])
+                if steps.spend(1):
+                    yield
+        # Pending entries in id order from a cursor (ids come and go between steps).
+        items_per_record_max = self._pending_items_per_record_max(key, group)
+        cursor: StreamId = (0, 0)
+        while True:
+            low = bisect.bisect_left(group.pending_ids, cursor)
+            chunk = group.pending_ids[low:low + min(steps.left, items_per_record_max)]
+            if not chunk:
+                return
+            by_consumer: dict[bytes, list[list[int]]] = {}
+            for stream_id in chunk:
+                entry = group.pending[stream_id]
+                by_consumer.setdefault(entry.consumer, []).append(
+                    [stream_id[0], stream_id[1], entry.delivery_time_ms, entry.delivery_count])
+            for consumer_name, items in by_consumer.items():
+                write([b"xgrestatepending", key, name, consumer_name, items])
+            last_ms, last_seq = chunk[-1]
+            cursor = (last_ms, last_seq + 1) if last_seq < SEQ_MAX else (last_ms + 1, 0)
+            if steps.spend(len(chunk)):
+                yield
+
+    def _pending_items_per_record_max(self, key: bytes, group: Group) -> int:
+        """How many pending entries one xgrestatepending record holds within entry_size_max:
+        an entry is at most 4 uint64s of 9 bytes plus a list header (37 bytes); the names
+        (the longest consumer's) and headers are the rest."""
+        names_size_bytes = len(key) + len(group.name) + max(
+            (len(name) for name in group.consumers), default=0)
+        overhead_bytes = 64 + names_size_bytes + 16
+        return max(1, (self.streams.log.entry_size_max - overhead_bytes) // 40)
 
     # ------------------------------------------------------------------ replay
 
@@ -250,7 +332,16 @@ class GroupStore:
             stream.groups[name] = Group(name, (record[3], record[4]), record[5])
             return
         group = stream.groups.get(name)
+        if kind == b"xgrestate":
+            if group is None:  # restated after a truncation: made; else already as restated
+                stream.groups[name] = Group(name, (record[3], record[4]), record[5])
+            else:
+                group.last_id, group.entries_read = (record[3], record[4]), record[5]
+            return
         if group is None:
+            return
+        if kind in (b"xgrestateconsumer", b"xgrestatepending"):
+            self._apply_restated(kind, group, record)
             return
         if kind == b"xgsetid":
             group.last_id, group.entries_read = (record[3], record[4]), record[5]
@@ -268,6 +359,17 @@ class GroupStore:
                 group.remove_pending(stream_id)
         else:
             self._apply_delivery(kind, group, record)
+
+    def _apply_restated(self, kind: bytes, group: Group, record: list[Any]) -> None:
+        """A consumer's times, or some of its pending entries, as they were at the record's
+        place: set, never replacing anything else (rule 7 of maintenance.py)."""
+        name = record[3]
+        consumer = group.consumers.setdefault(name, Consumer(name, 0))
+        if kind == b"xgrestateconsumer":
+            consumer.seen_time_ms, consumer.active_time_ms = record[4], record[5]
+            return
+        for ms, seq, delivery_time_ms, count in record[4]:
+            group.set_pending((ms, seq), PendingEntry(name, delivery_time_ms, count))
 
     def _apply_delivery(self, kind: bytes, group: Group, record: list[Any]) -> None:
         name, time_ms = record[3], record[4]

@@ -32,6 +32,29 @@ Rules:
    committer). A fenced server refuses both at once, with the fence's own error text.
 6. `close` waits for the pending jobs (a clean stop checkpoints after it, server.py), then
    stops the worker.
+7. LOG.TRUNCATE's restatement runs on the loop in steps of at most `restate_step_items_max`
+   streams, groups, consumers or pending entries (settings.RESTATE_STEP_ITEMS_MAX), yielding
+   to the loop between steps and appending each step's records before the next. Why replay
+   after the cut still gives the state of the moment the command is answered:
+   a. The cut address is committed when the command arrives, and every record not yet
+      appended when the restatement starts (ours, and other clients' in between) lands at or
+      above the tail, so above the cut: every change made between two steps has its own
+      record after the cut; a stream or group made meanwhile has its creating record after
+      it, one deleted meanwhile its destroy record.
+   b. Each restatement record (xmeta, xgrestate, xgrestateconsumer, xgrestatepending) is
+      built from the in-memory state when it is made pending, so it states what is true at
+      its place in the log, and it replaces nothing (unlike xgcreate, which replaces a group
+      whole): replayed over the full history (a crash before the cut) it changes nothing.
+   c. After the cut, an object whose history starts above the cut replays whole. One made
+      below the cut is absent until its restatement record: the records about it before
+      that are ignored (a group absent) or overwritten by absolute values (xmeta's counters),
+      and the restatement carries their effect, since it was made after them; the records
+      after it apply to it as they did in memory. A pending entry restated in step 1 and
+      acknowledged before step 2 leaves with the xgack after its record; one acknowledged
+      before its own step is simply not restated.
+   d. A stream or group deleted or replaced (DEL, XGROUP DESTROY then CREATE) between steps
+      is not restated further: the new one's records all follow the start (a).
+   The commit that makes the restatement durable comes before `truncate_until`.
 """
 
 from __future__ import annotations
@@ -51,7 +74,7 @@ from .commit import CommitCoordinator
 from .fence import WriteFence
 from .groups import GroupStore
 from .keyvalues import KeyValues
-from .settings import ServerSettings
+from .settings import RESTATE_STEP_ITEMS_MAX, ServerSettings
 from .streams import StreamStore
 
 __all__ = ["Maintenance", "failed_reply", "fenced_reply"]
@@ -109,6 +132,7 @@ class Maintenance:
         # Every job's task, kept: the loop holds a task only weakly.
         self._tasks: set[asyncio.Task[Any]] = set()
         self.checkpoint_bytes = context.settings.kv_checkpoint_bytes
+        self.restate_step_items_max = RESTATE_STEP_ITEMS_MAX  # rule 7 (tests make it tiny)
         self._due_address: int | None = None  # rule 4: KV committed-until that triggers one
         self._closing = False
         # What ran (tests and LOG.INFO read them).
@@ -220,9 +244,17 @@ class Maintenance:
                 if context.fence.active:
                     return fenced_reply("LOG.TRUNCATE")
                 try:
-                    # On the loop, as every batch's records: they are the loop's state.
-                    context.groups.restate()
+                    # Rule 7: on the loop, as every batch's records (they are the loop's
+                    # state), in bounded steps, each step's records appended before the next.
+                    # Every record not yet appended lands at or above the tail.
+                    assert address <= log.tail_address, "restatement below the cut"
+                    for _ in context.groups.restate_steps(self.restate_step_items_max):
+                        context.streams.flush()
+                        await asyncio.sleep(0)  # the loop serves others between steps
+                        if context.fence.active:  # another append or commit failed
+                            return fenced_reply("LOG.TRUNCATE")
                     context.streams.flush()
+                    # The commit that makes the whole restatement durable, before the cut.
                     await loop.run_in_executor(self._executor, log.commit)
                 except FasterLogError as error:  # a failed append or commit: rule 5
                     context.coordinator.on_failure(error)

@@ -244,3 +244,8 @@ KV_DIRECTORY_NAME = "kv"
 # thread, so it is tried only once the file system has room for a new segment (the larger
 # segment size of the two logs: what one preallocation takes).
 FENCE_REOPEN_INTERVAL_S = 1.0
+
+# LOG.TRUNCATE's restatement (maintenance.py rule 7): at most this many streams, groups,
+# consumers or pending entries restated per event-loop step, and the records of one step
+# appended before the next (so no batch of 100k records is built): about a millisecond of work.
+RESTATE_STEP_ITEMS_MAX = 1000

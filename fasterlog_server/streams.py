@@ -8,7 +8,9 @@ Every change is one log entry, msgpack-encoded:
     [b"xcreate", stream]                              an empty stream (XGROUP CREATE MKSTREAM)
     [b"xmeta", stream, ms, seq, entries_added, del_ms, del_seq]
         the stream's last id, entries-added and max-deleted id restated (LOG.TRUNCATE writes
-        it before cutting the log, so the records below the cut are not needed)
+        it before cutting the log, so the records below the cut are not needed); it asserts
+        what is true at its place in the log, so replaying it over the full history (a crash
+        during the restatement) changes nothing
 Records of other kinds (consumer groups: see groups.py) go to the applier registered for their
 kind in `StreamStore.appliers`, in log order, so one replay rebuilds everything.
 The in-memory index keeps, per stream, the sorted ids and their log addresses, and the last id
@@ -424,11 +426,19 @@ class StreamStore:
             self._write([b"xcreate", name])
         return self.streams[name]
 
-    def restate(self) -> None:
-        """Writes each stream's counters as xmeta records (before a truncation)."""
-        for name, stream in self.streams.items():
-            self._write([b"xmeta", name, *stream.last_id, stream.entries_added,
-                         *stream.max_deleted_id])
+    def write_restated(self, record: list[Any]) -> None:
+        """Makes pending a record that restates state already in the index (LOG.TRUNCATE's
+        restatement, maintenance.py rule 7): not applied (it changes nothing in memory) and
+        not a change WATCH sees. Its maker sized it to fit entry_size_max."""
+        payload = _packb(record)
+        assert len(payload) <= self.log.entry_size_max, "a restatement record too large"
+        self._pending.append(payload)
+        self.writes_count += 1
+
+    def restate(self, name: bytes, stream: Stream) -> None:
+        """Restates one stream's counters as an xmeta record (before a truncation)."""
+        self.write_restated([b"xmeta", name, *stream.last_id, stream.entries_added,
+                             *stream.max_deleted_id])
 
     def forget_below(self, begin_address: int) -> None:
         """Drops the entries the log no longer holds (after a truncation)."""
