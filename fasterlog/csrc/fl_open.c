@@ -370,6 +370,9 @@ static int open_as_writer(fl_log *log, fl_meta *meta, fl_error_info *error) {
     meta->commit_number = log->commit_number;
     rc = fl_meta_write(log->directory_fd, meta);
     if (rc < 0) return rc;
+    /* A crash between a truncation's meta write and its unlinks left segment files below the
+     * begin address; the meta file names that begin, so they go now rather than never. */
+    fl_segments_delete_below(log, log->begin_address);
     log->meta_recovery_start = meta->recovery_start_address;
     log->meta_committed_until = meta->committed_until_address;
     pthread_mutex_lock(&log->mutex);
