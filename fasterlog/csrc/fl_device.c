@@ -405,6 +405,23 @@ void fl_device_unlink(fl_device *device) {
     pthread_mutex_unlock(&open_devices_mutex);
 }
 
+/* Waits for every operation submitted to the kernel, whatever its result; the ones only
+ * queued are dropped (the kernel never saw them). Returns 0, or the code that stopped the
+ * wait (then operations may still run). Rule 1: driver_mutex held. */
+int fl_device_drain(fl_device *device) {
+    device->ready_count = 0;
+    if (device->backend != FL_IO_URING) return 0; /* plain: every operation ran at once */
+    while (device->inflight_count > 0) {
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&device->ring, &cqe);
+        if (rc == -EINTR) continue;
+        if (rc < 0) return rc;
+        io_uring_cqe_seen(&device->ring, cqe);
+        device->inflight_count--;
+    }
+    return 0;
+}
+
 void fl_device_destroy(fl_device *device) {
     /* Rule 2: a device still on the list could be restacked by a trace while it goes. */
     assert(!device->linked);

@@ -168,6 +168,7 @@ int fl_device_open(fl_device *device, int32_t backend_wanted, int32_t *refused_o
                    pthread_mutex_t *driver_mutex);
 /* Takes the device off the list; call it without holding driver_mutex, before destroy. */
 void fl_device_unlink(fl_device *device);
+int fl_device_drain(fl_device *device);
 void fl_device_destroy(fl_device *device);
 /* Arms (fault->ops != 0) or clears the fault layer; driver_mutex held. */
 void fl_device_fault_set(fl_device *device, const fl_fault *fault);

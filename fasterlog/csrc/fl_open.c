@@ -227,6 +227,7 @@ static void calls_drain(fl_log *log) {
 /* Releases every resource; with `clean`, after a final commit and a clean meta file. */
 static int log_shutdown_locked(fl_log *log, int clean) {
     int rc = 0;
+    int ring_busy = 0;
     pthread_mutex_lock(&log->mutex);
     int was_closed = log->closed;
     pthread_mutex_unlock(&log->mutex);
@@ -251,6 +252,10 @@ static int log_shutdown_locked(fl_log *log, int clean) {
             while (log->inflight_count > 0 &&
                    fl_drive_reap_io_locked(log, log->inflight_count) == 0) {}
         }
+        /* Whatever the kernel still runs reads the page ring: it must finish before the ring
+         * is freed, or it writes freed (and reused) heap into a segment. A crash keeps what
+         * the device took; a close that stopped reaping at an error has the rest in flight. */
+        ring_busy = fl_device_drain(&log->device) < 0;
         fl_device_destroy(&log->device);
     }
     pthread_mutex_unlock(&log->io_mutex);
@@ -259,7 +264,7 @@ static int log_shutdown_locked(fl_log *log, int clean) {
     pthread_mutex_lock(&log->mutex);
     uint8_t *memory = log->memory;
     __atomic_store_n(&log->memory, NULL, __ATOMIC_RELAXED); /* fl_prefetch reads it unlocked */
-    free(memory);
+    if (!ring_busy) free(memory); /* else leaked: a write may still read it */
     pthread_mutex_unlock(&log->mutex);
     fl_shared_close(log);
     if (log->event_fd >= 0) close(log->event_fd);
@@ -370,6 +375,9 @@ static int open_as_writer(fl_log *log, fl_meta *meta, fl_error_info *error) {
     meta->commit_number = log->commit_number;
     rc = fl_meta_write(log->directory_fd, meta);
     if (rc < 0) return rc;
+    /* A crash between a truncation's meta write and its unlinks left segment files below the
+     * begin address; the meta file names that begin, so they go now rather than never. */
+    fl_segments_delete_below(log, log->begin_address);
     log->meta_recovery_start = meta->recovery_start_address;
     log->meta_committed_until = meta->committed_until_address;
     pthread_mutex_lock(&log->mutex);

@@ -5,6 +5,7 @@
  * table (fl_log.segments, under segments_lock) holds segment segments_base + i at index i. */
 #include "fl_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -172,6 +173,38 @@ int64_t fl_segment_pread(fl_log *log, uint64_t segment, void *buffer, uint64_t s
     }
 }
 
+/* The segment number of a file named exactly as fl_segment_name names it, or -1. */
+static int64_t segment_of_name(const char *name) {
+    if (strncmp(name, "segment-", 8) != 0 || name[8] < '0' || name[8] > '9') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long segment = strtoull(name + 8, &end, 10);
+    if (errno != 0 || strcmp(end, ".fl") != 0 || segment > INT64_MAX) return -1;
+    char canonical[64];
+    fl_segment_name(segment, canonical, sizeof canonical);
+    return strcmp(canonical, name) == 0 ? (int64_t)segment : -1;
+}
+
+/* Unlinks every segment file numbered below `first_kept`. One pass over the directory, whose
+ * entries are the log's own files: its cost grows with the files there, not with addresses. */
+static void unlink_files_below(int directory_fd, uint64_t first_kept) {
+    int fd = dup(directory_fd);
+    DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+    if (dir == NULL) {
+        if (fd >= 0) close(fd);
+        return; /* the next truncation or open tries again */
+    }
+    /* A dup shares the directory's read position, which an earlier pass left at its end. */
+    rewinddir(dir);
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        int64_t segment = segment_of_name(entry->d_name);
+        if (segment >= 0 && (uint64_t)segment < first_kept)
+            (void)fl_io_unlinkat(directory_fd, entry->d_name);
+    }
+    closedir(dir);
+}
+
 /* Deletes whole segments below `begin_address`. The caller made the new begin durable. */
 void fl_segments_delete_below(fl_log *log, uint64_t begin_address) {
     uint64_t first_kept = begin_address / log->segment_size_bytes;
@@ -190,12 +223,12 @@ void fl_segments_delete_below(fl_log *log, uint64_t begin_address) {
     /* Reads that looked the begin address up before it moved find out here (fl_segment_pread)
      * rather than through a descriptor this loop closed. */
     if (log->segments_deleted_below < first_kept) log->segments_deleted_below = first_kept;
-    /* Older segments may exist on disk without a table entry (never opened since recovery). */
-    for (uint64_t s = first_kept; s-- > 0;) {
-        char name[64];
-        fl_segment_name(s, name, sizeof name);
-        if (fl_io_unlinkat(log->directory_fd, name) == -ENOENT) break;
-    }
+    /* Older segment files may exist with no table entry: the table starts at the begin
+     * segment at recovery, so files that an interrupted deletion (a crash between the meta
+     * write and the unlinks) left below it are never in the table. Look in the directory
+     * rather than walking down from first_kept: such files need not be contiguous with the
+     * table, and a walk that stops at the first missing name never reaches them. */
+    unlink_files_below(log->directory_fd, first_kept);
     pthread_rwlock_unlock(&log->segments_lock);
     fl_io_fsync(log->directory_fd);
 }
