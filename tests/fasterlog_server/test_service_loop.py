@@ -15,55 +15,21 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from fasterlog import FasterLog
 from fasterlog import testing as fault_testing
 from tests.support.figures import record
 from tests.support.mode import scaled
 from tests.support.redis_peer import REDIS_SERVER, redis_peer
-from tests.support.servers import RunningServer, raw_exchange
+from tests.support.servers import RunningServer, ServeProcess, raw_exchange
 
 redis = pytest.importorskip("redis")
 
-_START_TIMEOUT_S = 30
 _EXEC_TIMEOUT_S = 30
-
-
-class _ServeProcess:
-    """`python -m fasterlog serve` on `directory`, small segments, port read from stderr."""
-
-    def __init__(self, directory: Path) -> None:
-        if not directory.exists():
-            FasterLog.open(directory, page_size_bytes=65536, memory_size_bytes=1 << 20,
-                           segment_size_bytes=4 << 20).close()
-        self.stderr_path = directory.parent / f"serve-{time.monotonic_ns()}.err"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "fasterlog", "serve", "--dir", str(directory),
-                 "--port", "0"], stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            text = self.stderr_path.read_text(errors="replace")
-            found = re.search(r"serving .* on [0-9.]+:(\d+)", text)
-            if found:
-                self.port = int(found.group(1))
-                return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"server did not start: {text}")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # SIGKILL of our own child, by pid
-        self.process.wait(30)
 
 
 def _command(*words: bytes) -> bytes:
@@ -85,7 +51,7 @@ def test_exec_holding_checkpoint_or_truncate_keeps_all_or_none_after_kill_9(
     words += [_command(b"SET", b"after:%d" % i, b"v") for i in range(after_count)]
     words += [_command(b"XADD", b"s", b"*", b"half", b"after") for _ in range(10)]
     words.append(_command(b"EXEC"))
-    server = _ServeProcess(directory)
+    server = ServeProcess(directory)
     snapshots = directory / "kv" / "kv-checkpoints"
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=_EXEC_TIMEOUT_S) as raw:
@@ -107,7 +73,7 @@ def test_exec_holding_checkpoint_or_truncate_keeps_all_or_none_after_kill_9(
         os.kill(server.process.pid, 9)
     finally:
         server.kill()
-    server = _ServeProcess(directory)
+    server = ServeProcess(directory)
     try:
         client = redis.Redis(port=server.port, socket_timeout=30)
         pipe = client.pipeline(transaction=False)

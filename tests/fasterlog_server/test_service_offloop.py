@@ -14,10 +14,7 @@ another client made while the checkpoint ran survives the kill too.
 
 from __future__ import annotations
 
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,17 +29,13 @@ from tests.support.figures import record
 from tests.support.mode import scaled
 from tests.support.raw_client import RawClient
 from tests.support.redis_peer import command
-from tests.support.servers import RunningServer
+from tests.support.servers import SERVE_SETTINGS, RunningServer, ServeProcess
 from tests.support.settings import SMALL_SETTINGS
 
 redis = pytest.importorskip("redis")
 
-_START_TIMEOUT_S = 60
 _REPLY_TIMEOUT_S = 120
 _PINGS_COUNT_MIN = 20
-# The serve child's log sizes (the KV store is sized like the stream log).
-_SERVE_SETTINGS: dict[str, Any] = {"page_size_bytes": 65536, "memory_size_bytes": 1 << 20,
-                                   "segment_size_bytes": 4 << 20}
 
 
 def _fill_kv_store(directory: Path, keys_count: int, settings: dict[str, Any]) -> None:
@@ -153,36 +146,6 @@ def test_ping_p99_stays_under_100_ms_while_kv_checkpoint_and_log_truncate_run(
     assert truncate_p99_ms < 100, figure
 
 
-class _ServeProcess:
-    """`python -m fasterlog serve` on `directory` with `arguments`, port read from stderr."""
-
-    def __init__(self, directory: Path, *arguments: str) -> None:
-        if not directory.exists():
-            FasterLog.open(directory, **_SERVE_SETTINGS).close()
-        self.stderr_path = directory.parent / f"serve-{time.monotonic_ns()}.err"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "fasterlog", "serve", "--dir", str(directory),
-                 "--port", "0", *arguments], stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            text = self.stderr_path.read_text(errors="replace")
-            found = re.search(r"serving .* on [0-9.]+:(\d+) \((.*)\)", text)
-            if found:
-                self.port = int(found.group(1))
-                self.started_line = found.group(2)
-                return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"server did not start: {text}")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # SIGKILL of our own child, by pid
-        self.process.wait(30)
-
-
 def _log_info(client: Any) -> dict[bytes, Any]:
     items = client.execute_command("LOG.INFO")
     if isinstance(items, dict):
@@ -196,7 +159,7 @@ def test_kill_9_after_an_automatic_checkpoint_restarts_from_it_with_every_acknow
     # restart replayed the whole KV log.
     directory = tmp_path / "data"
     bound_bytes = 1 << 20
-    server = _ServeProcess(directory, "--kv-checkpoint-bytes", str(bound_bytes))
+    server = ServeProcess(directory, "--kv-checkpoint-bytes", str(bound_bytes))
     acknowledged = 0
     try:
         client = redis.Redis(port=server.port, socket_timeout=_REPLY_TIMEOUT_S)
@@ -218,7 +181,7 @@ def test_kill_9_after_an_automatic_checkpoint_restarts_from_it_with_every_acknow
         server.process.kill()
     finally:
         server.kill()
-    server = _ServeProcess(directory, "--kv-checkpoint-bytes", str(bound_bytes))
+    server = ServeProcess(directory, "--kv-checkpoint-bytes", str(bound_bytes))
     try:
         client = redis.Redis(port=server.port, socket_timeout=_REPLY_TIMEOUT_S)
         info = _log_info(client)
@@ -241,8 +204,8 @@ def test_pipelined_checkpoint_answers_in_order_and_a_write_made_during_it_surviv
         tmp_path: Path) -> None:
     directory = tmp_path / "data"
     keys_count = scaled(200_000, 1_000_000)
-    _fill_kv_store(directory, keys_count, _SERVE_SETTINGS)
-    server = _ServeProcess(directory, "--kv-checkpoint-bytes", "0")
+    _fill_kv_store(directory, keys_count, SERVE_SETTINGS)
+    server = ServeProcess(directory, "--kv-checkpoint-bytes", "0")
     try:
         pipeline, other = RawClient(server.port), RawClient(server.port)
         for raw in (pipeline, other):
@@ -262,7 +225,7 @@ def test_pipelined_checkpoint_answers_in_order_and_a_write_made_during_it_surviv
     assert during == b"value:9" and written == b"OK"
     assert replies[0] == b"OK" and isinstance(replies[1], int) and replies[1] > 0, replies
     assert replies[2:] == [b"1", b"OK", b"2", b"value:5"], replies
-    server = _ServeProcess(directory, "--kv-checkpoint-bytes", "0")
+    server = ServeProcess(directory, "--kv-checkpoint-bytes", "0")
     try:
         client = redis.Redis(port=server.port, socket_timeout=_REPLY_TIMEOUT_S)
         info = _log_info(client)
