@@ -86,7 +86,33 @@ def _request(committer: ThreadCommitter | LoopCommitter) -> asyncio.Future[None]
     return future
 
 
-class ThreadCommitter:
+class _Holds:
+    """Rule 6's hold count, shared by both committers; each says in `_released` what the last
+    release does (start the commit the waiters enlisted meanwhile are owed)."""
+
+    _holds_count: int
+
+    @property
+    def held(self) -> bool:
+        """Rule 6: commits wait for a `release`."""
+        return self._holds_count > 0
+
+    def hold(self) -> None:
+        """Rule 6: no commit starts until the matching `release` (one in flight goes on)."""
+        self._holds_count += 1
+
+    def release(self) -> None:
+        """Rule 6: ends a `hold`; the waiters enlisted meanwhile get the next commit."""
+        assert self._holds_count > 0, "release without hold"
+        self._holds_count -= 1
+        if not self._holds_count:
+            self._released()
+
+    def _released(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadCommitter(_Holds):
     """Group commit of one log in a worker thread (the sync releases the GIL): every waiter is
     answered by a commit that started after it arrived, and waiters that arrive while a
     commit runs share the next one."""
@@ -123,20 +149,8 @@ class ThreadCommitter:
         """A commit is in flight (its worker may still finish it)."""
         return self._running
 
-    @property
-    def held(self) -> bool:
-        """Rule 6: commits wait for a `release`."""
-        return self._holds_count > 0
-
-    def hold(self) -> None:
-        """Rule 6: no commit starts until the matching `release` (one in flight goes on)."""
-        self._holds_count += 1
-
-    def release(self) -> None:
-        """Rule 6: ends a `hold`; the waiters enlisted meanwhile get the next commit."""
-        assert self._holds_count > 0, "release without hold"
-        self._holds_count -= 1
-        if not self._holds_count and self._waiters and not self._running:
+    def _released(self) -> None:
+        if self._waiters and not self._running:
             self._running = True
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -195,7 +209,7 @@ class ThreadCommitter:
         """Nothing to do: its task answers every waiter it took."""
 
 
-class LoopCommitter:
+class LoopCommitter(_Holds):
     """Group commit for `fsync always`, on the event loop's own thread, as redis-server's
     `appendfsync always` does it: the waiters' records are appended with one call and synced
     with one write (pwritev2 with RWF_DSYNC, see the core's flush_and_sync_io_locked), then
@@ -254,20 +268,8 @@ class LoopCommitter:
         self._first_enlisted_s = loop.time()
         loop.call_soon(self._gather)
 
-    @property
-    def held(self) -> bool:
-        """Rule 6: commits wait for a `release`."""
-        return self._holds_count > 0
-
-    def hold(self) -> None:
-        """Rule 6: no commit starts until the matching `release`."""
-        self._holds_count += 1
-
-    def release(self) -> None:
-        """Rule 6: ends a `hold`; the waiters enlisted meanwhile get the next commit."""
-        assert self._holds_count > 0, "release without hold"
-        self._holds_count -= 1
-        if not self._holds_count and self._enlisted and not self._scheduled:
+    def _released(self) -> None:
+        if self._enlisted and not self._scheduled:
             self._schedule()
 
     async def idle(self) -> None:

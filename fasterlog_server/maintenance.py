@@ -178,12 +178,20 @@ class Maintenance:
         since = checkpoints[0].position if checkpoints else store.log.begin_address
         return int(since) + self.checkpoint_bytes
 
+    def _refusal(self, command: str) -> Any:
+        """A job's reply when it cannot start (rules 5 and 6), or None."""
+        if self._context.fence.active:
+            return fenced_reply(command)
+        if self._closing:
+            return resp.ErrorReply(b"ERR %s failed: the server is closing" % command.encode())
+        return None
+
     async def _checkpoint(self, automatic: bool) -> Any:
         async with self._turn:
             context = self._context
-            if context.fence.active or self._closing:
-                return fenced_reply("KV.CHECKPOINT") if context.fence.active else \
-                    resp.ErrorReply(b"ERR KV.CHECKPOINT failed: the server is closing")
+            refusal = self._refusal("KV.CHECKPOINT")
+            if refusal is not None:
+                return refusal
             committer = context.coordinator.kv_committer
             committer.hold()  # rule 2
             kv = context.kv
@@ -232,9 +240,9 @@ class Maintenance:
     async def _truncate(self, address: int) -> Any:
         async with self._turn:
             context = self._context
-            if context.fence.active or self._closing:
-                return fenced_reply("LOG.TRUNCATE") if context.fence.active else \
-                    resp.ErrorReply(b"ERR LOG.TRUNCATE failed: the server is closing")
+            refusal = self._refusal("LOG.TRUNCATE")
+            if refusal is not None:
+                return refusal
             committer = context.coordinator.stream_committer
             committer.hold()  # rule 2
             log = context.log

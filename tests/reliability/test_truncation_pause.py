@@ -57,15 +57,19 @@ def _check(counts: dict[str, Any]) -> None:
     assert len(counts["cases"]) == len(truncation_pause.calls) * len(truncation_pause.points)
 
 
+def _record(name: str, counts: dict[str, Any], build: str) -> None:
+    record(name, _figure(counts, build),
+           {"cases": len(counts["cases"]), "wrong_errors": 0, "truncated": counts["truncated"],
+            "right_bytes": counts["right_bytes"], "build": build},
+           f"python3 -m pytest -s tests/reliability/test_truncation_pause.py::{name}")
+
+
 def test_held_reads_racing_truncation_end_with_truncated_error_or_right_bytes(
         scratch: str) -> None:
     counts = truncation_pause.run_cases(scratch)
     _check(counts)
-    name = "test_held_reads_racing_truncation_end_with_truncated_error_or_right_bytes"
-    record(name, _figure(counts, "release build"),
-           {"cases": len(counts["cases"]), "wrong_errors": 0, "truncated": counts["truncated"],
-            "right_bytes": counts["right_bytes"], "build": "release build"},
-           f"python3 -m pytest -s tests/reliability/test_truncation_pause.py::{name}")
+    _record("test_held_reads_racing_truncation_end_with_truncated_error_or_right_bytes",
+            counts, "release build")
 
 
 def test_held_reads_racing_truncation_under_address_and_undefined_behaviour_sanitizers(
@@ -83,11 +87,8 @@ def test_held_reads_racing_truncation_under_address_and_undefined_behaviour_sani
     counts: dict[str, Any] = json.loads(lines[-1])
     _check(counts)
     assert completed.returncode == 0, completed.stderr[-4000:]
-    name = "test_held_reads_racing_truncation_under_address_and_undefined_behaviour_sanitizers"
-    record(name, _figure(counts, "ASan+UBSan build"),
-           {"cases": len(counts["cases"]), "wrong_errors": 0, "truncated": counts["truncated"],
-            "right_bytes": counts["right_bytes"], "build": "ASan+UBSan build"},
-           f"python3 -m pytest -s tests/reliability/test_truncation_pause.py::{name}")
+    _record("test_held_reads_racing_truncation_under_address_and_undefined_behaviour_sanitizers",
+            counts, "ASan+UBSan build")
 
 
 def test_a_read_pause_holds_the_disk_read_after_the_ones_it_lets_through_and_no_memory_read(
