@@ -327,6 +327,9 @@ struct fl_log {
     int32_t readonly;
     int32_t direct_io;
     int32_t io_uring_refused;
+    /* The backend the device opened with, kept for fl_get_state: device.backend belongs to
+     * io_mutex and is cleared by close, so reading it under `mutex` raced the close. */
+    int32_t io_backend;
     int event_fd;
 
     /* Zero-filling ahead of the tail (fl_zero.c), under `mutex`. */

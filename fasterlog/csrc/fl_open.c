@@ -410,6 +410,7 @@ static int open_steps(fl_log *log, int *created, fl_error_info *error) {
             return rc;
         }
     }
+    log->io_backend = log->device.backend ? log->device.backend : FL_IO_PLAIN;
     rc = fl_recover(log, &meta, error);
     if (rc < 0) return rc;
     log->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -529,7 +530,7 @@ void fl_get_state(fl_log *log, fl_state *state) {
     state->last_commit_address = log->last_commit_address;
     state->salt = log->salt;
     state->epoch = log->epoch;
-    state->io_backend = log->device.backend ? log->device.backend : FL_IO_PLAIN;
+    state->io_backend = log->io_backend;
     state->fenced_error = log->fenced_error;
     state->closed = log->closed || fl_closing(log);
     state->readonly = log->readonly;
