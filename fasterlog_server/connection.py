@@ -35,7 +35,8 @@ YIELDED: this step of the event loop ran `commands_per_step_max` commands and mo
     connections' callbacks.
 CLOSED: the transport is closed or closing: nothing more runs or is written. A commit may
     still end afterwards: its bookkeeping runs (blocked readers of the keys it wrote wake).
-Input PAUSED: we stopped reading because READ_SIZE_BYTES are buffered. Input ENDED: the client
+Input PAUSED: we stopped reading because READ_SIZE_BYTES are buffered (with output PAUSED, the
+    bound of rule 8). Input ENDED: the client
     half-closed; its commands are answered, then the connection closes. Output PAUSED: the
     transport's buffer is over its high-water mark; no command runs until it drains.
 
@@ -72,6 +73,13 @@ Rules:
    While YIELDED, input is only buffered and reading pauses past READ_SIZE_BYTES, so what a
    flooding client makes the server hold stays within the bounds of rule 1 and rule 6.
 
+8. While output is PAUSED, input is still read, up to the codec's query buffer bound less
+   one transport read (`_input_held_size_max_bytes`), not READ_SIZE_BYTES: a client that sends
+   a whole pipeline before it reads a reply (redis-py's pipelines, as redis-server allows)
+   would otherwise wait on its full socket while we wait for it to read, forever (100,000
+   XRANGEs, 50 MB of replies, hung). Commands still do not run (rule 1), so what the client
+   makes us hold is its input, bounded here and by rule 6, and the high-water mark of output.
+
 Sans-IO: the machine touches no socket. It writes to a `Sink` (what it needs of an
 asyncio.Transport) and is driven by its event methods (`attach`, `receive`, `input_ended`,
 `writing_paused`, `writing_resumed`, `lost`, and `commit_done` from the committers); the
@@ -100,6 +108,7 @@ from .settings import (
     READ_SIZE_BYTES,
     STREAM_CHUNK_SIZE_BYTES,
     STREAM_STEP_SIZE_MAX_BYTES,
+    TRANSPORT_READ_SIZE_MAX_BYTES,
 )
 from .streamed import Streamed
 from .streams import StreamError
@@ -277,6 +286,10 @@ class Connection:
         self._depth_max = min(settings.pipeline_depth_max, settings.commands_per_step_max)
         self._step_max = settings.commands_per_step_max
         self._output_size_max_bytes = settings.output_buffer_size_max_bytes
+        # Rule 8: the input read while replies wait for the client.
+        self._input_held_size_max_bytes = max(
+            READ_SIZE_BYTES,
+            settings.limits.query_buffer_size_max_bytes - TRANSPORT_READ_SIZE_MAX_BYTES)
         self.client = Client(connections.next_client_id(),
                              authenticated=not settings.requirepass)
         self.codec = resp.RespReader(settings.limits,
@@ -309,6 +322,11 @@ class Connection:
         """Replies written to the transport and not yet taken by the socket (what rule 3's
         hard limit bounds)."""
         return self._sink.get_write_buffer_size()
+
+    def _read_pause_size_bytes(self) -> int:
+        """Buffered input past which reading pauses: READ_SIZE_BYTES while the server goes on
+        by itself, and rule 8's bound while the replies wait for the client to read."""
+        return READ_SIZE_BYTES if self.output is OPEN else self._input_held_size_max_bytes
 
     def _transition(self, event: Event) -> None:
         """Every change of state, input or output goes through here."""
@@ -434,6 +452,12 @@ class Connection:
     def writing_paused(self) -> None:
         """Event: the transport's output buffer is over its high-water mark."""
         self._transition(WRITING_PAUSED)
+        # Rule 8: input paused at READ_SIZE_BYTES (a batch waited, a step yielded) is read
+        # again now that the client is the one to act.
+        if self.input is PAUSED and \
+                self.codec.buffered_size_bytes < self._input_held_size_max_bytes:
+            self._transition(READING_RESUMED)
+            self._sink.resume_reading()
 
     def writing_resumed(self) -> None:
         """Event: the transport's output buffer drained below its low-water mark."""
@@ -529,7 +553,7 @@ class Connection:
         self._input_held()
         if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
             return
-        if self.input is OPEN and self.codec.buffered_size_bytes >= READ_SIZE_BYTES:
+        if self.input is OPEN and self.codec.buffered_size_bytes >= self._read_pause_size_bytes():
             self._transition(READING_PAUSED)
             self._sink.pause_reading()
 
@@ -652,10 +676,11 @@ class Connection:
             if self.state is CLOSED:  # the biggest holder of buffers (rule 6)
                 return
         buffered_size_bytes = self.codec.buffered_size_bytes
-        if self.input is OPEN and buffered_size_bytes >= READ_SIZE_BYTES:
+        pause_size_bytes = self._read_pause_size_bytes()
+        if self.input is OPEN and buffered_size_bytes >= pause_size_bytes:
             self._transition(READING_PAUSED)
             self._sink.pause_reading()
-        elif self.input is PAUSED and buffered_size_bytes < READ_SIZE_BYTES:
+        elif self.input is PAUSED and buffered_size_bytes < pause_size_bytes:
             self._transition(READING_RESUMED)
             self._sink.resume_reading()
 

@@ -42,6 +42,7 @@ __all__ = [
     "STREAM_CHUNK_SIZE_BYTES",
     "STREAM_ELEMENT_COST_BYTES",
     "STREAM_STEP_SIZE_MAX_BYTES",
+    "TRANSPORT_READ_SIZE_MAX_BYTES",
     "ServerSettings",
     "is_loopback",
 ]
@@ -86,7 +87,9 @@ class ServerSettings:
         so one commit, per round.
     output_buffer_size_max_bytes: a slow reader's unsent replies past which it is disconnected
         (Redis's client-output-buffer-limit): below it the server only stops running the
-        client's commands until it reads (OUTPUT_HIGH_WATER_BYTES).
+        client's commands until it reads (OUTPUT_HIGH_WATER_BYTES), and goes on reading what
+        it sends (up to the codec's query buffer bound), so a pipeline sent whole before its
+        replies are read never waits on both sockets at once.
     maxclients: connections served at once, Redis's name and default. Each connection may hold
         up to the bounds above; past it a new connection gets Redis's reply (MAXCLIENTS_REPLY)
         and is closed at once, as redis-server does.
@@ -173,8 +176,13 @@ MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES = 48
 # Buffered input past which a connection whose batch is waiting (for its commit, or in a
 # blocking read) stops reading from its socket: the kernel's buffers and TCP flow control then
 # hold the rest. 64 KiB is one read of the event loop's; the codec's query buffer limit still
-# bounds what one client may make us hold.
+# bounds what one client may make us hold. Not while its replies wait for it to read them
+# (Connection rule 8): then reading goes on up to that limit less TRANSPORT_READ_SIZE_MAX_BYTES.
 READ_SIZE_BYTES = 64 << 10
+# The most one read of the event loop's transports hands over (asyncio's selector transports
+# read up to 256 KiB at a time). Reading while replies wait (Connection rule 8) stops this far
+# below the codec's query_buffer_size_max_bytes, so that bound is never hit as a protocol error.
+TRANSPORT_READ_SIZE_MAX_BYTES = 256 << 10
 # Unsent replies past which no more of a client's commands run until it reads (back-pressure,
 # the transport's high-water mark). The hard limit, past which the client is disconnected, is
 # ServerSettings.output_buffer_size_max_bytes.

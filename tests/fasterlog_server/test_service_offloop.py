@@ -312,10 +312,9 @@ def _without_entries(full: dict[bytes, Any]) -> dict[bytes, Any]:
 
 
 def _last_ids(client: Any, keys: list[str]) -> list[Any]:
-    # Pipelines of 1,000: redis-py sends a whole pipeline before it reads, and this server
-    # stops reading a client whose replies it cannot send, so 100k XINFOs (30 MB of replies)
-    # in one pipeline could fill both directions' socket buffers and wait forever (see the
-    # session note: redis-server keeps reading).
+    # Pipelines of 1,000, so that the check does not hold 100k replies at once. (One pipeline
+    # of 100k XINFOs hung once, before the server read on while replies waited for the
+    # client: test_service_pipeline_diff.py.)
     ids: list[Any] = []
     for start in range(0, len(keys), 1000):
         pipe = client.pipeline(transaction=False)

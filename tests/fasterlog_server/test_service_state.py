@@ -26,7 +26,11 @@ from fasterlog_server.connection import Connection, Event, Flow, State
 from fasterlog_server.context import BLOCKING, READONLY, WRITE, Blocked
 from fasterlog_server.dispatch import COMMANDS, dispatch
 from fasterlog_server.errors import LocalProtocolError
-from fasterlog_server.settings import MAXCLIENTS_REPLY, READ_SIZE_BYTES
+from fasterlog_server.settings import (
+    MAXCLIENTS_REPLY,
+    READ_SIZE_BYTES,
+    TRANSPORT_READ_SIZE_MAX_BYTES,
+)
 from tests.support.redis_peer import needs_redis, redis_peer
 from tests.support.servers import RunningServer
 
@@ -173,6 +177,55 @@ def test_reading_pauses_past_its_bound_while_a_batch_waits_and_resumes_after(
         await settle()
         assert sink.written == b"+OK\r\n" + b"+PONG\r\n" * count
         assert sink.reading and connection.input is Flow.OPEN
+
+    with_server(tmp_path / "data", body)
+
+
+def test_while_replies_wait_for_the_client_its_input_is_read_up_to_the_query_bound(
+        tmp_path: Path) -> None:
+    # Rule 8: a client that sends a whole pipeline before it reads (redis-py) is read on, or
+    # both sides would wait for each other; what it sends still waits for its replies to go.
+    query_buffer_size_max_bytes = 1 << 20
+    held_max_bytes = query_buffer_size_max_bytes - TRANSPORT_READ_SIZE_MAX_BYTES
+
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.writing_paused()  # the socket is full: the client reads nothing yet
+        ping = command(b"PING")
+        connection.receive(ping * (READ_SIZE_BYTES // len(ping) + 1))
+        assert sink.reading and connection.input is Flow.OPEN
+        assert sink.written == b""  # nothing runs while replies wait (rule 1)
+        sent_count = READ_SIZE_BYTES // len(ping) + 1
+        while sink.reading:
+            connection.receive(ping * 1000)
+            sent_count += 1000
+        assert connection.input is Flow.PAUSED
+        assert held_max_bytes <= connection.codec.buffered_size_bytes < query_buffer_size_max_bytes
+        connection.writing_resumed()  # the client reads: everything runs, in order
+        for _ in range(sent_count // 500 + 20):  # a step runs commands_per_step_max (rule 7)
+            await asyncio.sleep(0)
+        assert sink.written == b"+PONG\r\n" * sent_count
+        assert sink.reading and connection.input is Flow.OPEN
+
+    limits = resp.RespLimits(bulk_size_max_bytes=64 << 10,
+                             query_buffer_size_max_bytes=query_buffer_size_max_bytes)
+    with_server(tmp_path / "data", body, limits=limits)
+
+
+def test_input_paused_while_a_batch_waits_is_read_again_once_its_replies_wait_for_the_client(
+        tmp_path: Path) -> None:
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        connection.receive(command(b"SET", b"k", b"v"))
+        ping = command(b"PING")
+        count = READ_SIZE_BYTES // len(ping) + 1
+        connection.receive(ping * count)
+        assert not sink.reading and connection.input is Flow.PAUSED
+        connection.writing_paused()
+        assert sink.reading and connection.input is Flow.OPEN
+        connection.writing_resumed()
+        await settle()
+        assert sink.written == b"+OK\r\n" + b"+PONG\r\n" * count
 
     with_server(tmp_path / "data", body)
 
