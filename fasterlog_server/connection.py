@@ -70,6 +70,8 @@ Rules:
    and committed together, commit.py): a batch is at most that many commands, and a batch's
    rest (`_rest`) runs only in a step with room for all of it. EXEC is one command that runs
    its whole queue (one atomic batch per log, never split: multi_queue_count_max bounds it).
+   A step also ends once it has written STEP_OUTPUT_SIZE_MAX_BYTES of replies: a reader that
+   takes all it is sent (a pipeline of 250 GETs of 4 MB) held the loop for 800 ms otherwise.
    While YIELDED, input is only buffered and reading pauses past READ_SIZE_BYTES, so what a
    flooding client makes the server hold stays within the bounds of rule 1 and rule 6.
 
@@ -106,6 +108,7 @@ from .settings import (
     MAXCLIENTS_REPLY,
     OUTPUT_HIGH_WATER_BYTES,
     READ_SIZE_BYTES,
+    STEP_OUTPUT_SIZE_MAX_BYTES,
     STREAM_CHUNK_SIZE_BYTES,
     STREAM_STEP_SIZE_MAX_BYTES,
     TRANSPORT_READ_SIZE_MAX_BYTES,
@@ -595,10 +598,15 @@ class Connection:
         context, client, codec = self._context, self.client, self.codec
         coordinator = self._coordinator
         budget = self._step_max  # the commands this step may still run (rule 7)
+        sent_size = 0  # the bytes of replies this step wrote (rule 7)
         start = 0
         while self.state is READY and self.output is OPEN and not context.closing:
             if commands is None:
                 rest = self._rest
+                if sent_size >= STEP_OUTPUT_SIZE_MAX_BYTES and (
+                        rest is not None or codec.buffered_size_bytes):
+                    self._yield()  # a socket that takes all is no reason to go on (rule 7)
+                    return
                 if rest is not None:
                     if len(rest[0]) - rest[1] > budget:  # a batch runs whole, in one step
                         self._yield()
@@ -653,6 +661,7 @@ class Connection:
             self._batch_committed()
             if not self._send(replies, close):
                 return
+            sent_size += sum(map(len, cast(list[bytes], replies)))  # _send took a Streamed
             commands = None
         if self.state is not READY or self.output is not OPEN:
             return

@@ -38,6 +38,7 @@ __all__ = [
     "PENDING_ROWS_WHOLE_MAX",
     "READ_SIZE_BYTES",
     "REPLIES_BATCH_SIZE_MAX_BYTES",
+    "STEP_OUTPUT_SIZE_MAX_BYTES",
     "STREAMED_REPLY_SIZE_MIN_BYTES",
     "STREAM_CHUNK_SIZE_BYTES",
     "STREAM_ELEMENT_COST_BYTES",
@@ -211,6 +212,11 @@ PENDING_ROWS_WHOLE_MAX = STREAMED_REPLY_SIZE_MIN_BYTES // 64
 # and at most STREAM_STEP_SIZE_MAX_BYTES in one step of the event loop before the others run.
 STREAM_CHUNK_SIZE_BYTES = 256 << 10
 STREAM_STEP_SIZE_MAX_BYTES = 4 << 20
+# The replies (not streamed) one connection writes in one step of the event loop: past it the
+# connection yields (Connection rule 7), as a streamed reply does at STREAM_STEP_SIZE_MAX_BYTES.
+# A socket that takes everything would otherwise let one step build and write replies up to
+# commands_per_step_max of them (500 GETs of 4 MB: 2 GB, seconds of loop).
+STEP_OUTPUT_SIZE_MAX_BYTES = 4 << 20
 # What one element of a streamed reply counts for, beyond its bytes, in those two bounds: the
 # work of making and encoding it (about 5 us, 25 us on a loaded machine), which for small
 # elements is most of the work. Without it a step of XPENDING's 50-byte rows was 87,000 rows

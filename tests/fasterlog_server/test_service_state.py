@@ -29,6 +29,8 @@ from fasterlog_server.errors import LocalProtocolError
 from fasterlog_server.settings import (
     MAXCLIENTS_REPLY,
     READ_SIZE_BYTES,
+    REPLIES_BATCH_SIZE_MAX_BYTES,
+    STEP_OUTPUT_SIZE_MAX_BYTES,
     TRANSPORT_READ_SIZE_MAX_BYTES,
 )
 from tests.support.redis_peer import needs_redis, redis_peer
@@ -248,6 +250,32 @@ def test_a_flood_yields_after_commands_per_step_max_and_others_run_in_between(
         assert state(flooder) is State.READY
 
     with_server(tmp_path / "data", body, commands_per_step_max=10)
+
+
+def test_a_step_ends_after_its_output_bound_even_when_the_socket_takes_everything(
+        tmp_path: Path) -> None:
+    """A pipeline of GETs of big values to a reader that takes all it is sent: the step used
+    to run all of them (commands_per_step_max), 800 ms for 250 of 4 MB."""
+    async def body(server: Server) -> None:
+        connection, sink = attached(server)
+        other, other_sink = attached(server)
+        value = b"v" * 60_000  # a value fits a page (64 KiB here)
+        connection.receive(command(b"SET", b"big", value))
+        await settle()
+        del sink.written[:]
+        reply = b"$60000\r\n" + value + b"\r\n"
+        count = 2 * STEP_OUTPUT_SIZE_MAX_BYTES // len(reply) + 10
+        connection.receive(command(b"GET", b"big") * count)
+        assert STEP_OUTPUT_SIZE_MAX_BYTES <= len(sink.written) <= (
+            STEP_OUTPUT_SIZE_MAX_BYTES + REPLIES_BATCH_SIZE_MAX_BYTES + len(reply))
+        assert state(connection) is State.YIELDED
+        other.receive(command(b"PING"))  # served now, not after the pipeline
+        assert other_sink.written == b"+PONG\r\n"
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert sink.written == reply * count and state(connection) is State.READY
+
+    with_server(tmp_path / "data", body)
 
 
 def test_a_write_flood_commits_each_step_whole_and_exec_is_never_split(tmp_path: Path) -> None:
