@@ -167,9 +167,11 @@ def backup(source: FasterLog | str | os.PathLike[str], target: str | os.PathLike
            attempts_max: int = attempts_max_default) -> BackupResult:
     """Copies the committed prefix of the log `source` (an open FasterLog, or a directory whose
     writer may be another process) into the new directory `target`; see the module docstring.
-    The target must not exist or be empty. Raises BackupError when no consistent copy could
-    be taken in `attempts_max` attempts (the target is then removed)."""
+    The target must not exist or be an empty directory. Raises BackupError when no consistent
+    copy could be taken in `attempts_max` attempts (the target is then removed)."""
     target = os.fspath(target)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise BackupError(f"backup failed: {target!r} exists and is not a directory")
     if os.path.exists(target) and os.listdir(target):
         raise BackupError(f"backup failed: {target!r} exists and is not empty")
     created = not os.path.exists(target)

@@ -23,6 +23,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 tests=(
     tests/reliability/test_reliability_power_loss.py
     tests/reliability/test_reliability_io_errors.py
+    tests/reliability/test_reliability_commit_sync.py
     "tests/reliability/test_corruption.py::test_a_failed_fsync_is_called_once_never_retried_and_fences_the_log"
     "tests/reliability/test_corruption.py::test_every_single_bit_flip_in_a_committed_64_kib_region_raises_corruption_error"
     "tests/reliability/test_corruption.py::test_random_multi_byte_corruptions_in_a_committed_region_are_all_detected"

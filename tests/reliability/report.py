@@ -140,7 +140,14 @@ def main() -> None:
          "unsynced directory operations dropped. Each state is recovered and checked."),
         ("- **io_errors**: `tests/reliability/test_reliability_io_errors.py`. EIO, ENOSPC "
          "(persistent and transient) and short writes injected by the device fault layer at each "
-         "operation index of a workload of about 2,400 device operations."),
+         "operation index of a workload of about 2,400 device operations; `io_errors[asan+ubsan]` "
+         "runs the same sweep, over a coarser stride in short mode, in a child process under "
+         "the AddressSanitizer+UndefinedBehaviorSanitizer build of the core."),
+        ("- **commit_sync**: `tests/reliability/test_reliability_commit_sync.py`. The same "
+         "trace, of commits spanning 16 KiB segments while preallocation creates segments and "
+         "truncation deletes them, replayed to each `commit()` that returned: every segment "
+         "file written since its last sync must have been synced (or written with RWF_DSYNC), "
+         "and its creation made durable by a directory sync."),
         ("- **fsync_failure**: `tests/reliability/test_corruption.py`; the trace counts the syncs "
          "made after a failed one."),
         ("- **kill_9_random / crash_point**: `tests/reliability/test_crash.py`; a child writer is "

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,10 +30,10 @@ import pytest
 from fasterlog import FasterLog, errors
 from fasterlog import testing as fault_testing
 from fasterlog.backup import BackupError, backup
+from tests.support.backups import consecutive_entries, live_writer
 from tests.support.faults import truncate_to
 from tests.support.figures import record
 from tests.support.mode import scaled
-from tests.support.processes import child_env
 from tests.support.settings import CRASH_SETTINGS
 
 SEGMENT_SIZE_BYTES = CRASH_SETTINGS["segment_size_bytes"]
@@ -167,21 +165,6 @@ def test_truncated_log_with_deleted_old_segments_opens(tmp_path: Path) -> None:
 # --- Online backup ----------------------------------------------------------------------
 
 
-def _entries_are_consecutive(directory: Path) -> tuple[int, int, int]:
-    """Opens a copy; returns (first index, last index, committed-until) after checking that its
-    entries are consecutive numbers written by tests/support/children/backup_writer.py."""
-    with FasterLog.open(directory, readonly=True) as copy:
-        assert copy.verify() == copy.committed_until_address
-        indexes = []
-        for _, entry in copy.scan():
-            assert len(entry) == 96 and entry == entry[:8] * 12, "an entry is damaged"
-            indexes.append(int.from_bytes(entry[:8], "little"))
-        committed = copy.committed_until_address
-    assert indexes, "the copy holds no entry"
-    assert indexes == list(range(indexes[0], indexes[0] + len(indexes))), "a gap in the copy"
-    return indexes[0], indexes[-1], committed
-
-
 def test_online_backups_of_a_live_log_always_open_with_the_committed_prefix(
         tmp_path: Path) -> None:
     """Backups of a log another process writes and truncates: each opens, recovers to exactly
@@ -189,29 +172,20 @@ def test_online_backups_of_a_live_log_always_open_with_the_committed_prefix(
     `cp -r` of such a log could not be opened in 7 of 12 tries)."""
     backups_count = scaled(12, 200)
     source = tmp_path / "source"
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.children.backup_writer", str(source), "120"],
-        stdout=subprocess.PIPE, env=child_env(), text=True)
-    try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    with live_writer(source) as writer:
         time.sleep(0.2)
         previous_last = -1
         attempts = 0
         for number in range(backups_count):
             result = backup(source, tmp_path / f"copy-{number}")
             attempts += result.attempts
-            first, last, committed = _entries_are_consecutive(tmp_path / f"copy-{number}")
+            first, last, committed = consecutive_entries(tmp_path / f"copy-{number}")
             assert committed == result.committed_until_address
             assert last >= previous_last, "a later backup holds less"
             previous_last = last
             shutil.rmtree(tmp_path / f"copy-{number}")
             time.sleep(0.02)
         assert writer.poll() is None, "the writer stopped during the backups"
-    finally:
-        writer.kill()
-        writer.wait()
-        if writer.stdout is not None:
-            writer.stdout.close()
     record("online_backup", f"{backups_count} backups of a log written and truncated by "
            f"another process: opened {backups_count}, failures 0, each a gap-free committed "
            f"prefix ({attempts} attempts in all, retries after a race "

@@ -14,150 +14,104 @@ inject_fault(op="any", after=i) and the workload runs until the first error:
   2. later appends and commits raise LogFencedError; committed_until never moves again;
   3. after a reopen (no fault any more) verify() finds no corruption, every entry whose
      commit returned is there, and what is there is a prefix of what was appended.
-CI sweeps a stride of indices; --long sweeps every index.
+The workload and these checks are tests/support/io_errors.py. CI sweeps a stride of indices;
+--long sweeps every index.
+
+The same sweep also runs in a child process under the AddressSanitizer+UndefinedBehaviorSanitizer
+build of the core (tests/support/children/io_errors_sweep.py, the build of
+tests/support/sanitizers.py), where ASan first caught defect 10 of issue 14 (a write into the
+segment table after the preallocation thread had moved it): every variant over a coarser
+stride in CI, every index with --long; any sanitizer report fails it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import random
-import shutil
+import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from fasterlog import FasterLog, errors
-from fasterlog import testing as fault_testing
-from fasterlog.testing import IOTrace
+from tests.support import io_errors, sanitizers
 from tests.support.figures import record
 from tests.support.mode import LONG, scaled
-from tests.support.scratch import tmpfs_directory
+from tests.support.processes import ROOT
 
-page_size_bytes = 4096
-settings = {
-    "page_size_bytes": page_size_bytes,
-    "memory_size_bytes": 4 * page_size_bytes,
-    "segment_size_bytes": 16 * page_size_bytes,
-}
-commits_count = 700
-
-variants = {
-    "eio-persistent": {"errno": errno.EIO, "persistent": True, "short_write": False},
-    "eio-transient": {"errno": errno.EIO, "persistent": False, "short_write": False},
-    "enospc-persistent": {"errno": errno.ENOSPC, "persistent": True, "short_write": False},
-    "short-write": {"errno": errno.EIO, "persistent": False, "short_write": True},
-}
-
-
-def workload_entries() -> list[list[bytes]]:
-    rng = random.Random(6)
-    groups = []
-    for commit in range(commits_count):
-        group = []
-        for position in range(rng.randint(1, 6)):
-            size = rng.choice((0, 8, 100, 700, 2000, 4000))
-            tag = f"{commit}.{position}:".encode()
-            group.append((tag * (size // len(tag) + 1))[:size] if size else b"")
-        groups.append(group)
-    return groups
-
-
-groups = workload_entries()
-
-
-def run(directory: str, fault: dict[str, object] | None, after: int
-        ) -> tuple[list[bytes], int, errors.FasterLogError | None]:
-    """Runs the workload; returns (appended, acknowledged count, first error)."""
-    log = FasterLog.open(directory, **settings)
-    appended: list[bytes] = []
-    acknowledged = 0
-    error: errors.FasterLogError | None = None
-    try:
-        if fault is not None:
-            fault_testing.inject_fault(log, op="any", after=after, **fault)  # type: ignore[arg-type]
-        for group in groups:
-            try:
-                for entry in group:
-                    log.append(entry)
-                    appended.append(entry)
-                committed_until = log.commit()
-            except errors.FasterLogError as failure:
-                error = failure
-                break
-            acknowledged = len(appended)
-            assert committed_until == log.committed_until_address
-        if error is not None:
-            committed_until = log.committed_until_address
-            for attempt in (lambda: log.append(b"later"), log.commit):
-                with pytest.raises(errors.LogFencedError):
-                    attempt()
-            assert log.committed_until_address == committed_until
-    finally:
-        with contextlib.suppress(errors.FasterLogError):
-            log.close()
-    return appended, acknowledged, error
-
-
-def check_recovered(directory: str, appended: list[bytes], acknowledged: int) -> str:
-    with FasterLog.open(directory, **settings) as log:
-        try:
-            log.verify()
-        except errors.CorruptionError as failure:
-            return f"verify found corruption: {failure}"
-        recovered = [entry for _, entry in log.scan()]
-    if len(recovered) < acknowledged:
-        return f"lost acknowledged entries: {len(recovered)} recovered, {acknowledged} acked"
-    if recovered != appended[:len(recovered)]:
-        return "recovered entries are not a prefix of the appended ones"
-    return ""
+# CI sweeps about this many indexes per variant in process, and this many under the
+# sanitizers (each run there is several times slower; the four variants stay near 40 s).
+indexes_per_variant = 100
+sanitized_indexes_per_variant = 150
+sanitized_timeout_s = 240 if not LONG else 14400
 
 
 @pytest.fixture(scope="module")
 def checks_count() -> int:
     """Fault checks the workload passes (a dsync write counts twice)."""
-    with tmpfs_directory() as directory, IOTrace() as trace:
-        appended, acknowledged, error = run(os.path.join(directory, "log"), None, 0)
-    assert error is None and acknowledged == len(appended)
-    return sum(2 if op.dsync else 1 for op in trace.ops if op.device)
+    return io_errors.count_checks()
 
 
 @pytest.mark.timeout(120 if not LONG else 7200)
-@pytest.mark.parametrize("variant", list(variants))
+@pytest.mark.parametrize("variant", list(io_errors.variants))
 def test_io_error_at_every_operation_index_is_reported_and_loses_nothing_acknowledged(
     scratch: str, checks_count: int, variant: str
 ) -> None:
     assert checks_count >= 1500, (
         f"the workload should make ~2,000 device operations: {checks_count}")
-    stride = scaled(max(1, checks_count // 100), 1)
-    indexes = list(range(variant == "short-write", checks_count, stride))
-    failures: list[str] = []
-    surfaced = 0
-    for after in indexes:
-        directory = os.path.join(scratch, f"log-{after}")
-        appended, acknowledged, error = run(directory, variants[variant], after)
-        if error is not None:
-            surfaced += 1
-            if not isinstance(error, (errors.LogIOError, errors.LogFencedError)):
-                failures.append(f"index {after}: untyped error {error!r}")
-        problem = check_recovered(directory, appended, acknowledged)
-        if problem:
-            failures.append(f"index {after}: {problem}")
-        shutil.rmtree(directory)
-    # A short write needs a write of two sectors or more, so some indexes pass unharmed; every
-    # other fault must surface.
-    if variant != "short-write":
-        assert surfaced == len(indexes), f"{len(indexes) - surfaced} faults never surfaced"
-    else:
-        assert surfaced > len(indexes) // 4, f"only {surfaced} short writes surfaced"
+    stride = scaled(max(1, checks_count // indexes_per_variant), 1)
+    result = io_errors.sweep(scratch, variant,
+                             io_errors.swept_indexes(variant, checks_count, stride))
+    problem = io_errors.surfaced_problem(variant, result)
+    assert not problem, problem
     record(f"io_errors[{variant}]",
-           f"fault at {len(indexes)} of {checks_count} operation indexes (stride {stride}): "
-           f"{surfaced} failed commits reported, 0 acknowledged; after reopen corruption "
-           f"{sum('corruption' in f for f in failures)}, acknowledged lost "
-           f"{sum('lost' in f for f in failures)}, other failures {len(failures)}",
-           {"indexes": len(indexes), "operations": checks_count, "stride": stride,
-            "surfaced": surfaced, "failures": len(failures)},
+           f"fault at {result.indexes} of {checks_count} operation indexes (stride {stride}): "
+           f"{result.surfaced} failed commits reported, 0 acknowledged; after reopen corruption "
+           f"{result.corrupted()}, acknowledged lost {result.lost()}, other failures "
+           f"{len(result.failures)}",
+           {"indexes": result.indexes, "operations": checks_count, "stride": stride,
+            "surfaced": result.surfaced, "failures": len(result.failures)},
            f"python3 -m pytest -s 'tests/reliability/test_reliability_io_errors.py::"
            f"test_io_error_at_every_operation_index_is_reported_and_loses_nothing_"
            f"acknowledged[{variant}]'")
-    assert not failures, "\n".join(failures[:10])
+    assert not result.failures, "\n".join(result.failures[:10])
+
+
+@pytest.mark.timeout(sanitized_timeout_s + 60)
+def test_io_error_sweep_under_address_and_undefined_behaviour_sanitizers(
+        scratch: str, checks_count: int, asan_build: Path) -> None:
+    stride = scaled(max(1, checks_count // sanitized_indexes_per_variant), 1)
+    completed = subprocess.run(
+        sanitizers.child_command("tests.support.children.io_errors_sweep",
+                                 [scratch, str(stride)]),
+        capture_output=True, text=True, env=sanitizers.environment("address", asan_build),
+        cwd=ROOT, timeout=sanitized_timeout_s,
+        preexec_fn=sanitizers.raise_address_space_limit, check=False)
+    reports = sanitizers.reports(completed.stderr)
+    assert not reports, ("sanitizer reports:\n" + "\n".join(reports)
+                         + completed.stderr[-4000:])
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"the child printed no counts (exit {completed.returncode}):\n" + (
+        completed.stderr[-4000:])
+    counts = json.loads(lines[-1])
+    sweeps = counts["variants"]
+    failures = [f"{variant}: {failure}" for variant, sweep in sweeps.items()
+                for failure in sweep["failures"]]
+    problems = [problem for problem in counts["surfaced_problems"] if problem]
+    assert completed.returncode in (0, 1), (
+        f"the child exited with {completed.returncode}:\n{completed.stderr[-4000:]}")
+    indexes = sum(sweep["indexes"] for sweep in sweeps.values())
+    surfaced = sum(sweep["surfaced"] for sweep in sweeps.values())
+    lost = sum(sweep["lost"] for sweep in sweeps.values())
+    corrupted = sum(sweep["corrupted"] for sweep in sweeps.values())
+    record("io_errors[asan+ubsan]",
+           f"the {len(sweeps)} fault variants at {indexes} operation indexes in all "
+           f"(stride {stride} over {counts['operations']}) under the ASan+UBSan build: "
+           f"sanitizer reports 0, {surfaced} failed commits reported, 0 acknowledged; after "
+           f"reopen corruption {corrupted}, acknowledged lost {lost}, other failures "
+           f"{len(failures)}",
+           {"indexes": indexes, "operations": counts["operations"], "stride": stride,
+            "surfaced": surfaced, "sanitizer_reports": 0, "lost": lost,
+            "failures": len(failures), "build": "ASan+UBSan build"},
+           "python3 -m pytest -s tests/reliability/test_reliability_io_errors.py::"
+           "test_io_error_sweep_under_address_and_undefined_behaviour_sanitizers")
+    assert not problems and not failures, "\n".join(problems + failures[:10])
+    assert completed.returncode == 0, completed.stderr[-4000:]
