@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_peer import command, exchange, needs_redis, redis_peer
+from tests.support.redis_peer import command, exchange, needs_redis, ours_and_redis
 from tests.support.servers import RunningServer
 
 redis = pytest.importorskip("redis")
@@ -34,13 +34,9 @@ SAME_AS_REDIS = ["timeout", "maxclients", "MAXclients", "maxcl*", "save", "nothi
 @needs_redis
 @pytest.mark.parametrize("name", SAME_AS_REDIS)
 def test_redis_named_bounds_answer_as_redis_server_does(tmp_path: Path, name: str) -> None:
-    server = RunningServer(tmp_path / "data")
-    try:
-        with redis_peer(tmp_path / "redis") as port:
-            payload = command("CONFIG", "GET", name) + command("PING")
-            assert exchange(server.port, payload) == exchange(port, payload)
-    finally:
-        server.stop()
+    with ours_and_redis(tmp_path) as (ours, theirs):
+        payload = command("CONFIG", "GET", name) + command("PING")
+        assert exchange(ours, payload) == exchange(theirs, payload)
 
 
 def test_our_bounds_are_shown_with_the_values_the_server_runs_with(

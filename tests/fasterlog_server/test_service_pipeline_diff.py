@@ -26,8 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.redis_peer import needs_redis, redis_peer
-from tests.support.servers import RunningServer
+from tests.support.redis_peer import needs_redis, ours_and_redis
 
 redis = pytest.importorskip("redis")
 
@@ -41,16 +40,12 @@ entries_count = 2
 
 @pytest.fixture
 def both(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    ours = RunningServer(tmp_path / "data")
-    try:
-        with redis_peer(tmp_path / "redis") as port:
-            clients = (redis.Redis(port=ours.port, socket_timeout=socket_timeout_s),
-                       redis.Redis(port=port, socket_timeout=socket_timeout_s))
-            yield clients
-            for client in clients:
-                client.close()
-    finally:
-        ours.stop()
+    with ours_and_redis(tmp_path) as ports:
+        clients = tuple(redis.Redis(port=port, socket_timeout=socket_timeout_s)
+                        for port in ports)
+        yield clients
+        for client in clients:
+            client.close()
 
 
 def _xranges(client: Any) -> list[Any]:

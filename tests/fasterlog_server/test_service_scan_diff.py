@@ -25,7 +25,7 @@ import pytest
 import kvlayer
 from fasterlog_server import glob
 from fasterlog_server.streams import StreamNames
-from tests.support.redis_peer import command, exchange, needs_redis, redis_peer
+from tests.support.redis_peer import command, exchange, needs_redis, ours_and_redis, redis_peer
 from tests.support.servers import RunningServer
 
 redis = pytest.importorskip("redis")
@@ -38,15 +38,11 @@ iteration_calls_max = 10_000
 
 @pytest.fixture
 def both(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    ours = RunningServer(tmp_path / "data")
-    try:
-        with redis_peer(tmp_path / "redis") as port:
-            clients = redis.Redis(port=ours.port), redis.Redis(port=port)
-            yield clients
-            for client in clients:
-                client.close()
-    finally:
-        ours.stop()
+    with ours_and_redis(tmp_path) as ports:
+        clients = tuple(redis.Redis(port=port) for port in ports)
+        yield clients
+        for client in clients:
+            client.close()
 
 
 def _populate(client: Any) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from .servers import RunningServer
+
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed "
                                  "(scripts/setup.sh installs it)")
@@ -58,6 +60,18 @@ def redis_peer(directory: Path, *arguments: str, port: int | None = None) -> Ite
     finally:
         process.terminate()  # our own child, by pid
         process.wait(redis_stop_timeout_s)
+
+
+@contextmanager
+def ours_and_redis(directory: Path) -> Iterator[tuple[int, int]]:
+    """Our server (in `directory`/data, default settings) and a redis-server (in
+    `directory`/redis) for a differential test: yields their ports, ours first."""
+    ours = RunningServer(directory / "data")
+    try:
+        with redis_peer(directory / "redis") as port:
+            yield ours.port, port
+    finally:
+        ours.stop()
 
 
 def command(*words: bytes | str) -> bytes:
