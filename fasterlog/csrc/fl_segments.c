@@ -56,7 +56,8 @@ static int segment_create(fl_log *log, uint64_t segment, fl_segment *entry) {
     if (fd < 0) fd = fl_io_openat(log->directory_fd, name, flags, 0644);
     if (fd < 0) return fd;
     struct stat st;
-    if (fstat(fd, &st) < 0 || (uint64_t)st.st_size < log->segment_size_bytes) {
+    int grown = fstat(fd, &st) < 0 || (uint64_t)st.st_size < log->segment_size_bytes;
+    if (grown) {
         /* Preallocate: overwriting allocated blocks syncs faster than growing the file, and a
          * full disk shows up here rather than in the middle of a commit. */
         int rc = fl_io_fallocate(fd, log->segment_size_bytes);
@@ -64,13 +65,23 @@ static int segment_create(fl_log *log, uint64_t segment, fl_segment *entry) {
             close(fd);
             return rc;
         }
+    }
+    /* The full size must be durable before the first commit into the file: recovery takes a
+     * segment short below the committed address for a cut file (fl_recovery.c), and a
+     * commit's data sync (RWF_DSYNC, fdatasync) is not promised to carry the preallocated
+     * size beyond its data. Without this the power-loss states found newest segments ending
+     * at their synced data, refused at open with nothing lost. Every writer session syncs
+     * each segment it opens for writing once, so a size that a session of an older version
+     * left unsynced is made durable too. */
+    int rc = fl_io_fsync(fd);
+    if (rc == 0 && grown) {
         fl_crash_point("segment-create-before-dirsync");
         /* The new directory entry must be durable before a commit relies on the file. */
         rc = fl_io_fsync(log->directory_fd);
-        if (rc < 0) {
-            close(fd);
-            return rc;
-        }
+    }
+    if (rc < 0) {
+        close(fd);
+        return rc;
     }
     entry->write_fd = fd;
     return 0;

@@ -147,7 +147,8 @@ def main() -> None:
          "trace, of commits spanning 16 KiB segments while preallocation creates segments and "
          "truncation deletes them, replayed to each `commit()` that returned: every segment "
          "file written since its last sync must have been synced (or written with RWF_DSYNC), "
-         "and its creation made durable by a directory sync."),
+         "its creation made durable by a directory sync and its preallocated size by a sync "
+         "of the file."),
         ("- **fsync_failure**: `tests/reliability/test_corruption.py`; the trace counts the syncs "
          "made after a failed one."),
         ("- **kill_9_random / crash_point**: `tests/reliability/test_crash.py`; a child writer is "

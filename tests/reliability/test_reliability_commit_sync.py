@@ -14,7 +14,11 @@ segments (shifting the table). The run is recorded with fasterlog.testing.IOTrac
 mark after each commit() returned. Replaying the trace, a segment file is unsynced from a
 write of data (through the device, not an RWF_DSYNC one) until its next fsync/fdatasync; at
 each mark no segment file may be unsynced, and every segment file written so far must have
-had its creation made durable by a sync of the log directory. The writer is the only thread
+had its creation made durable by a sync of the log directory and its preallocated size by a
+sync of the file (open takes a segment shorter than that below the committed address for a
+cut file, fl_recovery.c; an RWF_DSYNC write makes its own bytes durable, not the size: the
+long power-loss run found newest segments cut back to their synced data, refused at open).
+The writer is the only thread
 that writes data between a commit's return and its mark (the preallocation thread writes
 zeros, which hold nothing acknowledged), so at a mark nothing may be pending at all.
 """
@@ -80,18 +84,20 @@ class SyncCheck:
     syncs: int = 0
     created: int = 0
     deleted: int = 0
-    unsynced_commits: int = 0  # commits that returned over an unsynced write or creation
+    unsynced_commits: int = 0  # commits that returned over an unsynced write, creation or size
     problems: list[str] = field(default_factory=list)
 
     def replay(self, ops: list[TraceOp]) -> None:
         unsynced: dict[str, list[tuple[int, int]]] = {}  # path -> its unsynced data writes
         undurable_names: set[str] = set()  # created, no directory sync since
+        unsized: set[str] = set()          # preallocated, no sync of the file since
         written: set[str] = set()          # segment files with data, not deleted
         written_since_mark: set[str] = set()
         dsync_since_mark = plain_since_mark = 0
         for op in ops:
             if op.op == "mark":
-                self._check_mark(op.offset, unsynced, undurable_names & written)
+                self._check_mark(op.offset, unsynced, undurable_names & written,
+                                 unsized & written)
                 self.commits += 1
                 self.spanning_commits += len(written_since_mark) >= 2
                 self.dsync_commits += dsync_since_mark > 0 and plain_since_mark == 0
@@ -112,10 +118,14 @@ class SyncCheck:
                 self.deleted += 1
                 unsynced.pop(op.path, None)
                 undurable_names.discard(op.path)
+                unsized.discard(op.path)
                 written.discard(op.path)
             elif op.op == "sync":
                 self.syncs += 1
                 unsynced.pop(op.path, None)
+                unsized.discard(op.path)
+            elif op.op == "extend":
+                unsized.add(op.path)
             elif op.op == "write" and op.data is not None:
                 written.add(op.path)
                 written_since_mark.add(op.path)
@@ -126,8 +136,8 @@ class SyncCheck:
                     unsynced.setdefault(op.path, []).append((op.offset, op.size))
 
     def _check_mark(self, committed_until: int, unsynced: dict[str, list[tuple[int, int]]],
-                    undurable: set[str]) -> None:
-        self.unsynced_commits += bool(unsynced or undurable)
+                    undurable: set[str], unsized: set[str]) -> None:
+        self.unsynced_commits += bool(unsynced or undurable or unsized)
         for path, writes in sorted(unsynced.items()):
             self.problems.append(
                 f"commit {self.commits} (committed until {committed_until}) returned with "
@@ -137,6 +147,10 @@ class SyncCheck:
             self.problems.append(
                 f"commit {self.commits} (committed until {committed_until}) returned with "
                 f"{os.path.basename(path)} written but its creation not made durable")
+        for path in sorted(unsized):
+            self.problems.append(
+                f"commit {self.commits} (committed until {committed_until}) returned with "
+                f"{os.path.basename(path)} written but its preallocated size not made durable")
 
 
 def test_every_commit_syncs_every_segment_it_wrote_before_it_returns(tmp_path: Any) -> None:
@@ -167,8 +181,9 @@ def test_every_commit_syncs_every_segment_it_wrote_before_it_returns(tmp_path: A
            f"({total['spanning_commits']:,} spanning a segment boundary, "
            f"{total['dsync_commits']:,} made durable by their RWF_DSYNC write alone; segments "
            f"created by preallocation {total['created']:,}, deleted by truncation "
-           f"{total['deleted']:,}): commits returned over an unsynced segment write or an "
-           f"undurable segment creation {total['unsynced_commits']}",
+           f"{total['deleted']:,}): commits returned over an unsynced segment write, an "
+           f"undurable segment creation or an undurable segment size "
+           f"{total['unsynced_commits']}",
            {**total, "traces": traces_count},
            "python3 -m pytest -s tests/reliability/test_reliability_commit_sync.py")
     assert not problems, "\n".join(problems[:10])
