@@ -533,7 +533,7 @@ def test_rounds_of_blocked_xreads_disconnected_at_once_leave_nothing_behind(
     RST): each round's connections are gone, RSS does not grow round over round, and a reader
     blocked afterwards is still woken. A server that kept a left reader's wait or connection
     (notify.py rule 3) grows by it every round, or keeps its socket."""
-    rounds, readers = scaled(6, 20), scaled(500, 1_000)
+    rounds, readers = scaled(5, 20), scaled(500, 1_000)
     sockets_before, rss_before = open_sockets_count(held_server.pid), rss_bytes(held_server.pid)
     probe = PingProbe(held_server.pid, held_server.port)
     after_rounds: list[int] = []
