@@ -41,6 +41,7 @@ tests=(
     tests/reliability/test_reliability_full_disk.py
     tests/reliability/test_reliability_memory.py
     tests/reliability/test_reliability_memory_streams.py
+    tests/reliability/test_reliability_held.py
     "tests/fasterlog_server/test_service_offloop.py::test_ping_p99_stays_under_100_ms_while_kv_checkpoint_and_log_truncate_run"
     "tests/fasterlog/test_repair.py::test_random_logs_repaired_recover_the_committed_prefix_exactly"
     "tests/fasterlog_server/test_service_loop.py::test_scan_over_many_keys_keeps_ping_p99_under_100_ms"
