@@ -51,6 +51,7 @@ from fasterlog import FasterLog
 from fasterlog.errors import FasterLogError
 from kvlayer import KVStore
 
+from . import heap
 from .commit import CommitCoordinator
 from .connection import ConnectionProtocol, Connections
 from .context import ServerContext
@@ -226,6 +227,7 @@ async def serve(directory: str, settings: ServerSettings,
     # The default directory is ./data/server: on a fresh checkout ./data does not exist yet.
     # FasterLog.open creates (and syncs into its parent) the last component only.
     os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    heap.install()  # this process is the server's: GC pauses follow growth, not the heap
     log = open_log(directory, settings)
     server = Server(log, settings)
     await server.start()

@@ -37,7 +37,9 @@ from tests.support.figures import record
 from tests.support.mode import scaled
 from tests.support.processes import ROOT, child_env
 
-child_timeout_s = 240
+# A child's deadline: 10,000 close rounds take 90 s on a quiet machine here, 2,000 ASan ones
+# 30 s; a long run at low priority on a loaded machine takes several times that.
+child_timeout_s = scaled(240, 1800)
 close_race_threads = 4  # tests/support/children/close_race.py threads_count
 
 

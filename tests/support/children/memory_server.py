@@ -8,10 +8,12 @@ import asyncio
 import signal
 import sys
 
+from fasterlog_server import heap
 from fasterlog_server.server import Server, ServerSettings, open_log
 
 
 async def main() -> None:
+    heap.install()  # as `serve` does: the rows measure the server users run
     directory, page_size_bytes = sys.argv[1], int(sys.argv[2])
     options = {name: int(value) for name, value in
                (argument.split("=", 1) for argument in sys.argv[3:])}
