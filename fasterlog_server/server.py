@@ -66,6 +66,7 @@ from .settings import (
     EXPIRE_SWEEP_INTERVAL_S,
     EXPIRE_SWEEP_KEYS_MAX,
     KV_DIRECTORY_NAME,
+    NEW_LOG_SEGMENT_SIZE_BYTES,
     ServerSettings,
 )
 from .streams import StreamStore
@@ -77,7 +78,12 @@ _logger = logging.getLogger("fasterlog.service")
 
 def open_log(directory: str, settings: ServerSettings, **log_settings: Any) -> FasterLog:
     """The stream log as the server opens it (the CLI and tests share this): read-only, with a
-    warning, when a full disk refuses the writer's open (recovery.py rule 4)."""
+    warning, when a full disk refuses the writer's open (recovery.py rule 4). A new log gets
+    NEW_LOG_SEGMENT_SIZE_BYTES segments unless `log_settings` say otherwise; an existing one
+    keeps the size it was made with."""
+    if log_settings.get("segment_size_bytes") is None and not os.path.exists(
+            os.path.join(directory, "fasterlog.meta")):
+        log_settings["segment_size_bytes"] = NEW_LOG_SEGMENT_SIZE_BYTES
     return open_stream_log(directory, **log_settings)
 
 

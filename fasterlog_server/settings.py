@@ -34,6 +34,7 @@ __all__ = [
     "KV_DIRECTORY_NAME",
     "MAXCLIENTS_REPLY",
     "MULTI_QUEUED_ARGUMENT_OVERHEAD_BYTES",
+    "NEW_LOG_SEGMENT_SIZE_BYTES",
     "OUTPUT_HIGH_WATER_BYTES",
     "PENDING_ROWS_WHOLE_MAX",
     "READ_SIZE_BYTES",
@@ -237,6 +238,12 @@ EVERYSEC_COMMIT_INTERVAL_S = 1.0
 # it runs: past this many bytes pending there, a batch that wrote KV waits for the commit after
 # the checkpoint, as it would with fsync always.
 HELD_OVERLAY_SIZE_MAX_BYTES = 64 << 20
+# The segment size of the logs a server creates (the stream log, and its KV log sized like
+# it). Each segment is preallocated whole and the next one ahead, so the log's 1 GiB default
+# made a fresh server need over 2 GiB of free disk to start (issue 14 defect 5); at 64 MiB it
+# needs about 256 MiB. Growing segments in steps is issue 15's; a log keeps the size it was
+# made with.
+NEW_LOG_SEGMENT_SIZE_BYTES = 64 << 20
 
 # The expiry sweep (reads already treat expired keys as missing; the sweep gives the space back
 # and keeps DBSIZE's count cheap): how often it runs, and the keys it deletes per round, so one

@@ -17,6 +17,7 @@ tests/reliability/test_reliability_full_disk.py runs the same on a real full fil
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import time
@@ -26,10 +27,12 @@ from typing import Any
 import pytest
 
 from fasterlog import testing as fault_testing
-from fasterlog_server import ServerSettings, resp
+from fasterlog_server import Server, ServerSettings, resp
 from fasterlog_server.server import open_log
+from fasterlog_server.settings import NEW_LOG_SEGMENT_SIZE_BYTES
 from tests.support.fullfs import small_filesystem
 from tests.support.raw_client import RawClient, is_error
+from tests.support.redis_peer import command
 from tests.support.servers import RunningServer
 
 recovery_timeout_s = 30
@@ -211,6 +214,38 @@ def test_a_fresh_server_on_a_too_small_disk_fails_with_the_disk_error() -> None:
     rule 4 is for an existing log only)."""
     with small_filesystem(8 << 20) as mount:
         with pytest.raises(OSError) as raised:
-            log = open_log(os.path.join(mount, "data"), ServerSettings())  # 1 GiB segments
+            log = open_log(os.path.join(mount, "data"), ServerSettings())  # 64 MiB segments
             log.close()
         assert raised.value.errno == errno.ENOSPC
+
+
+def test_a_fresh_server_with_default_sizes_starts_and_serves_on_a_disk_of_400_mib() -> None:
+    """Issue 14 defect 5: with the log's 1 GiB segments, each preallocated whole, a new server
+    needed over 2 GiB of free disk (its stream log and its KV log). Its new logs now get
+    NEW_LOG_SEGMENT_SIZE_BYTES segments; a restart keeps them."""
+    async def serve_once(directory: str) -> list[Any]:
+        log = open_log(directory, ServerSettings())
+        server = Server(log, ServerSettings(port=0))
+        try:
+            await server.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(command("XADD", "s", "*", "f", "v") + command("SET", "k", "v") +
+                         command("XLEN", "s"))
+            replies = [await asyncio.wait_for(reader.readline(), 30)
+                       for _ in range(4)]  # $n and the id, +OK, :n
+            writer.close()
+            await writer.wait_closed()
+            return replies
+        finally:
+            await server.close()
+            log.close()
+
+    with small_filesystem(400 << 20) as mount:
+        directory = os.path.join(mount, "data")
+        first = asyncio.run(serve_once(directory))
+        assert first[2:] == [b"+OK\r\n", b":1\r\n"], first
+        again = asyncio.run(serve_once(directory))
+        assert again[2:] == [b"+OK\r\n", b":2\r\n"], again
+        sizes = {os.path.getsize(os.path.join(directory, name))
+                 for name in os.listdir(directory) if name.startswith("segment-")}
+        assert sizes == {NEW_LOG_SEGMENT_SIZE_BYTES}
