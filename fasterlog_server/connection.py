@@ -663,6 +663,11 @@ class Connection:
                 return
             sent_size += sum(map(len, cast(list[bytes], replies)))  # _send took a Streamed
             commands = None
+        self._pumped()
+
+    def _pumped(self) -> None:
+        """The end of `_pump` with nothing left to run now: the input it ran is counted off,
+        and input that ended closes the connection, or input that paused reads again."""
         if self.state is not READY or self.output is not OPEN:
             return
         if self.buffers_size_bytes:  # the input it ran is no longer held (rule 6)
