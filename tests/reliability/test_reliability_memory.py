@@ -15,7 +15,6 @@ connections); --long uses the issue's sizes.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -29,67 +28,11 @@ import pytest
 from fasterlog_server import resp
 from tests.support.figures import record
 from tests.support.mode import scaled
+from tests.support.probes import PingProbe, command, rss_bytes
 
 MIB = 1 << 20
 CLIENT_BUFFERS_SIZE_MAX_BYTES = 256 * MIB  # the aggregate cap the server is given
 PING_P99_MAX_S = 0.1
-
-
-def command(*words: bytes) -> bytes:
-    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-# The PING probe runs in a process of its own, so the attacking client's work in this process
-# (parsing replies holds the GIL) does not show up as the server's latency. It pings until its
-# stdin closes, then prints the latencies in seconds.
-PING_PROBE = """
-import json, select, socket, sys, time
-sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
-latencies = []
-while not select.select([sys.stdin], [], [], 0)[0]:
-    started = time.perf_counter()
-    sock.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
-    assert sock.recv(64) == b"+PONG\\r\\n"
-    latencies.append(time.perf_counter() - started)
-    time.sleep(0.005)
-print(json.dumps(latencies))
-"""
-
-
-class Probe:
-    """Samples the server's RSS (a thread) and times PINGs on a connection of its own (a
-    child process)."""
-
-    def __init__(self, pid: int, port: int) -> None:
-        self.pid, self.port = pid, port
-        self.peak_bytes = 0
-        self.pings_s: list[float] = []
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample)
-        self._sampler.start()
-        self._pinger = subprocess.Popen([sys.executable, "-c", PING_PROBE, str(port)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, rss_bytes(self.pid))
-            time.sleep(0.005)
-
-    def stop(self) -> tuple[float, float]:
-        self._stop.set()
-        self._sampler.join(60)
-        output, _ = self._pinger.communicate(timeout=60)
-        self.pings_s = json.loads(output)
-        ordered = sorted(self.pings_s)
-        return ordered[int(0.99 * (len(ordered) - 1))], ordered[-1]
 
 
 def read_replies(sock: socket.socket, count: int, pause_s: float = 0.0,
@@ -148,7 +91,7 @@ def run_attack(server: subprocess.Popen[str], name: str, attack: Callable[[int],
     if setup is not None:
         setup(port)
     before = rss_bytes(server.pid)
-    probe = Probe(server.pid, port)
+    probe = PingProbe(server.pid, port)
     try:
         detail = attack(port)
     finally:

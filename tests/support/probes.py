@@ -1,5 +1,6 @@
-"""What the held-load tests (tests/reliability/test_reliability_held.py) measure on a server
-child: its RSS and open sockets from /proc, and a PING probe beside the load.
+"""What the held-load and memory-attack tests (tests/reliability/test_reliability_held.py,
+test_reliability_memory.py and test_reliability_memory_streams.py) measure on a server child:
+its RSS and open sockets from /proc, and a PING probe beside the load.
 
 Rules:
 1. The probe's PINGs go out from a process of their own (PING_PROBE), so the load this process
