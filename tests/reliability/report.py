@@ -4,7 +4,9 @@ Usage: python3 -m tests.reliability.report OUTPUT_MD RESULTS_JSONL... [--command
            [--keep PREVIOUS_MD] [--note TEXT]
 
 --keep starts from the figures table of an earlier RELIABILITY.md, so a partial run (one test
-in long mode, say) updates its rows and keeps the others, each with its own date.
+in long mode, say) updates its rows and keeps the others, each with its own date; a test the
+results hold loses every kept row of it, in any mode or backend (a long run replaces the
+short rows of the same test).
 """
 
 from __future__ import annotations
@@ -93,11 +95,16 @@ def main() -> None:
     entries_by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in rows_of(arguments.keep) if arguments.keep else []:
         entries_by_key[(entry["test"], entry["mode"], entry["backend"])] = dict(entry)
+    kept_tests = {key[0] for key in entries_by_key}
     for path in arguments.results:
         with open(path) as file:
             for line in file:
                 if line.strip():
                     entry = json.loads(line)
+                    if entry["test"] in kept_tests:  # a kept row of it, in any mode, goes
+                        kept_tests.discard(entry["test"])
+                        entries_by_key = {key: kept for key, kept in entries_by_key.items()
+                                          if key[0] != entry["test"]}
                     # A later run of the same test, mode and backend replaces the earlier one.
                     entries_by_key[(entry["test"], entry["mode"], entry["backend"])] = entry
     entries = list(entries_by_key.values())
