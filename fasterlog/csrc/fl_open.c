@@ -55,8 +55,12 @@ static int settings_check(fl_settings *settings, const fl_meta *meta, fl_error_i
     uint64_t memory = settings->memory_size_bytes;
     if (!memory) memory = FL_DEFAULT_MEMORY_SIZE_BYTES < 2 * page ? 2 * page : FL_DEFAULT_MEMORY_SIZE_BYTES;
     if (memory < 2 * page || memory % page || memory / page > FL_PAGES_COUNT_MAX) {
-        fl_set_message(error, "memory_size_bytes must be a multiple of page_size_bytes, at least "
-                       "two pages and at most %u, not %llu", FL_PAGES_COUNT_MAX,
+        /* In bytes and in pages: the bound is a page count, and a message that said "at most
+         * 65536, not 65536" (pages beside bytes) read as a contradiction (issue 15). */
+        fl_set_message(error, "memory_size_bytes must be a multiple of page_size_bytes (%llu) "
+                       "from two pages (%llu bytes) to %u pages (%llu bytes), not %llu",
+                       (unsigned long long)page, (unsigned long long)(2 * page),
+                       FL_PAGES_COUNT_MAX, (unsigned long long)page * FL_PAGES_COUNT_MAX,
                        (unsigned long long)memory);
         return FL_E_SETTINGS;
     }

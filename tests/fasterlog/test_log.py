@@ -227,6 +227,17 @@ def test_bad_settings_raise_settings_error(log_dir: Path, settings: dict[str, ob
         FasterLog.open(log_dir, **settings)  # type: ignore[arg-type]
 
 
+def test_a_memory_size_out_of_bounds_is_named_in_bytes_and_pages(log_dir: Path) -> None:
+    """The bound is a page count: the message used to read "at most 65536, not 65536" for one
+    page of 64 KiB (65,536 pages beside 65,536 bytes; issue 15's papercuts)."""
+    with pytest.raises(errors.SettingsError) as raised:
+        FasterLog.open(log_dir, page_size_bytes=65536, memory_size_bytes=65536)
+    assert ("memory_size_bytes must be a multiple of page_size_bytes (65536) from two pages "
+            "(131072 bytes) to 65536 pages (4294967296 bytes), not 65536") in str(raised.value)
+    with FasterLog.open(log_dir, page_size_bytes=65536, memory_size_bytes=131072) as log:
+        assert log.settings["memory_size_bytes"] == 131072  # nothing left blocks a retry
+
+
 def test_settings_that_differ_from_the_log_are_refused(log_dir: Path) -> None:
     FasterLog.open(log_dir, **SMALL_SETTINGS).close()
     with pytest.raises(errors.SettingsError, match="differs"):
