@@ -154,6 +154,12 @@ class ServerSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
+        value = self.port
+        # Checked here, before any file is touched: the socket layer takes a port modulo 2^16,
+        # so `serve --port 70000` served on 4464, after creating its logs (issue 15).
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+            raise ValueError(f"port must be an int from 0 to 65535 (0: a free one), not "
+                             f"{value!r}")
         value = self.kv_checkpoint_bytes
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"kv_checkpoint_bytes must be an int >= 0 (0: off), not {value!r}")

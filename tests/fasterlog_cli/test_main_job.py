@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
+
+from tests.support.cli import assert_one_error_line, run_cli
 
 
 def start(cwd: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -64,3 +67,14 @@ def test_serve_without_arguments_creates_its_data_directory_and_recovers_after_s
         client.close()
     finally:
         assert stop(process) == 0
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_on_a_port_out_of_range_is_a_usage_error_that_writes_nothing(
+        tmp_path: Path, port: str) -> None:
+    """The socket layer takes a port modulo 2^16: `serve --port 70000` served on 4464, after
+    creating its two logs (issue 15's papercuts; it was a traceback once)."""
+    result = run_cli("serve", "--dir", tmp_path / "data", "--port", port)
+    line = assert_one_error_line(result, status=2)
+    assert "port must be an int from 0 to 65535" in line
+    assert not (tmp_path / "data").exists()
