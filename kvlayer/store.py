@@ -163,7 +163,16 @@ class KVStore:
         something was written (checked on writes and by a sleeping timer thread).
         `read_only=True` opens a follower (follower.py): it may run beside the writer process
         and applies the writer's commits as they land (in a thread, unless follow=False; then
-        `catch_up()` applies them). `log_settings` go to FasterLog.open."""
+        `catch_up()` applies them). `readonly=` (FasterLog.open's spelling) is the same as
+        `read_only=`. `log_settings` go to FasterLog.open."""
+        if "readonly" in log_settings:
+            # FasterLog's spelling: it used to reach the log alone, so the store opened as a
+            # writer on a read-only log and failed at its first put and at close (issue 15).
+            readonly = log_settings.pop("readonly")
+            if not isinstance(readonly, bool):
+                raise StoreSettingsError(f"open failed: readonly must be a bool, not "
+                                         f"{readonly!r}")
+            read_only = read_only or readonly
         for name, value, low, high in (
                 ("index_buckets_count_log2", index_buckets_count_log2, 0,
                  lib.FL_INDEX_BUCKETS_COUNT_LOG2_MAX),

@@ -208,3 +208,21 @@ def test_bad_time_settings_get_typed_errors(tmp_path: Path, bad: object) -> None
 def test_bad_read_only_settings_get_typed_errors(tmp_path: Path, bad: object) -> None:
     with pytest.raises(errors.StoreSettingsError):
         KVStore.open(tmp_path / "kv", read_only=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spelling", ["read_only", "readonly"])
+def test_fasterlogs_readonly_spelling_opens_a_follower_too(tmp_path: Path, spelling: str) -> None:
+    """`readonly=` (FasterLog.open's spelling) used to reach the log alone: the store opened
+    as a writer on a read-only log, its first put failed with the log's ReadOnlyError and so
+    did close (issue 15's papercuts)."""
+    with KVStore.open(tmp_path / "kv", **CRASH_SETTINGS) as store:
+        store.put(b"a", b"1")
+    follower = KVStore.open(tmp_path / "kv", follow=False, **{spelling: True}, **CRASH_SETTINGS)
+    try:
+        assert follower.get(b"a") == b"1"
+        with pytest.raises(errors.StoreReadOnlyError):
+            follower.put(b"b", b"2")
+    finally:
+        follower.close()
+    with pytest.raises(errors.StoreSettingsError, match="readonly must be a bool"):
+        KVStore.open(tmp_path / "kv", readonly="yes", **CRASH_SETTINGS)
