@@ -145,6 +145,7 @@ async def main_async(log: FasterLog) -> int:
 
 def main(arguments: list[str]) -> int:
     directory = Path(arguments[0]) if arguments else default_directory
+    directory.parent.mkdir(parents=True, exist_ok=True)  # FasterLog.open makes only the last part
     with FasterLog.open(directory) as log:
         return asyncio.run(main_async(log))
 

@@ -222,6 +222,7 @@ def main(arguments: list[str]) -> int:
     directory = Path(arguments[0]) if arguments else default_directory
     exists = (directory / "fasterlog.meta").exists()
     print(f"{'recover the bank log in' if exists else 'create a new bank log in'} {directory}")
+    directory.parent.mkdir(parents=True, exist_ok=True)  # FasterLog.open makes only the last part
     with FasterLog.open(directory) as log, EventStore(log) as store:
         run_commands(store)
         rebuild_balances(log, store)

@@ -63,6 +63,7 @@ def follow(directory: str, from_address: int, run_id: str) -> int:
 def write(directory: Path) -> int:
     """The parent: the writer."""
     run_id = f"{os.getpid()}-{time.time_ns()}"
+    directory.parent.mkdir(parents=True, exist_ok=True)  # FasterLog.open makes only the last part
     with FasterLog.open(directory) as log:
         start = log.tail_address
         follower = subprocess.Popen(

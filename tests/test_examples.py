@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,10 @@ examples = ROOT / "examples"
 example_timeout_s = 60
 
 
-def run_example(name: str, directory: Path) -> str:
+def run_example(name: str, directory: Path, cwd: Path | None = None) -> str:
     result = subprocess.run([sys.executable, str(examples / name), str(directory)],
                             capture_output=True, text=True, timeout=example_timeout_s,
-                            cwd=directory.parent, check=False)
+                            cwd=directory.parent if cwd is None else cwd, check=False)
     assert result.returncode == 0, f"status {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
     return result.stdout
@@ -95,3 +96,18 @@ def test_async_consumer_tailers_and_projection_see_every_reading(tmp_path: Path)
     counts = re.search(r"projection \(every run\): (\{.*?\})", second)
     assert counts is not None
     assert sum(json.loads(counts.group(1).replace("'", '"')).values()) == 800
+
+
+@pytest.mark.parametrize("name", ["async_consumer.py", "bank_account.py", "tail_consumer.py"])
+def test_an_example_creates_the_directories_above_its_log(tmp_path: Path, name: str) -> None:
+    """Run as the README says, from a fresh directory, three of the four examples failed with
+    `LogIOError: [Errno 2] open 'data/bank-log'`: FasterLog.open creates the log's own
+    directory, not its parents (as open(2) does not), and ./data did not exist (issue 15). The
+    examples make the parents; the log then holds what the example wrote."""
+    directory = tmp_path / "fresh" / "data" / "log"
+    try:
+        run_example(name, directory, cwd=tmp_path)
+        with FasterLog.open(directory, readonly=True) as log:
+            assert log.committed_until_address > log.begin_address
+    finally:
+        shutil.rmtree(tmp_path / "fresh", ignore_errors=True)  # its 1 GiB segment, at once
