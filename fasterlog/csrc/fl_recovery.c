@@ -15,8 +15,9 @@
  * segment from the recovered begin up to the highest address known to be durable (the meta
  * file's committed-until, or the end of the commit before the recovered one: the recovered
  * commit was placed only after that one's sync) must exist at its full, preallocated size. A
- * segment is preallocated before its first write, and the first sync of the file makes the
- * size durable with the data (FORMAT.md, Recovery step 2), so a missing or short one is
+ * segment is preallocated and the file fsynced before its first write (fl_segments.c: a
+ * commit's data sync does not carry the size), so the size is durable before any commit
+ * relies on it (FORMAT.md, Recovery step 2), and a missing or short one is
  * damage from outside the crash model (a deleted file, a cut copy), never a torn write:
  * FL_E_CORRUPT naming the segment and the addresses it lost, not a silent cut. */
 #include "fl_internal.h"
