@@ -167,15 +167,22 @@ def test_a_malformed_frame_gets_an_error_and_nothing_more_runs(tmp_path: Path) -
     with_server(tmp_path / "data", body)
 
 
+def paused_behind_a_write(connection: Connection, sink: RecordingSink) -> int:
+    """A SET (its batch waits for its commit), then PINGs past READ_SIZE_BYTES: reading
+    pauses. Returns the PINGs sent."""
+    connection.receive(command(b"SET", b"k", b"v"))
+    ping = command(b"PING")
+    count = READ_SIZE_BYTES // len(ping) + 1
+    connection.receive(ping * count)
+    assert not sink.reading and connection.input is Flow.PAUSED
+    return count
+
+
 def test_reading_pauses_past_its_bound_while_a_batch_waits_and_resumes_after(
         tmp_path: Path) -> None:
     async def body(server: Server) -> None:
         connection, sink = attached(server)
-        connection.receive(command(b"SET", b"k", b"v"))
-        ping = command(b"PING")
-        count = READ_SIZE_BYTES // len(ping) + 1
-        connection.receive(ping * count)
-        assert not sink.reading and connection.input is Flow.PAUSED
+        count = paused_behind_a_write(connection, sink)
         await settle()
         assert sink.written == b"+OK\r\n" + b"+PONG\r\n" * count
         assert sink.reading and connection.input is Flow.OPEN
@@ -218,11 +225,7 @@ def test_input_paused_while_a_batch_waits_is_read_again_once_its_replies_wait_fo
         tmp_path: Path) -> None:
     async def body(server: Server) -> None:
         connection, sink = attached(server)
-        connection.receive(command(b"SET", b"k", b"v"))
-        ping = command(b"PING")
-        count = READ_SIZE_BYTES // len(ping) + 1
-        connection.receive(ping * count)
-        assert not sink.reading and connection.input is Flow.PAUSED
+        count = paused_behind_a_write(connection, sink)
         connection.writing_paused()
         assert sink.reading and connection.input is Flow.OPEN
         connection.writing_resumed()
