@@ -25,7 +25,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-__all__ = ["install", "installed"]
+__all__ = ["install"]
 
 
 def _freeze_after_full_collections(phase: str, info: dict[str, Any]) -> None:
@@ -37,7 +37,3 @@ def install() -> None:
     """Freezes what survives each full collection, from now on in this process (idempotent)."""
     if _freeze_after_full_collections not in gc.callbacks:
         gc.callbacks.append(_freeze_after_full_collections)
-
-
-def installed() -> bool:
-    return _freeze_after_full_collections in gc.callbacks
