@@ -34,6 +34,7 @@ class _Lib:
     FL_E_WOKEN: int
     FL_FAULT_ANY: int
     FL_FAULT_FSYNC: int
+    FL_FAULT_KERNEL_WORKERS: int
     FL_FAULT_PAUSE_BEFORE_LOOKUP: int
     FL_FAULT_PAUSE_BEFORE_PREAD: int
     FL_FAULT_PAUSE_MAX_MS: int

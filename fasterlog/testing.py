@@ -26,12 +26,14 @@ __all__ = [
     "IOTrace",
     "ReadPause",
     "TraceOp",
+    "cancelled_resent_count",
     "clear_faults",
     "crash_point_names",
     "crc32c",
     "crc32c_portable",
     "inject_fault",
     "pause_read",
+    "send_to_kernel_workers",
     "simulate_crash",
     "trace_side_files",
 ]
@@ -53,6 +55,21 @@ def inject_fault(log: FasterLog, op: str = "any", after: int = 0, errno: int = _
     if op not in _OPS:
         raise ValueError(f"inject_fault: op must be one of {sorted(_OPS)}, not {op!r}")
     lib.fl_fault_set(log.c_handle, _OPS[op], after, errno, int(persistent), int(short_write))
+
+
+def send_to_kernel_workers(log: FasterLog) -> None:
+    """From now on (until the next inject_fault or clear_faults) the log's io_uring writes and
+    syncs wait in the kernel's workers of the thread that submitted them, as a write that
+    cannot go at once does; a thread that ends then leaves them to be cancelled (ECANCELED).
+    No effect on the plain backend."""
+    lib.fl_fault_set(log.c_handle, lib.FL_FAULT_KERNEL_WORKERS, 0, 0, 1, 0)
+
+
+def cancelled_resent_count(log: FasterLog) -> int:
+    """Writes and syncs the kernel cancelled unrun that the log has sent again since open."""
+    state = ffi.new("fl_state *")
+    lib.fl_get_state(log.c_handle, state)
+    return int(state.cancelled_resent_count)
 
 
 def clear_faults(log: FasterLog) -> None:

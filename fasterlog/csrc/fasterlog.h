@@ -51,7 +51,13 @@ enum fl_fault_op {
     FL_FAULT_FSYNC = 2,
     FL_FAULT_ANY = 3,
     FL_FAULT_PAUSE_BEFORE_LOOKUP = 4, /* a read past its begin check, before its segment lookup */
-    FL_FAULT_PAUSE_BEFORE_PREAD = 8   /* a read holding its segment's descriptor, before pread */
+    FL_FAULT_PAUSE_BEFORE_PREAD = 8,  /* a read holding its segment's descriptor, before pread */
+    /* Not a failure either: writes and syncs queued on the ring from now on go to the kernel's
+     * workers (IOSQE_ASYNC), where io_uring sends a write that cannot go at once. The thread
+     * that submitted them can then end while they wait there, which makes the kernel cancel
+     * them (ECANCELED): a test can make that happen every time rather than once in 40,000
+     * calls. io_uring backend only; lasts until the next fl_fault_set. */
+    FL_FAULT_KERNEL_WORKERS = 16
 };
 
 enum fl_fault_limits {
@@ -87,6 +93,8 @@ typedef struct fl_state {
     int32_t direct_io;                /* whether writes use O_DIRECT */
     int32_t io_uring_refused;         /* io_uring was wanted but the kernel refused it (-errno) */
     int32_t completed;                /* fl_complete was committed: the log takes no more */
+    uint64_t cancelled_resent_count;  /* writes and syncs the kernel cancelled unrun (their
+                                         thread ended) that the log sent again */
 } fl_state;
 
 /* Details of a failure that the return code alone does not carry. */

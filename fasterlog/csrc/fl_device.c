@@ -120,6 +120,7 @@ static int uring_write(fl_device *device, int fd, const void *buffer, uint64_t s
     if (sqe == NULL) return -EBUSY;
     io_uring_prep_write(sqe, fd, buffer, (unsigned)size, offset);
     io_uring_sqe_set_data64(sqe, tag);
+    sqe->flags |= device->sqe_flags_forced;
     if (link) sqe->flags |= IOSQE_IO_LINK;
     device->queued_count++;
     return 0;
@@ -130,6 +131,7 @@ static int uring_fsync(fl_device *device, int fd, uint64_t tag, int link) {
     if (sqe == NULL) return -EBUSY;
     io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
     io_uring_sqe_set_data64(sqe, tag);
+    sqe->flags |= device->sqe_flags_forced;
     if (link) sqe->flags |= IOSQE_IO_LINK;
     device->queued_count++;
     return 0;

@@ -1,6 +1,7 @@
 /* Driving the device: the one thread holding `io_mutex` queues the writes of sealed pages (and
  * of a commit's last page), submits them, reaps completions and moves flushed_until; a failed
- * or short write or sync fences the log (invariant 6: never retried). A commit's writes and
+ * or short write or sync fences the log (invariant 6: never retried; one the kernel cancelled
+ * unrun is sent again, see resubmit_cancelled_io_locked). A commit's writes and
  * syncs go through fl_drive_flush_and_sync_io_locked, which returns only once all of them
  * completed (invariant 4). */
 #include "fl_internal.h"
@@ -27,17 +28,116 @@ void fl_commit_event_signal(fl_log *log) {
     }
 }
 
-int fl_drive_reap_io_locked(fl_log *log, uint32_t wait_count) {
+/* Reaps up to FL_INFLIGHT_MAX completions, waiting for `wait_count` of them; returns the first
+ * error among them. An operation that came back ECANCELED is left in flight, marked
+ * `cancelled`, for resubmit_cancelled_io_locked. */
+static int reap_completions_io_locked(fl_log *log, uint32_t wait_count) {
     fl_completion done[FL_INFLIGHT_MAX];
     int count = fl_device_reap(&log->device, done, FL_INFLIGHT_MAX, wait_count);
     int error = count < 0 ? count : 0;
     for (int i = 0; i < count; i++) {
         fl_inflight *op = &log->inflight[done[i].tag % FL_INFLIGHT_MAX];
+        assert(!op->done && !op->cancelled); /* one completion per sending */
+        if (done[i].result == -ECANCELED && op->resubmits_count < FL_CANCELLED_RESUBMITS_MAX) {
+            op->cancelled = 1;
+            continue;
+        }
         op->done = 1;
         op->result = done[i].result;
         if (op->is_sync ? op->result < 0 : op->result != (int32_t)op->size_bytes)
             if (error == 0) error = op->result < 0 ? op->result : FL_E_SHORT_WRITE;
     }
+    return error;
+}
+
+static int cancelled_count(const fl_log *log, uint32_t *pending_out) {
+    int cancelled = 0;
+    uint32_t pending = 0;
+    for (uint32_t i = 0; i < log->inflight_count; i++) {
+        const fl_inflight *op = &log->inflight[(log->inflight_first + i) % FL_INFLIGHT_MAX];
+        if (op->cancelled) cancelled++;
+        else if (!op->done) pending++;
+    }
+    if (pending_out) *pending_out = pending;
+    return cancelled;
+}
+
+static int op_send_io_locked(fl_log *log, const fl_inflight *op, uint64_t tag, int link) {
+    if (op->is_sync) return fl_device_fsync(&log->device, op->fd, tag, link);
+    return fl_device_write(&log->device, op->fd, op->buffer, op->size_bytes, op->offset, tag,
+                           link, op->dsync);
+}
+
+/* ECANCELED means the kernel did not run the operation, so sending it again is not the retry
+ * of a failed write that invariant 6 forbids: nothing reached the file. io_uring cancels an
+ * operation it still has to queue to the kernel workers of the thread that submitted it once
+ * that thread is exiting (a write the block layer sent back with EAGAIN is requeued there),
+ * and cancels the operations linked behind a cancelled one. Appends submit the writes of
+ * sealed pages and return without waiting for them, so any thread that ends may leave such
+ * writes behind; before this they fenced the log (the close race's one LogFencedError after
+ * ECANCELED in 40,000 calls, when a worker that had seen LogClosedError ended). They are
+ * sent again from this thread, which is alive and holds io_mutex. First everything else in
+ * flight completes, then the cancelled ones go as one chain in submission order, with every
+ * sync queued after a cancelled write sent again too (the kernel cancels a chain from the
+ * cancelled operation on, but a sync that ran before the write it was meant to cover must
+ * not count): each sync then runs after every write it covers (invariant 4). The slots
+ * they read stay put, since flushed_until does not pass an operation that is not done
+ * (invariant 3). */
+static int resubmit_cancelled_io_locked(fl_log *log) {
+    uint32_t pending;
+    int cancelled = cancelled_count(log, &pending);
+    while (pending > 0) {
+        const fl_device *device = &log->device;
+        /* An operation whose sending failed is in the table but not in the device (the
+         * error was returned then); waiting for it would never end. */
+        if (device->inflight_count + device->queued_count + device->ready_count == 0)
+            return -ECANCELED;
+        int rc = reap_completions_io_locked(log, 1);
+        if (rc < 0) return rc;
+        cancelled = cancelled_count(log, &pending);
+    }
+    int write_cancelled = 0;
+    for (uint32_t i = 0; i < log->inflight_count; i++) {
+        fl_inflight *op = &log->inflight[(log->inflight_first + i) % FL_INFLIGHT_MAX];
+        if (op->cancelled) {
+            write_cancelled |= !op->is_sync;
+        } else if (op->is_sync && write_cancelled) {
+            assert(op->done && op->result == 0); /* a failed one fenced: nothing is resent */
+            op->done = 0;
+            op->cancelled = 1;
+            cancelled++;
+        }
+    }
+    for (uint32_t i = 0; i < log->inflight_count && cancelled > 0; i++) {
+        uint32_t index = (log->inflight_first + i) % FL_INFLIGHT_MAX;
+        fl_inflight *op = &log->inflight[index];
+        if (!op->cancelled) continue;
+        op->cancelled = 0;
+        op->result = 0;
+        op->resubmits_count++;
+        __atomic_fetch_add(&log->cancelled_resent_count, 1, __ATOMIC_RELAXED);
+        int rc = op_send_io_locked(log, op, index, --cancelled > 0);
+        if (rc < 0) return rc;
+    }
+    return fl_device_submit(&log->device);
+}
+
+/* After an error the log is fenced and nothing in flight is sent again: what came back
+ * cancelled is done, with its ECANCELED. */
+static void cancelled_finish(fl_log *log) {
+    for (uint32_t i = 0; i < log->inflight_count; i++) {
+        fl_inflight *op = &log->inflight[(log->inflight_first + i) % FL_INFLIGHT_MAX];
+        if (!op->cancelled) continue;
+        op->cancelled = 0;
+        op->done = 1;
+        op->result = -ECANCELED;
+    }
+}
+
+int fl_drive_reap_io_locked(fl_log *log, uint32_t wait_count) {
+    int error = reap_completions_io_locked(log, wait_count);
+    if (error == 0 && cancelled_count(log, NULL) > 0) error = resubmit_cancelled_io_locked(log);
+    if (error) cancelled_finish(log);
     uint64_t flushed = 0;
     while (log->inflight_count > 0 && log->inflight[log->inflight_first].done) {
         fl_inflight *op = &log->inflight[log->inflight_first];
@@ -74,23 +174,19 @@ static int reap_all_io_locked(fl_log *log) {
     return rc;
 }
 
-static int inflight_push(fl_log *log, uint64_t start, uint64_t end, uint64_t size, int is_sync,
-                         uint64_t *tag) {
+/* Takes a slot for an operation, filled from `op` (result, done and cancelled cleared), and
+ * sends it; the slot's index is its tag. */
+static int inflight_send_io_locked(fl_log *log, fl_inflight op, int link) {
     while (log->inflight_count >= FL_INFLIGHT_MAX - 1) {
         int rc = fl_drive_reap_io_locked(log, 1);
         if (rc < 0) return rc;
     }
     uint32_t index = (log->inflight_first + log->inflight_count) % FL_INFLIGHT_MAX;
-    fl_inflight *op = &log->inflight[index];
-    op->start = start;
-    op->end = end;
-    op->size_bytes = size;
-    op->result = 0;
-    op->done = 0;
-    op->is_sync = is_sync;
+    op.result = op.done = op.cancelled = 0;
+    op.resubmits_count = 0;
+    log->inflight[index] = op;
     log->inflight_count++;
-    *tag = index;
-    return 0;
+    return op_send_io_locked(log, &log->inflight[index], index, link);
 }
 
 /* Queues writes for [submitted_until, until), one per page, in sector-aligned pieces. */
@@ -114,13 +210,16 @@ static int queue_writes_io_locked(fl_log *log, uint64_t until, int link, int dsy
         int rc = fl_segment_write_fd_io_locked(log, segment, &write_fd);
         if (rc < 0) return rc;
         fl_zero_wait(log, write_start, write_end);
-        uint64_t tag;
-        rc = inflight_push(log, start, end, write_end - write_start, 0, &tag);
-        if (rc < 0) return rc;
-        rc = fl_device_write(&log->device, write_fd,
-                             fl_slot_of(log, page) + (write_start - page_start),
-                             write_end - write_start, write_start % log->segment_size_bytes, tag,
-                             link, dsync);
+        fl_inflight write = {
+            .start = start,
+            .end = end,
+            .size_bytes = write_end - write_start,
+            .fd = write_fd,
+            .dsync = dsync,
+            .buffer = fl_slot_of(log, page) + (write_start - page_start),
+            .offset = write_start % log->segment_size_bytes,
+        };
+        rc = inflight_send_io_locked(log, write, link);
         if (rc < 0) return rc;
         log->submitted_until = end;
     }
@@ -208,9 +307,8 @@ int fl_drive_flush_and_sync_io_locked(fl_log *log, uint64_t until) {
     for (uint64_t i = 0; i < log->segments_count && rc == 0; i++) {
         fl_segment *entry = &log->segments[i];
         if (!entry->dirty) continue;
-        uint64_t tag;
-        rc = inflight_push(log, 0, 0, 0, 1, &tag);
-        if (rc == 0) rc = fl_device_fsync(&log->device, entry->write_fd, tag, --dirty_count > 0);
+        fl_inflight sync = {.is_sync = 1, .fd = entry->write_fd};
+        rc = inflight_send_io_locked(log, sync, --dirty_count > 0);
         entry->dirty = 0;
     }
     pthread_rwlock_unlock(&log->segments_lock);

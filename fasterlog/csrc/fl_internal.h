@@ -57,7 +57,8 @@
  * 5. One commit at a time (commit_active). A commit's record is placed only once the previous
  *    commit's sync finished, so a valid record with number N+2 on disk proves that commit N+1
  *    was synced: recovery uses this to tell damage in committed data from a torn tail.
- * 6. A failed write or sync fences the log; it is never retried (fsyncgate). */
+ * 6. A failed write or sync fences the log; it is never retried (fsyncgate). One the kernel
+ *    cancelled without running it (ECANCELED) has not failed: it is sent again (fl_drive.c). */
 #ifndef FL_INTERNAL_H
 #define FL_INTERNAL_H
 
@@ -104,6 +105,10 @@ _Static_assert(FL_META_FIELDS_END <= FL_META_SIZE_BYTES, "the fields fit the blo
 /* Writes and syncs the device may have in flight at once. A sealed page is one write, a commit
  * adds at most two writes and one sync per segment it touches. */
 #define FL_INFLIGHT_MAX 128
+/* How many times one operation the kernel cancelled unrun is sent again before its ECANCELED
+ * fences the log like any other error: a cancellation that keeps coming back is not a thread
+ * that ended (fl_drive.c). */
+#define FL_CANCELLED_RESUBMITS_MAX 8
 #define FL_RING_ENTRIES_COUNT 256
 /* Preallocation writes zeros this far ahead of the open page, in chunks of this size. */
 #define FL_ZERO_AHEAD_MAX_BYTES (64u << 20)
@@ -157,6 +162,7 @@ struct fl_device {
     uint32_t ready_count;
     fl_fault fault;                   /* the fault layer is stacked while fault.ops != 0 */
     int32_t traced;                   /* the trace layer is stacked */
+    uint8_t sqe_flags_forced;         /* IOSQE_ASYNC under FL_FAULT_KERNEL_WORKERS, else 0 */
     pthread_mutex_t *driver_mutex;    /* the log's io_mutex (fl_device.c rule 1) */
     fl_device *next_open;             /* the list of open devices (fl_device.c rule 2) */
     int32_t linked;                   /* on that list */
@@ -250,6 +256,14 @@ typedef struct fl_inflight {
     int32_t result;
     int32_t done;
     int32_t is_sync;
+    /* What it was sent with, so that an operation the kernel cancelled without running it
+     * can be sent again (fl_drive.c, resubmit_cancelled_io_locked). */
+    int32_t fd;
+    int32_t dsync;
+    int32_t cancelled;        /* came back ECANCELED, not yet sent again */
+    uint32_t resubmits_count; /* at most FL_CANCELLED_RESUBMITS_MAX */
+    const uint8_t *buffer;
+    uint64_t offset;
 } fl_inflight;
 
 struct fl_log {
@@ -330,6 +344,9 @@ struct fl_log {
     /* The backend the device opened with, kept for fl_get_state: device.backend belongs to
      * io_mutex and is cleared by close, so reading it under `mutex` raced the close. */
     int32_t io_backend;
+    /* Operations sent again after an ECANCELED (fl_drive.c): written under io_mutex, read by
+     * fl_get_state under `mutex`, so relaxed atomics. */
+    uint64_t cancelled_resent_count;
     int event_fd;
 
     /* Zero-filling ahead of the tail (fl_zero.c), under `mutex`. */

@@ -535,6 +535,8 @@ void fl_get_state(fl_log *log, fl_state *state) {
     state->salt = log->salt;
     state->epoch = log->epoch;
     state->io_backend = log->io_backend;
+    state->cancelled_resent_count =
+        __atomic_load_n(&log->cancelled_resent_count, __ATOMIC_RELAXED);
     state->fenced_error = log->fenced_error;
     state->closed = log->closed || fl_closing(log);
     state->readonly = log->readonly;
@@ -555,6 +557,7 @@ static int fault_set_impl(fl_log *log, int32_t ops, uint64_t after_count, int32_
                       .persistent = persistent, .short_write = short_write};
     pthread_mutex_lock(&log->io_mutex);
     fl_device_fault_set(&log->device, &fault);
+    log->device.sqe_flags_forced = (ops & FL_FAULT_KERNEL_WORKERS) ? IOSQE_ASYNC : 0;
     pthread_mutex_unlock(&log->io_mutex);
     fl_read_pause_arm(&log->read_pause, pauses, after_count);
     return 0;

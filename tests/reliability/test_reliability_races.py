@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fasterlog import FasterLog
+from fasterlog.testing import cancelled_resent_count, send_to_kernel_workers
 from tests.support import sanitizers
 from tests.support.figures import record
 from tests.support.mode import scaled
@@ -103,6 +107,63 @@ def test_close_race_under_address_and_undefined_behaviour_sanitizers(
     _close_race(scratch, rounds, sanitizers.environment("address", asan_build), True,
                 "test_close_race_under_address_and_undefined_behaviour_sanitizers",
                 "ASan+UBSan build")
+
+
+# Rounds of the deterministic form of the close race's last wrong error (below).
+thread_exit_rounds = scaled(200, 2000)
+thread_exit_settings: dict[str, Any] = {
+    "page_size_bytes": 4096, "memory_size_bytes": 64 * 4096, "segment_size_bytes": 1 << 20}
+
+
+def _thread_exit_round(directory: str) -> int:
+    """One round: a thread appends 40 pages and ends with their writes waiting in its kernel
+    workers; this thread then appends 80 more pages (waiting for page writes, as the close
+    race's worker did) and commits. Returns how many operations the log sent again."""
+    log = FasterLog.open(directory, **thread_exit_settings)
+    try:
+        if log.io_backend != "io_uring":
+            pytest.skip("kernel workers and their cancellation are io_uring's")
+        send_to_kernel_workers(log)
+        entries = [bytes([index % 251]) * 1000 for index in range(480)]
+        producer = threading.Thread(target=lambda: [log.append(entry) for entry in entries[:160]])
+        producer.start()
+        producer.join()
+        for entry in entries[160:]:
+            log.append(entry)
+        log.commit()
+        resent = cancelled_resent_count(log)
+        assert not log.fenced, log.fenced
+    finally:
+        log.close()
+    with FasterLog.open(directory, **thread_exit_settings) as reopened:
+        assert [entry for _, entry in reopened.scan()] == entries
+    shutil.rmtree(directory)
+    return resent
+
+
+def test_writes_a_thread_left_in_flight_when_it_ended_are_sent_again_not_fenced(
+        scratch: str) -> None:
+    # The close race's one wrong error in 40,000 calls at 10,000 rounds (LogFencedError after
+    # ECANCELED): a worker that had seen LogClosedError ended while page writes it submitted
+    # waited in its kernel workers, the kernel cancelled them, and the worker still appending
+    # reaped the ECANCELED and fenced the log. Any thread that appends and ends can do it;
+    # forced into the kernel workers, the kernel cancels some of them in about one round in
+    # eight here: on the code before the fix the first such round's append or commit raised
+    # ECANCELED (LogIOError, the log fenced).
+    resent = [_thread_exit_round(os.path.join(scratch, f"log-{index}"))
+              for index in range(thread_exit_rounds)]
+    cancelled_rounds = sum(count > 0 for count in resent)
+    print(f"rounds with cancellations: {cancelled_rounds} of {len(resent)}; resent {resent}")
+    assert cancelled_rounds, f"no round had a cancelled operation to send again: {resent}"
+    record("test_writes_a_thread_left_in_flight_when_it_ended_are_sent_again_not_fenced",
+           f"{thread_exit_rounds} rounds of a thread ending with its page writes waiting in "
+           f"its io_uring kernel workers, then another thread appending and committing: "
+           f"rounds where the kernel cancelled some {cancelled_rounds}, operations sent again "
+           f"{sum(resent):,}, fences 0, entries lost 0",
+           {"rounds": thread_exit_rounds, "cancelled_rounds": cancelled_rounds,
+            "resent": sum(resent), "fences": 0, "lost": 0},
+           "python3 -m pytest -s tests/reliability/test_reliability_races.py::"
+           "test_writes_a_thread_left_in_flight_when_it_ended_are_sent_again_not_fenced")
 
 
 def _truncation_race(scratch: str, seconds: int, env: dict[str, str], sanitized: bool,

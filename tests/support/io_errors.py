@@ -45,7 +45,16 @@ variants: dict[str, dict[str, object]] = {
     "eio-transient": {"errno": errno.EIO, "persistent": False, "short_write": False},
     "enospc-persistent": {"errno": errno.ENOSPC, "persistent": True, "short_write": False},
     "short-write": {"errno": errno.EIO, "persistent": False, "short_write": True},
+    # What io_uring answers for an operation it cancelled unrun (its submitting thread ended):
+    # sent again, so once it surfaces nothing (every commit returns), and from then on it
+    # fences once the resubmissions run out.
+    "ecanceled-transient": {"errno": errno.ECANCELED, "persistent": False,
+                            "short_write": False},
+    "ecanceled-persistent": {"errno": errno.ECANCELED, "persistent": True,
+                             "short_write": False},
 }
+# The variants whose fault is sent again instead of surfacing.
+resent_variants = ("ecanceled-transient",)
 
 
 def workload_entries() -> list[list[bytes]]:
@@ -174,6 +183,10 @@ def sweep(scratch: str, variant: str, indexes: list[int]) -> Sweep:
             if not isinstance(outcome.error, (errors.LogIOError, errors.LogFencedError)):
                 result.failures.append(f"index {after}: untyped error {outcome.error!r}")
         result.failures += [f"index {after}: {problem}" for problem in outcome.problems]
+        if variant in resent_variants and outcome.acknowledged != len(outcome.appended):
+            result.failures.append(f"index {after}: {outcome.acknowledged} of "
+                                   f"{len(outcome.appended)} acknowledged, not all: "
+                                   f"{outcome.error!r}")
         problem = check_recovered(directory, outcome.appended, outcome.acknowledged)
         if problem:
             result.failures.append(f"index {after}: {problem}")
@@ -187,9 +200,13 @@ def swept_indexes(variant: str, checks_count: int, stride: int) -> list[int]:
 
 
 def surfaced_problem(variant: str, result: Sweep) -> str:
-    """A short write needs a write of two sectors or more, so some indexes pass unharmed;
-    every other fault must surface. "" or what is wrong."""
-    if variant != "short-write":
+    """A short write needs a write of two sectors or more, so some indexes pass unharmed; a
+    cancellation is sent again and never surfaces; every other fault must surface. "" or
+    what is wrong."""
+    if variant in resent_variants:
+        if result.surfaced:
+            return f"{result.surfaced} cancelled operations surfaced instead of being sent again"
+    elif variant != "short-write":
         if result.surfaced != result.indexes:
             return f"{result.indexes - result.surfaced} faults never surfaced"
     elif result.surfaced <= result.indexes // 4:
