@@ -24,6 +24,7 @@ __all__ = [
     "CrashState",
     "CrashStates",
     "IOTrace",
+    "OpenPause",
     "ReadPause",
     "TraceOp",
     "cancelled_resent_count",
@@ -33,6 +34,7 @@ __all__ = [
     "crc32c_portable",
     "inject_fault",
     "pause_read",
+    "pause_read_only_open",
     "send_to_kernel_workers",
     "simulate_crash",
     "trace_side_files",
@@ -123,6 +125,50 @@ def pause_read(log: FasterLog, at: str = "before-pread", after: int = 0) -> Read
     if rc < 0:
         errors.raise_for(rc, "pause_read")
     return ReadPause(log, at)
+
+
+# Where a read-only open can be held (fasterlog.h, fl_open_pause_arm).
+_OPEN_PAUSE_POINTS = {"before-recovery-scan": lib.FL_FAULT_PAUSE_RECOVERY_BEFORE_SCAN,
+                      "after-recovery-scan": lib.FL_FAULT_PAUSE_RECOVERY_AFTER_SCAN}
+
+
+class OpenPause:
+    """The next read-only open in this process, held at a point of its recovery (made by
+    pause_read_only_open). As a context manager it releases the open on exit."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+
+    def wait_held(self, timeout_s: float) -> bool:
+        """Waits until an open is held at the point; False if none came within `timeout_s`."""
+        return int(lib.fl_open_pause_wait(int(timeout_s * 1e6))) == 0
+
+    def release(self) -> bool:
+        """Lets the held open go on (and disarms the pause); returns whether one was held.
+        Raises TimeoutError if it had gone on by itself after pause_held_max_s."""
+        rc = int(lib.fl_open_pause_release())
+        if rc == lib.FL_E_TIMEOUT:
+            raise TimeoutError(f"open pause {self.point}: the held open went on by itself "
+                               f"after {pause_held_max_s:g} s, before the release")
+        return rc == 1
+
+    def __enter__(self) -> OpenPause:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        lib.fl_open_pause_release()
+
+
+def pause_read_only_open(at: str = "after-recovery-scan") -> OpenPause:
+    """Holds the next read-only open of any log in this process at point `at`
+    ("before-recovery-scan": its meta file read, its recovery scan not begun;
+    "after-recovery-scan": the scan done, its damage checks not) until the returned
+    OpenPause releases it."""
+    if at not in _OPEN_PAUSE_POINTS:
+        raise ValueError(f"pause_read_only_open: at must be one of "
+                         f"{sorted(_OPEN_PAUSE_POINTS)}, not {at!r}")
+    lib.fl_open_pause_arm(_OPEN_PAUSE_POINTS[at])
+    return OpenPause(at)
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:

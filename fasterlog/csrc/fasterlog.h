@@ -57,7 +57,11 @@ enum fl_fault_op {
      * that submitted them can then end while they wait there, which makes the kernel cancel
      * them (ECANCELED): a test can make that happen every time rather than once in 40,000
      * calls. io_uring backend only; lasts until the next fl_fault_set. */
-    FL_FAULT_KERNEL_WORKERS = 16
+    FL_FAULT_KERNEL_WORKERS = 16,
+    /* The read-only open pause's points (fl_open_pause_arm): its meta file read, before its
+     * recovery scan; and after the scan, before its damage checks. */
+    FL_FAULT_PAUSE_RECOVERY_BEFORE_SCAN = 32,
+    FL_FAULT_PAUSE_RECOVERY_AFTER_SCAN = 64
 };
 
 enum fl_fault_limits {
@@ -183,6 +187,14 @@ int fl_fault_pause_wait(fl_log *log, int64_t timeout_us);
 /* Lets the held read go on and disarms the pause: 1 when a read was held, 0 when none was,
  * FL_E_TIMEOUT when it had already gone on by itself after FL_FAULT_PAUSE_MAX_MS. */
 int fl_fault_pause_release(fl_log *log);
+/* The same kind of pause for a read-only open, process-wide (there is no log to arm it on
+ * yet): the next read-only open to reach one of `points` (FL_FAULT_PAUSE_RECOVERY_*) waits
+ * there until fl_open_pause_release or FL_FAULT_PAUSE_MAX_MS; so a test can let a live writer
+ * move on exactly while a reader recovers. Wait and release answer as fl_fault_pause_wait
+ * and fl_fault_pause_release do. */
+void fl_open_pause_arm(int32_t points);
+int fl_open_pause_wait(int64_t timeout_us);
+int fl_open_pause_release(void);
 
 uint32_t fl_crc32c(uint32_t crc, const void *data, size_t size);
 /* The table-driven CRC32C, whatever the CPU has: tests check it agrees with fl_crc32c. */

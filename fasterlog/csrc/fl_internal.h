@@ -109,6 +109,9 @@ _Static_assert(FL_META_FIELDS_END <= FL_META_SIZE_BYTES, "the fields fit the blo
  * fences the log like any other error: a cancellation that keeps coming back is not a thread
  * that ended (fl_drive.c). */
 #define FL_CANCELLED_RESUBMITS_MAX 8
+/* How many times a read-only open beside a live writer recovers before damage it keeps
+ * finding is reported (fl_recovery.c, fl_recover). */
+#define FL_LIVE_RECOVERY_ATTEMPTS_MAX 8
 #define FL_RING_ENTRIES_COUNT 256
 /* Preallocation writes zeros this far ahead of the open page, in chunks of this size. */
 #define FL_ZERO_AHEAD_MAX_BYTES (64u << 20)
@@ -447,7 +450,7 @@ void fl_segments_delete_below(fl_log *log, uint64_t begin_address);
 void fl_segments_close_all(fl_log *log);
 
 /* ---- recovery (fl_recovery.c) ---- */
-int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error);
+int fl_recover(fl_log *log, fl_meta *meta, fl_error_info *error);
 
 /* ---- preallocation (fl_zero.c) ---- */
 /* Waits until no zero write overlaps [start, end) (a log write there must not race it). */

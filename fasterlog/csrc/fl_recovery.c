@@ -59,6 +59,10 @@ static int find_last_segment(recovery *r) {
     int fd = dup(r->log->directory_fd);
     DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
     if (dir == NULL) return -errno;
+    /* The duplicate shares the directory descriptor's position, which the last listing left
+     * at the end: without the rewind a second recovery (fl_recover's next attempt) saw no
+     * segment at all and recovered an empty log. */
+    rewinddir(dir);
     struct dirent *entry;
     while ((entry = readdir(dir)) != NULL) {
         unsigned long long index;
@@ -306,7 +310,29 @@ static int check_segments(recovery *r, uint64_t begin, uint64_t durable_until,
     return 0;
 }
 
-int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
+/* The read-only open pause (fasterlog.h, fl_open_pause_arm): one per process. */
+static fl_read_pause open_pause;
+static pthread_once_t open_pause_once = PTHREAD_ONCE_INIT;
+static void open_pause_init(void) { fl_read_pause_init(&open_pause); }
+
+static fl_read_pause *open_pause_get(void) {
+    pthread_once(&open_pause_once, open_pause_init);
+    return &open_pause;
+}
+
+void fl_open_pause_arm(int32_t points) {
+    fl_read_pause_arm(open_pause_get(),
+                      points & (FL_FAULT_PAUSE_RECOVERY_BEFORE_SCAN |
+                                FL_FAULT_PAUSE_RECOVERY_AFTER_SCAN), 0);
+}
+
+int fl_open_pause_wait(int64_t timeout_us) {
+    return fl_read_pause_wait_held(open_pause_get(), timeout_us);
+}
+
+int fl_open_pause_release(void) { return fl_read_pause_release(open_pause_get()); }
+
+static int recover_once(fl_log *log, const fl_meta *meta, fl_error_info *error) {
     recovery r = {.log = log, .meta = meta, .page_loaded = UINT64_MAX, .fd = -1};
     int rc = find_last_segment(&r);
     if (rc < 0) return rc;
@@ -314,7 +340,9 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
         return FL_E_NOMEM;
     recovered_commit last = {0};
     uint64_t end = FL_FIRST_ADDRESS;
+    if (log->readonly) fl_read_pause_point(open_pause_get(), FL_FAULT_PAUSE_RECOVERY_BEFORE_SCAN);
     rc = scan_forward(&r, &last, &end);
+    if (log->readonly) fl_read_pause_point(open_pause_get(), FL_FAULT_PAUSE_RECOVERY_AFTER_SCAN);
     if (rc == 0) {
         uint64_t durable_until = meta->committed_until_address;
         if (last.previous_end > durable_until) durable_until = last.previous_end;
@@ -368,4 +396,30 @@ int fl_recover(fl_log *log, const fl_meta *meta, fl_error_info *error) {
     rc = fl_segments_cover_locked(log, log->begin_address / log->segment_size_bytes);
     pthread_rwlock_unlock(&log->segments_lock);
     return rc;
+}
+
+/* A read-only open reads files that a live writer goes on changing, so what its scan finds
+ * is not one moment's state: the tail moves on while the scan runs, and commit records placed
+ * after the scan stopped at the old tail then look like a later commit past damage (step 3);
+ * a truncation can delete the segment holding the recovery start that the meta file just
+ * read names (step 2). Neither is damage, and both are gone when looked at again. So while a
+ * writer holds the lock, damage found is looked for again, from the meta file as it is then,
+ * up to FL_LIVE_RECOVERY_ATTEMPTS_MAX times: a moving log gives way, damage stays and is
+ * reported (the online backup and the followers open live logs this way; one backup in 200
+ * under load raised "a later commit record is intact" before this). `meta` is updated to the
+ * meta file recovered from. */
+int fl_recover(fl_log *log, fl_meta *meta, fl_error_info *error) {
+    for (uint32_t attempt = 1;; attempt++) {
+        int rc = recover_once(log, meta, error);
+        if (rc != FL_E_CORRUPT || !log->readonly || attempt >= FL_LIVE_RECOVERY_ATTEMPTS_MAX ||
+            no_writer_now(log))
+            return rc;
+        fl_meta again;
+        if (fl_meta_read(log->directory_fd, &again) < 0 || again.salt != meta->salt ||
+            again.page_size_bytes != meta->page_size_bytes ||
+            again.segment_size_bytes != meta->segment_size_bytes)
+            return rc; /* another log now, or no meta file: report what was found */
+        *meta = again;
+        usleep(1000u * attempt); /* let writes in flight land */
+    }
 }
