@@ -36,6 +36,7 @@ tests=(
     "tests/fasterlog_server/test_service.py::test_limits_and_auth_attacked_with_raw_sockets_figure"
     tests/reliability/test_reliability_fuzz.py
     tests/reliability/test_reliability_races.py
+    tests/fasterlog/test_readonly_live.py
     tests/reliability/test_truncation_pause.py
     "tests/fasterlog_server/test_service_xadd_lane.py::test_mutated_frames_are_taken_only_when_the_reference_reader_reads_that_xadd"
     tests/reliability/test_reliability_full_disk.py
